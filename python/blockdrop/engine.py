@@ -1,0 +1,299 @@
+"""``dynamic_forward``: run a residual backbone under a per-image block policy with real skipping.
+
+Semantics, for every strategy: block ``k`` of image ``n`` is dropped when ``policy[n, k] == 0``
+(``h = shortcut(h)``) and executed when ``policy[n, k] == 1`` (``h = relu(shortcut(h) + F(h))``; for
+torchvision blocks exactly the block's own forward). Strategies differ only in how the batch is
+scheduled:
+
+``"masked"``
+    The official BlockDrop implementation: every block runs on every image and the result is
+    blended, ``h = relu(s + F(h)) * m + s * (1 - m)`` (computed as the bit-identical
+    ``torch.where(m, relu(s + F(h)), s)`` so that a non-finite ``F`` of a dropped image cannot leak
+    in). The reference for correctness and the baseline to beat; it saves no time.
+``"loop"``
+    Each image alone (batch 1), running only its own blocks: the paper's batch-1 setting.
+``"gather"``
+    Per block ``k``: ``rows = plan.block_rows(k)``; ``y = F(gather_rows(h, rows))``; then
+    ``merge_block`` writes ``relu(s + y)`` into those rows and ``s`` everywhere else (in place with
+    ``merge_block_`` for identity/projection shortcuts when no gradient is needed). Fast paths: a
+    block nobody executes costs only its shortcut, a block everybody executes is the plain block.
+``"group"``
+    One permutation in (``gather_rows(x, plan.perm)``): images with identical policies become
+    contiguous, each group is a slice (a view, no copy) that runs along its own path with plain
+    full-batch blocks, and one inverse permutation (``scatter_add_rows``) puts the logits back.
+``"auto"``
+    Chooses per call from the plan (see :func:`choose_strategy`): ``"group"`` when the batch has few
+    distinct policies relative to its size (mean group size ``N / G >= AUTO_MIN_GROUP_SIZE``), else
+    ``"gather"``.
+
+Synchronisation: ``gather`` and ``auto``-as-gather make exactly one device->host copy (the plan's).
+``group`` also needs the distinct policies on the host; where the plan does not already carry them
+on the host (the CUDA plan keeps ``group_policy`` on the device) that is a second, small copy.
+``loop`` copies the policy to the host once; ``masked`` syncs once only to validate a non-bool CUDA
+policy.
+
+Autograd: gradients flow through every strategy (``gather_rows``/``merge_block``/
+``scatter_add_rows`` are differentiable). With BatchNorm in eval mode they equal those of
+``"masked"`` up to float rounding. **In train mode BatchNorm differs**: ``"masked"`` computes batch
+statistics over the whole batch (including images that then discard the block's output, as the
+official code does), ``"gather"`` over the executing rows only, ``"group"`` over each group's rows
+and ``"loop"`` over one image; running statistics are updated accordingly (once per call of each
+BN layer, i.e. once per group for ``"group"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+import blockdrop_ext
+
+from .models.base import ResNetBackbone
+
+__all__ = ["STRATEGIES", "AUTO_MIN_GROUP_SIZE", "choose_strategy", "dynamic_forward", "validate_inputs"]
+
+STRATEGIES = ("auto", "masked", "loop", "gather", "group")
+
+#: ``auto`` picks ``group`` when ``N >= AUTO_MIN_GROUP_SIZE * G`` (few distinct policies, so every
+#: group runs at an efficient batch size with no per-block copies), else ``gather``. On CPU a conv
+#: costs about the same per image from batch 16-32 upwards (docs/FACTS: 1.06-1.34x at 16,
+#: ~1.0-1.15x at 64), while gather pays its copies (~7%) at every block.
+AUTO_MIN_GROUP_SIZE = 32
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+
+
+def _as_backbone(model: Any) -> ResNetBackbone:
+    if isinstance(model, ResNetBackbone):
+        return model
+    try:  # a bare torchvision ResNet is wrapped on the fly (shares its weights)
+        import torchvision
+
+        if isinstance(model, torchvision.models.ResNet):
+            from .models.torchvision import from_torchvision
+
+            return from_torchvision(model)
+    except ImportError:  # pragma: no cover
+        pass
+    raise ValueError(
+        "model: expected a blockdrop.models.ResNetBackbone (cifar_resnet, load_cifar_resnet, "
+        f"from_torchvision) or a torchvision ResNet, got {type(model).__name__}"
+    )
+
+
+def _check_policy_values_host(policy: Tensor) -> None:
+    """Raise ValueError if a (CPU) policy holds anything but 0 and 1 (NaN included)."""
+    if policy.dtype == torch.bool:
+        return
+    bad = ~((policy == 0) | (policy == 1))
+    if bool(bad.any()):
+        n, k = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"policy: expected only 0/1 values, got {policy[n, k].item()!r} at [{n}, {k}]"
+        )
+
+
+def validate_inputs(model: Any, x: Tensor, policy: Tensor) -> ResNetBackbone:
+    """Check ``model``, ``x: [N, C, H, W]`` and ``policy: [N, K]`` (shape, dtype, device) and return
+    the backbone. Values of a CPU policy are checked here; those of a CUDA policy in the plan (one
+    sync) so as not to add a device->host synchronisation. Raises ValueError naming the argument.
+    """
+    model = _as_backbone(model)
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x: expected a torch.Tensor [N, C, H, W], got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x: expected a 4-D tensor [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.shape[1] != model.in_channels:
+        raise ValueError(
+            f"x: expected {model.in_channels} input channels (x.shape[1]), got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"x: expected a floating-point tensor, got {x.dtype}")
+    param = next(model.parameters(), None)
+    if param is not None:
+        if x.device != param.device:
+            raise ValueError(f"x: expected device {param.device} (the model's), got {x.device}")
+        if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"x: expected dtype {param.dtype} (the model's parameters; or enable autocast), "
+                f"got {x.dtype}"
+            )
+    if not isinstance(policy, Tensor):
+        raise ValueError(f"policy: expected a torch.Tensor [N, K], got {type(policy).__name__}")
+    expected = (x.shape[0], model.num_blocks)
+    if policy.dim() != 2 or tuple(policy.shape) != expected:
+        raise ValueError(
+            f"policy: expected shape [N, K] = {list(expected)} (N = x.shape[0], K = "
+            f"model.num_blocks), got {list(policy.shape)}"
+        )
+    if policy.dtype.is_complex or not (
+        policy.dtype == torch.bool or policy.is_floating_point() or not policy.dtype.is_signed
+        or policy.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)
+    ):
+        raise ValueError(f"policy: expected a bool, integer or float tensor of 0/1, got {policy.dtype}")
+    if policy.device != x.device:
+        raise ValueError(f"policy: expected device {x.device} (that of x), got {policy.device}")
+    if policy.device.type == "cpu":
+        _check_policy_values_host(policy)
+    return model
+
+
+def _plan_policy(policy: Tensor) -> Tensor:
+    """bool/uint8 view of a validated-or-to-be-validated policy for ``blockdrop_ext.plan``.
+
+    Non-0/1 entries (NaN included) of a non-bool CUDA policy become 2, which the plan reports in
+    its single host copy (so no extra synchronisation)."""
+    policy = policy.detach()
+    if policy.dtype in (torch.bool, torch.uint8):
+        return policy
+    ok = (policy == 0) | (policy == 1)
+    return torch.where(ok, policy, 2).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# strategies
+
+
+def _same_dtype(s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Promote ``s`` and ``y`` to a common dtype (they differ under autocast), as ``s + y`` would."""
+    if s.dtype == y.dtype:
+        return s, y
+    dt = torch.promote_types(s.dtype, y.dtype)
+    return s.to(dt), y.to(dt)
+
+
+def _masked(model: ResNetBackbone, x: Tensor, policy: Tensor) -> Tensor:
+    if policy.device.type != "cpu" and policy.dtype != torch.bool:
+        bad = ~((policy == 0) | (policy == 1))
+        if bool(bad.any()):  # the one sync of this strategy
+            _check_policy_values_host(policy.cpu())
+    mask = (policy.detach() != 0).view(policy.shape[0], policy.shape[1], 1, 1)
+    h = model.stem(x)
+    for k, block in enumerate(model.blocks):
+        s = block.shortcut(h)
+        h = torch.where(mask[:, k : k + 1], torch.relu(s + block.residual(h)), s)
+    return model.head(h)
+
+
+def _loop(model: ResNetBackbone, x: Tensor, policy: Tensor) -> Tensor:
+    host = policy.detach().cpu()  # the one sync of this strategy
+    _check_policy_values_host(host)
+    keep = (host != 0).tolist()
+    outs = []
+    for n in range(x.shape[0]):
+        h = model.stem(x[n : n + 1])
+        for k, block in enumerate(model.blocks):
+            h = block.full(h) if keep[n][k] else block.shortcut(h)
+        outs.append(model.head(h))
+    return torch.cat(outs)
+
+
+def _may_write_in_place(h: Tensor, y: Tensor, x: Tensor) -> bool:
+    if h is x:
+        return False
+    return not (torch.is_grad_enabled() and (h.requires_grad or y.requires_grad))
+
+
+def _gather(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
+    n = x.shape[0]
+    counts: Sequence[int] = plan.counts
+    h = model.stem(x)
+    for k, block in enumerate(model.blocks):
+        c = counts[k]
+        if c == 0:
+            h = block.shortcut(h)
+            continue
+        if c == n:
+            h = block.full(h)
+            continue
+        rows = plan.block_rows(k)
+        y = block.residual(blockdrop_ext.gather_rows(h, rows))
+        kind = block.shortcut_kind
+        if kind == "option_a":
+            s, y = _same_dtype(h, y)
+            h = blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=True)
+            continue
+        s = h if kind == "identity" else block.shortcut(h)
+        s, y = _same_dtype(s, y)
+        if _may_write_in_place(s, y, x):  # s is ours alone (h or a fresh projection/cast)
+            blockdrop_ext.merge_block_(s, y, rows, relu=True)
+            h = s
+        else:
+            h = blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=False)
+    return model.head(h)
+
+
+def _group_policy_host(plan: Any, k: int) -> list[list[int]]:
+    """The plan's distinct policies as host lists ``[G][K]`` (a copy if they live on a device)."""
+    host = getattr(plan, "group_policy_host", None)
+    gp = host if host is not None else plan.group_policy
+    if isinstance(gp, Tensor):
+        gp = gp[: plan.num_groups, :k].cpu().tolist()
+    return [list(row[:k]) for row in gp[: plan.num_groups]]
+
+
+def _group(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
+    n, g_count = x.shape[0], plan.num_groups
+    policies = _group_policy_host(plan, model.num_blocks)
+    offsets: Sequence[int] = plan.group_offsets
+    h = model.stem(x if g_count == 1 else blockdrop_ext.gather_rows(x, plan.perm))
+    outs = []
+    for g in range(g_count):
+        hg = h if g_count == 1 else h[offsets[g] : offsets[g + 1]]
+        for keep, block in zip(policies[g], model.blocks):
+            hg = block.full(hg) if keep else block.shortcut(hg)
+        outs.append(model.head(hg))
+    if g_count == 1:
+        return outs[0]
+    return blockdrop_ext.scatter_add_rows(torch.cat(outs), plan.perm, n)
+
+
+def choose_strategy(plan: Any, n: int) -> str:
+    """The ``"auto"`` rule: ``"group"`` if ``n >= AUTO_MIN_GROUP_SIZE * plan.num_groups`` (or a
+    single group), else ``"gather"``. Uses only host fields of the plan (no synchronisation)."""
+    g = plan.num_groups
+    if g <= 1 or n >= AUTO_MIN_GROUP_SIZE * g:
+        return "group"
+    return "gather"
+
+
+def dynamic_forward(model: Any, x: Tensor, policy: Tensor, strategy: str = "auto") -> Tensor:
+    """Run ``model`` on ``x`` executing block ``k`` of image ``n`` only where ``policy[n, k] == 1``.
+
+    Args:
+        model: a :class:`~blockdrop.models.ResNetBackbone` (or a torchvision ResNet, wrapped on the
+            fly), with ``K = model.num_blocks`` blocks.
+        x: ``Tensor[N, C, H, W]`` on the model's device (NCHW or channels_last; float32, float16,
+            bfloat16, or any dtype under autocast).
+        policy: ``Tensor[N, K]`` of 0/1 (bool, integer or float) on ``x``'s device.
+        strategy: ``"auto"``, ``"masked"``, ``"loop"``, ``"gather"`` or ``"group"`` (module
+            docstring; ``"auto"`` follows :func:`choose_strategy`).
+
+    Returns:
+        logits ``Tensor[N, num_classes]``, the same (up to float rounding) for every strategy.
+
+    Raises:
+        ValueError: naming the argument, for an unsupported model, wrong input channels/rank/device/
+            dtype, a policy of the wrong shape/K/device or with values other than 0/1 (NaN too).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    model = validate_inputs(model, x, policy)
+    if x.shape[0] == 0:
+        return model(x)
+    if strategy == "masked":
+        return _masked(model, x, policy)
+    if strategy == "loop":
+        return _loop(model, x, policy)
+    plan = blockdrop_ext.plan(_plan_policy(policy))  # the one device->host synchronisation
+    if getattr(plan, "bad", 0):  # CUDA plans report non-0/1 values here instead of raising
+        raise ValueError("policy: expected only 0/1 values (found others, or NaN)")
+    if strategy == "auto":
+        strategy = choose_strategy(plan, x.shape[0])
+    if strategy == "group":
+        return _group(model, x, plan)
+    return _gather(model, x, plan)

@@ -1,0 +1,16 @@
+"""Residual backbones for BlockDrop: CIFAR ResNets and wrapped torchvision ResNets."""
+
+from .base import SHORTCUT_KINDS, BlockView, ResNetBackbone
+from .cifar import CifarResNet, cifar_resnet, load_cifar_resnet
+from .torchvision import TorchvisionResNet, from_torchvision
+
+__all__ = [
+    "SHORTCUT_KINDS",
+    "BlockView",
+    "CifarResNet",
+    "ResNetBackbone",
+    "TorchvisionResNet",
+    "cifar_resnet",
+    "from_torchvision",
+    "load_cifar_resnet",
+]

@@ -1,0 +1,162 @@
+"""CIFAR ResNets of He et al. (2016): depth 6n+2, 3x3 16-channel stem, three stages of BasicBlocks
+(16/32/64 channels), "option A" parameter-free downsampling shortcut, global average pool, linear.
+
+Module names match the widespread public checkpoints (``conv1, bn1, layer{1,2,3}.{i}.{conv1, bn1,
+conv2, bn2}, linear``), so :func:`load_cifar_resnet` loads them after stripping ``module.``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import BlockView, ResNetBackbone
+
+__all__ = ["CifarBasicBlock", "CifarResNet", "cifar_resnet", "load_cifar_resnet", "option_a"]
+
+
+def option_a(x: Tensor, out_channels: int) -> Tensor:
+    """Option-A shortcut: every second pixel, channels zero-padded equally on both sides.
+
+    Shapes: ``x: [N, C, H, W] -> [N, out_channels, ceil(H/2), ceil(W/2)]``
+    (``out_channels - C`` must be even and >= 0).
+    """
+    pad = out_channels - x.shape[1]
+    if pad < 0 or pad % 2:
+        raise ValueError(
+            f"option_a: out_channels must be >= C and differ by an even number, got C={x.shape[1]}, "
+            f"out_channels={out_channels}"
+        )
+    return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad // 2, pad // 2))
+
+
+class CifarBasicBlock(nn.Module):
+    """3x3 conv-BN-ReLU-3x3 conv-BN with an identity or option-A shortcut.
+
+    Shapes: ``[N, in_planes, H, W] -> [N, planes, H/stride, W/stride]``.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.in_planes, self.planes, self.stride = in_planes, planes, stride
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut_kind = "identity" if (stride == 1 and in_planes == planes) else "option_a"
+
+    def residual(self, x: Tensor) -> Tensor:
+        """``F(x)`` without the final add/ReLU: ``[N, in_planes, H, W] -> [N, planes, H', W']``."""
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        """Identity or option A: ``[N, in_planes, H, W] -> [N, planes, H', W']``."""
+        if self.shortcut_kind == "identity":
+            return x
+        return option_a(x, self.planes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``relu(shortcut(x) + residual(x))``: ``[N, in_planes, H, W] -> [N, planes, H', W']``."""
+        return torch.relu(self.shortcut(x) + self.residual(x))
+
+
+class CifarResNet(ResNetBackbone):
+    """CIFAR ResNet of depth ``6n + 2`` (``n`` BasicBlocks per stage, ``K = 3n`` blocks)."""
+
+    def __init__(self, depth: int, num_classes: int = 10) -> None:
+        super().__init__()
+        if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth must be an int of the form 6n+2 with n >= 1, got {depth!r}")
+        n = (depth - 2) // 6
+        self.depth, self.num_classes, self.in_channels = depth, num_classes, 3
+        self.default_input_size = (3, 32, 32)
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        in_planes = 16
+        for stage, planes in enumerate((16, 32, 64), start=1):
+            blocks = []
+            for i in range(n):
+                stride = 2 if (stage > 1 and i == 0) else 1
+                blocks.append(CifarBasicBlock(in_planes, planes, stride))
+                in_planes = planes
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+        self._block_views = tuple(
+            BlockView(
+                residual=b.residual,
+                shortcut=b.shortcut,
+                shortcut_kind=b.shortcut_kind,
+                module=b,
+                in_channels=b.in_planes,
+                out_channels=b.planes,
+                stride=b.stride,
+            )
+            for layer in (self.layer1, self.layer2, self.layer3)
+            for b in layer
+        )
+
+    def stem(self, x: Tensor) -> Tensor:
+        """``x: [N, 3, H, W] -> [N, 16, H, W]``."""
+        return torch.relu(self.bn1(self.conv1(x)))
+
+    def head(self, h: Tensor) -> Tensor:
+        """Global average pool + linear: ``h: [N, 64, H', W'] -> logits: [N, num_classes]``."""
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+
+def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
+    """A randomly initialised CIFAR ResNet of the given depth (20, 32, 44, 56, 110, ...)."""
+    return CifarResNet(depth, num_classes)
+
+
+_BLOCK_KEY = re.compile(r"^layer([123])\.(\d+)\.")
+
+
+def load_cifar_resnet(path: str | Path, depth: int | None = None) -> CifarResNet:
+    """Load a public CIFAR ResNet checkpoint (``{'state_dict': ..., ...}`` or a bare state dict,
+    keys optionally prefixed with ``module.``) into a :class:`CifarResNet`, in eval mode, on CPU.
+
+    Args:
+        path: checkpoint file, read with ``torch.load(weights_only=True)``.
+        depth: expected depth; inferred from the keys when None. A mismatch raises ValueError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: no checkpoint file at {str(path)!r}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"path: {str(path)!r} holds no state dict (got {type(ckpt).__name__})")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    per_stage = [0, 0, 0]
+    for key in state:
+        m = _BLOCK_KEY.match(key)
+        if m:
+            s, i = int(m.group(1)) - 1, int(m.group(2))
+            per_stage[s] = max(per_stage[s], i + 1)
+    if per_stage[0] == 0 or len(set(per_stage)) != 1 or "linear.weight" not in state:
+        raise ValueError(
+            f"path: {str(path)!r} is not a CIFAR ResNet checkpoint (expected keys conv1, bn1, "
+            f"layer{{1,2,3}}.<i>.*, linear; blocks per stage found: {per_stage})"
+        )
+    found = 6 * per_stage[0] + 2
+    if depth is not None and depth != found:
+        raise ValueError(f"depth: expected {depth}, but the checkpoint at {str(path)!r} is depth {found}")
+    model = CifarResNet(found, num_classes=state["linear.weight"].shape[0])
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"path: checkpoint does not fit CifarResNet-{found}: {e}") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"path: checkpoint keys do not match CifarResNet-{found}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    return model.eval()

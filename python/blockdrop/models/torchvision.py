@@ -1,0 +1,122 @@
+"""torchvision ResNets (18/34/50/101/152, also wide/ResNeXt variants built from the same blocks)
+exposed as a :class:`~blockdrop.models.base.ResNetBackbone` that shares the user's module.
+
+No parameter is copied: the wrapper holds the user's ``torchvision.models.ResNet`` as its
+``resnet`` submodule and every :class:`BlockView` calls that module's own layers, so pretrained
+weights (and later updates to them) are used as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import BlockView, ResNetBackbone
+
+__all__ = ["TorchvisionResNet", "from_torchvision"]
+
+
+def _tv():
+    import torchvision.models.resnet as tvr
+
+    return tvr
+
+
+class _BasicResidual:
+    """``F(x)`` of a torchvision BasicBlock: conv-BN-ReLU-conv-BN (no add, no final ReLU)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.b = block
+
+    def __call__(self, x: Tensor) -> Tensor:
+        b = self.b
+        return b.bn2(b.conv2(b.relu(b.bn1(b.conv1(x)))))
+
+
+class _BottleneckResidual:
+    """``F(x)`` of a torchvision Bottleneck: 1x1-3x3-1x1 convs with BN/ReLU (no add, no final ReLU)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.b = block
+
+    def __call__(self, x: Tensor) -> Tensor:
+        b = self.b
+        out = b.relu(b.bn1(b.conv1(x)))
+        out = b.relu(b.bn2(b.conv2(out)))
+        return b.bn3(b.conv3(out))
+
+
+class _Shortcut:
+    """The block's ``downsample`` module (projection) or the identity."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.b = block
+
+    def __call__(self, x: Tensor) -> Tensor:
+        ds = self.b.downsample
+        return x if ds is None else ds(x)
+
+
+class TorchvisionResNet(ResNetBackbone):
+    """A :class:`ResNetBackbone` view of a ``torchvision.models.ResNet`` (weights shared)."""
+
+    def __init__(self, resnet: nn.Module) -> None:
+        super().__init__()
+        tvr = _tv()
+        if not isinstance(resnet, tvr.ResNet):
+            raise ValueError(
+                f"resnet: expected a torchvision.models.ResNet, got {type(resnet).__name__}"
+            )
+        if not isinstance(resnet.fc, nn.Linear) or not isinstance(resnet.conv1, nn.Conv2d):
+            raise ValueError("resnet: expected conv1 to be nn.Conv2d and fc to be nn.Linear")
+        self.resnet = resnet
+        self.num_classes = resnet.fc.out_features
+        self.in_channels = resnet.conv1.in_channels
+        self.default_input_size = (self.in_channels, 224, 224)
+        views = []
+        for li in range(1, 5):
+            for i, b in enumerate(getattr(resnet, f"layer{li}")):
+                if isinstance(b, tvr.Bottleneck):
+                    residual, out_ch = _BottleneckResidual(b), b.conv3.out_channels
+                    in_ch = b.conv1.in_channels
+                elif isinstance(b, tvr.BasicBlock):
+                    residual, out_ch = _BasicResidual(b), b.conv2.out_channels
+                    in_ch = b.conv1.in_channels
+                else:
+                    raise ValueError(
+                        f"resnet: layer{li}.{i} is a {type(b).__name__}; only torchvision "
+                        "BasicBlock and Bottleneck are supported"
+                    )
+                views.append(
+                    BlockView(
+                        residual=residual,
+                        shortcut=_Shortcut(b),
+                        shortcut_kind="identity" if b.downsample is None else "projection",
+                        module=b,
+                        in_channels=in_ch,
+                        out_channels=out_ch,
+                        stride=int(b.stride),
+                        full_fn=b,  # the block's own forward (relu(F(x) + shortcut(x)))
+                    )
+                )
+        self._block_views = tuple(views)
+
+    def stem(self, x: Tensor) -> Tensor:
+        """conv1-bn1-relu-maxpool: ``x: [N, C, H, W] -> [N, 64, ~H/4, ~W/4]``."""
+        r = self.resnet
+        return r.maxpool(r.relu(r.bn1(r.conv1(x))))
+
+    def head(self, h: Tensor) -> Tensor:
+        """avgpool + fc: ``h: [N, C_last, h, w] -> logits: [N, num_classes]``."""
+        r = self.resnet
+        return r.fc(torch.flatten(r.avgpool(h), 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The user's own full forward: ``x: [N, C, H, W] -> logits: [N, num_classes]``."""
+        return self.resnet(x)
+
+
+def from_torchvision(resnet: nn.Module) -> TorchvisionResNet:
+    """Wrap a ``torchvision.models.ResNet`` (e.g. ``torchvision.models.resnet50(weights=...)``)
+    without copying it; the wrapper's blocks are the user's blocks."""
+    return TorchvisionResNet(resnet)
