@@ -1,0 +1,224 @@
+"""Checkpoints: tensors in safetensors, config and progress as JSON, written atomically.
+
+A checkpoint ``<name>.safetensors`` holds every tensor (model weights, optimizer moments, RNG
+states) and carries the JSON document in its safetensors metadata (key ``"blockdrop"``), so the
+one file is always self-consistent.  A human-readable copy of the JSON goes beside it as
+``<name>.json``.  Both are written to a temporary file in the same directory and moved into place
+with :func:`os.replace`, so a kill at any moment leaves either the old or the new checkpoint.
+
+Also here: turning the JSON "spec" of a backbone / policy network back into modules.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_text", "backbone_spec",
+           "build_backbone", "load_backbone", "load_blockdrop_net", "optimizer_to_tensors",
+           "optimizer_from_tensors"]
+
+FORMAT = "blockdrop-checkpoint/1"
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file + :func:`os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor],
+                    meta: dict[str, Any]) -> Path:
+    """Atomically write ``tensors`` (any devices; copied to contiguous CPU) and the JSON ``meta``.
+
+    Returns the ``.safetensors`` path.  ``path`` may be given with or without the suffix.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, **meta}
+    doc = json.dumps(meta, indent=1, sort_keys=True, default=_json_default)
+    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(cpu, tmp, metadata={"blockdrop": doc})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_text(path.with_suffix(".json"), doc + "\n")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str],
+                    device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint` -> ``(tensors, meta)``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    tensors: dict[str, Tensor] = {}
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        md = f.metadata() or {}
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    if "blockdrop" not in md:
+        raise ValueError(f"{path}: not a blockdrop checkpoint (no 'blockdrop' metadata)")
+    return tensors, json.loads(md["blockdrop"])
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (torch.dtype, torch.device)):
+        return str(o)
+    if isinstance(o, Tensor):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """``{k: v} -> {prefix + k: v}``."""
+    return {prefix + k: v for k, v in state.items()}
+
+
+def unprefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``tensors`` under ``prefix``, with the prefix removed."""
+    n = len(prefix)
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# --------------------------------------------------------------------------- optimizer
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split ``opt.state_dict()`` into tensors ``optim.<param>.<key>`` and a JSON part."""
+    sd = opt.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"optim.{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor],
+                           meta: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_to_tensors` (loads into ``opt``)."""
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in unprefixed(tensors, "optim.").items():
+        pid, key = k.split(".", 1)
+        state.setdefault(int(pid), {})[key] = v
+    for pid, d in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(d)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# --------------------------------------------------------------------------- model specs
+
+def backbone_spec(model: nn.Module, arch: str | None = None) -> dict[str, Any]:
+    """JSON description from which :func:`build_backbone` rebuilds ``model``'s architecture."""
+    from blockdrop.models import CifarResNet, TorchvisionResNet
+    if isinstance(model, CifarResNet):
+        return {"kind": "cifar", "depth": int(model.depth), "num_classes": int(model.num_classes)}
+    if isinstance(model, TorchvisionResNet):
+        if arch is None:
+            raise ValueError("a torchvision backbone needs its arch name (e.g. 'resnet50')")
+        return {"kind": "torchvision", "arch": arch, "num_classes": int(model.num_classes)}
+    raise TypeError(f"unsupported backbone {type(model).__name__}")
+
+
+def build_backbone(spec: dict[str, Any]) -> nn.Module:
+    """A freshly initialised backbone from :func:`backbone_spec`'s output."""
+    from blockdrop.models import cifar_resnet, from_torchvision
+    if spec["kind"] == "cifar":
+        return cifar_resnet(int(spec["depth"]), int(spec["num_classes"]))
+    if spec["kind"] == "torchvision":
+        import torchvision
+        ctor = getattr(torchvision.models, spec["arch"])
+        return from_torchvision(ctor(weights=None, num_classes=int(spec["num_classes"])))
+    raise ValueError(f"unknown backbone kind {spec['kind']!r}")
+
+
+def parse_arch(arch: str, num_classes: int) -> dict[str, Any]:
+    """``"resnet32"`` / ``"cifar-resnet32"`` (CIFAR, depth 6n+2) or ``"tv-resnet50"`` /
+    ``"resnet50"`` (torchvision, when not 6n+2) -> a backbone spec."""
+    a = arch.lower()
+    if a.startswith("tv-"):
+        return {"kind": "torchvision", "arch": a[3:], "num_classes": num_classes}
+    a = a.removeprefix("cifar-")
+    if a.startswith("resnet") and a[6:].isdigit():
+        d = int(a[6:])
+        if d >= 8 and (d - 2) % 6 == 0:
+            return {"kind": "cifar", "depth": d, "num_classes": num_classes}
+        return {"kind": "torchvision", "arch": a, "num_classes": num_classes}
+    raise ValueError(f"unknown arch {arch!r} (try resnet32, resnet110, tv-resnet50)")
+
+
+def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
+                  num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Backbone from ``weights`` (a CIFAR ResNet ``.th``/``.pt``, a torchvision state dict with
+    ``arch``, or a blockdrop checkpoint) or a fresh ``arch``.  Returns ``(model, spec)``."""
+    if weights is None:
+        if arch is None:
+            raise ValueError("give --weights or --arch")
+        spec = parse_arch(arch, num_classes)
+        return build_backbone(spec), spec
+    w = Path(weights)
+    if not w.is_file():
+        raise FileNotFoundError(f"weights not found: {w}")
+    if w.suffix == ".safetensors":
+        tensors, meta = load_checkpoint(w)
+        model = build_backbone(meta["backbone_spec"])
+        model.load_state_dict(unprefixed(tensors, "backbone."))
+        return model, meta["backbone_spec"]
+    if arch is None or parse_arch(arch, num_classes)["kind"] == "cifar":
+        from blockdrop.models import load_cifar_resnet
+        depth = parse_arch(arch, num_classes)["depth"] if arch else None
+        model = load_cifar_resnet(w, depth)
+        return model, backbone_spec(model)
+    spec = parse_arch(arch, num_classes)
+    model = build_backbone(spec)
+    sd = torch.load(w, map_location="cpu", weights_only=True)
+    sd = sd.get("state_dict", sd)
+    model.resnet.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})  # type: ignore
+    return model, spec
+
+
+def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device = "cpu",
+                       strategy: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A :class:`~blockdrop.blockdrop_net.BlockDropNet` (eval mode) from a training checkpoint,
+    plus the checkpoint's JSON."""
+    from blockdrop.blockdrop_net import BlockDropNet
+    from blockdrop.models.policy import policy_net_from_spec
+    tensors, meta = load_checkpoint(path)
+    backbone = build_backbone(meta["backbone_spec"])
+    backbone.load_state_dict(unprefixed(tensors, "backbone."))
+    pnet = policy_net_from_spec(meta["policy_spec"])
+    pnet.load_state_dict(unprefixed(tensors, "policy."))
+    net = BlockDropNet(pnet, backbone, strategy=strategy or "auto")
+    return net.to(device).eval(), meta
