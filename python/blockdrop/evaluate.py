@@ -1,0 +1,201 @@
+"""Evaluation of a :class:`~blockdrop.blockdrop_net.BlockDropNet`: accuracy, blocks, FLOPs,
+distinct policies, and measured throughput of the dynamic path vs the full network."""
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from blockdrop.accounting import flops as count_flops
+
+__all__ = ["EvalResult", "evaluate", "measure_throughput", "format_table"]
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` measures (floats in [0, 1] for accuracies)."""
+    n: int
+    accuracy: float
+    blocks_mean: float
+    blocks_std: float
+    num_blocks: int
+    num_policies: int
+    block_freq: list[float]
+    flops_mean: float | None = None
+    flops_std: float | None = None
+    full_accuracy: float | None = None
+    full_flops: float | None = None
+    throughput: dict[str, float] | None = None
+    policies: Tensor | None = field(default=None, repr=False)   # uint8 [N, K]
+    labels: Tensor | None = field(default=None, repr=False)     # int64 [N]
+    correct: Tensor | None = field(default=None, repr=False)    # bool [N]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (without the per-image tensors)."""
+        d = asdict(self)
+        for k in ("policies", "labels", "correct"):
+            d.pop(k)
+        return d
+
+
+def _autocast(device: torch.device, amp: bool) -> Any:
+    return torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
+
+
+@torch.inference_mode()
+def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]],
+             device: torch.device | str = "cpu", amp: bool = False, full: bool = True,
+             flops: bool = True, progress: bool = True, strategy: str | None = None) -> EvalResult:
+    """Evaluate ``net`` (a BlockDropNet, put in eval mode: thresholded policies).
+
+    loader yields ``(x [B,3,H,W], y [B])``.  ``full`` also runs the backbone with every block (the
+    "full network" column); ``flops`` counts per-image FLOPs with the engine's accounting, policy
+    network included.  The training mode of ``net`` is restored afterwards.
+    """
+    from tqdm.auto import tqdm
+    device = torch.device(device)
+    was = net.training
+    net.eval()
+    pols, labels, correct, fcorrect = [], [], [], []
+    size: tuple[int, int, int] | None = None
+    try:
+        for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
+            x, y = x.to(device), y.to(device)
+            size = tuple(x.shape[1:])  # type: ignore[assignment]
+            with _autocast(device, amp):
+                policy = net.policy(x)
+                logits = net.run_backbone(x, policy, strategy)
+                if full:
+                    fcorrect.append((net.backbone(x).argmax(1) == y).cpu())
+            pols.append(policy.to(torch.uint8).cpu())
+            labels.append(y.cpu())
+            correct.append((logits.argmax(1) == y).cpu())
+    finally:
+        net.train(was)
+    if not pols:
+        raise ValueError("evaluation data is empty")
+    P = torch.cat(pols)
+    blocks = P.float().sum(1)
+    c = torch.cat(correct)
+    res = EvalResult(n=int(P.shape[0]), accuracy=float(c.float().mean()),
+                     blocks_mean=float(blocks.mean()),
+                     blocks_std=float(blocks.std(unbiased=False)),
+                     num_blocks=int(P.shape[1]), num_policies=int(torch.unique(P, dim=0).shape[0]),
+                     block_freq=P.float().mean(0).tolist(), policies=P, labels=torch.cat(labels),
+                     correct=c)
+    if full:
+        res.full_accuracy = float(torch.cat(fcorrect).float().mean())
+    if flops:
+        uniq, inv = torch.unique(P, dim=0, return_inverse=True)
+        per_policy = count_flops(net.backbone, uniq, net.policy_net, input_size=size)
+        per_image = per_policy[inv]
+        res.flops_mean = float(per_image.mean())
+        res.flops_std = float(per_image.std(unbiased=False))
+        ones = torch.ones(1, P.shape[1], dtype=torch.uint8)
+        res.full_flops = float(count_flops(net.backbone, ones, None, input_size=size)[0])
+    return res
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_throughput(net: nn.Module, batches: Sequence[Tensor], device: torch.device | str = "cpu",
+                       repeats: int = 5, warmup: int = 1, amp: bool = False,
+                       strategy: str | None = None) -> dict[str, float]:
+    """Images/second of the full backbone vs BlockDrop (policy net + dynamic path) on the same
+    ``batches`` (each ``[B,3,H,W]``), interleaved, median over ``repeats`` passes.
+
+    Returns ``{"full_ips", "blockdrop_ips", "speedup", "backbone_only_ips", "backbone_speedup",
+    "batch_size"}``; ``backbone_only`` times the dynamic backbone with precomputed policies.
+    """
+    device = torch.device(device)
+    was = net.training
+    net.eval()
+    xs = [b.to(device) for b in batches]
+    pols = []
+    with _autocast(device, amp):
+        for x in xs:
+            pols.append(net.policy(x))
+    n_img = sum(x.shape[0] for x in xs)
+
+    def run_full() -> None:
+        with _autocast(device, amp):
+            for x in xs:
+                net.backbone(x)
+
+    def run_bd() -> None:
+        with _autocast(device, amp):
+            for x in xs:
+                net(x)
+
+    def run_bb() -> None:
+        with _autocast(device, amp):
+            for x, p in zip(xs, pols):
+                net.run_backbone(x, p, strategy)
+
+    fns = {"full": run_full, "blockdrop": run_bd, "backbone_only": run_bb}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    try:
+        for _ in range(warmup):
+            for f in fns.values():
+                f()
+        for _ in range(max(1, repeats)):
+            for k, f in fns.items():
+                _sync(device)
+                t = time.perf_counter()
+                f()
+                _sync(device)
+                times[k].append(time.perf_counter() - t)
+    finally:
+        net.train(was)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"full_ips": n_img / med["full"], "blockdrop_ips": n_img / med["blockdrop"],
+            "backbone_only_ips": n_img / med["backbone_only"],
+            "speedup": med["full"] / med["blockdrop"],
+            "backbone_speedup": med["full"] / med["backbone_only"],
+            "batch_size": float(xs[0].shape[0]), "repeats": float(repeats)}
+
+
+def format_table(res: EvalResult, title: str = "") -> str:
+    """Side-by-side text table: full network vs BlockDrop."""
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def fl(v: float | None, s: float | None = None) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.3e}" + (f" +- {s:.2e}" if s is not None else "")
+
+    tp = res.throughput
+    rows = [
+        ("accuracy", pct(res.full_accuracy), pct(res.accuracy)),
+        ("blocks used", f"{res.num_blocks}", f"{res.blocks_mean:.2f} +- {res.blocks_std:.2f}"),
+        ("FLOPs / image", fl(res.full_flops), fl(res.flops_mean, res.flops_std)),
+        ("distinct policies", "1", f"{res.num_policies}"),
+    ]
+    if res.full_flops and res.flops_mean:
+        rows.append(("ideal speedup (FLOPs)", "1.00x", f"{res.full_flops / res.flops_mean:.2f}x"))
+    if tp:
+        rows.append(("throughput (img/s)", f"{tp['full_ips']:.0f}", f"{tp['blockdrop_ips']:.0f}"))
+        rows.append(("measured speedup", "1.00x", f"{tp['speedup']:.2f}x"))
+        rows.append(("  backbone only", "1.00x", f"{tp['backbone_speedup']:.2f}x"))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows + [("", "full network", "")])
+    w2 = max(len(r[2]) for r in rows + [("", "", "BlockDrop")])
+    line = f"+-{'-' * w0}-+-{'-' * w1}-+-{'-' * w2}-+"
+    out = [title] if title else []
+    out += [line, f"| {'':{w0}} | {'full network':>{w1}} | {'BlockDrop':>{w2}} |", line]
+    out += [f"| {a:{w0}} | {b:>{w1}} | {c:>{w2}} |" for a, b, c in rows]
+    out.append(line)
+    out.append(f"({res.n} images" + (f"; throughput at batch {int(tp['batch_size'])}, median of "
+                                     f"{int(tp['repeats'])} interleaved passes" if tp else "") + ")")
+    return "\n".join(out)

@@ -1,0 +1,522 @@
+"""BlockDrop training: the curriculum stage, joint finetuning, and plain backbone training.
+
+Curriculum (``stage="curriculum"``): the backbone is frozen and in eval mode; at epoch ``t`` only
+the last ``min(K, (t+1)*cl_step)`` blocks are learned, the others forced on with their
+log-probabilities masked out; loss = REINFORCE with the self-critical baseline - beta * entropy.
+
+Finetuning (``stage="finetune"``): Adam over the policy network and the backbone together; loss =
+REINFORCE term + cross-entropy of the backbone run on the *sampled* policy through the engine's
+real dynamic path (``strategy``, default "gather", so dropped blocks are not computed and get no
+gradient).  BatchNorm statistics (``bn``):
+
+* ``"frozen"`` (default): the backbone's BN layers stay in eval mode - running statistics are
+  used and never updated, BN affine weights are still trained.  Gathered and masked execution are
+  then numerically the same function, and tiny sub-batches cannot destabilise training;
+* ``"train"``: BN uses batch statistics computed over the images that *execute* the block (the
+  gathered sub-batch, unlike the official code, which uses the whole batch), and running
+  statistics are updated from those sub-batches - i.e. from the population that reaches the block
+  at inference.
+
+The self-critical baseline (reward of the thresholded policy) is always computed with the backbone
+in eval mode, under ``no_grad`` - the reward the model would get at test time.
+
+Also: CPU or CUDA, AMP (float16 + GradScaler) on CUDA, DDP under ``torchrun`` (NCCL on CUDA, gloo
+on CPU), atomic checkpoints with every RNG state so that ``resume`` after a kill reproduces an
+uninterrupted run exactly, tqdm progress, CSV metrics (TensorBoard when installed).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blockdrop import rl
+from blockdrop.checkpoint import (atomic_write_text, load_checkpoint, optimizer_from_tensors,
+                                  optimizer_to_tensors, prefixed, save_checkpoint, unprefixed)
+from blockdrop.data import DataInfo, make_loader, set_loader_epoch
+from blockdrop.engine import dynamic_forward
+
+__all__ = ["TrainConfig", "DistInfo", "init_distributed", "Trainer", "train_backbone",
+           "resolve_device"]
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one stage; defaults follow the official BlockDrop settings."""
+    stage: str = "curriculum"            # "curriculum" | "finetune"
+    epochs: int = 10
+    steps_per_epoch: int | None = None   # cap on batches per epoch (None: whole dataset)
+    batch_size: int = 256                # per process
+    lr: float | None = None              # default: 1e-3 curriculum, 1e-4 finetune
+    weight_decay: float = 0.0
+    gamma: float = 5.0                   # penalty for a wrong prediction
+    alpha: float = 0.8                   # exploration bound
+    beta: float | None = None            # entropy bonus; default 0.1 curriculum, 0 finetune
+    cl_step: int = 1                     # blocks added to the learned set per curriculum epoch
+    strategy: str = "gather"             # engine strategy for the backbone
+    bn: str = "frozen"                   # finetune BatchNorm handling: "frozen" | "train"
+    amp: bool = True                     # float16 autocast + GradScaler, CUDA only
+    seed: int = 0
+    workers: int = 0
+    ckpt_every: int = 0                  # also checkpoint every N steps (0: end of epoch only)
+    log_every: int = 10
+    progress: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("curriculum", "finetune"):
+            raise ValueError(f"stage must be 'curriculum' or 'finetune', not {self.stage!r}")
+        if self.bn not in ("frozen", "train"):
+            raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
+        if self.lr is None:
+            self.lr = 1e-3 if self.stage == "curriculum" else 1e-4
+        if self.beta is None:
+            self.beta = 0.1 if self.stage == "curriculum" else 0.0
+        if self.epochs < 1 or self.batch_size < 1 or self.cl_step < 1:
+            raise ValueError("epochs, batch_size and cl_step must be >= 1")
+        if not 0.5 <= self.alpha <= 1.0:
+            raise ValueError("alpha must be in [0.5, 1]")
+
+
+# --------------------------------------------------------------------------- distributed
+
+@dataclass
+class DistInfo:
+    """Where this process sits: ``rank``/``world_size`` (1 without torchrun) and its device."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """"auto" -> ``cuda:<local_rank>`` when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda requested but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL for CUDA,
+    gloo for CPU.  Idempotent."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+# --------------------------------------------------------------------------- the step module
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
+class _Step(nn.Module):
+    """Policy network + backbone; ``forward`` computes one training step's loss, so that DDP
+    sees every parameter use (both stages) inside one wrapped call."""
+
+    def __init__(self, policy_net: nn.Module, backbone: nn.Module, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.policy_net, self.backbone, self.cfg = policy_net, backbone, cfg
+        self.finetune = cfg.stage == "finetune"
+        self.generator: torch.Generator | None = None
+
+    def train(self, mode: bool = True) -> "_Step":
+        self.training = mode
+        self.policy_net.train(mode)
+        self.backbone.train(mode and self.finetune and self.cfg.bn == "train")
+        return self
+
+    def _autocast(self, x: Tensor) -> Any:
+        if self.cfg.amp and x.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return nullcontext()
+
+    def forward(self, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``x [N,3,H,W]``, ``y [N]``, curriculum ``mask [K]`` (None: all blocks learned) ->
+        ``(loss scalar, stats [6]: loss_pg, reward_sample, reward_greedy, acc_greedy,
+        blocks_greedy, blocks_sample)``."""
+        cfg, bb = self.cfg, self.backbone
+        with self._autocast(x):
+            probs = self.policy_net(x).float()                        # [N, K]
+        pb = rl.bound_probs(probs, cfg.alpha)
+        sample = rl.sample_policy(pb, self.generator)
+        greedy = rl.threshold_policy(probs)
+        if mask is not None:
+            sample, greedy = rl.apply_curriculum(sample, mask), rl.apply_curriculum(greedy, mask)
+        with torch.no_grad(), _eval_mode(bb), self._autocast(x):
+            logits_g = dynamic_forward(bb, x, greedy, strategy=cfg.strategy)
+        grad_ctx = nullcontext() if self.finetune else torch.no_grad()
+        with grad_ctx, self._autocast(x):
+            logits_s = dynamic_forward(bb, x, sample, strategy=cfg.strategy)
+        correct_s = logits_s.detach().argmax(1) == y
+        correct_g = logits_g.argmax(1) == y
+        r_s = rl.reward(correct_s, sample, cfg.gamma)
+        r_g = rl.reward(correct_g, greedy, cfg.gamma)
+        logp = rl.log_prob(pb, sample, mask)
+        ent = rl.entropy(pb, mask) if cfg.beta else None
+        loss_pg = rl.policy_gradient_loss(logp, r_s - r_g, ent, float(cfg.beta or 0.0))
+        loss = loss_pg + F.cross_entropy(logits_s.float(), y) if self.finetune else loss_pg
+        stats = torch.stack([loss_pg.detach(), r_s.mean(), r_g.mean(), correct_g.float().mean(),
+                             greedy.sum(1).mean(), sample.sum(1).mean()])
+        return loss, stats
+
+
+STAT_NAMES = ("loss_pg", "reward", "reward_greedy", "acc", "blocks", "blocks_sample")
+
+
+# --------------------------------------------------------------------------- trainer
+
+def _rng_get() -> dict[str, Any]:
+    st: dict[str, Any] = {"python": random.getstate()}
+    return st
+
+
+class Trainer:
+    """Runs one stage (curriculum or finetune) with checkpoints and exact resume.
+
+    Args:
+        cfg: the stage's :class:`TrainConfig`.
+        policy_net: ``x [N,3,H,W] -> probs [N,K]``.
+        backbone: a ``blockdrop.models.ResNetBackbone`` with ``num_blocks == K``.
+        train_data / val_data: from :mod:`blockdrop.data`.
+        out_dir: checkpoints (``last.safetensors`` + ``last.json``) and ``metrics.csv``.
+        dist_info: from :func:`init_distributed` (default: single process on ``cfg.device``).
+        extra_meta: JSON merged into every checkpoint (e.g. specs for rebuilding the models).
+    """
+
+    def __init__(self, cfg: TrainConfig, policy_net: nn.Module, backbone: nn.Module,
+                 train_data: DataInfo, out_dir: str | os.PathLike[str],
+                 val_data: DataInfo | None = None, dist_info: DistInfo | None = None,
+                 extra_meta: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or DistInfo(device=resolve_device(cfg.device))
+        self.device = self.dist.device
+        self.out_dir = Path(out_dir)
+        self.extra_meta = dict(extra_meta or {})
+        self.train_data, self.val_data = train_data, val_data
+        self.num_blocks = int(backbone.num_blocks)
+        torch.manual_seed(cfg.seed)
+        self.step_module = _Step(policy_net, backbone, cfg).to(self.device)
+        self.policy_net, self.backbone = policy_net, backbone
+        finetune = cfg.stage == "finetune"
+        for p in backbone.parameters():
+            p.requires_grad_(finetune)
+        params = [p for p in self.step_module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=float(cfg.lr or 0), weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and self.device.type == "cuda")
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
+        self.step_module.generator = self.generator
+        self.model: nn.Module = self.step_module
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.step_module, device_ids=ids, find_unused_parameters=finetune)
+        self.loader = make_loader(train_data.dataset, cfg.batch_size, train=True, seed=cfg.seed,
+                                  rank=self.dist.rank, world_size=self.dist.world_size,
+                                  workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        nb = len(self.loader)
+        if nb == 0:
+            raise ValueError(f"dataset of {len(train_data.dataset)} images is smaller than one "  # type: ignore
+                             f"batch ({cfg.batch_size} x {self.dist.world_size} processes)")
+        self.batches_per_epoch = min(nb, cfg.steps_per_epoch or nb)
+        self.epoch, self.batch, self.global_step = 0, 0, 0
+        self.history: list[dict[str, Any]] = []
+        self._tb: Any = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _gather_generator_states(self) -> list[Tensor]:
+        st = self.generator.get_state()
+        if not self.dist.distributed:
+            return [st]
+        out = [torch.empty_like(st) for _ in range(self.dist.world_size)]
+        dist.all_gather_object(out, st)  # type: ignore[arg-type]
+        return out
+
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "last.safetensors"
+
+    def save(self) -> None:
+        """Write ``last.safetensors`` (+ ``.json``) atomically; collective under DDP."""
+        gens = self._gather_generator_states()
+        if not self.dist.is_main:
+            return
+        tensors: dict[str, Tensor] = {}
+        tensors.update(prefixed(self.policy_net.state_dict(), "policy."))
+        tensors.update(prefixed(self.backbone.state_dict(), "backbone."))
+        opt_t, opt_meta = optimizer_to_tensors(self.optimizer)
+        tensors.update(opt_t)
+        for r, g in enumerate(gens):
+            tensors[f"rng.policy.{r}"] = g
+        tensors["rng.torch_cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {
+            **self.extra_meta,
+            "stage": self.cfg.stage,
+            "config": dataclasses.asdict(self.cfg),
+            "progress": {"epoch": self.epoch, "batch": self.batch, "global_step": self.global_step,
+                         "epochs": self.cfg.epochs, "batches_per_epoch": self.batches_per_epoch,
+                         "done": self.epoch >= self.cfg.epochs},
+            "world_size": self.dist.world_size,
+            "optimizer": opt_meta,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "python_random": _py_state_to_json(random.getstate()),
+            "history": self.history,
+        }
+        save_checkpoint(self.checkpoint_path(), tensors, meta)
+
+    def resume(self, path: str | os.PathLike[str] | None = None) -> bool:
+        """Restore from ``path`` (default ``out_dir/last.safetensors``).  Returns False if there
+        is no checkpoint yet (fresh start)."""
+        path = Path(path) if path else self.checkpoint_path()
+        if not path.is_file():
+            return False
+        tensors, meta = load_checkpoint(path)
+        if meta.get("stage") != self.cfg.stage:
+            raise ValueError(f"{path} is a {meta.get('stage')} checkpoint, not {self.cfg.stage}")
+        self.policy_net.load_state_dict(unprefixed(tensors, "policy."))
+        self.backbone.load_state_dict(unprefixed(tensors, "backbone."))
+        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        if meta.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(meta["scaler"])
+        gen_key = f"rng.policy.{self.dist.rank}"
+        if meta.get("world_size") == self.dist.world_size and gen_key in tensors:
+            self.generator.set_state(tensors[gen_key])
+        else:  # different world size: reproducible, but not identical to the old run
+            self.generator.manual_seed(self.cfg.seed * 1000 + self.dist.rank + 1 + 7919 * meta["progress"]["global_step"])
+        torch.set_rng_state(tensors["rng.torch_cpu"])
+        if "rng.torch_cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.torch_cuda"], self.device)
+        random.setstate(_py_state_from_json(meta["python_random"]))
+        pr = meta["progress"]
+        self.epoch, self.batch, self.global_step = pr["epoch"], pr["batch"], pr["global_step"]
+        self.history = list(meta.get("history", []))
+        if self.dist.is_main:
+            self._truncate_csv(self.global_step)
+        return True
+
+    # ------------------------------------------------------------------ logging
+    def _csv_path(self) -> Path:
+        return self.out_dir / "metrics.csv"
+
+    def _truncate_csv(self, step: int) -> None:
+        p = self._csv_path()
+        if not p.exists():
+            return
+        with open(p, newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if int(r["step"]) <= step]
+        if rows:
+            text = ",".join(rows[0].keys()) + "\n" + "".join(
+                ",".join(str(r[k]) for k in rows[0].keys()) + "\n" for r in keep)
+            atomic_write_text(p, text)
+
+    _CSV_FIELDS = ("step", "epoch", "split", "loss", "reward", "acc", "blocks", "learned_blocks",
+                   "lr", "time")
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append a metrics row (rank 0) to ``metrics.csv`` and TensorBoard if available."""
+        if not self.dist.is_main:
+            return
+        p = self._csv_path()
+        new = not p.exists()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self._CSV_FIELDS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.out_dir / "tb"))
+            except Exception:  # tensorboard not installed
+                self._tb = False
+        if self._tb:
+            for k in ("loss", "reward", "acc", "blocks"):
+                if isinstance(row.get(k), float):
+                    self._tb.add_scalar(f"{row['split']}/{k}", row[k], row["step"])
+
+    # ------------------------------------------------------------------ loop
+    def curriculum_mask(self, epoch: int) -> Tensor | None:
+        """Bool ``[K]`` of learned blocks at ``epoch`` (None once all are learned / finetune)."""
+        if self.cfg.stage != "curriculum":
+            return None
+        if rl.num_learned_blocks(self.num_blocks, epoch, self.cfg.cl_step) >= self.num_blocks:
+            return None
+        return rl.curriculum_mask(self.num_blocks, epoch, self.cfg.cl_step, self.device)
+
+    def train_step(self, x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
+        """One optimisation step; returns the stats tensor ``[6]`` (see ``STAT_NAMES``)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, stats = self.model(x, y, mask)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return stats.detach()
+
+    def fit(self, resume: bool = False,
+            on_step: Callable[["Trainer"], None] | None = None) -> dict[str, Any]:
+        """Train to ``cfg.epochs``; with ``resume`` continue from ``out_dir/last.safetensors``.
+
+        ``on_step(trainer)`` runs after every step and its checkpoint (tests use it to simulate
+        a kill).  Returns the last validation metrics (or the last training metrics).
+        """
+        from tqdm.auto import tqdm
+        if resume:
+            self.resume()
+        cfg, main = self.cfg, self.dist.is_main
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        last: dict[str, Any] = {}
+        while self.epoch < cfg.epochs:
+            epoch = self.epoch
+            mask = self.curriculum_mask(epoch)
+            learned = self.num_blocks if mask is None else int(mask.sum())
+            self.step_module.train()
+            set_loader_epoch(self.loader, epoch, self.batch)
+            it = iter(self.loader)
+            bar = tqdm(total=self.batches_per_epoch, initial=self.batch, leave=False,
+                       desc=f"{cfg.stage} {epoch + 1}/{cfg.epochs}",
+                       disable=not (main and cfg.progress), dynamic_ncols=True)
+            acc_stats, n_acc = None, 0
+            while self.batch < self.batches_per_epoch:
+                x, y = next(it)
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+                stats = self.train_step(x, y, mask)
+                acc_stats = stats if acc_stats is None else acc_stats + stats
+                n_acc += 1
+                self.batch += 1
+                self.global_step += 1
+                bar.update(1)
+                if self.global_step % max(1, cfg.log_every) == 0 or self.batch == self.batches_per_epoch:
+                    s = (acc_stats / n_acc).tolist()
+                    acc_stats, n_acc = None, 0
+                    last = {"step": self.global_step, "epoch": epoch, "split": "train",
+                            "loss": s[0], "reward": s[1], "acc": s[3], "blocks": s[4],
+                            "learned_blocks": learned, "lr": self.optimizer.param_groups[0]["lr"],
+                            "time": round(time.time() - t0, 2)}
+                    bar.set_postfix(reward=f"{s[1]:.3f}", acc=f"{s[3]:.3f}", blocks=f"{s[4]:.1f}")
+                    self.log(last)
+                if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
+                    self.save()
+                if on_step is not None:
+                    on_step(self)
+            bar.close()
+            del it
+            if self.val_data is not None and main:
+                last = self.validate(epoch, learned, time.time() - t0)
+            self.epoch, self.batch = epoch + 1, 0
+            if main and last:
+                self.history.append(last)
+            self.save()
+        if self.dist.distributed:
+            self._check_in_sync()
+        return last
+
+    def validate(self, epoch: int, learned: int, elapsed: float) -> dict[str, Any]:
+        """Accuracy / blocks of the thresholded policy on ``val_data`` (rank 0)."""
+        from blockdrop.blockdrop_net import BlockDropNet
+        from blockdrop.evaluate import evaluate
+        assert self.val_data is not None
+        net = BlockDropNet(self.policy_net, self.backbone, strategy=self.cfg.strategy)
+        loader = make_loader(self.val_data.dataset, max(self.cfg.batch_size, 256), train=False)
+        with _eval_mode(self.step_module):
+            res = evaluate(net, loader, self.device, amp=self.cfg.amp, full=False, flops=False,
+                           progress=False)
+        row = {"step": self.global_step, "epoch": epoch, "split": "val", "loss": float("nan"),
+               "reward": float("nan"), "acc": res.accuracy, "blocks": res.blocks_mean,
+               "learned_blocks": learned, "lr": self.optimizer.param_groups[0]["lr"],
+               "time": round(elapsed, 2)}
+        self.log(row)
+        if self.cfg.progress:
+            print(f"[{self.cfg.stage}] epoch {epoch + 1}/{self.cfg.epochs}: val acc "
+                  f"{res.accuracy:.4f}, blocks {res.blocks_mean:.2f} +- {res.blocks_std:.2f} "
+                  f"(learning last {learned}/{self.num_blocks})", flush=True)
+        return row
+
+    def _check_in_sync(self) -> None:
+        """Under DDP all replicas must hold identical parameters; raise if not."""
+        vec = torch.cat([p.detach().float().flatten() for p in self.step_module.parameters()])
+        s = torch.stack([vec.sum(), (vec * vec).sum()]).double().cpu()
+        all_s = [torch.zeros_like(s) for _ in range(self.dist.world_size)]
+        dist.all_gather(all_s, s)
+        if any(not torch.equal(a, all_s[0]) for a in all_s):
+            raise RuntimeError("DDP replicas diverged")
+
+
+def _py_state_to_json(st: tuple) -> list:
+    return [st[0], list(st[1]), st[2]]
+
+
+def _py_state_from_json(js: list) -> tuple:
+    return (js[0], tuple(js[1]), js[2])
+
+
+# --------------------------------------------------------------------------- plain training
+
+def train_backbone(model: nn.Module, data: DataInfo, epochs: int, device: torch.device,
+                   batch_size: int = 128, lr: float = 0.1, seed: int = 0,
+                   progress: bool = True) -> nn.Module:
+    """Supervised training of a full backbone (SGD, momentum 0.9, wd 5e-4, cosine lr) - used by
+    the demo to get a backbone when no pretrained weights are given.  Returns ``model`` (eval)."""
+    from tqdm.auto import tqdm
+    torch.manual_seed(seed)
+    model.to(device).train()
+    loader = make_loader(data.dataset, batch_size, train=True, seed=seed)
+    total = epochs * len(loader)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    bar = tqdm(total=total, desc="backbone", leave=False, disable=not progress, dynamic_ncols=True)
+    for epoch in range(epochs):
+        set_loader_epoch(loader, epoch)
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return model.eval()
