@@ -1,0 +1,522 @@
+"""``blockdrop`` command line: ``train`` (curriculum), ``finetune``, ``eval``, ``bench``, ``demo``.
+
+Every subcommand works on CPU or CUDA and under ``torchrun`` (train/finetune).  Run
+``blockdrop <command> -h`` for the options.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["main", "build_parser"]
+
+
+# --------------------------------------------------------------------------- argument types
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    v = int(s) if s.lstrip("-").isdigit() else None
+    if v is None or v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def _pos_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v >= 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+def _alpha(s: str) -> float:
+    v = _pos_float(s)
+    if not 0.5 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"alpha must be in [0.5, 1], got {s!r}")
+    return v
+
+
+def _fraction(s: str) -> float:
+    v = _nonneg_float(s)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {s!r}")
+    return v
+
+
+STRATEGIES = ("auto", "masked", "loop", "gather", "group")
+
+
+# --------------------------------------------------------------------------- parser
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+
+def _data_args(p: argparse.ArgumentParser, required: bool = True, val: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, metavar="PATH",
+                   help="training data: ImageFolder root, CIFAR folder or .tar.gz archive")
+    if val:
+        g.add_argument("--val-data", metavar="PATH", help="held-out data evaluated after each epoch")
+    g.add_argument("--cache-dir", metavar="DIR", help="where large archives are extracted")
+    g.add_argument("--workers", type=_nonneg_int, default=0, help="DataLoader workers (default 0)")
+
+
+def _train_args(p: argparse.ArgumentParser, stage: str) -> None:
+    cl = stage == "curriculum"
+    g = p.add_argument_group("training")
+    g.add_argument("--out", required=True, metavar="DIR", help="checkpoints and metrics.csv go here")
+    g.add_argument("--epochs", type=_positive_int, default=None,
+                   help="default: curriculum K/cl_step + 5, finetune 10")
+    g.add_argument("--steps-per-epoch", type=_positive_int, default=None,
+                   help="cap on batches per epoch (default: whole dataset)")
+    g.add_argument("--batch-size", type=_positive_int, default=2048 if cl else 256,
+                   help=f"per process (default {2048 if cl else 256}, the official setting)")
+    g.add_argument("--lr", type=_pos_float, default=1e-3 if cl else 1e-4)
+    g.add_argument("--weight-decay", type=_nonneg_float, default=0.0)
+    g.add_argument("--gamma", type=_nonneg_float, default=5.0, help="penalty for a wrong prediction")
+    g.add_argument("--alpha", type=_alpha, default=0.8, help="exploration bound (default 0.8)")
+    g.add_argument("--beta", type=_nonneg_float, default=0.1 if cl else 0.0,
+                   help=f"entropy bonus (default {0.1 if cl else 0.0})")
+    if cl:
+        g.add_argument("--cl-step", type=_positive_int, default=1,
+                       help="blocks added to the learned set per epoch (default 1)")
+    else:
+        g.add_argument("--bn", choices=("frozen", "train"), default="frozen",
+                       help="BatchNorm in the backbone: frozen running stats (default) or batch "
+                            "stats of the executing images")
+    g.add_argument("--strategy", choices=STRATEGIES, default="gather",
+                   help="engine strategy for the backbone (default gather)")
+    g.add_argument("--no-amp", action="store_true", help="disable float16 autocast on CUDA")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    g.add_argument("--ckpt-every", type=_nonneg_int, default=0,
+                   help="also checkpoint every N steps (default: end of each epoch)")
+    g.add_argument("--log-every", type=_positive_int, default=10)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``blockdrop`` argument parser."""
+    p = argparse.ArgumentParser(prog="blockdrop", description=(
+        "BlockDrop (Wu et al., CVPR 2018): learn per-image residual-block policies and run them "
+        "with real batched skipping."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="curriculum stage: learn the policy, backbone frozen")
+    _data_args(t)
+    m = t.add_argument_group("model")
+    m.add_argument("--weights", metavar="FILE", help="pretrained backbone (.th/.pt/.safetensors)")
+    m.add_argument("--arch", help="backbone architecture, e.g. resnet32, resnet110, tv-resnet50")
+    _train_args(t, "curriculum")
+    _common(t)
+
+    f = sub.add_parser("finetune", help="joint finetuning of policy and backbone")
+    _data_args(f)
+    m = f.add_argument_group("model")
+    m.add_argument("--init", metavar="CKPT", help="checkpoint of the curriculum stage")
+    m.add_argument("--weights", metavar="FILE", help="backbone weights (without --init)")
+    m.add_argument("--arch", help="backbone architecture (without --init)")
+    _train_args(f, "finetune")
+    _common(f)
+
+    e = sub.add_parser("eval", help="accuracy, blocks, FLOPs, policies and measured speedup")
+    e.add_argument("checkpoints", nargs="+", metavar="CKPT", help="one or more checkpoints")
+    _data_args(e, val=False)
+    e.add_argument("--batch-size", type=_positive_int, default=256)
+    e.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    e.add_argument("--plots", metavar="DIR", help="write PNG figures here")
+    e.add_argument("--bench-batches", type=_nonneg_int, default=4,
+                   help="batches timed for throughput (0: skip timing)")
+    e.add_argument("--repeats", type=_positive_int, default=5)
+    e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    e.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N images")
+    _common(e)
+
+    b = sub.add_parser("bench", help="time dynamic_forward strategies against the full network")
+    src = b.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="CKPT", help="use this BlockDropNet's backbone")
+    src.add_argument("--weights", metavar="FILE", help="backbone weights")
+    b.add_argument("--arch", default="resnet110", help="backbone architecture (default resnet110)")
+    b.add_argument("--batch-size", type=_positive_int, default=64)
+    b.add_argument("--image-size", type=_positive_int, default=None)
+    b.add_argument("--keep", type=_fraction, default=0.3, help="iid keep probability (default 0.3)")
+    b.add_argument("--strategies", default="masked,gather,group,auto",
+                   help="comma-separated subset of " + ",".join(STRATEGIES))
+    b.add_argument("--repeats", type=_positive_int, default=10)
+    _common(b)
+
+    d = sub.add_parser("demo", help="the whole pipeline end to end (default: sklearn digits, CPU)")
+    d.add_argument("--out", default="blockdrop-demo", metavar="DIR")
+    d.add_argument("--data", metavar="PATH", help="training data instead of the digits")
+    d.add_argument("--val-data", metavar="PATH", help="test data (required with --data)")
+    d.add_argument("--weights", metavar="FILE", help="pretrained backbone (skips backbone training)")
+    d.add_argument("--arch", default=None, help="backbone (default resnet20; resnet32 with --data)")
+    d.add_argument("--cache-dir", metavar="DIR")
+    d.add_argument("--backbone-epochs", type=_positive_int, default=None)
+    d.add_argument("--curriculum-epochs", type=_positive_int, default=None)
+    d.add_argument("--finetune-epochs", type=_positive_int, default=None)
+    d.add_argument("--steps-per-epoch", type=_positive_int, default=None)
+    d.add_argument("--batch-size", type=_positive_int, default=128)
+    d.add_argument("--gamma", type=_nonneg_float, default=5.0)
+    d.add_argument("--finetune-lr", type=_pos_float, default=5e-4)
+    d.add_argument("--limit-test", type=_positive_int, default=None, help="evaluate N test images")
+    d.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    _common(d)
+    return p
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _setup(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def _load_data(parser: argparse.ArgumentParser, path: str, split: str, seed: int,
+               cache_dir: str | None) -> Any:
+    from blockdrop.data import DatasetNotFoundError, load_dataset
+    try:
+        return load_dataset(path, split, seed=seed, cache_dir=cache_dir)
+    except DatasetNotFoundError as e:
+        parser.error(str(e))
+
+
+def _subset(info: Any, n: int | None) -> Any:
+    if n is None or n >= len(info.dataset):
+        return info
+    from blockdrop.data import DataInfo, ImageArrayDataset
+    ds = info.dataset
+    if isinstance(ds, ImageArrayDataset):
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(ds), generator=g)[:n].sort().values
+        sub = ImageArrayDataset(ds.images[idx], ds.labels[idx], ds.transform, ds.seed)
+    else:
+        sub = torch.utils.data.Subset(ds, range(n))
+    return DataInfo(sub, info.classes, info.image_size, info.source + f" (first {n})")
+
+
+def _run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> int:
+    from blockdrop.checkpoint import (backbone_spec, build_backbone, load_backbone,
+                                      load_checkpoint, unprefixed)
+    from blockdrop.models.policy import make_policy_net, policy_net_from_spec
+    from blockdrop.train import Trainer, TrainConfig, init_distributed
+
+    _setup(args)
+    dist_info = init_distributed(args.device)
+    train = _load_data(parser, args.data, "train", args.seed, args.cache_dir)
+    val = _load_data(parser, args.val_data, "test", args.seed, args.cache_dir) if args.val_data else None
+    pnet = None
+    if stage == "finetune" and args.init:
+        try:
+            tensors, meta = load_checkpoint(args.init)
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+        spec = meta["backbone_spec"]
+        backbone = build_backbone(spec)
+        backbone.load_state_dict(unprefixed(tensors, "backbone."))
+        pnet = policy_net_from_spec(meta["policy_spec"])
+        pnet.load_state_dict(unprefixed(tensors, "policy."))
+    else:
+        if not args.weights and not args.arch:
+            parser.error("give --weights (pretrained backbone) or --arch" +
+                         (" or --init" if stage == "finetune" else ""))
+        try:
+            backbone, spec = load_backbone(args.weights, args.arch, train.num_classes)
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+        if not args.weights:
+            print(f"warning: backbone {args.arch} is randomly initialised (no --weights)",
+                  file=sys.stderr)
+    if spec.get("num_classes") != train.num_classes:
+        parser.error(f"backbone has {spec.get('num_classes')} classes, data has {train.num_classes}")
+    if pnet is None:
+        torch.manual_seed(args.seed)
+        pnet = make_policy_net(backbone.num_blocks, train.image_size)
+    k = backbone.num_blocks
+    epochs = args.epochs or (math.ceil(k / args.cl_step) + 5 if stage == "curriculum" else 10)
+    cfg = TrainConfig(stage=stage, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
+                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      gamma=args.gamma, alpha=args.alpha, beta=args.beta,
+                      cl_step=getattr(args, "cl_step", 1), strategy=args.strategy,
+                      bn=getattr(args, "bn", "frozen"), amp=not args.no_amp, seed=args.seed,
+                      workers=args.workers, ckpt_every=args.ckpt_every, log_every=args.log_every,
+                      progress=not args.no_progress, device=args.device)
+    meta = {"backbone_spec": spec, "policy_spec": pnet.spec(), "classes": train.classes,
+            "image_size": train.image_size, "data": train.source}
+    trainer = Trainer(cfg, pnet, backbone, train, args.out, val, dist_info, meta)
+    if dist_info.is_main:
+        print(f"[{stage}] {train.source}: {len(train.dataset)} images, {train.num_classes} classes; "
+              f"backbone {spec}, K={k}; {epochs} epochs x {trainer.batches_per_epoch} steps "
+              f"x {cfg.batch_size} x {dist_info.world_size} proc on {dist_info.device}", flush=True)
+    last = trainer.fit(resume=args.resume)
+    if dist_info.is_main:
+        print(f"[{stage}] done: {json.dumps(last)}\ncheckpoint: {trainer.checkpoint_path()}")
+    if dist_info.distributed:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def _eval_one(net: Any, info: Any, args: argparse.Namespace, device: torch.device,
+              bench_batches: int, repeats: int, strategy: str) -> Any:
+    from blockdrop.data import make_loader
+    from blockdrop.evaluate import evaluate, measure_throughput
+    loader = make_loader(info.dataset, args.batch_size, train=False, workers=getattr(args, "workers", 0))
+    res = evaluate(net, loader, device, amp=device.type == "cuda", strategy=strategy,
+                   progress=not args.no_progress)
+    if bench_batches:
+        batches = []
+        for i, (x, _) in enumerate(loader):
+            if i >= bench_batches:
+                break
+            batches.append(x)
+        res.throughput = measure_throughput(net, batches, device, repeats=repeats, strategy=strategy)
+    return res
+
+
+def _write_plots(out: Path, results: list[tuple[str, Any]], info: Any, title: str = "") -> list[Path]:
+    from blockdrop.data import denormalize
+    from blockdrop.plots import plot_acc_vs_flops, plot_block_usage, plot_policy_grid
+    paths = []
+    pts = [{"label": lab, "accuracy": r.accuracy, "flops": r.flops_mean, "flops_std": r.flops_std}
+           for lab, r in results if r.flops_mean is not None]
+    r0 = results[-1][1]
+    full = ({"accuracy": r0.full_accuracy, "flops": r0.full_flops}
+            if r0.full_accuracy is not None and r0.full_flops else None)
+    if pts:
+        paths.append(plot_acc_vs_flops(pts, out / "acc_vs_flops.png", full=full))
+    for i, (lab, r) in enumerate(results):
+        suffix = "" if len(results) == 1 else f"_{i}"
+        paths.append(plot_block_usage(r.block_freq, out / f"block_usage{suffix}.png",
+                                      title=f"Block usage ({lab})"))
+    # image grid for the last checkpoint: first images of the data set, as stored
+    ds = info.dataset
+    n = min(len(ds), 512, r0.policies.shape[0])
+    imgs = torch.stack([ds[i][0] for i in range(n)])
+    names = [info.classes[int(r0.labels[i])] for i in range(n)]
+    paths.append(plot_policy_grid(denormalize(imgs), r0.policies[:n], out / "policy_grid.png",
+                                  labels=names, title=title or "Images grouped by policy"))
+    return paths
+
+
+def _cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from blockdrop.checkpoint import load_blockdrop_net
+    from blockdrop.evaluate import format_table
+    from blockdrop.train import resolve_device
+    _setup(args)
+    device = resolve_device(args.device)
+    info = _subset(_load_data(parser, args.data, "test", args.seed, args.cache_dir), args.limit)
+    results = []
+    for ck in args.checkpoints:
+        try:
+            net, meta = load_blockdrop_net(ck, device, strategy=args.strategy)
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+        res = _eval_one(net, info, args, device, args.bench_batches, args.repeats, args.strategy)
+        gamma = meta.get("config", {}).get("gamma")
+        label = f"{meta.get('stage', '?')} gamma={gamma}" if gamma is not None else Path(ck).stem
+        results.append((label, res))
+        print(format_table(res, title=f"{ck} ({label}) on {info.source}"), flush=True)
+    if args.plots:
+        for p in _write_plots(Path(args.plots), results, info):
+            print(f"wrote {p}")
+    if args.json:
+        from blockdrop.checkpoint import atomic_write_text
+        atomic_write_text(args.json, json.dumps(
+            [{"checkpoint": c, "label": lab, **r.to_dict()}
+             for c, (lab, r) in zip(args.checkpoints, results)], indent=1))
+    return 0
+
+
+def _cmd_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import statistics
+    from blockdrop.accounting import ideal_speedup
+    from blockdrop.checkpoint import load_backbone, load_blockdrop_net
+    from blockdrop.engine import dynamic_forward
+    from blockdrop.train import resolve_device
+    _setup(args)
+    device = resolve_device(args.device)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        parser.error(f"--strategies: unknown {bad}; choose from {','.join(STRATEGIES)}")
+    try:
+        if args.checkpoint:
+            model = load_blockdrop_net(args.checkpoint, device)[0].backbone
+        else:
+            model = load_backbone(args.weights, args.arch, 10)[0]
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    model = model.to(device).eval()
+    size = args.image_size or model.default_input_size[1]
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.batch_size, 3, size, size, generator=g).to(device)
+    policy = (torch.rand(args.batch_size, model.num_blocks, generator=g) < args.keep).to(device)
+    fns = {"full": lambda: model(x)}
+    for s in strategies:
+        fns[s] = (lambda s=s: dynamic_forward(model, x, policy, strategy=s))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for f in fns.values():
+            f()
+        for _ in range(args.repeats):
+            for k, f in fns.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                f()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ideal = ideal_speedup(model, policy, input_size=(3, size, size))
+    print(f"{type(model).__name__} K={model.num_blocks}, batch {args.batch_size}, {size}px, "
+          f"iid keep {args.keep}, {device}, {torch.get_num_threads()} threads; "
+          f"ideal speedup {ideal:.2f}x; median of {args.repeats}")
+    print(f"{'strategy':<10} {'ms/batch':>10} {'img/s':>10} {'speedup':>8}")
+    for k, t in med.items():
+        print(f"{k:<10} {1e3 * t:>10.2f} {args.batch_size / t:>10.0f} {med['full'] / t:>7.2f}x")
+    return 0
+
+
+def _cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from blockdrop.blockdrop_net import BlockDropNet
+    from blockdrop.checkpoint import atomic_write_text, backbone_spec, load_backbone
+    from blockdrop.data import digits_dataset, make_loader
+    from blockdrop.evaluate import evaluate, format_table
+    from blockdrop.models.policy import make_policy_net
+    from blockdrop.train import Trainer, TrainConfig, resolve_device, train_backbone
+    t_start = time.time()
+    _setup(args)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    progress = not args.no_progress
+    if args.data:
+        if not args.val_data:
+            parser.error("--data needs --val-data (the test set)")
+        train = _load_data(parser, args.data, "train", args.seed, args.cache_dir)
+        test = _load_data(parser, args.val_data, "test", args.seed, args.cache_dir)
+        arch = args.arch or "resnet32"
+    else:
+        train, test = digits_dataset("train", args.seed), digits_dataset("test", args.seed)
+        arch = args.arch or "resnet20"
+    test = _subset(test, args.limit_test)
+    q = args.quick
+    try:
+        backbone, spec = load_backbone(args.weights, None if args.weights and not args.arch else arch,
+                                       train.num_classes)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    k = backbone.num_blocks
+    print(f"demo: {train.source} ({len(train.dataset)} train / {len(test.dataset)} test images, "
+          f"{train.image_size}px, {train.num_classes} classes), backbone {spec} with K={k} blocks, "
+          f"{device}, {torch.get_num_threads()} threads", flush=True)
+    if not args.weights:
+        be = args.backbone_epochs or (1 if q else 15)
+        t = time.time()
+        print(f"[1/4] training the backbone from scratch: {be} epochs", flush=True)
+        train_backbone(backbone, train, be, device, batch_size=args.batch_size, seed=args.seed,
+                       progress=progress)
+        print(f"      done in {time.time() - t:.0f}s", flush=True)
+    else:
+        print("[1/4] backbone: pretrained weights from " + args.weights, flush=True)
+    backbone.to(device).eval()
+    torch.manual_seed(args.seed)
+    pnet = make_policy_net(k, train.image_size).to(device)
+    meta = {"backbone_spec": spec, "policy_spec": pnet.spec(), "classes": train.classes,
+            "image_size": train.image_size, "data": train.source}
+    cl_step = max(1, math.ceil(k / (2 if q else 4)))
+    ce = args.curriculum_epochs or (2 if q else math.ceil(k / cl_step) + 2)
+    fe = args.finetune_epochs or (1 if q else 8)
+    spe = args.steps_per_epoch or (2 if q else None)
+    common = dict(batch_size=args.batch_size, gamma=args.gamma, seed=args.seed,
+                  steps_per_epoch=spe, progress=progress, device=str(device), log_every=5)
+    t = time.time()
+    print(f"[2/4] curriculum: {ce} epochs, {cl_step} more blocks learned per epoch, "
+          f"backbone frozen", flush=True)
+    cl = Trainer(TrainConfig(stage="curriculum", epochs=ce, cl_step=cl_step, lr=1e-3, **common),
+                 pnet, backbone, train, out / "curriculum", test, extra_meta=meta)
+    cl.fit()
+    print(f"      done in {time.time() - t:.0f}s", flush=True)
+    t = time.time()
+    print(f"[3/4] joint finetuning: {fe} epochs (gather path, BN frozen)", flush=True)
+    ft = Trainer(TrainConfig(stage="finetune", epochs=fe, lr=args.finetune_lr, **common),
+                 pnet, backbone, train, out / "finetune", test, extra_meta=meta)
+    ft.fit()
+    print(f"      done in {time.time() - t:.0f}s", flush=True)
+    print("[4/4] evaluating on the test set", flush=True)
+    net = BlockDropNet(pnet, backbone, strategy="auto").to(device).eval()
+    args.batch_size = max(args.batch_size, 128)
+    args.workers = 0
+    res = _eval_one(net, test, args, device, bench_batches=2 if q else 4,
+                    repeats=3 if q else 7, strategy="auto")
+    table = format_table(res, title=f"Full network vs BlockDrop on {test.source}")
+    print(table)
+    (out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(res.to_dict(), indent=1))
+    atomic_write_text(out / "results.txt", table + "\n")
+    results = [("curriculum", None), ("finetune", res)]
+    for p in _write_plots(out, [r for r in results if r[1] is not None], test,
+                          title="Test images grouped by policy"):
+        print(f"wrote {p}")
+    print(f"demo finished in {time.time() - t_start:.0f}s; outputs in {out}/")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``blockdrop`` console script (and ``python -m blockdrop``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    if args.command == "train":
+        return _run_stage(sub, args, "curriculum")
+    if args.command == "finetune":
+        if args.init and (args.weights or args.arch):
+            sub.error("--init already holds the backbone; drop --weights/--arch")
+        return _run_stage(sub, args, "finetune")
+    if args.command == "eval":
+        return _cmd_eval(sub, args)
+    if args.command == "bench":
+        return _cmd_bench(sub, args)
+    if args.command == "demo":
+        return _cmd_demo(sub, args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
