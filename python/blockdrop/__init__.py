@@ -10,7 +10,7 @@ from .accounting import flops, ideal_speedup
 from .engine import dynamic_forward
 
 # --- BlockDropNet (policy net + backbone) is added here by the trainer work: -------------------
-# from .blockdropnet import BlockDropNet   (not yet written; keep unimported until it exists)
+from .blockdrop_net import BlockDropNet
 # ------------------------------------------------------------------------------------------------
 
-__all__ = ["dynamic_forward", "flops", "ideal_speedup", "models"]
+__all__ = ["BlockDropNet", "dynamic_forward", "flops", "ideal_speedup", "models"]
