@@ -1,0 +1,45 @@
+// Declarations shared by the CPU (cpu/*.cpp) and CUDA (cuda/*.cu) implementations of the
+// blockdrop ops. The schemas live in ops.cpp, in one place.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace blockdrop {
+
+// plan(policy[N,K]) -> (meta[K+N+2], offsets[K+1], rows[N*K], perm[N], group_offsets[N+1],
+//                       group_policy[N,K]); see csrc/ops.cpp for the full contract.
+using PlanResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Argument checks shared by both backends (messages name the argument and what was expected).
+void check_policy(const at::Tensor& policy);
+void check_rows(const at::Tensor& rows, const char* name = "rows");
+// The memory format a 4-D tensor is laid out in (NCHW or channels_last); other ranks: Contiguous.
+at::MemoryFormat row_format(const at::Tensor& t);
+// `t` laid out so that each leading-dimension row is one contiguous chunk, in `fmt`.
+at::Tensor rows_contiguous(const at::Tensor& t, at::MemoryFormat fmt);
+void check_float_dtype(const at::Tensor& t, const char* name);
+// Checks for merge_block / merge_block_; returns the channel padding of the option-A shortcut.
+int64_t check_merge(const at::Tensor& shortcut, const at::Tensor& y, const at::Tensor& rows,
+                    bool downsample);
+
+namespace cpu {
+PlanResult plan(const at::Tensor& policy);
+at::Tensor gather_rows(const at::Tensor& x, const at::Tensor& rows);
+at::Tensor scatter_add_rows(const at::Tensor& src, const at::Tensor& rows, int64_t n);
+at::Tensor merge_block(const at::Tensor& shortcut, const at::Tensor& y, const at::Tensor& rows,
+                       bool relu, bool downsample);
+void merge_block_(const at::Tensor& x, const at::Tensor& y, const at::Tensor& rows, bool relu);
+}  // namespace cpu
+
+namespace cuda {
+PlanResult plan(const at::Tensor& policy);
+at::Tensor gather_rows(const at::Tensor& x, const at::Tensor& rows);
+at::Tensor scatter_add_rows(const at::Tensor& src, const at::Tensor& rows, int64_t n);
+at::Tensor merge_block(const at::Tensor& shortcut, const at::Tensor& y, const at::Tensor& rows,
+                       bool relu, bool downsample);
+void merge_block_(const at::Tensor& x, const at::Tensor& y, const at::Tensor& rows, bool relu);
+}  // namespace cuda
+
+}  // namespace blockdrop
