@@ -64,7 +64,8 @@ class Plan:
     num_groups         G, the number of distinct policies
     group_counts       G sizes; group_offsets: G+1 offsets into `perm`
     perm               int64 [N]: images ordered so identical policies are contiguous (stable)
-    group_policy       uint8 [G, K]: the distinct policies, in perm order
+    group_policy       uint8 [G, K]: the distinct policies, in perm order (policy's device)
+    group_policy_host  uint8 [G, K] on the CPU: the same, brought over in the plan's one copy
     """
 
     counts: list[int]
@@ -75,6 +76,7 @@ class Plan:
     group_offsets: list[int]
     perm: torch.Tensor
     group_policy: torch.Tensor
+    group_policy_host: torch.Tensor
 
     @property
     def num_images(self) -> int:
@@ -116,7 +118,10 @@ def plan(policy: torch.Tensor) -> Plan:
     p = _policy_uint8(policy)
     meta, offsets_t, rows, perm, _, group_policy = _impl("plan", p)(p)
     n, k = policy.shape
-    host = meta.tolist()  # the one device->host copy
+    # The one device->host copy: the sizes and the distinct policies, as one byte buffer.
+    packed = torch.cat([meta.view(torch.uint8), group_policy.reshape(-1)]).cpu()
+    nmeta = meta.numel() * meta.element_size()
+    host = packed[:nmeta].view(torch.long).tolist()
     if host[k + n + 1]:
         raise ValueError("plan: policy must contain only 0 and 1 (found another value or NaN)")
     counts = host[:k]
@@ -128,7 +133,8 @@ def plan(policy: torch.Tensor) -> Plan:
     group_offsets = [0]
     for c in group_counts:
         group_offsets.append(group_offsets[-1] + c)
-    return Plan(counts, offsets, rows, g, group_counts, group_offsets, perm, group_policy[:g])
+    group_policy_host = packed[nmeta:].view(n, k)[:g]
+    return Plan(counts, offsets, rows, g, group_counts, group_offsets, perm, group_policy[:g], group_policy_host)
 
 
 def gather_rows(x: torch.Tensor, rows: torch.Tensor, *, check: bool = True) -> torch.Tensor:
