@@ -1,0 +1,201 @@
+"""Trainer: curriculum masking, frozen backbone, finetuning, checkpoints, exact resume, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blockdrop.checkpoint import load_checkpoint, save_checkpoint
+from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
+from blockdrop.models import cifar_resnet
+from blockdrop.models.policy import CifarPolicyNet
+from blockdrop.train import Trainer, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_data(n: int = 24, size: int = 16, classes: int = 3, train: bool = True, seed: int = 0) -> DataInfo:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % classes
+    ds = ImageArrayDataset(images, labels, SmallImageTransform(train, pad=2), seed=seed)
+    return DataInfo(ds, [str(i) for i in range(classes)], size, "tiny")
+
+
+def make_models(depth: int = 14, seed: int = 0) -> tuple[CifarPolicyNet, torch.nn.Module]:
+    torch.manual_seed(seed)
+    backbone = cifar_resnet(depth, num_classes=3).eval()
+    return CifarPolicyNet(backbone.num_blocks, width=8), backbone
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(epochs=2, steps_per_epoch=3, batch_size=4, progress=False, device="cpu", log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def snapshot(*mods: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(mods) for k, v in m.state_dict().items()}
+
+
+def test_config_defaults_follow_the_paper() -> None:
+    c = TrainConfig(stage="curriculum")
+    assert (c.lr, c.beta, c.alpha) == (1e-3, 0.1, 0.8)
+    f = TrainConfig(stage="finetune")
+    assert (f.lr, f.beta) == (1e-4, 0.0)
+    with pytest.raises(ValueError):
+        TrainConfig(stage="pretrain")
+    with pytest.raises(ValueError):
+        TrainConfig(bn="sometimes")
+
+
+def test_curriculum_learns_only_the_last_blocks_and_freezes_backbone(tmp_path: Path) -> None:
+    pnet, bb = make_models()
+    before = snapshot(pnet, bb)
+    tr = Trainer(cfg(stage="curriculum", epochs=1, steps_per_epoch=2, cl_step=2), pnet, bb,
+                 tiny_data(), tmp_path)
+    assert tr.curriculum_mask(0).tolist() == [False] * 4 + [True] * 2
+    assert tr.curriculum_mask(2) is None            # 3 * 2 >= K = 6: everything learned
+    tr.fit()
+    after = snapshot(pnet, bb)
+    for k, v in before.items():
+        if k.startswith("1."):
+            assert torch.equal(v, after[k]), f"backbone changed in curriculum: {k}"
+    w0, w1 = before["0.fc.weight"], after["0.fc.weight"]
+    assert torch.equal(w0[:4], w1[:4]) and torch.equal(before["0.fc.bias"][:4], after["0.fc.bias"][:4])
+    assert not torch.equal(w0[4:], w1[4:])
+    assert not bb.training                            # backbone left in eval mode
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,split,loss,reward,acc,blocks") and len(rows) == 3
+
+
+def test_finetune_trains_policy_and_backbone_through_gather(tmp_path: Path, monkeypatch) -> None:
+    import blockdrop.train as train_mod
+    seen: list[str] = []
+    real = train_mod.dynamic_forward
+
+    def spy(model, x, policy, strategy="auto"):
+        seen.append(strategy)
+        return real(model, x, policy, strategy=strategy)
+
+    monkeypatch.setattr(train_mod, "dynamic_forward", spy)
+    pnet, bb = make_models()
+    before = snapshot(pnet, bb)
+    tr = Trainer(cfg(stage="finetune", epochs=1, steps_per_epoch=2, lr=1e-2), pnet, bb,
+                 tiny_data(), tmp_path, val_data=tiny_data(train=False))
+    last = tr.fit()
+    after = snapshot(pnet, bb)
+    assert not torch.equal(before["1.linear.weight"], after["1.linear.weight"])
+    assert not torch.equal(before["0.fc.weight"], after["0.fc.weight"])
+    # frozen BN (default): running statistics unchanged
+    assert torch.equal(before["1.bn1.running_mean"], after["1.bn1.running_mean"])
+    assert set(seen) == {"gather"} and len(seen) >= 4
+    assert last["split"] == "val" and 0 <= last["acc"] <= 1
+
+
+def test_finetune_bn_train_updates_running_stats(tmp_path: Path) -> None:
+    pnet, bb = make_models()
+    before = snapshot(bb)
+    Trainer(cfg(stage="finetune", epochs=1, steps_per_epoch=1, bn="train"), pnet, bb, tiny_data(),
+            tmp_path).fit()
+    assert not torch.equal(before["0.bn1.running_mean"], bb.bn1.running_mean)
+
+
+def test_checkpoint_is_atomic_and_self_describing(tmp_path: Path) -> None:
+    p = save_checkpoint(tmp_path / "ck", {"a": torch.arange(3), "b": torch.ones(2, 2)[:, 0]},
+                        {"stage": "x", "n": 3})
+    assert p.name == "ck.safetensors" and (tmp_path / "ck.json").is_file()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["ck.json", "ck.safetensors"]
+    t, meta = load_checkpoint(p)
+    assert meta["n"] == 3 and meta["format"].startswith("blockdrop-checkpoint")
+    assert json.loads((tmp_path / "ck.json").read_text()) == meta
+    assert torch.equal(t["b"], torch.ones(2))
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage,bn", [("curriculum", "frozen"), ("finetune", "train")])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, stage: str, bn: str) -> None:
+    c = dict(stage=stage, bn=bn, epochs=3, steps_per_epoch=3, ckpt_every=1, seed=7, lr=5e-3,
+             cl_step=2)
+    # uninterrupted
+    pnet, bb = make_models(seed=1)
+    ref = Trainer(cfg(**c), pnet, bb, tiny_data(), tmp_path / "a")
+    ref.fit()
+    ref_state = snapshot(pnet, bb)
+    ref_opt = ref.optimizer.state_dict()["state"]
+
+    # killed after step 4 (mid epoch 1), then resumed by a fresh process-like trainer
+    pnet, bb = make_models(seed=1)
+
+    def kill(t: Trainer) -> None:
+        if t.global_step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        Trainer(cfg(**c), pnet, bb, tiny_data(), tmp_path / "b").fit(on_step=kill)
+    _, meta = load_checkpoint(tmp_path / "b" / "last.safetensors")
+    assert meta["progress"]["global_step"] == 4 and meta["progress"]["batch"] == 1
+    pnet2, bb2 = make_models(seed=99)                # different init: must be overwritten
+    res = Trainer(cfg(**c), pnet2, bb2, tiny_data(), tmp_path / "b")
+    res.fit(resume=True)
+    assert res.global_step == ref.global_step == 9
+    got = snapshot(pnet2, bb2)
+    for k, v in ref_state.items():
+        assert torch.equal(v, got[k]), f"{k} differs after resume"
+    opt = res.optimizer.state_dict()["state"]
+    for pid, st in ref_opt.items():
+        for k, v in st.items():
+            assert torch.equal(v, opt[pid][k]), f"optimizer {pid}.{k} differs"
+    a = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    b = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    strip = lambda rows: [r.rsplit(",", 1)[0] for r in rows]   # drop the wall-clock column
+    assert strip(a) == strip(b)
+
+
+def _write_tiny_folder(root: Path, n_per_class: int = 8, size: int = 16) -> None:
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (root / c).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_ddp_two_cpu_processes_gloo(tmp_path: Path) -> None:
+    """torchrun, 2 processes, gloo: finetune a tiny model; replicas must stay identical."""
+    _write_tiny_folder(tmp_path / "data")
+    torch.manual_seed(0)
+    torch.save({"state_dict": cifar_resnet(8, num_classes=3).state_dict()}, tmp_path / "r8.th")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT)]),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "blockdrop", "finetune", "--data", str(tmp_path / "data"),
+           "--weights", str(tmp_path / "r8.th"), "--out", str(tmp_path / "out"), "--epochs", "2",
+           "--steps-per-epoch", "2", "--batch-size", "4", "--device", "cpu", "--no-progress",
+           "--threads", "1", "--lr", "1e-2"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _, meta = load_checkpoint(tmp_path / "out" / "last.safetensors")
+    assert meta["world_size"] == 2 and meta["progress"]["global_step"] == 4
+    assert meta["progress"]["done"]
+    t, _ = load_checkpoint(tmp_path / "out" / "last.safetensors")
+    assert "rng.policy.0" in t and "rng.policy.1" in t
+    assert not torch.equal(t["rng.policy.0"], t["rng.policy.1"])   # ranks sample independently
