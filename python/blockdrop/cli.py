@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=_positive_int, default=128)
     d.add_argument("--gamma", type=_nonneg_float, default=5.0)
     d.add_argument("--finetune-lr", type=_pos_float, default=5e-4)
+    d.add_argument("--limit-train", type=_positive_int, default=None, help="train on N images")
     d.add_argument("--limit-test", type=_positive_int, default=None, help="evaluate N test images")
     d.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     _common(d)
@@ -434,7 +435,7 @@ def _cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     else:
         train, test = digits_dataset("train", args.seed), digits_dataset("test", args.seed)
         arch = args.arch or "resnet20"
-    test = _subset(test, args.limit_test)
+    train, test = _subset(train, args.limit_train), _subset(test, args.limit_test)
     q = args.quick
     try:
         backbone, spec = load_backbone(args.weights, None if args.weights and not args.arch else arch,

@@ -1,0 +1,146 @@
+"""The ``blockdrop`` command line on tiny data: argument errors, train -> finetune -> eval, bench,
+demo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blockdrop.cli import build_parser, main
+from blockdrop.models import cifar_resnet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A 3-class 16x16 ImageFolder (train + test split dirs) and a ResNet-8 backbone ``.th``."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for ci, c in enumerate(("red", "green", "blue")):
+            d = root / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 80, (16, 16, 3), dtype=np.uint8)
+                arr[..., ci] += 150          # learnable: the dominant channel is the class
+                Image.fromarray(arr).save(d / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save({"state_dict": cifar_resnet(8, num_classes=3).state_dict()}, root / "r8.th")
+    return {"root": root, "data": root / "data", "weights": root / "r8.th"}
+
+
+@pytest.mark.parametrize("argv", [
+    [],                                                     # no command
+    ["fly"],                                                # unknown command
+    ["train"],                                              # --data/--out missing
+    ["train", "--data", "x", "--out", "y", "--epochs", "0"],
+    ["train", "--data", "x", "--out", "y", "--alpha", "0.3"],
+    ["finetune", "--data", "x", "--out", "y", "--bn", "maybe"],
+    ["eval"],                                               # no checkpoint
+    ["bench", "--keep", "1.5"],
+    ["demo", "--batch-size", "-4"],
+])
+def test_bad_arguments_exit_nonzero_with_usage(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path, capsys, tiny) -> None:
+    missing = tmp_path / "no" / "cifar10-jpeg-train.tar.gz"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(missing), "--weights", str(tiny["weights"]), "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
+
+
+def test_missing_weights_and_arch_is_an_error(tmp_path: Path, capsys, tiny) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(tiny["data"]), "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--weights" in capsys.readouterr().err
+
+
+def test_train_finetune_eval_bench_on_tiny_data(tmp_path: Path, tiny, capsys) -> None:
+    common = ["--data", str(tiny["data"]), "--val-data", str(tiny["data"]), "--batch-size", "6",
+              "--steps-per-epoch", "2", "--no-progress", "--device", "cpu"]
+    assert main(["train", *common, "--weights", str(tiny["weights"]), "--out", str(tmp_path / "cl"),
+                 "--epochs", "2", "--cl-step", "2"]) == 0
+    ck = tmp_path / "cl" / "last.safetensors"
+    meta = json.loads((tmp_path / "cl" / "last.json").read_text())
+    assert meta["stage"] == "curriculum" and meta["backbone_spec"]["depth"] == 8
+    assert meta["progress"]["done"] and meta["classes"] == ["blue", "green", "red"]
+    # resume of a finished run is a no-op that still succeeds
+    assert main(["train", *common, "--weights", str(tiny["weights"]), "--out", str(tmp_path / "cl"),
+                 "--epochs", "2", "--cl-step", "2", "--resume"]) == 0
+    assert main(["finetune", *common, "--init", str(ck), "--out", str(tmp_path / "ft"),
+                 "--epochs", "1", "--gamma", "2", "--bn", "train"]) == 0
+    ft = tmp_path / "ft" / "last.safetensors"
+    capsys.readouterr()
+    assert main(["eval", str(ck), str(ft), "--data", str(tiny["data"]), "--batch-size", "5",
+                 "--bench-batches", "1", "--repeats", "1", "--plots", str(tmp_path / "plots"),
+                 "--json", str(tmp_path / "res.json"), "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "full network" in out and "BlockDrop" in out and "measured speedup" in out
+    res = json.loads((tmp_path / "res.json").read_text())
+    assert len(res) == 2 and res[1]["n"] == 12 and res[1]["num_blocks"] == 3
+    assert res[1]["flops_mean"] > 0 and res[1]["full_flops"] > 0 and 0 <= res[1]["blocks_mean"] <= 3
+    assert res[1]["throughput"]["full_ips"] > 0 and res[1]["num_policies"] >= 1
+    for name in ("acc_vs_flops.png", "block_usage_0.png", "block_usage_1.png", "policy_grid.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+    assert main(["bench", "--arch", "resnet8", "--batch-size", "4", "--image-size", "16",
+                 "--repeats", "1", "--strategies", "masked,gather", "--device", "cpu"]) == 0
+    assert "gather" in capsys.readouterr().out
+
+
+def test_finetune_init_conflicts_with_weights(tmp_path: Path, tiny) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--data", str(tiny["data"]), "--out", str(tmp_path), "--init", "a",
+              "--weights", str(tiny["weights"])])
+    assert e.value.code == 2
+
+
+def test_demo_quick_on_digits(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--quick", "--arch", "resnet8", "--limit-train", "64", "--limit-test", "32",
+                 "--batch-size", "16", "--out", str(tmp_path / "demo"), "--no-progress",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "Full network vs BlockDrop" in out and "accuracy" in out
+    assert (tmp_path / "demo" / "results.json").is_file()
+    assert (tmp_path / "demo" / "policy_grid.png").is_file()
+    assert (tmp_path / "demo" / "finetune" / "last.safetensors").is_file()
+
+
+def test_python_dash_m_help() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT)])}
+    r = subprocess.run([sys.executable, "-m", "blockdrop", "--help"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and all(c in r.stdout for c in ("train", "finetune", "eval", "bench", "demo"))
+    r = subprocess.run([sys.executable, "-m", "blockdrop", "train", "--epochs", "x"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "positive integer" in r.stderr
+
+
+def test_parser_defaults_are_the_official_settings() -> None:
+    p = build_parser()
+    a = p.parse_args(["train", "--data", "d", "--out", "o", "--arch", "resnet32"])
+    assert (a.batch_size, a.lr, a.beta, a.alpha, a.cl_step) == (2048, 1e-3, 0.1, 0.8, 1)
+    f = p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c"])
+    assert (f.batch_size, f.lr, f.beta, f.bn, f.strategy) == (256, 1e-4, 0.0, "frozen", "gather")
