@@ -26,11 +26,10 @@ scheduled:
     distinct policies relative to its size (mean group size ``N / G >= AUTO_MIN_GROUP_SIZE``), else
     ``"gather"``.
 
-Synchronisation: ``gather`` and ``auto``-as-gather make exactly one device->host copy (the plan's).
-``group`` also needs the distinct policies on the host; where the plan does not already carry them
-on the host (the CUDA plan keeps ``group_policy`` on the device) that is a second, small copy.
-``loop`` copies the policy to the host once; ``masked`` syncs once only to validate a non-bool CUDA
-policy.
+Synchronisation: ``gather``, ``group`` and ``auto`` make exactly one device->host copy, the plan's
+(sizes and distinct policies together; row indices stay on the device and the ops are called with
+``check=False`` since the plan's rows are valid by construction). ``loop`` copies the policy to the
+host once; ``masked`` syncs once, only to validate the values of a non-bool CUDA policy.
 
 Autograd: gradients flow through every strategy (``gather_rows``/``merge_block``/
 ``scatter_add_rows`` are differentiable). With BatchNorm in eval mode they equal those of
@@ -142,18 +141,6 @@ def validate_inputs(model: Any, x: Tensor, policy: Tensor) -> ResNetBackbone:
     return model
 
 
-def _plan_policy(policy: Tensor) -> Tensor:
-    """bool/uint8 view of a validated-or-to-be-validated policy for ``blockdrop_ext.plan``.
-
-    Non-0/1 entries (NaN included) of a non-bool CUDA policy become 2, which the plan reports in
-    its single host copy (so no extra synchronisation)."""
-    policy = policy.detach()
-    if policy.dtype in (torch.bool, torch.uint8):
-        return policy
-    ok = (policy == 0) | (policy == 1)
-    return torch.where(ok, policy, 2).to(torch.uint8)
-
-
 # --------------------------------------------------------------------------------------------------
 # strategies
 
@@ -211,36 +198,32 @@ def _gather(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
             h = block.full(h)
             continue
         rows = plan.block_rows(k)
-        y = block.residual(blockdrop_ext.gather_rows(h, rows))
+        y = block.residual(blockdrop_ext.gather_rows(h, rows, check=False))
         kind = block.shortcut_kind
         if kind == "option_a":
             s, y = _same_dtype(h, y)
-            h = blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=True)
+            h = blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=True, check=False)
             continue
         s = h if kind == "identity" else block.shortcut(h)
         s, y = _same_dtype(s, y)
         if _may_write_in_place(s, y, x):  # s is ours alone (h or a fresh projection/cast)
-            blockdrop_ext.merge_block_(s, y, rows, relu=True)
+            blockdrop_ext.merge_block_(s, y, rows, relu=True, check=False)
             h = s
         else:
-            h = blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=False)
+            h = blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=False, check=False)
     return model.head(h)
 
 
-def _group_policy_host(plan: Any, k: int) -> list[list[int]]:
-    """The plan's distinct policies as host lists ``[G][K]`` (a copy if they live on a device)."""
-    host = getattr(plan, "group_policy_host", None)
-    gp = host if host is not None else plan.group_policy
-    if isinstance(gp, Tensor):
-        gp = gp[: plan.num_groups, :k].cpu().tolist()
-    return [list(row[:k]) for row in gp[: plan.num_groups]]
+def _group_policy_host(plan: Any) -> list[list[int]]:
+    """The plan's distinct policies as host lists ``[G][K]`` (brought over in the plan's copy)."""
+    return plan.group_policy_host.tolist()
 
 
 def _group(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
     n, g_count = x.shape[0], plan.num_groups
-    policies = _group_policy_host(plan, model.num_blocks)
+    policies = _group_policy_host(plan)
     offsets: Sequence[int] = plan.group_offsets
-    h = model.stem(x if g_count == 1 else blockdrop_ext.gather_rows(x, plan.perm))
+    h = model.stem(x if g_count == 1 else blockdrop_ext.gather_rows(x, plan.perm, check=False))
     outs = []
     for g in range(g_count):
         hg = h if g_count == 1 else h[offsets[g] : offsets[g + 1]]
@@ -249,7 +232,7 @@ def _group(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
         outs.append(model.head(hg))
     if g_count == 1:
         return outs[0]
-    return blockdrop_ext.scatter_add_rows(torch.cat(outs), plan.perm, n)
+    return blockdrop_ext.scatter_add_rows(torch.cat(outs), plan.perm, n, check=False)
 
 
 def choose_strategy(plan: Any, n: int) -> str:
@@ -289,9 +272,9 @@ def dynamic_forward(model: Any, x: Tensor, policy: Tensor, strategy: str = "auto
         return _masked(model, x, policy)
     if strategy == "loop":
         return _loop(model, x, policy)
-    plan = blockdrop_ext.plan(_plan_policy(policy))  # the one device->host synchronisation
-    if getattr(plan, "bad", 0):  # CUDA plans report non-0/1 values here instead of raising
-        raise ValueError("policy: expected only 0/1 values (found others, or NaN)")
+    # The one device->host synchronisation. plan() also rejects non-0/1 values (NaN included) of
+    # a CUDA policy from that same copy (ValueError "plan: policy must contain only 0 and 1").
+    plan = blockdrop_ext.plan(policy.detach())
     if strategy == "auto":
         strategy = choose_strategy(plan, x.shape[0])
     if strategy == "group":
