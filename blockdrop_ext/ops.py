@@ -116,7 +116,12 @@ def plan(policy: torch.Tensor) -> Plan:
     if policy.shape[1] == 0:
         raise ValueError("plan: policy must have at least one block (K >= 1), got K = 0")
     p = _policy_uint8(policy)
-    meta, offsets_t, rows, perm, _, group_policy = _impl("plan", p)(p)
+    try:
+        meta, _, rows, perm, _, group_policy = _impl("plan", p)(p)
+    except RuntimeError as exc:  # the CPU kernel checks values itself
+        if "only 0 and 1" in str(exc):
+            raise ValueError("plan: policy must contain only 0 and 1 (found another value or NaN)") from exc
+        raise
     n, k = policy.shape
     # The one device->host copy: the sizes and the distinct policies, as one byte buffer.
     packed = torch.cat([meta.view(torch.uint8), group_policy.reshape(-1)]).cpu()

@@ -62,7 +62,7 @@ at::Tensor scatter_add_rows(const at::Tensor& src_in, const at::Tensor& rows_in,
   check_rows_in_range(rows, n, "scatter_add_rows");
   auto sizes = src.sizes().vec();
   sizes[0] = n;
-  at::Tensor out = at::zeros(sizes, src.options().memory_format(fmt));
+  at::Tensor out = at::empty(sizes, src.options().memory_format(fmt)).zero_();
   const int64_t M = rows.size(0);
   if (M == 0 || out.numel() == 0) return out;
   const int64_t row_numel = src.numel() / M;

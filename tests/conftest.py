@@ -1,0 +1,36 @@
+"""Shared fixtures: devices (CUDA cases carry the `gpu` marker and skip with a reason when no GPU
+is visible) and the location of ../shared/data (or $BLOCKDROP_DATA)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+NO_GPU = "no CUDA GPU visible (run on a GPU machine to exercise the CUDA kernels)"
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_GPU)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def data_root() -> Path | None:
+    """../shared/data next to the project, or $BLOCKDROP_DATA; None when absent."""
+    env = os.environ.get("BLOCKDROP_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return root if root.is_dir() else None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    root = data_root()
+    if root is None:
+        pytest.skip("shared data not found: set BLOCKDROP_DATA or place it at ../shared/data")
+    return root
