@@ -15,7 +15,6 @@ import pytest
 import torch
 import torchvision
 
-import blockdrop
 from blockdrop import dynamic_forward, models
 from blockdrop.engine import AUTO_MIN_GROUP_SIZE, choose_strategy
 

@@ -129,10 +129,7 @@ def validate_inputs(model: Any, x: Tensor, policy: Tensor) -> ResNetBackbone:
             f"policy: expected shape [N, K] = {list(expected)} (N = x.shape[0], K = "
             f"model.num_blocks), got {list(policy.shape)}"
         )
-    if policy.dtype.is_complex or not (
-        policy.dtype == torch.bool or policy.is_floating_point() or not policy.dtype.is_signed
-        or policy.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)
-    ):
+    if policy.is_complex():
         raise ValueError(f"policy: expected a bool, integer or float tensor of 0/1, got {policy.dtype}")
     if policy.device != x.device:
         raise ValueError(f"policy: expected device {x.device} (that of x), got {policy.device}")
