@@ -1,6 +1,6 @@
 // Every blockdrop op's schema, in one place, plus the argument checks both backends share and
 // the Python module init of blockdrop_ext._C. Kernels and their TORCH_LIBRARY_IMPL registrations:
-// cpu/<op>.cpp (CPU) and cuda/<op>.cu (CUDA).
+// cpu/<op>.cpp (CPU), cuda/<op>.cu (CUDA kernels) with cuda/entry.cpp (their checked host entries).
 //
 // Contracts (N images, K blocks, M executed rows):
 //   plan(policy[N,K] uint8|bool, values 0/1) -> (meta, offsets, rows, perm, group_offsets, group_policy)

@@ -1,10 +1,15 @@
-// Helpers shared by the CUDA kernels: vector types for 16-byte loads and launch geometry.
+// Helpers shared by the CUDA kernels: vector packs for 16-byte accesses, launch geometry and a
+// non-throwing dtype switch (launchers must not throw; see launch.h).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 namespace blockdrop {
 namespace cuda {
@@ -15,6 +20,16 @@ constexpr int kThreads = 256;
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
   T v[N];
+};
+
+// float for half/bfloat16/float, double for double: the type arithmetic is done in.
+template <typename T>
+struct OpMath {
+  using type = float;
+};
+template <>
+struct OpMath<double> {
+  using type = double;
 };
 
 // Largest pack width (in elements, at most 16 bytes) that divides `row_elems` and keeps every pointer aligned.
@@ -34,6 +49,23 @@ inline dim3 row_grid(int64_t rows, int64_t packs_per_row) {
   const int64_t gx = std::min<int64_t>((packs_per_row + kThreads - 1) / kThreads, 1024);
   const int64_t gy = std::min<int64_t>(rows, 65535);
   return dim3(static_cast<unsigned>(std::max<int64_t>(gx, 1)), static_cast<unsigned>(std::max<int64_t>(gy, 1)));
+}
+
+// Calls f(T{}) with T the C++ type of `dtype`; cudaErrorInvalidValue for any other dtype.
+template <typename F>
+cudaError_t dispatch_float(c10::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case c10::ScalarType::Float:
+      return f(float{});
+    case c10::ScalarType::Double:
+      return f(double{});
+    case c10::ScalarType::Half:
+      return f(c10::Half{});
+    case c10::ScalarType::BFloat16:
+      return f(c10::BFloat16{});
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace cuda

@@ -1,16 +1,11 @@
-// plan on CUDA, with no host synchronisation: per-block CSR of the executing rows (one block of
-// threads per policy column: count, then an ordered compaction by block-wide scan), and the grouping
-// of identical policies (policies packed into 64-bit words, stable LSD sort by word, run boundaries).
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+// plan kernels: per-block CSR of the executing rows (one thread block per policy column: count,
+// then an ordered compaction by block-wide scan) and the packing of each policy into 64-bit words
+// for the grouping sort. Host entry (checks, the sort, group boundaries): entry.cpp.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
-#include <torch/library.h>
 
-#include "../ops.h"
 #include "common.cuh"
+#include "launch.h"
 
 namespace blockdrop {
 namespace cuda {
@@ -68,53 +63,24 @@ __global__ void pack_kernel(const uint8_t* __restrict__ p, int64_t N, int64_t K,
 
 }  // namespace
 
-PlanResult plan(const at::Tensor& policy_in) {
-  check_policy(policy_in);
-  const c10::cuda::CUDAGuard guard(policy_in.device());
-  const at::Tensor policy = policy_in.to(at::kByte).contiguous();
-  const int64_t N = policy.size(0), K = policy.size(1);
-  const int64_t W = (K + 63) / 64;
-  const auto opts = policy.options().dtype(at::kLong);
-  at::Tensor meta = at::zeros({K + N + 2}, opts);
-  at::Tensor rows = at::full({N * K}, -1, opts);
-  at::Tensor group_policy = at::zeros({N, K}, policy.options());
-  if (N == 0) {
-    return {meta, at::zeros({K + 1}, opts), rows, at::empty({0}, opts), at::zeros({1}, opts), group_policy};
-  }
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const uint8_t* p = policy.const_data_ptr<uint8_t>();
-  int64_t* m = meta.data_ptr<int64_t>();
+cudaError_t launch_plan_count(const uint8_t* policy, int64_t N, int64_t K, int64_t* counts, int64_t* bad,
+                              cudaStream_t stream) {
+  count_kernel<<<static_cast<unsigned>(K), kThreads, 0, stream>>>(policy, N, K, counts, bad);
+  return cudaGetLastError();
+}
 
-  count_kernel<<<K, kThreads, 0, stream>>>(p, N, K, m, m + K + N + 1);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  at::Tensor offsets = at::cat({at::zeros({1}, opts), meta.narrow(0, 0, K).cumsum(0)});
-  fill_rows_kernel<<<K, kThreads, 0, stream>>>(p, N, K, offsets.const_data_ptr<int64_t>(), rows.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+cudaError_t launch_plan_fill(const uint8_t* policy, int64_t N, int64_t K, const int64_t* offsets, int64_t* rows,
+                             cudaStream_t stream) {
+  fill_rows_kernel<<<static_cast<unsigned>(K), kThreads, 0, stream>>>(policy, N, K, offsets, rows);
+  return cudaGetLastError();
+}
 
-  at::Tensor words = at::empty({N, W}, opts);
+cudaError_t launch_plan_pack(const uint8_t* policy, int64_t N, int64_t K, int64_t W, int64_t* words,
+                             cudaStream_t stream) {
   const int blocks = static_cast<int>(std::min<int64_t>((N * W + kThreads - 1) / kThreads, 4096));
-  pack_kernel<<<blocks, kThreads, 0, stream>>>(p, N, K, W, words.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // Stable sort by the least significant word first, then by each more significant one.
-  at::Tensor perm = std::get<1>(at::sort(words.select(1, W - 1), /*stable=*/true, /*dim=*/0, /*descending=*/false));
-  for (int64_t w = W - 2; w >= 0; --w) {
-    const at::Tensor keys = words.select(1, w).index_select(0, perm);
-    perm = perm.index_select(0, std::get<1>(at::sort(keys, true, 0, false)));
-  }
-  const at::Tensor sorted = words.index_select(0, perm);
-  at::Tensor starts = at::ones({N}, opts);
-  if (N > 1) starts.narrow(0, 1, N - 1).copy_(sorted.narrow(0, 1, N - 1).ne(sorted.narrow(0, 0, N - 1)).any(1));
-  const at::Tensor gid = starts.cumsum(0).sub_(1);
-  at::Tensor gsize = meta.narrow(0, K, N);
-  gsize.index_add_(0, gid, at::ones({N}, opts));
-  meta.narrow(0, K + N, 1).copy_(gid.narrow(0, N - 1, 1)).add_(1);
-  at::Tensor group_offsets = at::cat({at::zeros({1}, opts), gsize.cumsum(0)});
-  // Every member of a group writes the same policy row, so the order of the writes does not matter.
-  group_policy.index_copy_(0, gid, policy.index_select(0, perm));
-  return {meta, offsets, rows, perm, group_offsets, group_policy};
+  pack_kernel<<<blocks, kThreads, 0, stream>>>(policy, N, K, W, words);
+  return cudaGetLastError();
 }
 
 }  // namespace cuda
 }  // namespace blockdrop
-
-TORCH_LIBRARY_IMPL(blockdrop, CUDA, m) { m.impl("plan", &blockdrop::cuda::plan); }
