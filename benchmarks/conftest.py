@@ -1,0 +1,58 @@
+"""pytest-benchmark suites of blockdrop (``pytest benchmarks -q``; see benchmarks/README.md).
+
+Measurement setup for the whole session (../shared/FACTS.md): one CPU thread, glibc's trim/mmap
+thresholds raised (mallopt; for the same effect from the start, export MALLOC_MMAP_THRESHOLD_ and
+MALLOC_TRIM_THRESHOLD_), denormals flushed. CUDA cases carry the ``gpu`` marker and are skipped
+with a reason when no GPU is visible. Knobs: BLOCKDROP_BENCH_FULL=1 (the full model matrix),
+BLOCKDROP_BENCH_ROUNDS (timed rounds per model case; default 2 on CPU, 10 on GPU),
+BLOCKDROP_BENCH_THREADS (default 1).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+NO_GPU = "no CUDA GPU visible (run on a GPU machine, e.g. scripts/gpu_run.sh, for the CUDA cases)"
+SETUP: dict = {}
+
+
+def pytest_configure(config):
+    SETUP.update(common.setup_measurement(int(os.environ.get("BLOCKDROP_BENCH_THREADS", "1"))))
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with a reason when none is visible)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_GPU)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    dev = common.default_device()
+    machine_info["blockdrop"] = {
+        "machine": common.default_machine(dev),
+        "threads": torch.get_num_threads(),
+        "malloc": SETUP.get("malloc"),
+        "gpu": torch.cuda.get_device_name() if dev == "cuda" else None,
+        "git": common.git_commit(),
+    }
+
+
+def full_matrix() -> bool:
+    return os.environ.get("BLOCKDROP_BENCH_FULL", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def rounds(device: str) -> int:
+    env = os.environ.get("BLOCKDROP_BENCH_ROUNDS")
+    return int(env) if env else (10 if device == "cuda" else 2)
