@@ -40,7 +40,12 @@ def _check_float(t: torch.Tensor, name: str, op: str) -> None:
         raise ValueError(f"{op}: {name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
 
 
-def _check_rows(rows: torch.Tensor, n: int, device: torch.device, op: str, check_range: bool) -> None:
+def _check_rows(
+    rows: torch.Tensor, n: int, device: torch.device, op: str, check: bool, unique: bool = False
+) -> None:
+    """Type, shape and device always; values (range, and distinctness when `unique`) when `check`.
+    On CUDA the value check is one device->host copy: pass check=False for rows made by plan().
+    All checks happen here, before any kernel runs, so that bad input is a Python ValueError."""
     _check_tensor(rows, "rows", op)
     if rows.dim() != 1:
         raise ValueError(f"{op}: rows must be a 1-D index tensor, got shape {tuple(rows.shape)}")
@@ -48,10 +53,19 @@ def _check_rows(rows: torch.Tensor, n: int, device: torch.device, op: str, check
         raise ValueError(f"{op}: rows must be int64 (torch.long), got {rows.dtype}")
     if rows.device != device:
         raise ValueError(f"{op}: rows must be on {device} like the data, got {rows.device}")
-    if check_range and rows.numel() and not torch.compiler.is_compiling():
-        bad = ((rows < 0) | (rows >= n)).any()
-        if bool(bad):  # one device->host copy on CUDA; pass check=False for rows from plan()
-            raise ValueError(f"{op}: rows must lie in [0, {n}), got values from {int(rows.min())} to {int(rows.max())}")
+    if not check or rows.numel() == 0 or torch.compiler.is_compiling():
+        return
+    bad = ((rows < 0) | (rows >= n)).any()
+    if unique and rows.numel() > 1:
+        s = rows.sort().values
+        dup = (s[1:] == s[:-1]).any()
+        flags = torch.stack([bad, dup]).tolist()
+    else:
+        flags = [bool(bad), False]
+    if flags[0]:
+        raise ValueError(f"{op}: rows must lie in [0, {n}), got values from {int(rows.min())} to {int(rows.max())}")
+    if flags[1]:
+        raise ValueError(f"{op}: rows must be distinct (each image merged once)")
 
 
 @dataclass(frozen=True)
@@ -150,7 +164,7 @@ def gather_rows(x: torch.Tensor, rows: torch.Tensor, *, check: bool = True) -> t
     if x.dim() < 1:
         raise ValueError("gather_rows: x must have at least one dimension")
     _check_float(x, "x", "gather_rows")
-    _check_rows(rows, x.shape[0], x.device, "gather_rows", check and x.is_cuda)
+    _check_rows(rows, x.shape[0], x.device, "gather_rows", check)
     return _impl("gather_rows", x)(x, rows)
 
 
@@ -161,7 +175,7 @@ def scatter_add_rows(src: torch.Tensor, rows: torch.Tensor, n: int, *, check: bo
     _check_float(src, "src", "scatter_add_rows")
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"scatter_add_rows: n must be a non-negative int, got {n!r}")
-    _check_rows(rows, n, src.device, "scatter_add_rows", check and src.is_cuda)
+    _check_rows(rows, n, src.device, "scatter_add_rows", check)
     if src.dim() < 1 or src.shape[0] != rows.shape[0]:
         raise ValueError(
             f"scatter_add_rows: src must have one row per entry of rows ({rows.shape[0]}), got shape {tuple(src.shape)}"
@@ -181,7 +195,7 @@ def _check_merge(shortcut: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, op
         raise ValueError(f"{op}: y must have the dtype of shortcut ({shortcut.dtype}), got {y.dtype}")
     if y.device != shortcut.device:
         raise ValueError(f"{op}: y must be on {shortcut.device} like shortcut, got {y.device}")
-    _check_rows(rows, shortcut.shape[0], shortcut.device, op, check and shortcut.is_cuda)
+    _check_rows(rows, shortcut.shape[0], shortcut.device, op, check, unique=True)
     if y.shape[0] != rows.shape[0]:
         raise ValueError(f"{op}: y must have one row per entry of rows ({rows.shape[0]}), got {y.shape[0]}")
 
@@ -208,6 +222,18 @@ def merge_block(
         raise ValueError(
             f"merge_block: y must have the C, H, W of shortcut {tuple(shortcut.shape[1:])}, got {tuple(y.shape[1:])}"
         )
+    if downsample:
+        c, h, w = shortcut.shape[1:]
+        if y.shape[1] < c or (y.shape[1] - c) % 2:
+            raise ValueError(
+                f"merge_block(downsample=True): y's channels ({y.shape[1]}) must be >= shortcut's ({c}) and differ "
+                "by an even number (option-A zero padding on both sides)"
+            )
+        if tuple(y.shape[2:]) != ((h + 1) // 2, (w + 1) // 2):
+            raise ValueError(
+                f"merge_block(downsample=True): y's H, W must be ceil(H/2), ceil(W/2) of shortcut = "
+                f"{((h + 1) // 2, (w + 1) // 2)}, got {tuple(y.shape[2:])}"
+            )
     return _impl("merge_block", shortcut, y)(shortcut, y, rows, relu, downsample)
 
 
