@@ -114,6 +114,12 @@ def test_cifar_python_folder(tmp_path: Path) -> None:
     with open(root / "test_batch", "rb") as f:
         raw = pickle.load(f)["data"][1].reshape(3, 32, 32)
     assert torch.equal(te.dataset.images[1], torch.from_numpy(raw).permute(1, 2, 0))
+    # torchvision's own archive layout (cifar-10-python.tar.gz): extracted to the cache once
+    arc = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        tf.add(root, arcname="cifar-10-batches-py")
+    te2 = load_dataset(arc, "test", cache_dir=tmp_path / "cache")
+    assert torch.equal(te2.dataset.images, te.dataset.images)
 
 
 def test_missing_dataset_says_which_path(tmp_path: Path) -> None:

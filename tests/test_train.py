@@ -131,10 +131,20 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("stage,bn", [("curriculum", "frozen"), ("finetune", "train")])
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, stage: str, bn: str) -> None:
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("stage,bn,device", [
+    ("curriculum", "frozen", "cpu"), ("finetune", "train", "cpu"),
+    pytest.param("finetune", "frozen", "cuda", marks=[pytest.mark.gpu, _CUDA]),   # AMP + scaler
+])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, stage: str, bn: str,
+                                                     device: str) -> None:
+    if device == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     c = dict(stage=stage, bn=bn, epochs=3, steps_per_epoch=3, ckpt_every=1, seed=7, lr=5e-3,
-             cl_step=2)
+             cl_step=2, device=device)
     # uninterrupted
     pnet, bb = make_models(seed=1)
     ref = Trainer(cfg(**c), pnet, bb, tiny_data(), tmp_path / "a")

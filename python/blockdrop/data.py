@@ -228,6 +228,11 @@ def _select_tree(names: list[str], split: str, what: str) -> tuple[int, str | No
 def _load_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> DataInfo:
     members = _archive_members(path)
     if not members:
+        with tarfile.open(path) as tf:
+            names = tf.getnames()
+        for name in ("cifar-10-batches-py", "cifar-100-python"):
+            if any(n.split("/")[0] == name for n in names):   # torchvision's own CIFAR archive
+                return _load_cifar_pickle(_extract(path, cache_dir) / name, split, seed)
         raise DatasetNotFoundError(f"{path}: archive holds no images")
     drop, split_dir = _select_tree([m.name for m in members], split, str(path))
     keep = [m for m in members if split_dir is None or Path(m.name).parts[drop] == split_dir]

@@ -458,7 +458,9 @@ class Trainer:
         from blockdrop.blockdrop_net import BlockDropNet
         from blockdrop.evaluate import evaluate
         assert self.val_data is not None
-        net = BlockDropNet(self.policy_net, self.backbone, strategy=self.cfg.strategy)
+        mask = self.curriculum_mask(epoch)
+        pnet = self.policy_net if mask is None else _ForcedOn(self.policy_net, mask)
+        net = BlockDropNet(pnet, self.backbone, strategy=self.cfg.strategy)
         loader = make_loader(self.val_data.dataset, max(self.cfg.batch_size, 256), train=False)
         with _eval_mode(self.step_module):
             res = evaluate(net, loader, self.device, amp=self.cfg.amp, full=False, flops=False,
@@ -484,6 +486,20 @@ class Trainer:
             raise RuntimeError("DDP replicas diverged")
 
 
+class _ForcedOn(nn.Module):
+    """Validation during the curriculum: the blocks not yet learned are forced on (probability 1),
+    exactly as in training."""
+
+    def __init__(self, policy_net: nn.Module, mask: Tensor) -> None:
+        super().__init__()
+        self.inner, self.mask = policy_net, mask
+        self.num_blocks = int(mask.numel())
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.inner(x)
+        return torch.where(self.mask.unsqueeze(0), p, torch.ones_like(p))
+
+
 def _py_state_to_json(st: tuple) -> list:
     return [st[0], list(st[1]), st[2]]
 
@@ -496,9 +512,15 @@ def _py_state_from_json(js: list) -> tuple:
 
 def train_backbone(model: nn.Module, data: DataInfo, epochs: int, device: torch.device,
                    batch_size: int = 128, lr: float = 0.1, seed: int = 0,
-                   progress: bool = True) -> nn.Module:
-    """Supervised training of a full backbone (SGD, momentum 0.9, wd 5e-4, cosine lr) - used by
-    the demo to get a backbone when no pretrained weights are given.  Returns ``model`` (eval)."""
+                   progress: bool = True, keep_prob: float = 1.0) -> nn.Module:
+    """Supervised training of a backbone (SGD, momentum 0.9, wd 5e-4, cosine lr) - used by the
+    demo to get a backbone when no pretrained weights are given.  Returns ``model`` (eval mode).
+
+    ``keep_prob < 1`` trains with per-image stochastic depth ("drop path"): every block of every
+    image is kept with probability ``keep_prob`` (run with the engine's "masked" strategy, so
+    BatchNorm sees the whole batch).  Large pretrained ResNets tolerate dropped blocks on their
+    own; a small net trained for a few epochs needs this to have anything to drop.
+    """
     from tqdm.auto import tqdm
     torch.manual_seed(seed)
     model.to(device).train()
@@ -511,7 +533,11 @@ def train_backbone(model: nn.Module, data: DataInfo, epochs: int, device: torch.
         set_loader_epoch(loader, epoch)
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
+            if keep_prob < 1.0:
+                keep = (torch.rand(x.shape[0], model.num_blocks, device=device) < keep_prob)
+                loss = F.cross_entropy(dynamic_forward(model, x, keep, strategy="masked"), y)
+            else:
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
