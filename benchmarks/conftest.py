@@ -5,7 +5,7 @@ thresholds raised (mallopt; for the same effect from the start, export MALLOC_MM
 MALLOC_TRIM_THRESHOLD_), denormals flushed. CUDA cases carry the ``gpu`` marker and are skipped
 with a reason when no GPU is visible. Knobs: BLOCKDROP_BENCH_FULL=1 (the full model matrix),
 BLOCKDROP_BENCH_ROUNDS (timed rounds per model case; default 2 on CPU, 10 on GPU),
-BLOCKDROP_BENCH_THREADS (default 1).
+BLOCKDROP_BENCH_THREADS (default 1 without a GPU, torch's default with one).
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ SETUP: dict = {}
 
 
 def pytest_configure(config):
-    SETUP.update(common.setup_measurement(int(os.environ.get("BLOCKDROP_BENCH_THREADS", "1"))))
+    threads = os.environ.get("BLOCKDROP_BENCH_THREADS", "0" if torch.cuda.is_available() else "1")
+    SETUP.update(common.setup_measurement(int(threads)))  # 0: torch's default (GPU machines)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with a reason when none is visible)")
 
 
