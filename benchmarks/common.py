@@ -68,6 +68,17 @@ def setup_measurement(threads: int | None = 1) -> dict:
     return {"threads": torch.get_num_threads(), "malloc": malloc}
 
 
+def full_matrix() -> bool:
+    """BLOCKDROP_BENCH_FULL=1: the pytest suites run the whole matrix instead of the CPU subset."""
+    return os.environ.get("BLOCKDROP_BENCH_FULL", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def bench_rounds(device: str) -> int:
+    """Timed rounds per pytest model case: BLOCKDROP_BENCH_ROUNDS, default 2 on CPU, 10 on GPU."""
+    env = os.environ.get("BLOCKDROP_BENCH_ROUNDS")
+    return int(env) if env else (10 if device == "cuda" else 2)
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -303,7 +314,7 @@ def rel_err(out: Tensor, ref: Tensor) -> float:
 def tolerance(dtype: torch.dtype) -> float:
     """Relative (Frobenius) tolerance vs masked: float32 sums differ only by the conv algorithm a
     sub-batch size picks; bf16/fp16 round every activation."""
-    return 1e-4 if dtype in (torch.float32, torch.float64) else 5e-2
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 8e-2
 
 
 # ------------------------------------------------------------------------------------------ cases

@@ -49,11 +49,3 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "git": common.git_commit(),
     }
 
-
-def full_matrix() -> bool:
-    return os.environ.get("BLOCKDROP_BENCH_FULL", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def rounds(device: str) -> int:
-    env = os.environ.get("BLOCKDROP_BENCH_ROUNDS")
-    return int(env) if env else (10 if device == "cuda" else 2)

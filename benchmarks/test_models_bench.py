@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import common
-from conftest import full_matrix, rounds
+from common import bench_rounds as rounds, full_matrix
 
 MIXES_ALL = ("iid:0.31", "iid:0.75", "proto10", "proto469", "ones", "zeros")
 

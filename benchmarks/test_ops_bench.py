@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import common
-from conftest import full_matrix
+from common import full_matrix
 
 _COPY_GBPS: dict = {}
 
