@@ -15,6 +15,7 @@ namespace blockdrop {
 namespace cuda {
 
 constexpr int kThreads = 256;
+constexpr int kUnroll = 4;  // packs per thread in the streaming kernels
 
 // A pack of N elements loaded and stored as one aligned access.
 template <typename T, int N>

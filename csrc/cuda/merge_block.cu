@@ -25,57 +25,76 @@ __global__ void inverse_rows_kernel(const int64_t* __restrict__ rows, int64_t* _
   }
 }
 
-// Same-shape merge, P elements per pack.
+// Same-shape merge, P elements per pack; each thread handles kUnroll packs, loads first.
 template <typename T, int P>
 __global__ void merge_kernel(const T* __restrict__ s, const T* __restrict__ y, const int64_t* __restrict__ inv,
                              T* __restrict__ out, int64_t N, int64_t packs, bool relu) {
   using acc_t = typename OpMath<T>::type;
   using V = Pack<T, P>;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
     const int64_t i = inv[n];
     const V* srow = reinterpret_cast<const V*>(s) + n * packs;
     V* orow = reinterpret_cast<V*>(out) + n * packs;
     const V* yrow = reinterpret_cast<const V*>(y) + (i < 0 ? 0 : i) * packs;
-    for (int64_t j = blockIdx.x * blockDim.x + threadIdx.x; j < packs; j += int64_t(gridDim.x) * blockDim.x) {
-      V a = srow[j];
-      if (i >= 0) {
-        const V b = yrow[j];
+    for (int64_t j0 = blockIdx.x * blockDim.x + threadIdx.x; j0 < packs; j0 += stride * kUnroll) {
+      V a[kUnroll], b[kUnroll];
 #pragma unroll
-        for (int e = 0; e < P; ++e) {
-          a.v[e] = static_cast<T>(maybe_relu<acc_t>(static_cast<acc_t>(a.v[e]) + static_cast<acc_t>(b.v[e]), relu));
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = j0 + u * stride;
+        if (j < packs) {
+          a[u] = srow[j];
+          if (i >= 0) b[u] = yrow[j];
         }
       }
-      orow[j] = a;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t j = j0 + u * stride;
+        if (j >= packs) continue;
+        if (i >= 0) {
+#pragma unroll
+          for (int e = 0; e < P; ++e) {
+            a[u].v[e] = static_cast<T>(
+                maybe_relu<acc_t>(static_cast<acc_t>(a[u].v[e]) + static_cast<acc_t>(b[u].v[e]), relu));
+          }
+        }
+        orow[j] = a[u];
+      }
     }
   }
 }
 
 // Downsampling merge: out[n, c, h, w] = optA(x)[n, c, h, w] (+ y[i, c, h, w], relu), x read by strides.
-template <typename T>
+// Index math within a row in I (int32 when a row fits: 64-bit division is several times slower).
+template <typename T, typename I>
 __global__ void merge_downsample_kernel(const T* __restrict__ x, const T* __restrict__ y,
                                         const int64_t* __restrict__ inv, T* __restrict__ out, int64_t N,
                                         DownsampleGeometry g, bool relu) {
   using acc_t = typename OpMath<T>::type;
-  const int64_t R = g.C * g.H * g.W;
+  const I C = static_cast<I>(g.C), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
+  const I R = C * H * W;
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
     const int64_t i = inv[n];
-    for (int64_t j = blockIdx.x * blockDim.x + threadIdx.x; j < R; j += int64_t(gridDim.x) * blockDim.x) {
-      int64_t c, h, w;
+    const T* xn = x + n * g.xs0;
+    for (I j = blockIdx.x * blockDim.x + threadIdx.x; j < R; j += static_cast<I>(gridDim.x * blockDim.x)) {
+      I c, h, w;
       if (g.channels_last) {
-        c = j % g.C;
-        w = (j / g.C) % g.W;
-        h = j / (g.C * g.W);
+        c = j % C;
+        const I hw = j / C;
+        w = hw % W;
+        h = hw / W;
       } else {
-        w = j % g.W;
-        h = (j / g.W) % g.H;
-        c = j / (g.H * g.W);
+        w = j % W;
+        const I ch = j / W;
+        h = ch % H;
+        c = ch / H;
       }
-      const int64_t ci = c - g.pad;
-      acc_t v = (ci >= 0 && ci < g.Cin)
-                    ? static_cast<acc_t>(x[n * g.xs0 + ci * g.xs1 + 2 * h * g.xs2 + 2 * w * g.xs3])
+      const I ci = c - static_cast<I>(g.pad);
+      acc_t v = (ci >= 0 && ci < static_cast<I>(g.Cin))
+                    ? static_cast<acc_t>(xn[ci * g.xs1 + 2 * int64_t(h) * g.xs2 + 2 * int64_t(w) * g.xs3])
                     : acc_t(0);
-      if (i >= 0) v = maybe_relu<acc_t>(v + static_cast<acc_t>(y[i * R + j]), relu);
-      out[n * R + j] = static_cast<T>(v);
+      if (i >= 0) v = maybe_relu<acc_t>(v + static_cast<acc_t>(y[i * int64_t(R) + j]), relu);
+      out[n * int64_t(R) + j] = static_cast<T>(v);
     }
   }
 }
@@ -118,10 +137,10 @@ cudaError_t launch_merge(c10::ScalarType dtype, const void* s, const void* y, co
     using T = decltype(tag);
     constexpr int P = 16 / sizeof(T);
     if (pack_width(R, sizeof(T), {s, y, out}) == P) {
-      merge_kernel<T, P><<<row_grid(N, R / P), kThreads, 0, stream>>>(
+      merge_kernel<T, P><<<row_grid(N, (R / P + kUnroll - 1) / kUnroll), kThreads, 0, stream>>>(
           static_cast<const T*>(s), static_cast<const T*>(y), inv, static_cast<T*>(out), N, R / P, relu);
     } else {
-      merge_kernel<T, 1><<<row_grid(N, R), kThreads, 0, stream>>>(static_cast<const T*>(s), static_cast<const T*>(y),
+      merge_kernel<T, 1><<<row_grid(N, (R + kUnroll - 1) / kUnroll), kThreads, 0, stream>>>(static_cast<const T*>(s), static_cast<const T*>(y),
                                                                    inv, static_cast<T*>(out), N, R, relu);
     }
     return cudaGetLastError();
@@ -132,8 +151,14 @@ cudaError_t launch_merge_downsample(c10::ScalarType dtype, const void* x, const 
                                     int64_t N, const DownsampleGeometry& g, bool relu, cudaStream_t stream) {
   return dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
-    merge_downsample_kernel<T><<<row_grid(N, g.C * g.H * g.W), kThreads, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<const T*>(y), inv, static_cast<T*>(out), N, g, relu);
+    const int64_t R = g.C * g.H * g.W;
+    if (R < (int64_t(1) << 30)) {
+      merge_downsample_kernel<T, int32_t><<<row_grid(N, R), kThreads, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(y), inv, static_cast<T*>(out), N, g, relu);
+    } else {
+      merge_downsample_kernel<T, int64_t><<<row_grid(N, R), kThreads, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(y), inv, static_cast<T*>(out), N, g, relu);
+    }
     return cudaGetLastError();
   });
 }
