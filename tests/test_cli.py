@@ -90,6 +90,9 @@ def test_train_finetune_eval_bench_on_tiny_data(tmp_path: Path, tiny, capsys) ->
     # resume of a finished run is a no-op that still succeeds
     assert main(["train", *common, "--weights", str(tiny["weights"]), "--out", str(tmp_path / "cl"),
                  "--epochs", "2", "--cl-step", "2", "--resume"]) == 0
+    with pytest.raises(SystemExit) as e:     # a curriculum checkpoint cannot resume a finetune
+        main(["finetune", *common, "--init", str(ck), "--out", str(tmp_path / "cl"), "--resume"])
+    assert e.value.code == 2
     assert main(["finetune", *common, "--init", str(ck), "--out", str(tmp_path / "ft"),
                  "--epochs", "1", "--gamma", "2", "--bn", "train"]) == 0
     ft = tmp_path / "ft" / "last.safetensors"

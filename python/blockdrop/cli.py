@@ -291,7 +291,12 @@ def _run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace, stage:
         print(f"[{stage}] {train.source}: {len(train.dataset)} images, {train.num_classes} classes; "
               f"backbone {spec}, K={k}; {epochs} epochs x {trainer.batches_per_epoch} steps "
               f"x {cfg.batch_size} x {dist_info.world_size} proc on {dist_info.device}", flush=True)
-    last = trainer.fit(resume=args.resume)
+    try:
+        last = trainer.fit(resume=args.resume)
+    except (ValueError, FileNotFoundError) as e:   # e.g. --resume on another stage's checkpoint
+        if "checkpoint" not in str(e):
+            raise
+        parser.error(str(e))
     if dist_info.is_main:
         print(f"[{stage}] done: {json.dumps(last)}\ncheckpoint: {trainer.checkpoint_path()}")
     if dist_info.distributed:
