@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_text", "backbone_spec",
            "build_backbone", "load_backbone", "load_blockdrop_net", "optimizer_to_tensors",
-           "optimizer_from_tensors"]
+           "optimizer_from_tensors", "prefixed", "unprefixed", "parse_arch"]
 
 FORMAT = "blockdrop-checkpoint/1"
 

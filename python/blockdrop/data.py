@@ -32,8 +32,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["DataInfo", "DatasetNotFoundError", "ImageArrayDataset", "ImageFileDataset",
-           "EpochSampler", "load_dataset", "digits_dataset", "make_loader", "denormalize",
-           "MEAN", "STD"]
+           "EpochSampler", "SmallImageTransform", "load_dataset", "digits_dataset", "make_loader",
+           "set_loader_epoch", "denormalize", "MEAN", "STD"]
 
 #: Normalisation used by the pretrained CIFAR ResNets in ../shared/data (ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
@@ -430,5 +430,3 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> No
     if hasattr(ds, "set_epoch"):
         ds.set_epoch(epoch)  # type: ignore[attr-defined]
 
-
-__all__ += ["set_loader_epoch", "SmallImageTransform"]

@@ -203,11 +203,6 @@ STAT_NAMES = ("loss_pg", "reward", "reward_greedy", "acc", "blocks", "blocks_sam
 
 # --------------------------------------------------------------------------- trainer
 
-def _rng_get() -> dict[str, Any]:
-    st: dict[str, Any] = {"python": random.getstate()}
-    return st
-
-
 class Trainer:
     """Runs one stage (curriculum or finetune) with checkpoints and exact resume.
 
