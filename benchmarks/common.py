@@ -494,10 +494,10 @@ def op_payload(op: str, shape: tuple[int, int, int, int], m_frac: float, dtype: 
     n, c, h, w = shape
     m = max(1, round(m_frac * n))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator(device=device).manual_seed(5)  # drawn on the device: GPU sizes are GBs
 
     def rand(*s):
-        return torch.randn(s, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
+        return torch.randn(s, generator=g, device=device, dtype=dtype).contiguous(memory_format=fmt)
 
     rows = make_rows(n, m, device)
     el = torch.empty((), dtype=dtype).element_size()
@@ -539,7 +539,7 @@ def op_payload(op: str, shape: tuple[int, int, int, int], m_frac: float, dtype: 
     else:
         raise ValueError(op)
     half = max(1, nbytes // 2 // el)
-    a = torch.randn(half, generator=g).to(device=device, dtype=dtype)
+    a = torch.randn(half, generator=g, device=device, dtype=dtype)
     b = torch.empty_like(a)
     fns["copy"] = lambda: b.copy_(a)
     info = {"op": op, "shape": list(shape), "rows": m, "dtype": str(dtype).replace("torch.", ""),
