@@ -52,7 +52,7 @@ stage build 240 150 "$OUT/build.txt" $PY setup.py build_ext --inplace
 $PY -c "import blockdrop_ext, json; print('build_info', json.dumps(blockdrop_ext.build_info()))" 2>&1 | tee -a "$OUT/build.txt"
 MACHINE=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import common; print(common.default_machine('cuda'))" 2>/dev/null || echo gpu)
 
-stage tests 110 140 "$OUT/tests.txt" $PY -m pytest tests -m gpu -q -p no:cacheprovider -x
+stage tests 110 140 "$OUT/tests.txt" $PY -m pytest tests -m gpu -q -p no:cacheprovider
 stage bench 180 40 "$OUT/bench.txt" $PY benchmarks/run.py --device cuda --machine "$MACHINE" --op-reps 10 --out "$OUT"
 stage sanitizer 90 5 "$OUT/tests.txt" compute-sanitizer --tool memcheck --error-exitcode 3 $PY scripts/sanitize_ops.py
 BLOCKDROP_BENCH_ROUNDS=5 stage pytest-bench 120 5 "$OUT/bench.txt" $PY -m pytest benchmarks/test_models_bench.py -m gpu -q -p no:cacheprovider \
