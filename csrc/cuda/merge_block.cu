@@ -25,41 +25,27 @@ __global__ void inverse_rows_kernel(const int64_t* __restrict__ rows, int64_t* _
   }
 }
 
-// Same-shape merge, P elements per pack; each thread handles kUnroll packs, loads first.
+// Same-shape merge, P elements per pack.
 template <typename T, int P>
 __global__ void merge_kernel(const T* __restrict__ s, const T* __restrict__ y, const int64_t* __restrict__ inv,
                              T* __restrict__ out, int64_t N, int64_t packs, bool relu) {
   using acc_t = typename OpMath<T>::type;
   using V = Pack<T, P>;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
     const int64_t i = inv[n];
     const V* srow = reinterpret_cast<const V*>(s) + n * packs;
     V* orow = reinterpret_cast<V*>(out) + n * packs;
     const V* yrow = reinterpret_cast<const V*>(y) + (i < 0 ? 0 : i) * packs;
-    for (int64_t j0 = blockIdx.x * blockDim.x + threadIdx.x; j0 < packs; j0 += stride * kUnroll) {
-      V a[kUnroll], b[kUnroll];
+    for (int64_t j = blockIdx.x * blockDim.x + threadIdx.x; j < packs; j += int64_t(gridDim.x) * blockDim.x) {
+      V a = srow[j];
+      if (i >= 0) {
+        const V b = yrow[j];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t j = j0 + u * stride;
-        if (j < packs) {
-          a[u] = srow[j];
-          if (i >= 0) b[u] = yrow[j];
+        for (int e = 0; e < P; ++e) {
+          a.v[e] = static_cast<T>(maybe_relu<acc_t>(static_cast<acc_t>(a.v[e]) + static_cast<acc_t>(b.v[e]), relu));
         }
       }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t j = j0 + u * stride;
-        if (j >= packs) continue;
-        if (i >= 0) {
-#pragma unroll
-          for (int e = 0; e < P; ++e) {
-            a[u].v[e] = static_cast<T>(
-                maybe_relu<acc_t>(static_cast<acc_t>(a[u].v[e]) + static_cast<acc_t>(b[u].v[e]), relu));
-          }
-        }
-        orow[j] = a[u];
-      }
+      orow[j] = a;
     }
   }
 }
@@ -137,10 +123,10 @@ cudaError_t launch_merge(c10::ScalarType dtype, const void* s, const void* y, co
     using T = decltype(tag);
     constexpr int P = 16 / sizeof(T);
     if (pack_width(R, sizeof(T), {s, y, out}) == P) {
-      merge_kernel<T, P><<<row_grid(N, (R / P + kUnroll - 1) / kUnroll), kThreads, 0, stream>>>(
+      merge_kernel<T, P><<<row_grid(N, R / P), kThreads, 0, stream>>>(
           static_cast<const T*>(s), static_cast<const T*>(y), inv, static_cast<T*>(out), N, R / P, relu);
     } else {
-      merge_kernel<T, 1><<<row_grid(N, (R + kUnroll - 1) / kUnroll), kThreads, 0, stream>>>(static_cast<const T*>(s), static_cast<const T*>(y),
+      merge_kernel<T, 1><<<row_grid(N, R), kThreads, 0, stream>>>(static_cast<const T*>(s), static_cast<const T*>(y),
                                                                    inv, static_cast<T*>(out), N, R, relu);
     }
     return cudaGetLastError();
