@@ -311,10 +311,13 @@ def rel_err(out: Tensor, ref: Tensor) -> float:
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def tolerance(dtype: torch.dtype) -> float:
+def tolerance(dtype: torch.dtype, device: str = "cpu") -> float:
     """Relative (Frobenius) tolerance vs masked: float32 sums differ only by the conv algorithm a
-    sub-batch size picks; bf16/fp16 round every activation."""
-    return 1e-4 if dtype in (torch.float32, torch.float64) else 8e-2
+    sub-batch size picks (on CUDA cuDNN may run float32 convs in TF32: measured 1.5e-4 on the H200
+    for R110 "group"); bf16/fp16 round every activation."""
+    if dtype in (torch.float32, torch.float64):
+        return 1e-3 if device == "cuda" and torch.backends.cudnn.allow_tf32 else 1e-4
+    return 8e-2
 
 
 # ------------------------------------------------------------------------------------------ cases
@@ -367,7 +370,7 @@ class Prepared:
         from blockdrop.engine import choose_strategy
 
         self.auto_choice = choose_strategy(p, case.batch)
-        self.tol = tolerance(case.dtype)
+        self.tol = tolerance(case.dtype, str(case.device))
 
     def fn(self, strategy: str) -> Callable[[], Tensor]:
         return runner(strategy, self.model, self.x, self.policy)

@@ -71,6 +71,7 @@ at::Tensor merge_block(const at::Tensor& shortcut, const at::Tensor& y_in, const
       return;
     }
     // Option A, read through the shortcut's own strides: s[n, c, h, w] = x[n, c - pad, 2h, 2w].
+    // Loops in the output's memory order with no per-element division.
     const scalar_t* xp = shortcut.const_data_ptr<scalar_t>();
     const int64_t Cin = shortcut.size(1);
     const int64_t xs0 = shortcut.stride(0), xs1 = shortcut.stride(1), xs2 = shortcut.stride(2),
@@ -80,23 +81,48 @@ at::Tensor merge_block(const at::Tensor& shortcut, const at::Tensor& y_in, const
         scalar_t* orow = op + n * R;
         const int64_t i = inv[n];
         const scalar_t* yrow = i < 0 ? nullptr : yp + i * R;
-        for (int64_t j = 0; j < R; ++j) {
-          int64_t c, h, w;
-          if (cl) {
-            c = j % C;
-            w = (j / C) % Wd;
-            h = j / (C * Wd);
-          } else {
-            w = j % Wd;
-            h = (j / Wd) % H;
-            c = j / (H * Wd);
+        const scalar_t* xn = xp + n * xs0;
+        // A run of `len` output elements at offset j: from src[k * step] (null: zero padding), plus
+        // y and relu where the block ran. Branches hoisted out of the inner loops.
+        auto run = [&](int64_t j, const scalar_t* src, int64_t step, int64_t len) {
+          scalar_t* o = orow + j;
+          if (!yrow) {
+            if (!src) {
+              std::fill(o, o + len, scalar_t(0));
+            } else {
+              for (int64_t k = 0; k < len; ++k) o[k] = src[k * step];
+            }
+            return;
           }
-          const int64_t ci = c - pad;
-          opmath_t v = (ci >= 0 && ci < Cin)
-                           ? static_cast<opmath_t>(xp[n * xs0 + ci * xs1 + 2 * h * xs2 + 2 * w * xs3])
-                           : opmath_t(0);
-          if (yrow) v = maybe_relu<opmath_t>(v + static_cast<opmath_t>(yrow[j]), relu);
-          orow[j] = static_cast<scalar_t>(v);
+          const scalar_t* yv = yrow + j;
+          if (!src) {
+            for (int64_t k = 0; k < len; ++k) {
+              o[k] = static_cast<scalar_t>(maybe_relu<opmath_t>(static_cast<opmath_t>(yv[k]), relu));
+            }
+          } else {
+            for (int64_t k = 0; k < len; ++k) {
+              o[k] = static_cast<scalar_t>(maybe_relu<opmath_t>(
+                  static_cast<opmath_t>(src[k * step]) + static_cast<opmath_t>(yv[k]), relu));
+            }
+          }
+        };
+        if (cl) {  // per pixel: pad zero channels, Cin copied channels, the rest zero
+          for (int64_t h = 0; h < H; ++h) {
+            for (int64_t w = 0; w < Wd; ++w) {
+              const int64_t base = (h * Wd + w) * C;
+              run(base, nullptr, 0, pad);
+              run(base + pad, xn + 2 * h * xs2 + 2 * w * xs3, xs1, Cin);
+              run(base + pad + Cin, nullptr, 0, C - pad - Cin);
+            }
+          }
+        } else {  // per (channel, output row): every second input pixel, or zeros
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t ci = c - pad;
+            const bool in = ci >= 0 && ci < Cin;
+            for (int64_t h = 0; h < H; ++h) {
+              run((c * H + h) * Wd, in ? xn + ci * xs1 + 2 * h * xs2 : nullptr, 2 * xs3, Wd);
+            }
+          }
         }
       }
     });
