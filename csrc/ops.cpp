@@ -70,6 +70,25 @@ void check_float_dtype(const at::Tensor& t, const char* name) {
               " must be float32, float16, bfloat16 or float64, got ", st);
 }
 
+void check_gather(const at::Tensor& x, const at::Tensor& rows) {
+  TORCH_CHECK(x.dim() >= 1, "gather_rows: x must have at least one dimension");
+  check_rows(rows, "gather_rows: rows");
+  check_float_dtype(x, "gather_rows: x");
+  TORCH_CHECK(rows.device() == x.device(), "gather_rows: rows must be on the device of x (", x.device(), "), got ",
+              rows.device());
+}
+
+void check_scatter(const at::Tensor& src, const at::Tensor& rows, int64_t n) {
+  TORCH_CHECK(src.dim() >= 1, "scatter_add_rows: src must have at least one dimension");
+  check_rows(rows, "scatter_add_rows: rows");
+  check_float_dtype(src, "scatter_add_rows: src");
+  TORCH_CHECK(n >= 0, "scatter_add_rows: n must be >= 0, got ", n);
+  TORCH_CHECK(rows.device() == src.device(), "scatter_add_rows: rows must be on the device of src (", src.device(),
+              "), got ", rows.device());
+  TORCH_CHECK(src.size(0) == rows.size(0), "scatter_add_rows: src must have one row per entry of rows (",
+              rows.size(0), "), got ", src.size(0));
+}
+
 int64_t check_merge(const at::Tensor& shortcut, const at::Tensor& y, const at::Tensor& rows, bool downsample) {
   TORCH_CHECK(shortcut.dim() == 4, "merge_block: shortcut must be 4-D [N, C, H, W], got shape ", shortcut.sizes());
   TORCH_CHECK(y.dim() == 4, "merge_block: y must be 4-D [M, C, H, W], got shape ", y.sizes());

@@ -20,6 +20,9 @@ at::MemoryFormat row_format(const at::Tensor& t);
 // `t` laid out so that each leading-dimension row is one contiguous chunk, in `fmt`.
 at::Tensor rows_contiguous(const at::Tensor& t, at::MemoryFormat fmt);
 void check_float_dtype(const at::Tensor& t, const char* name);
+// Checks for gather_rows(x, rows) and scatter_add_rows(src, rows, n), shared by both backends.
+void check_gather(const at::Tensor& x, const at::Tensor& rows);
+void check_scatter(const at::Tensor& src, const at::Tensor& rows, int64_t n);
 // Checks for merge_block / merge_block_; returns the channel padding of the option-A shortcut.
 int64_t check_merge(const at::Tensor& shortcut, const at::Tensor& y, const at::Tensor& rows,
                     bool downsample);

@@ -21,6 +21,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread for the tests: their tensors are small, and on a shared 2-core machine two
+    threads made small convolutions many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def data_root() -> Path | None:
     """../shared/data next to the project, or $BLOCKDROP_DATA; None when absent."""
     env = os.environ.get("BLOCKDROP_DATA")

@@ -13,12 +13,6 @@ from blockdrop import models
 from blockdrop.accounting import block_flops
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _direct(module: torch.nn.Module, size: tuple[int, int, int]) -> int:

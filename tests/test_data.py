@@ -17,13 +17,6 @@ from blockdrop.data import (DatasetNotFoundError, EpochSampler, ImageArrayDatase
 SHARED = Path(os.environ.get("BLOCKDROP_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 4, size: int = 16,

@@ -13,12 +13,6 @@ import torchvision
 from blockdrop import models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _weights_dir() -> Path:

@@ -8,13 +8,6 @@ from torch.distributions import Bernoulli
 from blockdrop import rl
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_reward_correct_and_wrong() -> None:

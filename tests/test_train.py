@@ -20,13 +20,6 @@ from blockdrop.train import Trainer, TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_data(n: int = 24, size: int = 16, classes: int = 3, train: bool = True, seed: int = 0) -> DataInfo:

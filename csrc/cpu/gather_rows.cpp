@@ -22,11 +22,7 @@ void check_rows_in_range(const at::Tensor& rows, int64_t n, const char* op) {
 }  // namespace
 
 at::Tensor gather_rows(const at::Tensor& x_in, const at::Tensor& rows_in) {
-  TORCH_CHECK(x_in.dim() >= 1, "gather_rows: x must have at least one dimension");
-  check_rows(rows_in, "gather_rows: rows");
-  check_float_dtype(x_in, "gather_rows: x");
-  TORCH_CHECK(rows_in.device() == x_in.device(), "gather_rows: rows must be on the device of x (", x_in.device(),
-              "), got ", rows_in.device());
+  check_gather(x_in, rows_in);
   const auto fmt = row_format(x_in);
   const at::Tensor x = rows_contiguous(x_in, fmt);
   const at::Tensor rows = rows_in.contiguous();
@@ -48,14 +44,7 @@ at::Tensor gather_rows(const at::Tensor& x_in, const at::Tensor& rows_in) {
 }
 
 at::Tensor scatter_add_rows(const at::Tensor& src_in, const at::Tensor& rows_in, int64_t n) {
-  TORCH_CHECK(src_in.dim() >= 1, "scatter_add_rows: src must have at least one dimension");
-  check_rows(rows_in, "scatter_add_rows: rows");
-  check_float_dtype(src_in, "scatter_add_rows: src");
-  TORCH_CHECK(n >= 0, "scatter_add_rows: n must be >= 0, got ", n);
-  TORCH_CHECK(rows_in.device() == src_in.device(), "scatter_add_rows: rows must be on the device of src (",
-              src_in.device(), "), got ", rows_in.device());
-  TORCH_CHECK(src_in.size(0) == rows_in.size(0), "scatter_add_rows: src must have one row per entry of rows (",
-              rows_in.size(0), "), got ", src_in.size(0));
+  check_scatter(src_in, rows_in, n);
   const auto fmt = row_format(src_in);
   const at::Tensor src = rows_contiguous(src_in, fmt);
   const at::Tensor rows = rows_in.contiguous();

@@ -13,14 +13,6 @@
 namespace blockdrop {
 namespace cuda {
 
-namespace {
-void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
-                       const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the device of ", ref_name, " (", ref.device(),
-              "), got ", t.device());
-}
-}  // namespace
-
 PlanResult plan(const at::Tensor& policy_in) {
   check_policy(policy_in);
   const c10::cuda::CUDAGuard guard(policy_in.device());
@@ -63,10 +55,7 @@ PlanResult plan(const at::Tensor& policy_in) {
 }
 
 at::Tensor gather_rows(const at::Tensor& x_in, const at::Tensor& rows_in) {
-  TORCH_CHECK(x_in.dim() >= 1, "gather_rows: x must have at least one dimension");
-  check_rows(rows_in, "gather_rows: rows");
-  check_float_dtype(x_in, "gather_rows: x");
-  check_same_device(rows_in, x_in, "gather_rows", "rows", "x");
+  check_gather(x_in, rows_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = row_format(x_in);
   const at::Tensor x = rows_contiguous(x_in, fmt);
@@ -83,13 +72,7 @@ at::Tensor gather_rows(const at::Tensor& x_in, const at::Tensor& rows_in) {
 }
 
 at::Tensor scatter_add_rows(const at::Tensor& src_in, const at::Tensor& rows_in, int64_t n) {
-  TORCH_CHECK(src_in.dim() >= 1, "scatter_add_rows: src must have at least one dimension");
-  check_rows(rows_in, "scatter_add_rows: rows");
-  check_float_dtype(src_in, "scatter_add_rows: src");
-  TORCH_CHECK(n >= 0, "scatter_add_rows: n must be >= 0, got ", n);
-  check_same_device(rows_in, src_in, "scatter_add_rows", "rows", "src");
-  TORCH_CHECK(src_in.size(0) == rows_in.size(0), "scatter_add_rows: src must have one row per entry of rows (",
-              rows_in.size(0), "), got ", src_in.size(0));
+  check_scatter(src_in, rows_in, n);
   const c10::cuda::CUDAGuard guard(src_in.device());
   const auto fmt = row_format(src_in);
   const at::Tensor src = rows_contiguous(src_in, fmt);
