@@ -20,41 +20,26 @@ __all__ = ["main", "build_parser"]
 
 # --------------------------------------------------------------------------- argument types
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
+def _number(cast: type, lowest: float, strict: bool, what: str):
+    """An argparse type: `cast(s)`, finite, and > lowest (strict) or >= lowest; else "expected {what}"."""
+
+    def parse(s: str):
+        try:
+            v = cast(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        ok = v > lowest if strict else v >= lowest  # False for NaN
+        if not ok or math.isinf(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    v = int(s) if s.lstrip("-").isdigit() else None
-    if v is None or v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
-
-
-def _pos_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v > 0 or math.isinf(v):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
-
-
-def _nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v >= 0 or math.isinf(v):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
-    return v
+_positive_int = _number(int, 1, False, "a positive integer")
+_nonneg_int = _number(int, 0, False, "an integer >= 0")
+_pos_float = _number(float, 0, True, "a positive number")
+_nonneg_float = _number(float, 0, False, "a number >= 0")
 
 
 def _alpha(s: str) -> float:
