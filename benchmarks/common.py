@@ -444,18 +444,12 @@ def spread(xs: list[float]) -> float:
     return (q[2] - q[0]) / median(xs)
 
 
-def peak_memory(fn: Callable[[], object], device: str) -> float | None:
-    """Peak GPU memory (MiB) the call allocates above what is already allocated; None on CPU."""
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    out = fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    del out
-    return peak / 2**20
+def peak_memory(fn: Callable[[], object], device: str) -> float:
+    """Peak memory (MiB) the call allocates above what is already allocated (blockdrop.memory:
+    the CUDA caching allocator's peak, or on CPU the profiler's allocation events)."""
+    from blockdrop.memory import peak_memory as peak_bytes
+
+    return peak_bytes(fn, device) / 2**20
 
 
 # ------------------------------------------------------------------------------------ op payloads

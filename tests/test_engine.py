@@ -16,6 +16,7 @@ import torch
 import torchvision
 
 from blockdrop import dynamic_forward, models
+from conftest import DEVICES
 from blockdrop.engine import AUTO_MIN_GROUP_SIZE, choose_strategy
 
 FAST = ("loop", "gather", "group", "auto")
@@ -274,6 +275,53 @@ def test_inference_mode_in_place_path_matches() -> None:
     x_before = x.clone()
     assert (out - ref).abs().max() <= _tol(ref)
     assert torch.equal(x, x_before)
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+
+def _dense_policy(n: int, k: int, keep: float, seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, k, generator=g) < keep
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name,n", [("cifar20", 64), ("resnet50", 8)])
+@pytest.mark.parametrize("kind", ["random", "prototypes", "dense", "ones"])
+def test_inference_peak_memory_within_full(name: str, n: int, kind: str, device: str) -> None:
+    """Inference peak (bytes the call allocates: CPU allocator via the profiler, or CUDA's caching
+    allocator) <= 1.10 x the full network's at the same batch, for every strategy that skips work.
+    ``dense`` (keep 0.9) is gather's worst case: nearly every row is gathered into a second copy
+    of the activation unless that copy is freed after the block's first layer."""
+    from blockdrop.memory import peak_memory
+
+    model = _model(name) if device == "cpu" else copy.deepcopy(_model(name)).to(device)
+    x = _inputs(name, n).to(device)
+    k = model.num_blocks
+    policy = (_dense_policy(n, k, 0.9) if kind == "dense" else _policy(kind, n, k)).to(device)
+    with torch.inference_mode():
+        model(x)  # oneDNN / cuDNN caches and workspaces outside the measurement
+        full = peak_memory(lambda: model(x), device)
+        assert full > 0
+        for strategy in ("masked", "gather", "group", "auto"):
+            dynamic_forward(model, x, policy, strategy)
+            peak = peak_memory(lambda: dynamic_forward(model, x, policy, strategy), device)
+            assert peak <= 1.10 * full, f"{strategy}: peak {peak / 2**20:.1f} MiB vs full {full / 2**20:.1f} MiB"
+
+
+def test_peak_memory_counts_live_bytes() -> None:
+    from blockdrop.memory import peak_memory
+
+    def fn():
+        a = torch.empty(1000, 250)  # 1 MB
+        b = torch.empty(500, 250)  # 0.5 MB
+        del a
+        c = torch.empty(2000, 250)  # 2 MB, with b alive: peak 2.5 MB
+        return b, c
+
+    assert peak_memory(fn, "cpu") == 2_500_000
+    with pytest.raises(ValueError, match="device"):
+        peak_memory(fn, "meta")
 
 
 # ------------------------------------------------------------------------------------------ auto

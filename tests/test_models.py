@@ -53,6 +53,9 @@ def _check_forward_is_blocks(m: models.ResNetBackbone, x: torch.Tensor) -> None:
             manual = torch.relu(view.shortcut(h) + view.residual(h))
             own = view.module(h)
             assert torch.allclose(manual, own, atol=1e-5, rtol=1e-5)
+            box = [h.clone()]
+            consumed = torch.relu(view.shortcut(h) + view.residual_consume(box))
+            assert box == [] and torch.equal(consumed, manual)
             h = own
         assert torch.allclose(m.head(h), m(x), atol=1e-5, rtol=1e-5)
 
@@ -159,3 +162,15 @@ def test_from_torchvision_rejects_other_models() -> None:
     tv.layer2[1] = Odd()
     with pytest.raises(ValueError, match="layer2.1"):
         models.from_torchvision(tv)
+
+
+def test_chain_composes_and_rejects_non_callables() -> None:
+    chain = models.Chain(torch.relu, lambda t: t * 3, torch.neg)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    assert torch.equal(chain(x), -(torch.relu(x) * 3))
+    box = [x]
+    assert torch.equal(chain.consume(box), -(torch.relu(x) * 3)) and box == []
+    with pytest.raises(ValueError, match="steps"):
+        models.Chain()
+    with pytest.raises(ValueError, match="steps"):
+        models.Chain(torch.relu, 3)

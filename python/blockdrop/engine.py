@@ -19,8 +19,9 @@ scheduled:
     block nobody executes costs only its shortcut, a block everybody executes is the plain block.
 ``"group"``
     One permutation in (``gather_rows(x, plan.perm)``): images with identical policies become
-    contiguous, each group is a slice (a view, no copy) that runs along its own path with plain
-    full-batch blocks, and one inverse permutation (``scatter_add_rows``) puts the logits back.
+    contiguous, each group is a slice of the input (a view, no copy) that runs the stem and its own
+    path with plain full-batch blocks, and one inverse permutation (``scatter_add_rows``) puts the
+    logits back.
 ``"auto"``
     Chooses per call from the plan (see :func:`choose_strategy`): ``"group"`` when the batch has few
     distinct policies relative to its size (mean group size ``N / G >= AUTO_MIN_GROUP_SIZE``), else
@@ -30,6 +31,13 @@ Synchronisation: ``gather``, ``group`` and ``auto`` make exactly one device->hos
 (sizes and distinct policies together; row indices stay on the device and the ops are called with
 ``check=False`` since the plan's rows are valid by construction). ``loop`` copies the policy to the
 host once; ``masked`` syncs once, only to validate the values of a non-bool CUDA policy.
+
+Memory (inference): no strategy's peak exceeds the full network's at the same batch. ``gather``
+frees each block's gathered rows after the block's first layer (the model's residuals are
+:class:`~blockdrop.models.Chain`\ s, run with ``residual_consume``) and merges in place, so a mixed
+block holds ``h`` plus ``F``'s intermediates on the executed rows only; ``group`` runs the stem per
+group, so one group's activations are alive at a time. ``tests/test_engine.py`` checks
+``peak <= 1.10 x full`` with :func:`blockdrop.memory.peak_memory`.
 
 Autograd: gradients flow through every strategy (``gather_rows``/``merge_block``/
 ``scatter_add_rows`` are differentiable). With BatchNorm in eval mode they equal those of
@@ -194,21 +202,28 @@ def _gather(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
         if c == n:
             h = block.full(h)
             continue
-        rows = plan.block_rows(k)
-        y = block.residual(blockdrop_ext.gather_rows(h, rows, check=False))
-        kind = block.shortcut_kind
-        if kind == "option_a":
-            s, y = _same_dtype(h, y)
-            h = blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=True, check=False)
-            continue
-        s = h if kind == "identity" else block.shortcut(h)
-        s, y = _same_dtype(s, y)
-        if _may_write_in_place(s, y, x):  # s is ours alone (h or a fresh projection/cast)
-            blockdrop_ext.merge_block_(s, y, rows, relu=True, check=False)
-            h = s
-        else:
-            h = blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=False, check=False)
+        h = _gather_block(block, h, plan.block_rows(k), x)
     return model.head(h)
+
+
+def _gather_block(block: Any, h: Tensor, rows: Tensor, x: Tensor) -> Tensor:
+    """One mixed block: ``F`` on ``h[rows]`` only, merged into ``shortcut(h)``.
+
+    Memory: the gathered rows are freed after ``F``'s first layer (``residual_consume``) and ``y``
+    when this returns, so the peak is ``h + F's largest two intermediates on len(rows) rows`` (+ the
+    projection), never more than the full block's.
+    """
+    y = block.residual_consume([blockdrop_ext.gather_rows(h, rows, check=False)])
+    kind = block.shortcut_kind
+    if kind == "option_a":
+        s, y = _same_dtype(h, y)
+        return blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=True, check=False)
+    s = h if kind == "identity" else block.shortcut(h)
+    s, y = _same_dtype(s, y)
+    if _may_write_in_place(s, y, x):  # s is ours alone (h or a fresh projection/cast)
+        blockdrop_ext.merge_block_(s, y, rows, relu=True, check=False)
+        return s
+    return blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=False, check=False)
 
 
 def _group_policy_host(plan: Any) -> list[list[int]]:
@@ -220,10 +235,12 @@ def _group(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
     n, g_count = x.shape[0], plan.num_groups
     policies = _group_policy_host(plan)
     offsets: Sequence[int] = plan.group_offsets
-    h = model.stem(x if g_count == 1 else blockdrop_ext.gather_rows(x, plan.perm, check=False))
+    xs = x if g_count == 1 else blockdrop_ext.gather_rows(x, plan.perm, check=False)
     outs = []
     for g in range(g_count):
-        hg = h if g_count == 1 else h[offsets[g] : offsets[g + 1]]
+        # The stem runs per group too, so that only this group's activations are alive (a stem
+        # output shared by all groups would stay allocated through every group's blocks).
+        hg = model.stem(xs if g_count == 1 else xs[offsets[g] : offsets[g + 1]])
         for keep, block in zip(policies[g], model.blocks):
             hg = block.full(hg) if keep else block.shortcut(hg)
         outs.append(model.head(hg))

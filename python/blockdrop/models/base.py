@@ -14,12 +14,40 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BlockView", "ResNetBackbone", "SHORTCUT_KINDS"]
+__all__ = ["BlockView", "Chain", "ResNetBackbone", "SHORTCUT_KINDS"]
 
 #: The shortcut kinds the engine knows how to merge.
 #: ``identity``: ``s = h``; ``option_a``: ``s = zero-pad-channels(h[:, :, ::2, ::2])`` (no
 #: parameters); ``projection``: a module (1x1 conv + BN in torchvision) that must run on every row.
 SHORTCUT_KINDS = ("identity", "option_a", "projection")
+
+
+class Chain:
+    """A residual branch written as a sequence of steps, ``F(x) = steps[-1](...steps[0](x))``.
+
+    Calling it is plain composition. :meth:`consume` computes the same thing but takes the input
+    out of a one-element list, so that no caller keeps a reference to it: the input (e.g. the rows
+    the engine just gathered) and every intermediate are freed as soon as the next step has read
+    them, which keeps the engine's peak memory at or below the full network's.
+    """
+
+    def __init__(self, *steps: Callable[[Tensor], Tensor]) -> None:
+        if not steps or not all(callable(f) for f in steps):
+            raise ValueError("steps: expected one or more callables")
+        self.steps = steps
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x: [N, C_in, H, W] -> [N, C_out, H', W']``."""
+        for f in self.steps:
+            x = f(x)
+        return x
+
+    def consume(self, box: list[Tensor]) -> Tensor:
+        """``F(box.pop())``, releasing the input after the first step (``box`` is left empty)."""
+        x = box.pop()
+        for f in self.steps:
+            x = f(x)
+        return x
 
 
 @dataclass(frozen=True)
@@ -28,7 +56,8 @@ class BlockView:
 
     Attributes:
         residual: ``F(h)``: ``Tensor[N, C_in, H, W] -> Tensor[N, C_out, H', W']``, the block's
-            branch without the final add and ReLU.
+            branch without the final add and ReLU. A :class:`Chain` lets the engine free the
+            gathered input early (:meth:`residual_consume`); any other callable works too.
         shortcut: ``s(h)``: ``Tensor[N, C_in, H, W] -> Tensor[N, C_out, H', W']``.
         shortcut_kind: one of :data:`SHORTCUT_KINDS`.
         module: the wrapped ``nn.Module`` (the user's own block, shared).
@@ -53,6 +82,15 @@ class BlockView:
             raise ValueError(
                 f"shortcut_kind must be one of {SHORTCUT_KINDS}, got {self.shortcut_kind!r}"
             )
+
+    def residual_consume(self, box: list[Tensor]) -> Tensor:
+        """``residual(box.pop())``; with a :class:`Chain` the input is freed after its first step.
+
+        Shapes: ``box[0]: [n, C_in, H, W] -> [n, C_out, H', W']``.
+        """
+        if isinstance(self.residual, Chain):
+            return self.residual.consume(box)
+        return self.residual(box.pop())
 
     def full(self, h: Tensor) -> Tensor:
         """The executed block on every row: ``relu(shortcut(h) + residual(h))``.

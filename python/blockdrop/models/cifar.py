@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BlockView, ResNetBackbone
+from .base import BlockView, Chain, ResNetBackbone
 
 __all__ = ["CifarBasicBlock", "CifarResNet", "cifar_resnet", "load_cifar_resnet", "option_a"]
 
@@ -48,10 +48,12 @@ class CifarBasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut_kind = "identity" if (stride == 1 and in_planes == planes) else "option_a"
+        # F as a Chain (a plain object holding this module's own layers, not a registered module)
+        self.residual_chain = Chain(self.conv1, self.bn1, torch.relu, self.conv2, self.bn2)
 
     def residual(self, x: Tensor) -> Tensor:
         """``F(x)`` without the final add/ReLU: ``[N, in_planes, H, W] -> [N, planes, H', W']``."""
-        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return self.residual_chain(x)
 
     def shortcut(self, x: Tensor) -> Tensor:
         """Identity or option A: ``[N, in_planes, H, W] -> [N, planes, H', W']``."""
@@ -90,7 +92,7 @@ class CifarResNet(ResNetBackbone):
                 nn.init.kaiming_normal_(m.weight)
         self._block_views = tuple(
             BlockView(
-                residual=b.residual,
+                residual=b.residual_chain,
                 shortcut=b.shortcut,
                 shortcut_kind=b.shortcut_kind,
                 module=b,

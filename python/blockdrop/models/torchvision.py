@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import BlockView, ResNetBackbone
+from .base import BlockView, Chain, ResNetBackbone
 
 __all__ = ["TorchvisionResNet", "from_torchvision"]
 
@@ -22,28 +22,14 @@ def _tv():
     return tvr
 
 
-class _BasicResidual:
+def _basic_residual(b: nn.Module) -> Chain:
     """``F(x)`` of a torchvision BasicBlock: conv-BN-ReLU-conv-BN (no add, no final ReLU)."""
-
-    def __init__(self, block: nn.Module) -> None:
-        self.b = block
-
-    def __call__(self, x: Tensor) -> Tensor:
-        b = self.b
-        return b.bn2(b.conv2(b.relu(b.bn1(b.conv1(x)))))
+    return Chain(b.conv1, b.bn1, b.relu, b.conv2, b.bn2)
 
 
-class _BottleneckResidual:
+def _bottleneck_residual(b: nn.Module) -> Chain:
     """``F(x)`` of a torchvision Bottleneck: 1x1-3x3-1x1 convs with BN/ReLU (no add, no final ReLU)."""
-
-    def __init__(self, block: nn.Module) -> None:
-        self.b = block
-
-    def __call__(self, x: Tensor) -> Tensor:
-        b = self.b
-        out = b.relu(b.bn1(b.conv1(x)))
-        out = b.relu(b.bn2(b.conv2(out)))
-        return b.bn3(b.conv3(out))
+    return Chain(b.conv1, b.bn1, b.relu, b.conv2, b.bn2, b.relu, b.conv3, b.bn3)
 
 
 class _Shortcut:
@@ -77,10 +63,10 @@ class TorchvisionResNet(ResNetBackbone):
         for li in range(1, 5):
             for i, b in enumerate(getattr(resnet, f"layer{li}")):
                 if isinstance(b, tvr.Bottleneck):
-                    residual, out_ch = _BottleneckResidual(b), b.conv3.out_channels
+                    residual, out_ch = _bottleneck_residual(b), b.conv3.out_channels
                     in_ch = b.conv1.in_channels
                 elif isinstance(b, tvr.BasicBlock):
-                    residual, out_ch = _BasicResidual(b), b.conv2.out_channels
+                    residual, out_ch = _basic_residual(b), b.conv2.out_channels
                     in_ch = b.conv1.in_channels
                 else:
                     raise ValueError(
