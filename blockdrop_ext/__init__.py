@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 
 from ._loader import build_info
-from .ops import Plan, downsample_a, gather_rows, merge_block, merge_block_, plan, scatter_add_rows
+from .ops import Plan, downsample_a, gather_rows, kernel, merge_block, merge_block_, plan, scatter_add_rows
 
 if not build_info()["extension"]:
     warnings.warn(
@@ -26,6 +26,7 @@ __all__ = [
     "build_info",
     "downsample_a",
     "gather_rows",
+    "kernel",
     "merge_block",
     "merge_block_",
     "plan",

@@ -11,23 +11,32 @@ import torch
 
 from . import _loader, reference
 
-__all__ = ["Plan", "plan", "gather_rows", "scatter_add_rows", "merge_block", "merge_block_", "downsample_a"]
+__all__ = ["Plan", "kernel", "plan", "gather_rows", "scatter_add_rows", "merge_block", "merge_block_", "downsample_a"]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _impl(name: str, *tensors: torch.Tensor):
-    """The kernel for `name` on the tensors' device, or the reference when nothing is built."""
+def kernel(name: str, device: torch.device | str):
+    """The op ``name`` (``"gather_rows"``, ``"merge_block"``, ...) for tensors on ``device``, with
+    none of the Python argument checks of the typed wrappers: for callers whose arguments are valid
+    by construction (the engine, with rows from :func:`plan`), where those checks would cost a few
+    microseconds per call on every block. The compiled kernel, or the plain-PyTorch reference when
+    nothing is built. Raises RuntimeError for CUDA when this build has no CUDA kernels.
+    """
     if not _loader.loaded():
         return getattr(reference, name)
-    for t in tensors:
-        if t.is_cuda and not _loader.has_kernel(name, "CUDA"):
-            raise RuntimeError(
-                f"blockdrop_ext.{name}: got a CUDA tensor, but this build of blockdrop_ext has no CUDA kernels "
-                f"({_loader.build_info()['cuda_reason']}); reinstall on a machine with nvcc "
-                "(pip install --no-build-isolation .) or move the tensors to the CPU"
-            )
+    if torch.device(device).type == "cuda" and not _loader.has_kernel(name, "CUDA"):
+        raise RuntimeError(
+            f"blockdrop_ext.{name}: got a CUDA tensor, but this build of blockdrop_ext has no CUDA kernels "
+            f"({_loader.build_info()['cuda_reason']}); reinstall on a machine with nvcc "
+            "(pip install --no-build-isolation .) or move the tensors to the CPU"
+        )
     return getattr(torch.ops.blockdrop, name)
+
+
+def _impl(name: str, *tensors: torch.Tensor):
+    """The kernel for `name` on the tensors' device, or the reference when nothing is built."""
+    return kernel(name, "cuda" if any(t.is_cuda for t in tensors) else "cpu")
 
 
 def _check_tensor(t: object, name: str, op: str) -> None:

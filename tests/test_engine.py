@@ -277,6 +277,23 @@ def test_inference_mode_in_place_path_matches() -> None:
     assert torch.equal(x, x_before)
 
 
+@pytest.mark.parametrize("strategy", ALL)
+def test_no_grad_returns_ordinary_tensor(strategy: str) -> None:
+    """Under no_grad the engine runs in inference mode internally; what it returns must still be an
+    ordinary tensor that later autograd code can use (an inference tensor could not be saved)."""
+    model = _model("cifar20")
+    x = _inputs("cifar20", 6)
+    policy = _policy("random", 6, model.num_blocks)
+    with torch.no_grad():
+        out = dynamic_forward(model, x, policy, strategy)
+    assert not out.is_inference() and not out.requires_grad
+    ref = _oracle(model, x, policy)
+    assert (out - ref).abs().max() <= _tol(ref)
+    w = torch.randn_like(out, requires_grad=True)
+    (w * out).sum().backward()  # saves `out` for backward: fails for an inference tensor
+    assert torch.equal(w.grad, out)
+
+
 # ---------------------------------------------------------------------------------------- memory
 
 

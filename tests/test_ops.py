@@ -125,6 +125,19 @@ def test_gather_repeats_odd_sizes_and_2d(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_kernel_accessor_is_the_unchecked_op(device):
+    """blockdrop_ext.kernel(name, device): the op without the wrappers' Python checks, same result."""
+    x = _act((10, 6, 3, 3), torch.float32, torch.contiguous_format, device, seed=3)
+    rows = torch.tensor([7, 1, 4], device=device)
+    y = torch.randn(3, 6, 3, 3, device=device)
+    assert torch.equal(blockdrop_ext.kernel("gather_rows", device)(x, rows), x[rows])
+    merged = blockdrop_ext.kernel("merge_block", device)(x, y, rows, True, False)
+    assert torch.equal(merged, ref.merge_block(x, y, rows, True, False))
+    out = blockdrop_ext.kernel("scatter_add_rows", device)(y, rows, 10)
+    assert torch.equal(out, ref.scatter_add_rows(y, rows, 10))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_scatter_add_rows(device, dtype, fmt):

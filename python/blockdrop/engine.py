@@ -28,13 +28,19 @@ scheduled:
     ``"gather"``.
 
 Synchronisation: ``gather``, ``group`` and ``auto`` make exactly one device->host copy, the plan's
-(sizes and distinct policies together; row indices stay on the device and the ops are called with
-``check=False`` since the plan's rows are valid by construction). ``loop`` copies the policy to the
-host once; ``masked`` syncs once, only to validate the values of a non-bool CUDA policy.
+(sizes and distinct policies together; row indices stay on the device and the raw ops,
+``blockdrop_ext.kernel``, are called without the wrappers' checks since the plan's rows are valid by
+construction). ``loop`` copies the policy to the host once; ``masked`` syncs once, only to validate
+the values of a non-bool CUDA policy.
+
+Host overhead (what a launch-bound GPU run pays): under ``torch.no_grad`` the call runs in
+``torch.inference_mode`` (skipping every op's autograd layer; the result is returned as an ordinary
+tensor), the raw ops are looked up once per call, and the rows of all blocks are split off the plan
+in one call, so a mixed block costs about as many microseconds of Python/dispatch as a masked one.
 
 Memory (inference): no strategy's peak exceeds the full network's at the same batch. ``gather``
 frees each block's gathered rows after the block's first layer (the model's residuals are
-:class:`~blockdrop.models.Chain`\ s, run with ``residual_consume``) and merges in place, so a mixed
+:class:`~blockdrop.models.Chain` objects, run with ``residual_consume``) and merges in place, so a mixed
 block holds ``h`` plus ``F``'s intermediates on the executed rows only; ``group`` runs the stem per
 group, so one group's activations are alive at a time. ``tests/test_engine.py`` checks
 ``peak <= 1.10 x full`` with :func:`blockdrop.memory.peak_memory`.
@@ -50,7 +56,9 @@ BN layer, i.e. once per group for ``"group"``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -184,6 +192,25 @@ def _loop(model: ResNetBackbone, x: Tensor, policy: Tensor) -> Tensor:
     return torch.cat(outs)
 
 
+@dataclass(frozen=True)
+class _Kernels:
+    """The raw ops for one device, looked up once per forward. The engine calls them without the
+    typed wrappers' Python checks (a few microseconds per call, on every block, which is what a
+    launch-bound GPU run pays in): its rows come from ``plan()`` and its tensors are consistent by
+    construction (``_same_dtype``)."""
+
+    gather_rows: Callable[..., Tensor]
+    scatter_add_rows: Callable[..., Tensor]
+    merge_block: Callable[..., Tensor]
+    merge_block_: Callable[..., None]
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def on(device: torch.device) -> "_Kernels":
+        names = ("gather_rows", "scatter_add_rows", "merge_block", "merge_block_")
+        return _Kernels(*(blockdrop_ext.kernel(name, device) for name in names))
+
+
 def _may_write_in_place(h: Tensor, y: Tensor, x: Tensor) -> bool:
     if h is x:
         return False
@@ -191,39 +218,39 @@ def _may_write_in_place(h: Tensor, y: Tensor, x: Tensor) -> bool:
 
 
 def _gather(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
-    n = x.shape[0]
+    n, ops = x.shape[0], _Kernels.on(x.device)
     counts: Sequence[int] = plan.counts
+    per_block = plan.rows[: plan.offsets[-1]].split(list(counts))  # K views in one call
     h = model.stem(x)
-    for k, block in enumerate(model.blocks):
-        c = counts[k]
+    for block, c, rows in zip(model.blocks, counts, per_block):
         if c == 0:
             h = block.shortcut(h)
             continue
         if c == n:
             h = block.full(h)
             continue
-        h = _gather_block(block, h, plan.block_rows(k), x)
+        h = _gather_block(block, h, rows, x, ops)
     return model.head(h)
 
 
-def _gather_block(block: Any, h: Tensor, rows: Tensor, x: Tensor) -> Tensor:
+def _gather_block(block: Any, h: Tensor, rows: Tensor, x: Tensor, ops: _Kernels) -> Tensor:
     """One mixed block: ``F`` on ``h[rows]`` only, merged into ``shortcut(h)``.
 
     Memory: the gathered rows are freed after ``F``'s first layer (``residual_consume``) and ``y``
     when this returns, so the peak is ``h + F's largest two intermediates on len(rows) rows`` (+ the
     projection), never more than the full block's.
     """
-    y = block.residual_consume([blockdrop_ext.gather_rows(h, rows, check=False)])
+    y = block.residual_consume([ops.gather_rows(h, rows)])
     kind = block.shortcut_kind
     if kind == "option_a":
         s, y = _same_dtype(h, y)
-        return blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=True, check=False)
+        return ops.merge_block(s, y, rows, True, True)
     s = h if kind == "identity" else block.shortcut(h)
     s, y = _same_dtype(s, y)
     if _may_write_in_place(s, y, x):  # s is ours alone (h or a fresh projection/cast)
-        blockdrop_ext.merge_block_(s, y, rows, relu=True, check=False)
+        ops.merge_block_(s, y, rows, True)
         return s
-    return blockdrop_ext.merge_block(s, y, rows, relu=True, downsample=False, check=False)
+    return ops.merge_block(s, y, rows, True, False)
 
 
 def _group_policy_host(plan: Any) -> list[list[int]]:
@@ -235,7 +262,8 @@ def _group(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
     n, g_count = x.shape[0], plan.num_groups
     policies = _group_policy_host(plan)
     offsets: Sequence[int] = plan.group_offsets
-    xs = x if g_count == 1 else blockdrop_ext.gather_rows(x, plan.perm, check=False)
+    ops = _Kernels.on(x.device)
+    xs = x if g_count == 1 else ops.gather_rows(x, plan.perm)
     outs = []
     for g in range(g_count):
         # The stem runs per group too, so that only this group's activations are alive (a stem
@@ -246,7 +274,7 @@ def _group(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
         outs.append(model.head(hg))
     if g_count == 1:
         return outs[0]
-    return blockdrop_ext.scatter_add_rows(torch.cat(outs), plan.perm, n, check=False)
+    return ops.scatter_add_rows(torch.cat(outs), plan.perm, n)
 
 
 def choose_strategy(plan: Any, n: int) -> str:
@@ -282,6 +310,18 @@ def dynamic_forward(model: Any, x: Tensor, policy: Tensor, strategy: str = "auto
     model = validate_inputs(model, x, policy)
     if x.shape[0] == 0:
         return model(x)
+    if torch.is_grad_enabled() or torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
+        return _run(model, x, policy, strategy)
+    # Gradients are off (torch.no_grad): run under inference mode, which skips the autograd layer
+    # of every op (the Python one of the blockdrop ops costs ~10 us per call, per block), and hand
+    # back an ordinary tensor (a clone made outside inference mode), as no_grad would.
+    with torch.inference_mode():
+        out = _run(model, x, policy, strategy)
+    return out.clone()
+
+
+def _run(model: ResNetBackbone, x: Tensor, policy: Tensor, strategy: str) -> Tensor:
+    """``strategy`` on validated, non-empty inputs (see :func:`dynamic_forward`)."""
     if strategy == "masked":
         return _masked(model, x, policy)
     if strategy == "loop":
