@@ -60,6 +60,9 @@ def model_cases(subset: str, device: str, reps: int | None):
                  (16, "ones", 11))]
     if subset == "quick":
         return [C("R56", 16, "iid:0.31", 3), C("R56", 64, "proto10", 3), C("R56", 1, "iid:0.31", 3)]
+    if subset == "memory":  # peak memory where gather's copies matter most (bottleneck nets), few rounds
+        return [C(m, b, mix, 3) for m, b, mix in
+                (("R50", 16, "proto10"), ("R101", 16, "proto10"), ("R101", 16, "iid:0.75"), ("R101", 16, "ones"))]
     if subset == "full":
         out = []
         for m in ("R110", "R56", "R50", "R101"):
@@ -227,6 +230,22 @@ def evaluate_targets(data: dict) -> list[dict]:
         slack, ratio, c = worst
         add("auto never slower than torch_gather by more than noise (worst case)", round(ratio, 3), slack >= 0,
             f"{c['model']} {c['device']} b{c['batch']} {c['mix']}: torch_gather/auto time = {ratio:.3f}")
+    worst = None
+    for c in cases:  # issue 3: auto never worse than the best fixed strategy by more than noise
+        st = c["strategies"]
+        fixed = [s for s in ("masked", "loop", "gather", "group") if s in st]
+        if "auto" not in st or not fixed:
+            continue
+        best = min(fixed, key=lambda s: st[s]["median_s"])
+        ratio = st["auto"]["median_s"] / st[best]["median_s"]  # > 1: auto slower than the best
+        slack = (1 + _noise(c, "auto", best)) - ratio
+        if worst is None or slack < worst[0]:
+            worst = (slack, ratio, best, c)
+    if worst:
+        slack, ratio, best, c = worst
+        add("auto never slower than the best fixed strategy by more than noise (worst case)", round(ratio, 3),
+            slack >= 0, f"{c['model']} {c['device']} b{c['batch']} {c['mix']}: auto/{best} time = {ratio:.3f}, "
+            f"noise {_noise(c, 'auto', best):.2f}; auto chose {c['auto_choice']}")
     for c in cases:
         st = c["strategies"]
         if c["mix"] == "ones" and "auto" in st:
@@ -427,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--machine", help="results name (default: cpu-<N>core, or the GPU's name)")
     ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when visible, else cpu")
-    ap.add_argument("--subset", choices=("default", "quick", "targets", "full"), default="default")
+    ap.add_argument("--subset", choices=("default", "quick", "targets", "memory", "full"), default="default")
     ap.add_argument("--merge", action="store_true",
                     help="keep the cases/ops of an existing <machine>.json that this run does not redo")
     ap.add_argument("--reps", type=int, help="timed rounds per model case (default: per case)")

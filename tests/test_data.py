@@ -42,7 +42,7 @@ def test_image_folder_in_memory(tmp_path: Path) -> None:
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == 1
     # eval transform = normalisation only: denormalising gives back the stored pixels
     from PIL import Image
-    ref = torch.from_numpy(np.asarray(Image.open(root / "dog" / "0001.png"))).permute(2, 0, 1) / 255
+    ref = torch.from_numpy(np.array(Image.open(root / "dog" / "0001.png"))).permute(2, 0, 1) / 255
     torch.testing.assert_close(denormalize(x[None])[0], ref, atol=1e-6, rtol=0)
 
 

@@ -524,3 +524,19 @@ def test_cuda_gather_syncs_once() -> None:
                 torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "called a synchronizing" in str(w.message)]  # not the "prototype" notice
     assert len(syncs) <= 1, [str(w.message) for w in syncs]
+
+
+def test_host_overhead_script_runs(capsys) -> None:
+    """scripts/host_overhead.py (the README's host-overhead numbers) still runs against this API."""
+    import runpy
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "host_overhead.py"
+    argv = sys.argv
+    sys.argv = [str(script), "--rounds", "2", "--batch", "8"]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "inference_mode" in out and "gather +" in out and "no_grad" in out
