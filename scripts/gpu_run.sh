@@ -11,7 +11,8 @@
 #   3. GPU benchmarks: benchmarks/run.py --device cuda (bf16 channels_last model cases incl. the
 #      issue's H100 targets, all-ones, batch 1, peak memory; op bandwidth vs a device-to-device copy)
 #   4. compute-sanitizer --tool memcheck on scripts/sanitize_ops.py (every op fwd+bwd, engine)
-#   5. pytest benchmarks/test_models_bench.py -m gpu (pytest-benchmark JSON), with the time left
+#   5. scripts/host_overhead.py --device cuda (per-block launch + host cost of each strategy)
+#   6. pytest benchmarks/test_models_bench.py -m gpu (pytest-benchmark JSON), with the time left
 #      (the op suite's GPU cases: pytest benchmarks -m gpu, a few minutes more)
 # Files written to $OUT (7 at most): build.txt, tests.txt (pytest + sanitizer), bench.txt,
 # <machine>.json/.md/.png (benchmarks/run.py), pytest-benchmark-gpu.json. The last lines printed are
@@ -55,6 +56,7 @@ MACHINE=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import common; p
 stage tests 110 140 "$OUT/tests.txt" $PY -m pytest tests -m gpu -q -p no:cacheprovider
 stage bench 180 40 "$OUT/bench.txt" $PY benchmarks/run.py --device cuda --machine "$MACHINE" --op-reps 10 --out "$OUT"
 stage sanitizer 90 5 "$OUT/tests.txt" compute-sanitizer --tool memcheck --error-exitcode 3 $PY scripts/sanitize_ops.py
+stage overhead 30 5 "$OUT/bench.txt" $PY scripts/host_overhead.py --device cuda --rounds 100
 BLOCKDROP_BENCH_ROUNDS=5 stage pytest-bench 120 5 "$OUT/bench.txt" $PY -m pytest benchmarks/test_models_bench.py -m gpu -q -p no:cacheprovider \
   --benchmark-json "$OUT/pytest-benchmark-gpu.json" --benchmark-columns=median,iqr,rounds
 

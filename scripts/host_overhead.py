@@ -6,7 +6,10 @@ issuing ops. This measures that cost on any machine: a 54-block backbone whose r
 are five trivial ops on a [64, 4, 1, 1] tensor (stand-ins for conv-BN-ReLU-conv-BN), so each
 strategy's time minus the full network's, per block, is the overhead its scheduling adds.
 
-    python scripts/host_overhead.py [--batch 64] [--keep 0.31] [--rounds 200]
+    python scripts/host_overhead.py [--batch 64] [--keep 0.31] [--rounds 200] [--device cuda]
+
+On CUDA every call is followed by a synchronize inside the timed region, so the numbers are the
+launch-bound cost of each strategy's kernel launches plus its host work.
 
 Prints, per grad mode, the median over interleaved rounds of (strategy - full) / K.
 """
@@ -41,7 +44,7 @@ class TrivialBackbone(ResNetBackbone):
         return self.fc(h.flatten(1))
 
 
-def per_block_overhead_us(fns: dict, rounds: int, k: int) -> dict:
+def per_block_overhead_us(fns: dict, rounds: int, k: int, sync=lambda: None) -> dict:
     """Each round times every callable once, back to back; returns, per strategy, the median over
     rounds of (its time - full's time in the same round) / k, in microseconds."""
     for fn in fns.values():
@@ -53,6 +56,7 @@ def per_block_overhead_us(fns: dict, rounds: int, k: int) -> dict:
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
+            sync()
             t[name] = time.perf_counter() - t0
         for name in diffs:
             diffs[name].append((t[name] - t["full"]) / k * 1e6)
@@ -64,18 +68,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--keep", type=float, default=0.31)
     ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = TrivialBackbone()
+    model = TrivialBackbone().to(args.device)
     k = model.num_blocks
-    x = torch.randn(args.batch, 4, 1, 1)
+    x = torch.randn(args.batch, 4, 1, 1, device=args.device)
     policy = torch.rand(args.batch, k, generator=torch.Generator().manual_seed(0)) < args.keep
+    policy = policy.to(args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     for mode, ctx in (("inference_mode", torch.inference_mode), ("no_grad", torch.no_grad)):
         with ctx():
             fns = {"full": lambda: model(x)}
             for s in ("masked", "gather", "group"):
                 fns[s] = lambda s=s: blockdrop.dynamic_forward(model, x, policy, s)
-            over = per_block_overhead_us(fns, args.rounds, k)
+            over = per_block_overhead_us(fns, args.rounds, k, sync)
         print(f"{mode:15} " + " | ".join(f"{s} +{v:5.1f} us/block" for s, v in over.items()))
 
 if __name__ == "__main__":
