@@ -4,6 +4,7 @@ bad inputs raise ValueError naming the argument; the pretrained ResNet-32 keeps 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
@@ -324,6 +325,32 @@ def test_inference_peak_memory_within_full(name: str, n: int, kind: str, device:
             dynamic_forward(model, x, policy, strategy)
             peak = peak_memory(lambda: dynamic_forward(model, x, policy, strategy), device)
             assert peak <= 1.10 * full, f"{strategy}: peak {peak / 2**20:.1f} MiB vs full {full / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("variant", ["channels_last", "bfloat16", "autocast"])
+def test_inference_peak_memory_formats_and_dtypes(variant: str) -> None:
+    """The memory bound also holds for channels_last (resnet50), bf16 weights and bf16 autocast
+    (cifar20: bf16 convolutions are slow on CPU), with gather's worst case keep 0.9, and
+    prototypes for group."""
+    from blockdrop.memory import peak_memory
+
+    name, n = ("resnet50", 8) if variant == "channels_last" else ("cifar20", 8)
+    model = copy.deepcopy(_model(name))
+    x = _inputs(name, n)
+    if variant == "channels_last":
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    elif variant == "bfloat16":
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    k = model.num_blocks
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if variant == "autocast" else contextlib.nullcontext()
+    with torch.inference_mode(), ctx:
+        model(x)
+        full = peak_memory(lambda: model(x), "cpu")
+        for policy in (_dense_policy(n, k, 0.9), _policy("prototypes", n, k)):
+            for strategy in ("gather", "group", "auto"):
+                dynamic_forward(model, x, policy, strategy)
+                peak = peak_memory(lambda: dynamic_forward(model, x, policy, strategy), "cpu")
+                assert peak <= 1.10 * full, f"{variant} {strategy}: {peak / 2**20:.1f} vs {full / 2**20:.1f} MiB"
 
 
 def test_peak_memory_counts_live_bytes() -> None:
