@@ -376,6 +376,24 @@ class _FakePlan:
         self.num_groups = g
 
 
+def test_auto_one_image_skips_the_plan(monkeypatch) -> None:
+    """auto at N == 1 runs the image's own path (loop) without the plan kernel, same logits."""
+    import blockdrop_ext
+
+    model = _model("cifar20")
+    x = _inputs("cifar20", 1)
+    policy = _policy("random", 1, model.num_blocks)
+    with torch.no_grad():
+        ref = dynamic_forward(model, x, policy, "masked")
+
+        def no_plan(*args, **kwargs):
+            raise AssertionError("plan() called for one image")
+
+        monkeypatch.setattr(blockdrop_ext, "plan", no_plan)
+        out = dynamic_forward(model, x, policy, "auto")
+    assert (out - ref).abs().max() <= _tol(ref)
+
+
 def test_auto_rule() -> None:
     assert choose_strategy(_FakePlan(1), 256) == "group"
     assert choose_strategy(_FakePlan(256 // AUTO_MIN_GROUP_SIZE), 256) == "group"

@@ -23,7 +23,8 @@ scheduled:
     path with plain full-batch blocks, and one inverse permutation (``scatter_add_rows``) puts the
     logits back.
 ``"auto"``
-    Chooses per call from the plan (see :func:`choose_strategy`): ``"group"`` when the batch has few
+    One image (``N == 1``): ``"loop"`` (the policy row is the path; no plan kernel). Otherwise
+    chooses per call from the plan (see :func:`choose_strategy`): ``"group"`` when the batch has few
     distinct policies relative to its size (mean group size ``N / G >= AUTO_MIN_GROUP_SIZE``), else
     ``"gather"``.
 
@@ -324,8 +325,8 @@ def _run(model: ResNetBackbone, x: Tensor, policy: Tensor, strategy: str) -> Ten
     """``strategy`` on validated, non-empty inputs (see :func:`dynamic_forward`)."""
     if strategy == "masked":
         return _masked(model, x, policy)
-    if strategy == "loop":
-        return _loop(model, x, policy)
+    if strategy == "loop" or (strategy == "auto" and x.shape[0] == 1):
+        return _loop(model, x, policy)  # one image: its policy row is its path, no plan needed
     # The one device->host synchronisation. plan() also rejects non-0/1 values (NaN included) of
     # a CUDA policy from that same copy (ValueError "plan: policy must contain only 0 and 1").
     plan = blockdrop_ext.plan(policy.detach())
