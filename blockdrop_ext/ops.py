@@ -5,6 +5,7 @@ is built, and the plain-PyTorch reference (`blockdrop_ext.reference`) when it is
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -155,12 +156,8 @@ def plan(policy: torch.Tensor) -> Plan:
     counts = host[:k]
     g = host[k + n]
     group_counts = host[k : k + g]
-    offsets = [0]
-    for c in counts:
-        offsets.append(offsets[-1] + c)
-    group_offsets = [0]
-    for c in group_counts:
-        group_offsets.append(group_offsets[-1] + c)
+    offsets = list(itertools.accumulate(counts, initial=0))
+    group_offsets = list(itertools.accumulate(group_counts, initial=0))
     group_policy_host = packed[nmeta:].view(n, k)[:g]
     return Plan(counts, offsets, rows, g, group_counts, group_offsets, perm, group_policy[:g], group_policy_host)
 
