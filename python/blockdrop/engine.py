@@ -39,7 +39,8 @@ Host overhead (what a launch-bound GPU run pays): under ``torch.no_grad`` the ca
 tensor), the raw ops are looked up once per call, and the rows of all blocks are split off the plan
 in one call, so a mixed block costs about as many microseconds of Python/dispatch as a masked one.
 
-Memory (inference): no strategy's peak exceeds the full network's at the same batch. ``gather``
+Memory (inference): no strategy's peak exceeds the full network's at the same batch by more than
+~1% (a limit of 10% is tested). ``gather``
 frees each block's gathered rows after the block's first layer (the model's residuals are
 :class:`~blockdrop.models.Chain` objects, run with ``residual_consume``) and merges in place, so a mixed
 block holds ``h`` plus ``F``'s intermediates on the executed rows only; ``group`` runs the stem per
