@@ -3,7 +3,7 @@
 Measurement setup for the whole session (../shared/FACTS.md): one CPU thread, glibc's trim/mmap
 thresholds raised (mallopt; for the same effect from the start, export MALLOC_MMAP_THRESHOLD_ and
 MALLOC_TRIM_THRESHOLD_), denormals flushed. CUDA cases carry the ``gpu`` marker and are skipped
-with a reason when no GPU is visible. Knobs: BLOCKDROP_BENCH_FULL=1 (the full model matrix),
+with a reason when no GPU is visible (the repository's conftest.py). Knobs: BLOCKDROP_BENCH_FULL=1 (the full model matrix),
 BLOCKDROP_BENCH_ROUNDS (timed rounds per model case; default 2 on CPU, 10 on GPU),
 BLOCKDROP_BENCH_THREADS (default 1 without a GPU, torch's default with one). Without a GPU the
 timer is time.process_time (this process's CPU time; BLOCKDROP_BENCH_CLOCK=wall or
@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-NO_GPU = "no CUDA GPU visible (run on a GPU machine, e.g. scripts/gpu_run.sh, for the CUDA cases)"
 SETUP: dict = {}
 
 
@@ -37,16 +36,6 @@ def pytest_configure(config):
             config.option.benchmark_timer = "time.process_time"
     threads = os.environ.get("BLOCKDROP_BENCH_THREADS", "0" if torch.cuda.is_available() else "1")
     SETUP.update(common.setup_measurement(int(threads)))  # 0: torch's default (GPU machines)
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with a reason when none is visible)")
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason=NO_GPU)
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -1,5 +1,5 @@
-"""Shared fixtures: devices (CUDA cases carry the `gpu` marker and skip with a reason when no GPU
-is visible) and the location of ../shared/data (or $BLOCKDROP_DATA)."""
+"""Shared fixtures: devices (CUDA cases carry the `gpu` marker; the repository's conftest.py skips
+them with a reason when no GPU is visible) and the location of ../shared/data (or $BLOCKDROP_DATA)."""
 from __future__ import annotations
 
 import os
@@ -8,17 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-NO_GPU = "no CUDA GPU visible (run on a GPU machine to exercise the CUDA kernels)"
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason=NO_GPU)
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # cuda skips: ../conftest.py
 
 
 @pytest.fixture(autouse=True, scope="module")
