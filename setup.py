@@ -68,7 +68,6 @@ def _extension():
         "blockdrop_ext._C",
         sources + sorted(glob("csrc/cuda/*.cpp")) + sorted(glob("csrc/cuda/*.cu")),
         include_dirs=include_dirs,
-        define_macros=[("BLOCKDROP_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
     )
 

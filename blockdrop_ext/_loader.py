@@ -9,9 +9,10 @@ import torch
 _ERROR: str | None = None
 try:
     importlib.import_module("blockdrop_ext._C")
-    from . import _autograd, _fake  # noqa: F401  (registrations)
 except ImportError as exc:  # not built: the ops fall back to blockdrop_ext.reference
     _ERROR = f"{type(exc).__name__}: {exc}"
+else:  # outside the try: an error in these registrations must surface, not read as "not built"
+    from . import _autograd, _fake  # noqa: F401
 
 
 def loaded() -> bool:

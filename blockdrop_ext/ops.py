@@ -102,14 +102,6 @@ class Plan:
     group_policy: torch.Tensor
     group_policy_host: torch.Tensor
 
-    @property
-    def num_images(self) -> int:
-        return int(self.perm.shape[0])
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.counts)
-
     def block_rows(self, k: int) -> torch.Tensor:
         """int64 [counts[k]]: the images that run block k, ascending (a view, no copy)."""
         return self.rows[self.offsets[k] : self.offsets[k + 1]]
@@ -189,21 +181,40 @@ def scatter_add_rows(src: torch.Tensor, rows: torch.Tensor, n: int, *, check: bo
     return _impl("scatter_add_rows", src)(src, rows, n)
 
 
-def _check_merge(shortcut: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, op: str, check: bool) -> None:
-    _check_tensor(shortcut, "shortcut", op)
+def _check_merge(
+    shortcut: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, op: str, name: str, downsample: bool, check: bool
+) -> None:
+    """The checks of csrc/ops.cpp check_merge, as ValueErrors naming the argument (`name` is the
+    first one: "shortcut" for merge_block, "x" for merge_block_)."""
+    _check_tensor(shortcut, name, op)
     _check_tensor(y, "y", op)
     if shortcut.dim() != 4:
-        raise ValueError(f"{op}: shortcut must be 4-D [N, C, H, W], got shape {tuple(shortcut.shape)}")
+        raise ValueError(f"{op}: {name} must be 4-D [N, C, H, W], got shape {tuple(shortcut.shape)}")
     if y.dim() != 4:
         raise ValueError(f"{op}: y must be 4-D [M, C, H, W], got shape {tuple(y.shape)}")
-    _check_float(shortcut, "shortcut", op)
+    _check_float(shortcut, name, op)
     if y.dtype != shortcut.dtype:
-        raise ValueError(f"{op}: y must have the dtype of shortcut ({shortcut.dtype}), got {y.dtype}")
+        raise ValueError(f"{op}: y must have the dtype of {name} ({shortcut.dtype}), got {y.dtype}")
     if y.device != shortcut.device:
-        raise ValueError(f"{op}: y must be on {shortcut.device} like shortcut, got {y.device}")
+        raise ValueError(f"{op}: y must be on {shortcut.device} like {name}, got {y.device}")
     _check_rows(rows, shortcut.shape[0], shortcut.device, op, check, unique=True)
     if y.shape[0] != rows.shape[0]:
         raise ValueError(f"{op}: y must have one row per entry of rows ({rows.shape[0]}), got {y.shape[0]}")
+    c, h, w = shortcut.shape[1:]
+    if not downsample:
+        if tuple(y.shape[1:]) != (c, h, w):
+            raise ValueError(f"{op}: y must have the C, H, W of {name} {(c, h, w)}, got {tuple(y.shape[1:])}")
+        return
+    if y.shape[1] < c or (y.shape[1] - c) % 2:
+        raise ValueError(
+            f"{op}(downsample=True): y's channels ({y.shape[1]}) must be >= {name}'s ({c}) and differ "
+            "by an even number (option-A zero padding on both sides)"
+        )
+    if tuple(y.shape[2:]) != ((h + 1) // 2, (w + 1) // 2):
+        raise ValueError(
+            f"{op}(downsample=True): y's H, W must be ceil(H/2), ceil(W/2) of {name} = "
+            f"{((h + 1) // 2, (w + 1) // 2)}, got {tuple(y.shape[2:])}"
+        )
 
 
 def merge_block(
@@ -223,23 +234,7 @@ def merge_block(
     downsample=True the CIFAR option-A shortcut of it (x[:, :, ::2, ::2], channels zero-padded by
     (C' - C) / 2 on both sides), computed inside the same pass. Keeps shortcut's memory format.
     Differentiable in shortcut and y."""
-    _check_merge(shortcut, y, rows, "merge_block", check)
-    if not downsample and tuple(y.shape[1:]) != tuple(shortcut.shape[1:]):
-        raise ValueError(
-            f"merge_block: y must have the C, H, W of shortcut {tuple(shortcut.shape[1:])}, got {tuple(y.shape[1:])}"
-        )
-    if downsample:
-        c, h, w = shortcut.shape[1:]
-        if y.shape[1] < c or (y.shape[1] - c) % 2:
-            raise ValueError(
-                f"merge_block(downsample=True): y's channels ({y.shape[1]}) must be >= shortcut's ({c}) and differ "
-                "by an even number (option-A zero padding on both sides)"
-            )
-        if tuple(y.shape[2:]) != ((h + 1) // 2, (w + 1) // 2):
-            raise ValueError(
-                f"merge_block(downsample=True): y's H, W must be ceil(H/2), ceil(W/2) of shortcut = "
-                f"{((h + 1) // 2, (w + 1) // 2)}, got {tuple(y.shape[2:])}"
-            )
+    _check_merge(shortcut, y, rows, "merge_block", "shortcut", downsample, check)
     return _impl("merge_block", shortcut, y)(shortcut, y, rows, relu, downsample)
 
 
@@ -247,7 +242,7 @@ def merge_block_(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, relu: boo
     """In place, identity shortcut, inference only: x[rows[i]] = relu(x[rows[i]] + y[i]);
     only executed rows are touched. x [N, C, H, W] (contiguous NCHW or channels_last),
     y [M, C, H, W], rows int64 [M] distinct."""
-    _check_merge(x, y, rows, "merge_block_", check)
+    _check_merge(x, y, rows, "merge_block_", "x", False, check)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         raise ValueError("merge_block_: in-place merge is inference-only; use merge_block when gradients are needed")
     _impl("merge_block_", x, y)(x, y, rows, relu)

@@ -20,9 +20,14 @@
 //     else s[n] (relu optional). option_a = x[:, :, ::2, ::2] zero-padded by (C'-C)/2 channels
 //     on both sides.
 //   merge_block_(x[N,C,H,W], y[M,C,H,W], rows[M], relu): x[rows[i]] = relu(x[rows[i]] + y[i]).
+//   rows must lie in [0, N) (and be distinct for the merges): the CPU kernels check this, the CUDA
+//   kernels do not (that would cost a synchronisation) and skip out-of-range rows; the Python
+//   wrappers in blockdrop_ext/ops.py check it before either runs.
 #include <Python.h>
 
 #include <torch/library.h>
+
+#include <string>
 
 #include "ops.h"
 
@@ -59,9 +64,11 @@ at::MemoryFormat row_format(const at::Tensor& t) {
   return at::MemoryFormat::Contiguous;
 }
 
-at::Tensor rows_contiguous(const at::Tensor& t, at::MemoryFormat fmt) {
-  if (t.dim() != 4) return t.contiguous();
-  return t.contiguous(fmt);
+void check_rows_in_range(const at::Tensor& rows, int64_t n, const char* op) {
+  const int64_t* r = rows.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i) {
+    TORCH_CHECK(r[i] >= 0 && r[i] < n, op, ": rows[", i, "] = ", r[i], " is out of range for ", n, " rows");
+  }
 }
 
 void check_float_dtype(const at::Tensor& t, const char* name) {
@@ -89,22 +96,23 @@ void check_scatter(const at::Tensor& src, const at::Tensor& rows, int64_t n) {
               rows.size(0), "), got ", src.size(0));
 }
 
-int64_t check_merge(const at::Tensor& shortcut, const at::Tensor& y, const at::Tensor& rows, bool downsample) {
-  TORCH_CHECK(shortcut.dim() == 4, "merge_block: shortcut must be 4-D [N, C, H, W], got shape ", shortcut.sizes());
-  TORCH_CHECK(y.dim() == 4, "merge_block: y must be 4-D [M, C, H, W], got shape ", y.sizes());
-  check_rows(rows, "merge_block: rows");
-  check_float_dtype(shortcut, "merge_block: shortcut");
-  TORCH_CHECK(y.scalar_type() == shortcut.scalar_type(), "merge_block: y must have the dtype of shortcut (",
+int64_t check_merge(const char* op, const char* name, const at::Tensor& shortcut, const at::Tensor& y,
+                    const at::Tensor& rows, bool downsample) {
+  TORCH_CHECK(shortcut.dim() == 4, op, ": ", name, " must be 4-D [N, C, H, W], got shape ", shortcut.sizes());
+  TORCH_CHECK(y.dim() == 4, op, ": y must be 4-D [M, C, H, W], got shape ", y.sizes());
+  check_rows(rows, (std::string(op) + ": rows").c_str());
+  check_float_dtype(shortcut, (std::string(op) + ": " + name).c_str());
+  TORCH_CHECK(y.scalar_type() == shortcut.scalar_type(), op, ": y must have the dtype of ", name, " (",
               shortcut.scalar_type(), "), got ", y.scalar_type());
-  TORCH_CHECK(y.device() == shortcut.device(), "merge_block: y must be on the device of shortcut (",
-              shortcut.device(), "), got ", y.device());
-  TORCH_CHECK(rows.device() == shortcut.device(), "merge_block: rows must be on the device of shortcut (",
+  TORCH_CHECK(y.device() == shortcut.device(), op, ": y must be on the device of ", name, " (", shortcut.device(),
+              "), got ", y.device());
+  TORCH_CHECK(rows.device() == shortcut.device(), op, ": rows must be on the device of ", name, " (",
               shortcut.device(), "), got ", rows.device());
-  TORCH_CHECK(y.size(0) == rows.size(0), "merge_block: y must have one row per entry of rows (", rows.size(0),
-              "), got ", y.size(0));
+  TORCH_CHECK(y.size(0) == rows.size(0), op, ": y must have one row per entry of rows (", rows.size(0), "), got ",
+              y.size(0));
   if (!downsample) {
     TORCH_CHECK(y.size(1) == shortcut.size(1) && y.size(2) == shortcut.size(2) && y.size(3) == shortcut.size(3),
-                "merge_block: y must have the C, H, W of shortcut ", shortcut.sizes().slice(1), ", got ",
+                op, ": y must have the C, H, W of ", name, " ", shortcut.sizes().slice(1), ", got ",
                 y.sizes().slice(1));
     return 0;
   }

@@ -124,6 +124,18 @@ def test_gather_repeats_odd_sizes_and_2d(device, dtype):
     assert torch.equal(blockdrop_ext.gather_rows(sliced, rows), sliced[rows])
 
 
+def test_merge_block_inplace_messages_name_x():
+    """merge_block_'s checks name its own arguments (x, not shortcut) and include the C, H, W check."""
+    x = torch.randn(4, 3, 5, 5)
+    rows = torch.tensor([0, 2])
+    with pytest.raises(ValueError, match=r"merge_block_: y must have the C, H, W of x"):
+        blockdrop_ext.merge_block_(x, torch.randn(2, 3, 4, 4), rows)
+    with pytest.raises(ValueError, match=r"merge_block_: x must be 4-D"):
+        blockdrop_ext.merge_block_(x[0], x[:2], rows)
+    with pytest.raises(RuntimeError, match=r"merge_block_: y must have the C, H, W of x"):
+        torch.ops.blockdrop.merge_block_(x, torch.randn(2, 3, 4, 4), rows)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_kernel_accessor_is_the_unchecked_op(device):
     """blockdrop_ext.kernel(name, device): the op without the wrappers' Python checks, same result."""

@@ -12,19 +12,10 @@
 namespace blockdrop {
 namespace cpu {
 
-namespace {
-void check_rows_in_range(const at::Tensor& rows, int64_t n, const char* op) {
-  const int64_t* r = rows.data_ptr<int64_t>();
-  for (int64_t i = 0; i < rows.numel(); ++i) {
-    TORCH_CHECK(r[i] >= 0 && r[i] < n, op, ": rows[", i, "] = ", r[i], " is out of range for ", n, " rows");
-  }
-}
-}  // namespace
-
 at::Tensor gather_rows(const at::Tensor& x_in, const at::Tensor& rows_in) {
   check_gather(x_in, rows_in);
   const auto fmt = row_format(x_in);
-  const at::Tensor x = rows_contiguous(x_in, fmt);
+  const at::Tensor x = x_in.contiguous(fmt);
   const at::Tensor rows = rows_in.contiguous();
   const int64_t N = x.size(0), M = rows.size(0);
   check_rows_in_range(rows, N, "gather_rows");
@@ -46,7 +37,7 @@ at::Tensor gather_rows(const at::Tensor& x_in, const at::Tensor& rows_in) {
 at::Tensor scatter_add_rows(const at::Tensor& src_in, const at::Tensor& rows_in, int64_t n) {
   check_scatter(src_in, rows_in, n);
   const auto fmt = row_format(src_in);
-  const at::Tensor src = rows_contiguous(src_in, fmt);
+  const at::Tensor src = src_in.contiguous(fmt);
   const at::Tensor rows = rows_in.contiguous();
   check_rows_in_range(rows, n, "scatter_add_rows");
   auto sizes = src.sizes().vec();

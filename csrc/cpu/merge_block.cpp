@@ -8,6 +8,7 @@
 
 #include <vector>
 
+#include "../elementwise.h"
 #include "../ops.h"
 
 namespace blockdrop {
@@ -16,25 +17,20 @@ namespace cpu {
 namespace {
 // inverse[n] = i where rows[i] == n, else -1. Checks range and uniqueness.
 std::vector<int64_t> inverse_rows(const at::Tensor& rows, int64_t n, const char* op) {
+  check_rows_in_range(rows, n, op);
   std::vector<int64_t> inv(static_cast<size_t>(n), -1);
   const int64_t* r = rows.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < rows.numel(); ++i) {
-    TORCH_CHECK(r[i] >= 0 && r[i] < n, op, ": rows[", i, "] = ", r[i], " is out of range for ", n, " rows");
     TORCH_CHECK(inv[r[i]] < 0, op, ": rows must not repeat, row ", r[i], " appears twice");
     inv[r[i]] = i;
   }
   return inv;
 }
-
-template <typename opmath_t>
-inline opmath_t maybe_relu(opmath_t v, bool relu) {
-  return (relu && v < opmath_t(0)) ? opmath_t(0) : v;  // NaN propagates, as in torch.relu
-}
 }  // namespace
 
 at::Tensor merge_block(const at::Tensor& shortcut, const at::Tensor& y_in, const at::Tensor& rows_in, bool relu,
                        bool downsample) {
-  const int64_t pad = check_merge(shortcut, y_in, rows_in, downsample);
+  const int64_t pad = check_merge("merge_block", "shortcut", shortcut, y_in, rows_in, downsample);
   const auto fmt = row_format(shortcut);
   const int64_t N = shortcut.size(0);
   const int64_t C = y_in.size(1), H = y_in.size(2), Wd = y_in.size(3);
@@ -131,7 +127,7 @@ at::Tensor merge_block(const at::Tensor& shortcut, const at::Tensor& y_in, const
 }
 
 void merge_block_(const at::Tensor& x, const at::Tensor& y_in, const at::Tensor& rows_in, bool relu) {
-  check_merge(x, y_in, rows_in, /*downsample=*/false);
+  check_merge("merge_block_", "x", x, y_in, rows_in, /*downsample=*/false);
   const auto fmt = row_format(x);
   TORCH_CHECK(x.is_contiguous(fmt), "merge_block_: x must be contiguous (NCHW or channels_last) to be updated in place");
   const at::Tensor y = y_in.contiguous(fmt);

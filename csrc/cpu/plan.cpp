@@ -13,7 +13,6 @@ namespace cpu {
 
 PlanResult plan(const at::Tensor& policy_in) {
   check_policy(policy_in);
-  TORCH_CHECK(policy_in.device().is_cpu(), "plan (CPU kernel): policy must be on the CPU");
   const at::Tensor policy = policy_in.to(at::kByte).contiguous();
   const int64_t N = policy.size(0), K = policy.size(1);
   const int64_t W = (K + 63) / 64;  // 64-bit words per packed policy

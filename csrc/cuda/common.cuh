@@ -23,16 +23,6 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
-// float for half/bfloat16/float, double for double: the type arithmetic is done in.
-template <typename T>
-struct OpMath {
-  using type = float;
-};
-template <>
-struct OpMath<double> {
-  using type = double;
-};
-
 // Largest pack width (in elements, at most 16 bytes) that divides `row_elems` and keeps every pointer aligned.
 inline int pack_width(int64_t row_elems, int64_t elem_size, std::initializer_list<const void*> ptrs) {
   int width = static_cast<int>(16 / elem_size);

@@ -58,7 +58,7 @@ at::Tensor gather_rows(const at::Tensor& x_in, const at::Tensor& rows_in) {
   check_gather(x_in, rows_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = row_format(x_in);
-  const at::Tensor x = rows_contiguous(x_in, fmt);
+  const at::Tensor x = x_in.contiguous(fmt);
   const at::Tensor rows = rows_in.contiguous();
   const int64_t N = x.size(0), M = rows.size(0);
   auto sizes = x.sizes().vec();
@@ -75,7 +75,7 @@ at::Tensor scatter_add_rows(const at::Tensor& src_in, const at::Tensor& rows_in,
   check_scatter(src_in, rows_in, n);
   const c10::cuda::CUDAGuard guard(src_in.device());
   const auto fmt = row_format(src_in);
-  const at::Tensor src = rows_contiguous(src_in, fmt);
+  const at::Tensor src = src_in.contiguous(fmt);
   const at::Tensor rows = rows_in.contiguous();
   auto sizes = src.sizes().vec();
   sizes[0] = n;
@@ -90,7 +90,7 @@ at::Tensor scatter_add_rows(const at::Tensor& src_in, const at::Tensor& rows_in,
 
 at::Tensor merge_block(const at::Tensor& shortcut, const at::Tensor& y_in, const at::Tensor& rows_in, bool relu,
                        bool downsample) {
-  const int64_t pad = check_merge(shortcut, y_in, rows_in, downsample);
+  const int64_t pad = check_merge("merge_block", "shortcut", shortcut, y_in, rows_in, downsample);
   const c10::cuda::CUDAGuard guard(shortcut.device());
   const auto fmt = row_format(shortcut);
   const int64_t N = shortcut.size(0);
@@ -124,7 +124,7 @@ at::Tensor merge_block(const at::Tensor& shortcut, const at::Tensor& y_in, const
 }
 
 void merge_block_(const at::Tensor& x, const at::Tensor& y_in, const at::Tensor& rows_in, bool relu) {
-  check_merge(x, y_in, rows_in, /*downsample=*/false);
+  check_merge("merge_block_", "x", x, y_in, rows_in, /*downsample=*/false);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto fmt = row_format(x);
   TORCH_CHECK(x.is_contiguous(fmt), "merge_block_: x must be contiguous (NCHW or channels_last) to be updated in place");

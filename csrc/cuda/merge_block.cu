@@ -3,6 +3,9 @@
 // downsampling variant computes the option-A shortcut (every second pixel, channels zero-padded on
 // both sides) on the fly, so a dropped downsampling block costs one read and one write.
 // Host entries (checks, allocation): entry.cpp.
+#include <ATen/OpMathType.h>
+
+#include "../elementwise.h"
 #include "common.cuh"
 #include "launch.h"
 
@@ -10,11 +13,6 @@ namespace blockdrop {
 namespace cuda {
 
 namespace {
-
-template <typename T>
-__device__ __forceinline__ T maybe_relu(T v, bool relu) {
-  return (relu && v < T(0)) ? T(0) : v;  // NaN propagates, as in torch.relu
-}
 
 // inv[rows[i]] = i (inv pre-filled with -1); out-of-range rows are ignored.
 __global__ void inverse_rows_kernel(const int64_t* __restrict__ rows, int64_t* __restrict__ inv, int64_t M,
@@ -29,7 +27,7 @@ __global__ void inverse_rows_kernel(const int64_t* __restrict__ rows, int64_t* _
 template <typename T, int P>
 __global__ void merge_kernel(const T* __restrict__ s, const T* __restrict__ y, const int64_t* __restrict__ inv,
                              T* __restrict__ out, int64_t N, int64_t packs, bool relu) {
-  using acc_t = typename OpMath<T>::type;
+  using acc_t = at::opmath_type<T>;
   using V = Pack<T, P>;
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
     const int64_t i = inv[n];
@@ -56,7 +54,7 @@ template <typename T, typename I>
 __global__ void merge_downsample_kernel(const T* __restrict__ x, const T* __restrict__ y,
                                         const int64_t* __restrict__ inv, T* __restrict__ out, int64_t N,
                                         DownsampleGeometry g, bool relu) {
-  using acc_t = typename OpMath<T>::type;
+  using acc_t = at::opmath_type<T>;
   const I C = static_cast<I>(g.C), H = static_cast<I>(g.H), W = static_cast<I>(g.W);
   const I R = C * H * W;
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
@@ -89,7 +87,7 @@ __global__ void merge_downsample_kernel(const T* __restrict__ x, const T* __rest
 template <typename T, int P>
 __global__ void merge_inplace_kernel(T* __restrict__ x, const T* __restrict__ y, const int64_t* __restrict__ rows,
                                      int64_t M, int64_t N, int64_t packs, bool relu) {
-  using acc_t = typename OpMath<T>::type;
+  using acc_t = at::opmath_type<T>;
   using V = Pack<T, P>;
   for (int64_t i = blockIdx.y; i < M; i += gridDim.y) {
     const int64_t r = rows[i];
