@@ -268,7 +268,7 @@ def evaluate_targets(data: dict) -> list[dict]:
         st = c["strategies"]
         if st.get("full", {}).get("peak_mib"):
             worst = max((v["peak_mib"] / st["full"]["peak_mib"], s) for s, v in st.items()
-                        if v.get("peak_mib") is not None and s in ("auto", "gather", "group"))
+                        if v.get("peak_mib") is not None and s in ("masked", "auto", "gather", "group"))
             dev = "GPU" if c["device"] == "cuda" else "CPU"
             add(f"{dev} memory {c['model']} b{c['batch']} {c['mix']}: peak <= 1.10 x full", round(worst[0], 3),
                 worst[0] <= 1.10, f"worst: {worst[1]}")

@@ -304,7 +304,7 @@ def _dense_policy(n: int, k: int, keep: float, seed: int = 3) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name,n", [("cifar20", 64), ("resnet50", 8)])
+@pytest.mark.parametrize("name,n", [("cifar20", 64), ("resnet50", 8), ("resnet50", 1)])
 @pytest.mark.parametrize("kind", ["random", "prototypes", "dense", "ones"])
 def test_inference_peak_memory_within_full(name: str, n: int, kind: str, device: str) -> None:
     """Inference peak (bytes the call allocates: CPU allocator via the profiler, or CUDA's caching

@@ -168,6 +168,16 @@ def _same_dtype(s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return s.to(dt), y.to(dt)
 
 
+def _may_write_in_place(target: Tensor, read: Tensor, *keep: Tensor) -> bool:
+    """True when ``target`` may be overwritten by an inference-only in-place op that also reads
+    ``read``: autograd tracks neither, and ``target`` shares no storage with ``read`` or with the
+    tensors in ``keep`` (the caller's input, a shortcut still needed)."""
+    if torch.is_grad_enabled() and (target.requires_grad or read.requires_grad):
+        return False
+    ptr = target.untyped_storage().data_ptr()
+    return all(ptr != t.untyped_storage().data_ptr() for t in (read, *keep))
+
+
 def _masked(model: ResNetBackbone, x: Tensor, policy: Tensor) -> Tensor:
     if policy.device.type != "cpu" and policy.dtype != torch.bool:
         bad = ~((policy == 0) | (policy == 1))
@@ -176,8 +186,14 @@ def _masked(model: ResNetBackbone, x: Tensor, policy: Tensor) -> Tensor:
     mask = (policy.detach() != 0).view(policy.shape[0], policy.shape[1], 1, 1)
     h = model.stem(x)
     for k, block in enumerate(model.blocks):
-        s = block.shortcut(h)
-        h = torch.where(mask[:, k : k + 1], torch.relu(s + block.residual(h)), s)
+        y = block.residual(h)
+        s = block.shortcut(h)  # after F, as torchvision's own forward: not both alive with F's temporaries
+        if y.dtype == s.dtype and _may_write_in_place(y, s, h, x):
+            y = y.add_(s).relu_()  # relu(s + y) in y's own storage: bit-identical, two activations less
+        else:
+            y = torch.relu(s + y)
+        h = torch.where(mask[:, k : k + 1], y, s)
+        del y, s
     return model.head(h)
 
 
@@ -211,12 +227,6 @@ class _Kernels:
     def on(device: torch.device) -> "_Kernels":
         names = ("gather_rows", "scatter_add_rows", "merge_block", "merge_block_")
         return _Kernels(*(blockdrop_ext.kernel(name, device) for name in names))
-
-
-def _may_write_in_place(h: Tensor, y: Tensor, x: Tensor) -> bool:
-    if h is x:
-        return False
-    return not (torch.is_grad_enabled() and (h.requires_grad or y.requires_grad))
 
 
 def _gather(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
