@@ -151,6 +151,13 @@ def test_epoch_sampler_shards_and_resumes() -> None:
     assert s.indices() != EpochSampler(10, seed=1).indices()   # epoch 3 vs epoch 0
 
 
+def test_epoch_sampler_fewer_images_than_ranks() -> None:
+    """Every rank gets len() indices even when n < world_size - 1 (the head repeats cyclically)."""
+    shards = [EpochSampler(2, shuffle=False, rank=r, world_size=5) for r in range(5)]
+    assert [s.indices() for s in shards] == [[0], [1], [0], [1], [0]]
+    assert all(len(list(s)) == len(s) == 1 for s in shards)
+
+
 def test_loader_skips_batches_on_resume(tmp_path: Path) -> None:
     info = load_dataset(make_image_folder(tmp_path / "imgs", size=8), "train", seed=0)
     loader = make_loader(info.dataset, 3, train=True, seed=0)

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
+from blockdrop.engine import STRATEGIES
+
 __all__ = ["main", "build_parser"]
 
 
@@ -56,7 +58,6 @@ def _fraction(s: str) -> float:
     return v
 
 
-STRATEGIES = ("auto", "masked", "loop", "gather", "group")
 
 
 # --------------------------------------------------------------------------- parser
@@ -217,9 +218,11 @@ def _subset(info: Any, n: int | None) -> Any:
         g = torch.Generator().manual_seed(0)
         idx = torch.randperm(len(ds), generator=g)[:n].sort().values
         sub = ImageArrayDataset(ds.images[idx], ds.labels[idx], ds.transform, ds.seed)
+        label = f"random {n}"
     else:
         sub = torch.utils.data.Subset(ds, range(n))
-    return DataInfo(sub, info.classes, info.image_size, info.source + f" (first {n})")
+        label = f"first {n}"
+    return DataInfo(sub, info.classes, info.image_size, info.source + f" ({label})")
 
 
 def _run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> int:

@@ -66,12 +66,6 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
-def _normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
-    return (x - m) / s
-
-
 def denormalize(x: Tensor, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> Tensor:
     """Undo the input normalisation: ``[N,3,H,W] -> [N,3,H,W]`` in [0, 1]."""
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -89,6 +83,8 @@ class SmallImageTransform:
     def __init__(self, train: bool, pad: int = 4, flip: bool = True,
                  mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> None:
         self.train, self.pad, self.flip, self.mean, self.std = train, pad, flip, mean, std
+        self._m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # built once, not per image
+        self._s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, img: Tensor, gen: torch.Generator | None) -> Tensor:
         x = img.permute(2, 0, 1).float().div_(255.0)
@@ -100,7 +96,7 @@ class SmallImageTransform:
                 x = x[:, i:i + h, j:j + w]
             if self.flip and torch.rand((), generator=gen).item() < 0.5:
                 x = x.flip(2)
-        return _normalize(x.contiguous(), self.mean, self.std)
+        return (x.contiguous() - self._m) / self._s
 
 
 def _imagenet_transform(train: bool, size: int = 224) -> Callable[[Any], Tensor]:
@@ -401,7 +397,8 @@ class EpochSampler(Sampler[int]):
         else:
             idx = list(range(self.n))
         total = -(-self.n // self.world) * self.world
-        idx += idx[:total - len(idx)]
+        if self.n:  # repeat the head cyclically (more than once when n < world_size - 1)
+            idx = (idx * -(-total // self.n))[:total]
         return idx[self.rank:total:self.world]
 
     def __iter__(self) -> Iterator[int]:
@@ -427,6 +424,8 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> No
     """Point ``loader`` at ``epoch``, skipping its first ``start_batch`` batches."""
     loader.sampler.set_epoch(epoch, start_batch * int(loader.batch_size or 1))  # type: ignore
     ds = loader.dataset
+    if not hasattr(ds, "set_epoch"):  # a torch.utils.data.Subset: its underlying dataset's epoch
+        ds = getattr(ds, "dataset", ds)
     if hasattr(ds, "set_epoch"):
         ds.set_epoch(epoch)  # type: ignore[attr-defined]
 

@@ -474,7 +474,7 @@ class Trainer:
     def _check_in_sync(self) -> None:
         """Under DDP all replicas must hold identical parameters; raise if not."""
         vec = torch.cat([p.detach().float().flatten() for p in self.step_module.parameters()])
-        s = torch.stack([vec.sum(), (vec * vec).sum()]).double().cpu()
+        s = torch.stack([vec.sum(), (vec * vec).sum()]).double()  # on the device: NCCL gathers no CPU tensors
         all_s = [torch.zeros_like(s) for _ in range(self.dist.world_size)]
         dist.all_gather(all_s, s)
         if any(not torch.equal(a, all_s[0]) for a in all_s):
@@ -491,8 +491,7 @@ class _ForcedOn(nn.Module):
         self.num_blocks = int(mask.numel())
 
     def forward(self, x: Tensor) -> Tensor:
-        p = self.inner(x)
-        return torch.where(self.mask.unsqueeze(0), p, torch.ones_like(p))
+        return rl.apply_curriculum(self.inner(x), self.mask)
 
 
 def _py_state_to_json(st: tuple) -> list:
