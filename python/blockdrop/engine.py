@@ -290,8 +290,11 @@ def _group(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
 
 
 def choose_strategy(plan: Any, n: int) -> str:
-    """The ``"auto"`` rule: ``"group"`` if ``n >= AUTO_MIN_GROUP_SIZE * plan.num_groups`` (or a
-    single group), else ``"gather"``. Uses only host fields of the plan (no synchronisation)."""
+    """The ``"auto"`` rule: ``"loop"`` for one image (``n == 1``; ``plan`` may then be None: none is
+    needed), else ``"group"`` if ``n >= AUTO_MIN_GROUP_SIZE * plan.num_groups`` (or a single
+    group), else ``"gather"``. Uses only host fields of the plan (no synchronisation)."""
+    if n == 1:
+        return "loop"
     g = plan.num_groups
     if g <= 1 or n >= AUTO_MIN_GROUP_SIZE * g:
         return "group"
@@ -334,10 +337,12 @@ def dynamic_forward(model: Any, x: Tensor, policy: Tensor, strategy: str = "auto
 
 def _run(model: ResNetBackbone, x: Tensor, policy: Tensor, strategy: str) -> Tensor:
     """``strategy`` on validated, non-empty inputs (see :func:`dynamic_forward`)."""
+    if strategy == "auto" and x.shape[0] == 1:
+        strategy = choose_strategy(None, 1)  # one image: its policy row is its path, no plan needed
     if strategy == "masked":
         return _masked(model, x, policy)
-    if strategy == "loop" or (strategy == "auto" and x.shape[0] == 1):
-        return _loop(model, x, policy)  # one image: its policy row is its path, no plan needed
+    if strategy == "loop":
+        return _loop(model, x, policy)
     # The one device->host synchronisation. plan() also rejects non-0/1 values (NaN included) of
     # a CUDA policy from that same copy (ValueError "plan: policy must contain only 0 and 1").
     plan = blockdrop_ext.plan(policy.detach())
