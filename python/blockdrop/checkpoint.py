@@ -193,9 +193,7 @@ def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
         raise FileNotFoundError(f"weights not found: {w}")
     if w.suffix == ".safetensors":
         tensors, meta = load_checkpoint(w)
-        model = build_backbone(meta["backbone_spec"])
-        model.load_state_dict(unprefixed(tensors, "backbone."))
-        return model, meta["backbone_spec"]
+        return _backbone_from(tensors, meta), meta["backbone_spec"]
     if arch is None or parse_arch(arch, num_classes)["kind"] == "cifar":
         from blockdrop.models import load_cifar_resnet
         depth = parse_arch(arch, num_classes)["depth"] if arch else None
@@ -209,6 +207,13 @@ def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
     return model, spec
 
 
+def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
+    """The backbone stored in a blockdrop training checkpoint (its spec and ``backbone.*`` tensors)."""
+    model = build_backbone(meta["backbone_spec"])
+    model.load_state_dict(unprefixed(tensors, "backbone."))
+    return model
+
+
 def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device = "cpu",
                        strategy: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """A :class:`~blockdrop.blockdrop_net.BlockDropNet` (eval mode) from a training checkpoint,
@@ -216,8 +221,7 @@ def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device 
     from blockdrop.blockdrop_net import BlockDropNet
     from blockdrop.models.policy import policy_net_from_spec
     tensors, meta = load_checkpoint(path)
-    backbone = build_backbone(meta["backbone_spec"])
-    backbone.load_state_dict(unprefixed(tensors, "backbone."))
+    backbone = _backbone_from(tensors, meta)
     pnet = policy_net_from_spec(meta["policy_spec"])
     pnet.load_state_dict(unprefixed(tensors, "policy."))
     net = BlockDropNet(pnet, backbone, strategy=strategy or "auto")

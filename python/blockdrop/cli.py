@@ -226,9 +226,8 @@ def _subset(info: Any, n: int | None) -> Any:
 
 
 def _run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> int:
-    from blockdrop.checkpoint import (backbone_spec, build_backbone, load_backbone,
-                                      load_checkpoint, unprefixed)
-    from blockdrop.models.policy import make_policy_net, policy_net_from_spec
+    from blockdrop.checkpoint import load_backbone, load_blockdrop_net
+    from blockdrop.models.policy import make_policy_net
     from blockdrop.train import Trainer, TrainConfig, init_distributed
 
     _setup(args)
@@ -238,14 +237,10 @@ def _run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace, stage:
     pnet = None
     if stage == "finetune" and args.init:
         try:
-            tensors, meta = load_checkpoint(args.init)
+            init, meta = load_blockdrop_net(args.init)  # modes are set by the trainer
         except (FileNotFoundError, ValueError) as e:
             parser.error(str(e))
-        spec = meta["backbone_spec"]
-        backbone = build_backbone(spec)
-        backbone.load_state_dict(unprefixed(tensors, "backbone."))
-        pnet = policy_net_from_spec(meta["policy_spec"])
-        pnet.load_state_dict(unprefixed(tensors, "policy."))
+        spec, backbone, pnet = meta["backbone_spec"], init.backbone, init.policy_net
     else:
         if not args.weights and not args.arch:
             parser.error("give --weights (pretrained backbone) or --arch" +

@@ -65,32 +65,33 @@ def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]
     pols, labels, correct, fcorrect = [], [], [], []
     size: tuple[int, int, int] | None = None
     try:
-        for x, y in tqdm(loader, desc="eval", leave=False, disable=not progress):
-            x, y = x.to(device), y.to(device)
+        for x, y_host in tqdm(loader, desc="eval", leave=False, disable=not progress):
+            x, y = x.to(device), y_host.to(device)
             size = tuple(x.shape[1:])  # type: ignore[assignment]
             with _autocast(device, amp):
                 policy = net.policy(x)
                 logits = net.run_backbone(x, policy, strategy)
                 if full:
-                    fcorrect.append((net.backbone(x).argmax(1) == y).cpu())
-            pols.append(policy.to(torch.uint8).cpu())
-            labels.append(y.cpu())
-            correct.append((logits.argmax(1) == y).cpu())
+                    fcorrect.append(net.backbone(x).argmax(1) == y)
+            # kept on the device: one copy to the host after the loop, not three per batch
+            pols.append(policy.to(torch.uint8))
+            labels.append(y_host)
+            correct.append(logits.argmax(1) == y)
     finally:
         net.train(was)
     if not pols:
         raise ValueError("evaluation data is empty")
-    P = torch.cat(pols)
+    P = torch.cat(pols).cpu()
     blocks = P.float().sum(1)
-    c = torch.cat(correct)
+    c = torch.cat(correct).cpu()
     res = EvalResult(n=int(P.shape[0]), accuracy=float(c.float().mean()),
                      blocks_mean=float(blocks.mean()),
                      blocks_std=float(blocks.std(unbiased=False)),
                      num_blocks=int(P.shape[1]), num_policies=int(torch.unique(P, dim=0).shape[0]),
-                     block_freq=P.float().mean(0).tolist(), policies=P, labels=torch.cat(labels),
+                     block_freq=P.float().mean(0).tolist(), policies=P, labels=torch.cat(labels).cpu(),
                      correct=c)
     if full:
-        res.full_accuracy = float(torch.cat(fcorrect).float().mean())
+        res.full_accuracy = float(torch.cat(fcorrect).float().mean())  # one sync
     if flops:
         uniq, inv = torch.unique(P, dim=0, return_inverse=True)
         per_policy = count_flops(net.backbone, uniq, net.policy_net, input_size=size)
