@@ -27,6 +27,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from common import STRATEGIES as STRATEGY_ORDER  # noqa: E402  (full first, then every strategy)
+
 
 def _reexec_with_malloc_env(argv: list[str]) -> None:
     from common import MALLOC_ENV  # light import (torch only)
@@ -90,7 +92,6 @@ def model_cases(subset: str, device: str, reps: int | None):
     return out
 
 
-STRATEGY_ORDER = ("full", "masked", "loop", "gather", "group", "auto", "torch_gather")
 
 
 def op_cases(subset: str, device: str):

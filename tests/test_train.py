@@ -124,12 +124,11 @@ class Killed(Exception):
     pass
 
 
-_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.mark.parametrize("stage,bn,device", [
     ("curriculum", "frozen", "cpu"), ("finetune", "train", "cpu"),
-    pytest.param("finetune", "frozen", "cuda", marks=[pytest.mark.gpu, _CUDA]),   # AMP + scaler
+    pytest.param("finetune", "frozen", "cuda", marks=pytest.mark.gpu),   # AMP + scaler
 ])
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, stage: str, bn: str,
                                                      device: str) -> None:
