@@ -1,7 +1,6 @@
 """Data loading: ImageFolder trees, .tar.gz archives, CIFAR folders, digits, sampling."""
 from __future__ import annotations
 
-import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -13,10 +12,6 @@ import torch
 from blockdrop.data import (DatasetNotFoundError, EpochSampler, ImageArrayDataset,
                             ImageFileDataset, denormalize, digits_dataset, load_dataset,
                             make_loader, set_loader_epoch)
-
-SHARED = Path(os.environ.get("BLOCKDROP_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-
-
 
 
 def make_image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 4, size: int = 16,
@@ -170,8 +165,8 @@ def test_loader_skips_batches_on_resume(tmp_path: Path) -> None:
 
 
 @pytest.mark.data
-def test_shared_cifar10_lossless_archive() -> None:
-    arc = SHARED / "cifar10" / "cifar10-test1000-lossless.tar.gz"
+def test_shared_cifar10_lossless_archive(shared_data: Path) -> None:
+    arc = shared_data / "cifar10" / "cifar10-test1000-lossless.tar.gz"
     if not arc.is_file():
         pytest.skip(f"shared data not found at {arc} (set BLOCKDROP_DATA)")
     info = load_dataset(arc, "test")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
 import tarfile
 import warnings
 from pathlib import Path
@@ -455,13 +454,6 @@ def test_torchvision_resnet_accepted_directly() -> None:
 # --------------------------------------------------------------------------------------------- data
 
 
-def _data_root() -> Path:
-    env = os.environ.get("BLOCKDROP_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 _CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -484,8 +476,8 @@ def _load_test1000(archive: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return (x - mean) / std, torch.tensor(labels)
 
 
-def test_pretrained_resnet32_accuracy_all_strategies() -> None:
-    root = _data_root()
+def test_pretrained_resnet32_accuracy_all_strategies(shared_data: Path) -> None:
+    root = shared_data
     weights = sorted((root / "weights").glob("resnet32-*.th"))
     archive = root / "cifar10" / "cifar10-test1000-lossless.tar.gz"
     if not weights or not archive.is_file():

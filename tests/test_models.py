@@ -3,7 +3,6 @@ weights, block views that reproduce each block's own forward)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,6 @@ import torchvision
 from blockdrop import models
 
 
-
-
-def _weights_dir() -> Path:
-    env = os.environ.get("BLOCKDROP_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return root / "weights"
 
 
 @pytest.mark.parametrize("depth,k", [(20, 9), (32, 15), (56, 27), (110, 54)])
@@ -105,10 +98,10 @@ def test_load_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("depth", [20, 32, 44, 56])
-def test_load_public_checkpoints(depth: int) -> None:
-    found = sorted(_weights_dir().glob(f"resnet{depth}-*.th"))
+def test_load_public_checkpoints(depth: int, shared_data: Path) -> None:
+    found = sorted((shared_data / "weights").glob(f"resnet{depth}-*.th"))
     if not found:
-        pytest.skip(f"no public resnet{depth} checkpoint under {_weights_dir()} (set BLOCKDROP_DATA)")
+        pytest.skip(f"no public resnet{depth} checkpoint under {shared_data / 'weights'} (set BLOCKDROP_DATA)")
     m = models.load_cifar_resnet(found[0])
     assert m.depth == depth and m.num_blocks == (depth - 2) // 2
     assert m.conv1.weight.abs().sum() > 0
