@@ -56,7 +56,7 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor],
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, **meta}
     doc = json.dumps(meta, indent=1, sort_keys=True, default=_json_default)
-    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}  # one copy
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -232,7 +232,7 @@ class _Kernels:
 def _gather(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
     n, ops = x.shape[0], _Kernels.on(x.device)
     counts: Sequence[int] = plan.counts
-    per_block = plan.rows[: plan.offsets[-1]].split(list(counts))  # K views in one call
+    per_block = plan.rows[: plan.offsets[-1]].split(counts)  # K views in one call
     h = model.stem(x)
     for block, c, rows in zip(model.blocks, counts, per_block):
         if c == 0:
@@ -265,14 +265,9 @@ def _gather_block(block: Any, h: Tensor, rows: Tensor, x: Tensor, ops: _Kernels)
     return ops.merge_block(s, y, rows, True, False)
 
 
-def _group_policy_host(plan: Any) -> list[list[int]]:
-    """The plan's distinct policies as host lists ``[G][K]`` (brought over in the plan's copy)."""
-    return plan.group_policy_host.tolist()
-
-
 def _group(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
     n, g_count = x.shape[0], plan.num_groups
-    policies = _group_policy_host(plan)
+    policies = plan.group_policy_host.tolist()  # [G][K], brought over in the plan's one copy
     offsets: Sequence[int] = plan.group_offsets
     ops = _Kernels.on(x.device)
     xs = x if g_count == 1 else ops.gather_rows(x, plan.perm)

@@ -44,7 +44,9 @@ class EvalResult:
         return d
 
 
-def _autocast(device: torch.device, amp: bool) -> Any:
+def amp_autocast(device: torch.device, amp: bool) -> Any:
+    """float16 autocast on CUDA when ``amp`` (the trainer's and the evaluation's mixed precision),
+    else a no-op context."""
     return torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
 
 
@@ -68,7 +70,7 @@ def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]
         for x, y_host in tqdm(loader, desc="eval", leave=False, disable=not progress):
             x, y = x.to(device), y_host.to(device)
             size = tuple(x.shape[1:])  # type: ignore[assignment]
-            with _autocast(device, amp):
+            with amp_autocast(device, amp):
                 policy = net.policy(x)
                 logits = net.run_backbone(x, policy, strategy)
                 if full:
@@ -123,23 +125,23 @@ def measure_throughput(net: nn.Module, batches: Sequence[Tensor], device: torch.
     net.eval()
     xs = [b.to(device) for b in batches]
     pols = []
-    with _autocast(device, amp):
+    with amp_autocast(device, amp):
         for x in xs:
             pols.append(net.policy(x))
     n_img = sum(x.shape[0] for x in xs)
 
     def run_full() -> None:
-        with _autocast(device, amp):
+        with amp_autocast(device, amp):
             for x in xs:
                 net.backbone(x)
 
     def run_bd() -> None:
-        with _autocast(device, amp):
+        with amp_autocast(device, amp):
             for x in xs:
                 net(x)
 
     def run_bb() -> None:
-        with _autocast(device, amp):
+        with amp_autocast(device, amp):
             for x, p in zip(xs, pols):
                 net.run_backbone(x, p, strategy)
 

@@ -47,6 +47,7 @@ from blockdrop.checkpoint import (atomic_write_text, load_checkpoint, optimizer_
                                   optimizer_to_tensors, prefixed, save_checkpoint, unprefixed)
 from blockdrop.data import DataInfo, make_loader, set_loader_epoch
 from blockdrop.engine import dynamic_forward
+from blockdrop.evaluate import amp_autocast
 
 __all__ = ["TrainConfig", "DistInfo", "init_distributed", "Trainer", "train_backbone",
            "resolve_device"]
@@ -164,9 +165,7 @@ class _Step(nn.Module):
         return self
 
     def _autocast(self, x: Tensor) -> Any:
-        if self.cfg.amp and x.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return nullcontext()
+        return amp_autocast(x.device, self.cfg.amp)
 
     def forward(self, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """``x [N,3,H,W]``, ``y [N]``, curriculum ``mask [K]`` (None: all blocks learned) ->
@@ -523,6 +522,7 @@ def train_backbone(model: nn.Module, data: DataInfo, epochs: int, device: torch.
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     bar = tqdm(total=total, desc="backbone", leave=False, disable=not progress, dynamic_ncols=True)
+    step = 0
     for epoch in range(epochs):
         set_loader_epoch(loader, epoch)
         for x, y in loader:
@@ -537,6 +537,8 @@ def train_backbone(model: nn.Module, data: DataInfo, epochs: int, device: torch.
             opt.step()
             sched.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            step += 1
+            if progress and (step % 20 == 0 or step == total):  # loss.item() syncs: not every step
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     return model.eval()
