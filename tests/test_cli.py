@@ -136,8 +136,17 @@ def test_python_dash_m_help() -> None:
 
 
 def test_parser_defaults_are_the_official_settings() -> None:
+    from blockdrop.cli import train_config
     p = build_parser()
-    a = p.parse_args(["train", "--data", "d", "--out", "o", "--arch", "resnet32"])
-    assert (a.batch_size, a.lr, a.beta, a.alpha, a.cl_step) == (2048, 1e-3, 0.1, 0.8, 1)
-    f = p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c"])
-    assert (f.batch_size, f.lr, f.beta, f.bn, f.strategy) == (256, 1e-4, 0.0, "frozen", "gather")
+    a = train_config(p.parse_args(["train", "--data", "d", "--out", "o", "--arch", "resnet32"]),
+                     "curriculum", 5)
+    assert (a.batch_size, a.lr, a.beta, a.alpha, a.cl_step, a.gamma, a.lr_decay_at) == (
+        2048, 1e-3, 0.1, 0.8, 1, 1.0, None)
+    f = train_config(p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c"]),
+                     "finetune", 5)
+    assert (f.batch_size, f.lr, f.beta, f.bn, f.strategy, f.gamma, f.lr_decay_at) == (
+        256, 1e-4, 0.0, "train", "gather", 5.0, 0.8)
+    g = train_config(p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c",
+                                   "--gamma", "2", "--bn", "frozen", "--lr-decay-at", "0.5"]),
+                     "finetune", 5)
+    assert (g.gamma, g.bn, g.lr_decay_at) == (2.0, "frozen", 0.5)

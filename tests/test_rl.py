@@ -1,6 +1,8 @@
 """The RL pieces (reward, bounded Bernoulli, curriculum mask, REINFORCE) and BlockDropNet."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.distributions import Bernoulli
@@ -47,11 +49,19 @@ def test_log_prob_under_bounded_distribution_matches_torch() -> None:
     torch.testing.assert_close(edge, torch.log(torch.tensor([0.2 * 0.2])))
 
 
-def test_entropy_matches_torch_and_masks() -> None:
-    p = torch.rand(4, 3)
-    torch.testing.assert_close(rl.entropy(p), Bernoulli(probs=p).entropy().sum(1))
-    m = torch.tensor([False, True, True])
-    torch.testing.assert_close(rl.entropy(p, m), Bernoulli(probs=p[:, 1:]).entropy().sum(1))
+def test_entropy_is_the_official_keep_term_over_all_blocks() -> None:
+    # official cl_training.py: entropy_loss = -probs * log(probs), summed over every block
+    p = torch.tensor([[0.2, 0.5, 0.8], [1 / math.e, 0.99, 0.01]], dtype=torch.float64)
+    expected = [-(0.2 * math.log(0.2) + 0.5 * math.log(0.5) + 0.8 * math.log(0.8)),
+                -(1 / math.e * -1.0 + 0.99 * math.log(0.99) + 0.01 * math.log(0.01))]
+    torch.testing.assert_close(rl.entropy(p), torch.tensor(expected, dtype=torch.float32))
+    # not the Bernoulli entropy (which would add the -(1-p) log(1-p) half)
+    assert not torch.allclose(rl.entropy(p), Bernoulli(probs=p).entropy().sum(1).float())
+    # its gradient vanishes at p = 1/e and pushes p towards 1/e from both sides
+    q = torch.tensor([[0.1, 1 / math.e, 0.9]], requires_grad=True)
+    rl.entropy(q).sum().backward()
+    g = q.grad[0]
+    assert g[0] > 0 and abs(float(g[1])) < 1e-5 and g[2] < 0
 
 
 def test_sample_policy_uses_generator_and_is_binary() -> None:
@@ -90,9 +100,8 @@ def test_apply_curriculum_forces_blocks_on_and_masks_their_log_probs() -> None:
     a = rl.apply_curriculum(rl.sample_policy(pb), mask)
     assert a[:, :3].eq(1).all()
     lp = rl.log_prob(pb, a, mask)
-    ent = rl.entropy(pb, mask)
-    (lp.sum() + ent.sum()).backward()
-    assert probs.grad[:, :3].abs().max() == 0             # forced blocks: no gradient at all
+    lp.sum().backward()
+    assert probs.grad[:, :3].abs().max() == 0             # forced blocks: no log-prob gradient
     assert probs.grad[:, 3:].abs().max() > 0
 
 

@@ -46,21 +46,85 @@ def snapshot(*mods: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(mods) for k, v in m.state_dict().items()}
 
 
-def test_config_defaults_follow_the_paper() -> None:
+def test_config_defaults_are_the_official_settings() -> None:
+    # Tushar-N/blockdrop: cl_training.py (lr 1e-3, beta 0.1, penalty -1, no lr decay) and
+    # finetune.py (lr 1e-4, penalty -5, rnet.train(), lr x0.1 at epoch 1600 of 2000)
     c = TrainConfig(stage="curriculum")
-    assert (c.lr, c.beta, c.alpha) == (1e-3, 0.1, 0.8)
+    assert (c.lr, c.beta, c.alpha, c.gamma, c.cl_step, c.lr_decay_at) == (1e-3, 0.1, 0.8, 1.0, 1, None)
     f = TrainConfig(stage="finetune")
-    assert (f.lr, f.beta) == (1e-4, 0.0)
+    assert (f.lr, f.beta, f.gamma, f.bn, f.lr_decay_at, f.lr_decay) == (1e-4, 0.0, 5.0, "train", 0.8, 0.1)
+    assert (f.baseline_eval, f.distill) == (False, 0.0)
     with pytest.raises(ValueError):
         TrainConfig(stage="pretrain")
     with pytest.raises(ValueError):
         TrainConfig(bn="sometimes")
+    with pytest.raises(ValueError):
+        TrainConfig(stage="curriculum", distill=0.5)
+
+
+def test_finetune_lr_drops_tenfold_at_80_percent() -> None:
+    f = TrainConfig(stage="finetune", lr=1e-4)
+    # official: epoch 1600 of 2000 is the first at lr 1e-5
+    assert [f.lr_at(e, 2000) for e in (0, 1599, 1600, 1999)] == [1e-4, 1e-4, pytest.approx(1e-5),
+                                                                   pytest.approx(1e-5)]
+    c = TrainConfig(stage="curriculum")
+    assert c.lr_at(4999, 5000) == 1e-3
+
+
+def test_trainer_applies_the_lr_schedule(tmp_path: Path) -> None:
+    pnet, bb = make_models()
+    seen: list[float] = []
+    tr = Trainer(cfg(stage="finetune", epochs=1, steps_per_epoch=5, lr=1e-3, bn="frozen"), pnet, bb,
+                 tiny_data(), tmp_path)
+    tr.fit(on_step=lambda t: seen.append(t.optimizer.param_groups[0]["lr"]))
+    assert seen == [1e-3] * 4 + [pytest.approx(1e-4)]
+
+
+def test_finetune_baseline_pass_mode(tmp_path: Path, monkeypatch) -> None:
+    """Official: the self-critical pass runs with BN in train mode; baseline_eval runs it in eval."""
+    import blockdrop.train as train_mod
+    modes: list[bool] = []
+    real = train_mod.dynamic_forward
+
+    def spy(model, x, policy, strategy="auto"):
+        if not torch.is_grad_enabled():
+            modes.append(model.training)
+        return real(model, x, policy, strategy=strategy)
+
+    monkeypatch.setattr(train_mod, "dynamic_forward", spy)
+    for baseline_eval, expected in ((False, True), (True, False)):
+        modes.clear()
+        pnet, bb = make_models()
+        Trainer(cfg(stage="finetune", epochs=1, steps_per_epoch=1, baseline_eval=baseline_eval),
+                pnet, bb, tiny_data(), tmp_path / str(baseline_eval)).fit()
+        assert modes == [expected]
+
+
+def test_finetune_distillation_loss_matches_formula(tmp_path: Path) -> None:
+    import torch.nn.functional as F
+    from blockdrop.train import _Step
+    pnet, bb = make_models()
+    teacher = cifar_resnet(14, num_classes=3).eval()
+    c = cfg(stage="finetune", bn="frozen", distill=0.25, temperature=3.0)
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    logits = torch.randn(6, 3, dtype=torch.float64)
+    step = _Step(pnet, bb, c, teacher)
+    got = step._backbone_loss(x, logits.float(), y)
+    with torch.no_grad():
+        t = teacher(x).double()
+    q = torch.softmax(t / 3.0, 1)
+    kl = (q * (q.log() - torch.log_softmax(logits / 3.0, 1))).sum(1).mean() * 9.0
+    ce = -torch.log_softmax(logits, 1)[torch.arange(6), y].mean()
+    torch.testing.assert_close(got.double(), 0.75 * ce + 0.25 * kl, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="teacher"):
+        Trainer(c, pnet, bb, tiny_data(), tmp_path)
 
 
 def test_curriculum_learns_only_the_last_blocks_and_freezes_backbone(tmp_path: Path) -> None:
     pnet, bb = make_models()
     before = snapshot(pnet, bb)
-    tr = Trainer(cfg(stage="curriculum", epochs=1, steps_per_epoch=2, cl_step=2), pnet, bb,
+    # beta = 0: only the log-probabilities of the learned blocks reach the policy head
+    tr = Trainer(cfg(stage="curriculum", epochs=1, steps_per_epoch=2, cl_step=2, beta=0.0), pnet, bb,
                  tiny_data(), tmp_path)
     assert tr.curriculum_mask(0).tolist() == [False] * 4 + [True] * 2
     assert tr.curriculum_mask(2) is None            # 3 * 2 >= K = 6: everything learned
@@ -77,6 +141,15 @@ def test_curriculum_learns_only_the_last_blocks_and_freezes_backbone(tmp_path: P
     assert rows[0].startswith("step,epoch,split,loss,reward,acc,blocks") and len(rows) == 3
 
 
+def test_curriculum_entropy_bonus_reaches_every_block_as_officially(tmp_path: Path) -> None:
+    # official cl_training.py: the entropy term is summed over all K blocks, forced ones included
+    pnet, bb = make_models()
+    w0 = pnet.fc.weight.detach().clone()
+    Trainer(cfg(stage="curriculum", epochs=1, steps_per_epoch=2, cl_step=2), pnet, bb,
+            tiny_data(), tmp_path).fit()
+    assert not torch.equal(w0[:4], pnet.fc.weight[:4])
+
+
 def test_finetune_trains_policy_and_backbone_through_gather(tmp_path: Path, monkeypatch) -> None:
     import blockdrop.train as train_mod
     seen: list[str] = []
@@ -89,13 +162,13 @@ def test_finetune_trains_policy_and_backbone_through_gather(tmp_path: Path, monk
     monkeypatch.setattr(train_mod, "dynamic_forward", spy)
     pnet, bb = make_models()
     before = snapshot(pnet, bb)
-    tr = Trainer(cfg(stage="finetune", epochs=1, steps_per_epoch=2, lr=1e-2), pnet, bb,
+    tr = Trainer(cfg(stage="finetune", epochs=1, steps_per_epoch=2, lr=1e-2, bn="frozen"), pnet, bb,
                  tiny_data(), tmp_path, val_data=tiny_data(train=False))
     last = tr.fit()
     after = snapshot(pnet, bb)
     assert not torch.equal(before["1.linear.weight"], after["1.linear.weight"])
     assert not torch.equal(before["0.fc.weight"], after["0.fc.weight"])
-    # frozen BN (default): running statistics unchanged
+    # frozen BN: running statistics unchanged
     assert torch.equal(before["1.bn1.running_mean"], after["1.bn1.running_mean"])
     assert set(seen) == {"gather"} and len(seen) >= 4
     assert last["split"] == "val" and 0 <= last["acc"] <= 1
@@ -104,7 +177,7 @@ def test_finetune_trains_policy_and_backbone_through_gather(tmp_path: Path, monk
 def test_finetune_bn_train_updates_running_stats(tmp_path: Path) -> None:
     pnet, bb = make_models()
     before = snapshot(bb)
-    Trainer(cfg(stage="finetune", epochs=1, steps_per_epoch=1, bn="train"), pnet, bb, tiny_data(),
+    Trainer(cfg(stage="finetune", epochs=1, steps_per_epoch=1), pnet, bb, tiny_data(),   # default: train
             tmp_path).fit()
     assert not torch.equal(before["0.bn1.running_mean"], bb.bn1.running_mean)
 

@@ -11,13 +11,16 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from blockdrop.engine import STRATEGIES
 
-__all__ = ["main", "build_parser"]
+if TYPE_CHECKING:
+    from blockdrop.train import TrainConfig
+
+__all__ = ["main", "build_parser", "train_config"]
 
 
 # --------------------------------------------------------------------------- argument types
@@ -82,8 +85,10 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True, val: bool = Tr
 
 
 def _train_args(p: argparse.ArgumentParser, stage: str) -> None:
+    """Training options. Those left unset (None) take the stage's official value from
+    :class:`blockdrop.train.TrainConfig`, the one place where defaults live."""
     cl = stage == "curriculum"
-    g = p.add_argument_group("training")
+    g = p.add_argument_group("training (defaults: the official BlockDrop settings)")
     g.add_argument("--out", required=True, metavar="DIR", help="checkpoints and metrics.csv go here")
     g.add_argument("--epochs", type=_positive_int, default=None,
                    help="default: curriculum K/cl_step + 5, finetune 10")
@@ -91,19 +96,28 @@ def _train_args(p: argparse.ArgumentParser, stage: str) -> None:
                    help="cap on batches per epoch (default: whole dataset)")
     g.add_argument("--batch-size", type=_positive_int, default=2048 if cl else 256,
                    help=f"per process (default {2048 if cl else 256}, the official setting)")
-    g.add_argument("--lr", type=_pos_float, default=1e-3 if cl else 1e-4)
+    g.add_argument("--lr", type=_pos_float, default=None,
+                   help=f"Adam learning rate (default {'1e-3' if cl else '1e-4'})")
+    if not cl:
+        g.add_argument("--lr-decay-at", type=_fraction, default=None,
+                       help="lr x0.1 from this fraction of the steps on (default 0.8)")
     g.add_argument("--weight-decay", type=_nonneg_float, default=0.0)
-    g.add_argument("--gamma", type=_nonneg_float, default=5.0, help="penalty for a wrong prediction")
+    g.add_argument("--gamma", type=_nonneg_float, default=None,
+                   help=f"penalty for a wrong prediction (default {1 if cl else 5})")
     g.add_argument("--alpha", type=_alpha, default=0.8, help="exploration bound (default 0.8)")
-    g.add_argument("--beta", type=_nonneg_float, default=0.1 if cl else 0.0,
+    g.add_argument("--beta", type=_nonneg_float, default=None,
                    help=f"entropy bonus (default {0.1 if cl else 0.0})")
     if cl:
         g.add_argument("--cl-step", type=_positive_int, default=1,
                        help="blocks added to the learned set per epoch (default 1)")
     else:
-        g.add_argument("--bn", choices=("frozen", "train"), default="frozen",
-                       help="BatchNorm in the backbone: frozen running stats (default) or batch "
-                            "stats of the executing images")
+        g.add_argument("--bn", choices=("train", "frozen"), default="train",
+                       help="BatchNorm in the backbone: batch statistics (default, official) or "
+                            "frozen running statistics")
+        g.add_argument("--baseline-eval", action="store_true",
+                       help="self-critical baseline with the backbone in eval mode (official: train mode)")
+        g.add_argument("--distill", type=_fraction, default=0.0,
+                       help="weight of the --init backbone's soft targets (default 0: plain CE)")
     g.add_argument("--strategy", choices=STRATEGIES, default="gather",
                    help="engine strategy for the backbone (default gather)")
     g.add_argument("--no-amp", action="store_true", help="disable float16 autocast on CUDA")
@@ -225,10 +239,26 @@ def _subset(info: Any, n: int | None) -> Any:
     return DataInfo(sub, info.classes, info.image_size, info.source + f" ({label})")
 
 
+def train_config(args: argparse.Namespace, stage: str, epochs: int) -> "TrainConfig":
+    """The :class:`~blockdrop.train.TrainConfig` of a parsed ``train``/``finetune`` command line
+    (options left unset take the config's official defaults)."""
+    from blockdrop.train import TrainConfig
+    return TrainConfig(stage=stage, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
+                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       lr_decay_at=getattr(args, "lr_decay_at", None),
+                       gamma=args.gamma, alpha=args.alpha, beta=args.beta,
+                       cl_step=getattr(args, "cl_step", 1), strategy=args.strategy,
+                       bn=getattr(args, "bn", "train"),
+                       baseline_eval=getattr(args, "baseline_eval", False),
+                       distill=getattr(args, "distill", 0.0), amp=not args.no_amp, seed=args.seed,
+                       workers=args.workers, ckpt_every=args.ckpt_every, log_every=args.log_every,
+                       progress=not args.no_progress, device=args.device)
+
+
 def _run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> int:
     from blockdrop.checkpoint import load_backbone, load_blockdrop_net
     from blockdrop.models.policy import make_policy_net
-    from blockdrop.train import Trainer, TrainConfig, init_distributed
+    from blockdrop.train import Trainer, init_distributed
 
     _setup(args)
     dist_info = init_distributed(args.device)
@@ -259,16 +289,14 @@ def _run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace, stage:
         pnet = make_policy_net(backbone.num_blocks, train.image_size)
     k = backbone.num_blocks
     epochs = args.epochs or (math.ceil(k / args.cl_step) + 5 if stage == "curriculum" else 10)
-    cfg = TrainConfig(stage=stage, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
-                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      gamma=args.gamma, alpha=args.alpha, beta=args.beta,
-                      cl_step=getattr(args, "cl_step", 1), strategy=args.strategy,
-                      bn=getattr(args, "bn", "frozen"), amp=not args.no_amp, seed=args.seed,
-                      workers=args.workers, ckpt_every=args.ckpt_every, log_every=args.log_every,
-                      progress=not args.no_progress, device=args.device)
+    cfg = train_config(args, stage, epochs)
+    teacher = None
+    if cfg.distill:   # the backbone as it starts, frozen; the same on --resume
+        import copy
+        teacher = copy.deepcopy(backbone).eval()
     meta = {"backbone_spec": spec, "policy_spec": pnet.spec(), "classes": train.classes,
             "image_size": train.image_size, "data": train.source}
-    trainer = Trainer(cfg, pnet, backbone, train, args.out, val, dist_info, meta)
+    trainer = Trainer(cfg, pnet, backbone, train, args.out, val, dist_info, meta, teacher=teacher)
     if dist_info.is_main:
         print(f"[{stage}] {train.source}: {len(train.dataset)} images, {train.num_classes} classes; "
               f"backbone {spec}, K={k}; {epochs} epochs x {trainer.batches_per_epoch} steps "

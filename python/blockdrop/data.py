@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["DataInfo", "DatasetNotFoundError", "ImageArrayDataset", "ImageFileDataset",
            "EpochSampler", "SmallImageTransform", "load_dataset", "digits_dataset", "make_loader",
-           "set_loader_epoch", "denormalize", "MEAN", "STD"]
+           "set_loader_epoch", "split_train_val", "denormalize", "MEAN", "STD"]
 
 #: Normalisation used by the pretrained CIFAR ResNets in ../shared/data (ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
@@ -369,6 +369,55 @@ def digits_dataset(split: str = "train", seed: int = 0, size: int = 32,
     idx = torch.from_numpy(idx_tr if split == "train" else idx_te)
     return _array_info(x[idx].contiguous(), y[idx], [str(i) for i in range(10)], split, seed,
                        "sklearn digits", pad=2, flip=False)
+
+
+# --------------------------------------------------------------------------- held-out splits
+
+def _stratified_pick(labels: Tensor, n: int, seed: int) -> Tensor:
+    """Sorted indices of ``n`` items, as equal a share of every class as possible, drawn with
+    ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    per_class = [(labels == c).nonzero().flatten() for c in classes.tolist()]
+    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
+    quota = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
+    if any(q > len(idx) for q, idx in zip(quota, per_class)):
+        raise ValueError(f"n_val: {n} held-out images do not fit the classes' sizes "
+                         f"{[len(i) for i in per_class]}")
+    return torch.cat([idx[:q] for q, idx in zip(quota, per_class)]).sort().values
+
+
+def split_train_val(info: DataInfo, n_val: int, seed: int = 0) -> tuple[DataInfo, DataInfo]:
+    """Hold ``n_val`` images out of a training set: ``(train, val)``, disjoint, stratified by
+    class, drawn with ``seed``; ``val`` is not augmented. Settings are chosen on ``val``; the test
+    set stays untouched until the end."""
+    ds = info.dataset
+    n = len(ds)
+    if not 0 < n_val < n:
+        raise ValueError(f"n_val: expected 0 < n_val < {n} (the training set's size), got {n_val}")
+    if isinstance(ds, ImageArrayDataset):
+        labels = ds.labels
+    elif isinstance(ds, ImageFileDataset):
+        labels = torch.tensor([lab for _, lab in ds.samples])
+    else:
+        raise TypeError(f"split_train_val: unsupported dataset {type(ds).__name__}")
+    val_idx = _stratified_pick(labels, n_val, seed)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val_idx] = False
+    train_idx = keep.nonzero().flatten()
+    if isinstance(ds, ImageArrayDataset):
+        t = ds.transform
+        train_ds: Any = ImageArrayDataset(ds.images[train_idx], ds.labels[train_idx], t, ds.seed)
+        val_tf = SmallImageTransform(False, t.pad, t.flip, t.mean, t.std)
+        val_ds: Any = ImageArrayDataset(ds.images[val_idx], ds.labels[val_idx], val_tf, ds.seed)
+    else:
+        train_ds = ImageFileDataset([ds.samples[i] for i in train_idx.tolist()], ds.transform,
+                                    ds.train, ds.seed)
+        val_ds = ImageFileDataset([ds.samples[i] for i in val_idx.tolist()],
+                                  _imagenet_transform(False, info.image_size), False, ds.seed)
+    tag = f"held out {n_val}, seed {seed}"
+    return (DataInfo(train_ds, info.classes, info.image_size, f"{info.source} (minus {tag})"),
+            DataInfo(val_ds, info.classes, info.image_size, f"{info.source} ({tag})"))
 
 
 # --------------------------------------------------------------------------- loading

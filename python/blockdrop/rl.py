@@ -8,7 +8,8 @@ Notation: ``N`` images, ``K`` blocks; a policy is a ``{0,1}`` float tensor ``[N,
   log-probabilities both taken under the bounded distribution;
 * self-critical baseline: advantage = reward(sampled policy) - reward(thresholded policy);
 * curriculum: at curriculum stage ``t`` only the last ``min(K, (t+1)*step)`` blocks are learned,
-  the others are forced on and their log-probabilities masked out.
+  the others are forced on and their log-probabilities masked out;
+* entropy bonus (curriculum only, ``beta = 0.1``): the official ``-p log p`` summed over all blocks.
 """
 from __future__ import annotations
 
@@ -61,13 +62,16 @@ def log_prob(probs: Tensor, policy: Tensor, mask: Tensor | None = None) -> Tenso
     return lp.sum(1)
 
 
-def entropy(probs: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Bernoulli entropy ``[N]`` summed over the (masked) blocks of ``probs [N, K]``."""
+def entropy(probs: Tensor) -> Tensor:
+    """The official BlockDrop entropy term ``[N]``: ``sum_k -p[n,k] * log p[n,k]`` over all ``K``
+    blocks of ``probs [N, K]`` (the alpha-bounded keep-probabilities).
+
+    Only the "keep" half of the Bernoulli entropy, and never masked by the curriculum (as in the
+    official ``cl_training.py``): each term peaks at ``p = 1/e``, so the bonus pulls every
+    probability, learned or still forced on, towards 0.37 -- i.e. towards dropping.
+    """
     p = probs.float().clamp(_EPS, 1.0 - _EPS)
-    h = -(p * torch.log(p) + (1.0 - p) * torch.log1p(-p))
-    if mask is not None:
-        h = h * mask.to(h.dtype)
-    return h.sum(1)
+    return -(p * torch.log(p)).sum(1)
 
 
 def num_learned_blocks(num_blocks: int, stage: int, step: int = 1) -> int:

@@ -1,24 +1,27 @@
-"""BlockDrop training: the curriculum stage, joint finetuning, and plain backbone training.
+"""BlockDrop training: the curriculum stage and joint finetuning (the official recipe).
 
 Curriculum (``stage="curriculum"``): the backbone is frozen and in eval mode; at epoch ``t`` only
 the last ``min(K, (t+1)*cl_step)`` blocks are learned, the others forced on with their
-log-probabilities masked out; loss = REINFORCE with the self-critical baseline - beta * entropy.
+log-probabilities masked out; loss = REINFORCE with the self-critical baseline - beta * the
+official entropy term (``rl.entropy``: ``-p log p`` over all blocks).
 
 Finetuning (``stage="finetune"``): Adam over the policy network and the backbone together; loss =
 REINFORCE term + cross-entropy of the backbone run on the *sampled* policy through the engine's
 real dynamic path (``strategy``, default "gather", so dropped blocks are not computed and get no
-gradient).  BatchNorm statistics (``bn``):
+gradient); ``distill > 0`` blends in a frozen teacher's soft targets.  The learning rate drops
+x0.1 at 80% of the steps (official: epoch 1600 of 2000).  BatchNorm (``bn``):
 
-* ``"frozen"`` (default): the backbone's BN layers stay in eval mode - running statistics are
-  used and never updated, BN affine weights are still trained.  Gathered and masked execution are
-  then numerically the same function, and tiny sub-batches cannot destabilise training;
-* ``"train"``: BN uses batch statistics computed over the images that *execute* the block (the
-  gathered sub-batch, unlike the official code, which uses the whole batch), and running
-  statistics are updated from those sub-batches - i.e. from the population that reaches the block
-  at inference.
+* ``"train"`` (default, official): batch statistics in both passes (the sampled one and the
+  self-critical baseline), running statistics updated.  **Which batch**: ``strategy="masked"``
+  normalises over the whole batch, exactly as the official code (whose masked forward runs every
+  image through every block); ``"gather"`` over the images that *execute* the block -- the
+  population that reaches the block at inference;
+* ``"frozen"``: BN layers in eval mode (running statistics used, never updated; affine weights
+  still trained); gathered and masked execution then compute the same function.
 
-The self-critical baseline (reward of the thresholded policy) is always computed with the backbone
-in eval mode, under ``no_grad`` - the reward the model would get at test time.
+The self-critical baseline (reward of the thresholded policy) runs under ``no_grad`` in the
+backbone's current mode (official); ``baseline_eval=True`` runs it in eval mode instead, i.e. the
+reward the model would get at test time.
 
 Also: CPU or CUDA, AMP (float16 + GradScaler) on CUDA, DDP under ``torchrun`` (NCCL on CUDA, gloo
 on CPU), atomic checkpoints with every RNG state so that ``resume`` after a kill reproduces an
@@ -55,19 +58,26 @@ __all__ = ["TrainConfig", "DistInfo", "init_distributed", "Trainer", "train_back
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one stage; defaults follow the official BlockDrop settings."""
+    """Hyper-parameters of one stage.  Every default is the official BlockDrop setting
+    (Tushar-N/blockdrop ``cl_training.py`` / ``finetune.py``); ``None`` means "the stage's
+    official value", resolved in ``__post_init__``."""
     stage: str = "curriculum"            # "curriculum" | "finetune"
     epochs: int = 10
     steps_per_epoch: int | None = None   # cap on batches per epoch (None: whole dataset)
     batch_size: int = 256                # per process
-    lr: float | None = None              # default: 1e-3 curriculum, 1e-4 finetune
+    lr: float | None = None              # 1e-3 curriculum, 1e-4 finetune
+    lr_decay_at: float | None = None     # lr x lr_decay from this fraction of all steps on:
+    lr_decay: float = 0.1                #   never in the curriculum, 0.8 (epoch 1600/2000) finetune
     weight_decay: float = 0.0
-    gamma: float = 5.0                   # penalty for a wrong prediction
+    gamma: float | None = None           # penalty for a wrong prediction: 1 curriculum, 5 finetune
     alpha: float = 0.8                   # exploration bound
-    beta: float | None = None            # entropy bonus; default 0.1 curriculum, 0 finetune
+    beta: float | None = None            # entropy bonus: 0.1 curriculum, 0 finetune
     cl_step: int = 1                     # blocks added to the learned set per curriculum epoch
     strategy: str = "gather"             # engine strategy for the backbone
-    bn: str = "frozen"                   # finetune BatchNorm handling: "frozen" | "train"
+    bn: str = "train"                    # finetune BatchNorm: "train" (official) | "frozen"
+    baseline_eval: bool = False          # self-critical pass in eval mode (official: train mode)
+    distill: float = 0.0                 # finetune: weight of the teacher's soft targets in the
+    temperature: float = 4.0             #   backbone loss, (1-d)*CE + d*T^2*KL (0: official CE)
     amp: bool = True                     # float16 autocast + GradScaler, CUDA only
     seed: int = 0
     workers: int = 0
@@ -81,14 +91,33 @@ class TrainConfig:
             raise ValueError(f"stage must be 'curriculum' or 'finetune', not {self.stage!r}")
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
+        cl = self.stage == "curriculum"
         if self.lr is None:
-            self.lr = 1e-3 if self.stage == "curriculum" else 1e-4
+            self.lr = 1e-3 if cl else 1e-4
+        if self.gamma is None:
+            self.gamma = 1.0 if cl else 5.0
         if self.beta is None:
-            self.beta = 0.1 if self.stage == "curriculum" else 0.0
+            self.beta = 0.1 if cl else 0.0
+        if self.lr_decay_at is None and not cl:
+            self.lr_decay_at = 0.8
         if self.epochs < 1 or self.batch_size < 1 or self.cl_step < 1:
             raise ValueError("epochs, batch_size and cl_step must be >= 1")
         if not 0.5 <= self.alpha <= 1.0:
             raise ValueError("alpha must be in [0.5, 1]")
+        if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
+            raise ValueError("distill must be in [0, 1] and temperature > 0")
+        if self.distill and cl:
+            raise ValueError("distill applies to the finetune stage (the curriculum trains no backbone)")
+        if self.lr_decay_at is not None and not 0.0 <= self.lr_decay_at <= 1.0:
+            raise ValueError("lr_decay_at must be a fraction of the run in [0, 1]")
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate of optimisation step ``step`` (0-based) of ``total_steps``: a single
+        step decay, as the official ``LrScheduler`` (``lr * 0.1 ** (epoch // 1600)``)."""
+        base = float(self.lr or 0.0)
+        if self.lr_decay_at is not None and step >= self.lr_decay_at * total_steps:
+            return base * self.lr_decay
+        return base
 
 
 # --------------------------------------------------------------------------- distributed
@@ -152,11 +181,13 @@ class _Step(nn.Module):
     """Policy network + backbone; ``forward`` computes one training step's loss, so that DDP
     sees every parameter use (both stages) inside one wrapped call."""
 
-    def __init__(self, policy_net: nn.Module, backbone: nn.Module, cfg: TrainConfig) -> None:
+    def __init__(self, policy_net: nn.Module, backbone: nn.Module, cfg: TrainConfig,
+                 teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.policy_net, self.backbone, self.cfg = policy_net, backbone, cfg
         self.finetune = cfg.stage == "finetune"
         self.generator: torch.Generator | None = None
+        self._teacher = [teacher] if teacher is not None else []   # not a submodule: not trained
 
     def train(self, mode: bool = True) -> "_Step":
         self.training = mode
@@ -167,10 +198,20 @@ class _Step(nn.Module):
     def _autocast(self, x: Tensor) -> Any:
         return amp_autocast(x.device, self.cfg.amp)
 
+    def _backbone_loss(self, x: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy of the sampled sub-network, blended with the teacher's soft targets."""
+        ce = F.cross_entropy(logits.float(), y)
+        d, t = self.cfg.distill, self.cfg.temperature
+        if not d:
+            return ce
+        with torch.no_grad(), self._autocast(x):
+            soft = F.softmax(self._teacher[0](x).float() / t, 1)
+        kd = F.kl_div(F.log_softmax(logits.float() / t, 1), soft, reduction="batchmean") * (t * t)
+        return (1.0 - d) * ce + d * kd
+
     def forward(self, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """``x [N,3,H,W]``, ``y [N]``, curriculum ``mask [K]`` (None: all blocks learned) ->
-        ``(loss scalar, stats [6]: loss_pg, reward_sample, reward_greedy, acc_greedy,
-        blocks_greedy, blocks_sample)``."""
+        ``(loss scalar, stats [len(STAT_NAMES)])``."""
         cfg, bb = self.cfg, self.backbone
         with self._autocast(x):
             probs = self.policy_net(x).float()                        # [N, K]
@@ -179,19 +220,21 @@ class _Step(nn.Module):
         greedy = rl.threshold_policy(probs)
         if mask is not None:
             sample, greedy = rl.apply_curriculum(sample, mask), rl.apply_curriculum(greedy, mask)
-        with torch.no_grad(), _eval_mode(bb), self._autocast(x):
+        # official: the baseline pass runs in the backbone's training mode (BN batch statistics)
+        mode = _eval_mode(bb) if cfg.baseline_eval else nullcontext()
+        with torch.no_grad(), mode, self._autocast(x):
             logits_g = dynamic_forward(bb, x, greedy, strategy=cfg.strategy)
         grad_ctx = nullcontext() if self.finetune else torch.no_grad()
         with grad_ctx, self._autocast(x):
             logits_s = dynamic_forward(bb, x, sample, strategy=cfg.strategy)
         correct_s = logits_s.detach().argmax(1) == y
         correct_g = logits_g.argmax(1) == y
-        r_s = rl.reward(correct_s, sample, cfg.gamma)
-        r_g = rl.reward(correct_g, greedy, cfg.gamma)
+        r_s = rl.reward(correct_s, sample, float(cfg.gamma))
+        r_g = rl.reward(correct_g, greedy, float(cfg.gamma))
         logp = rl.log_prob(pb, sample, mask)
-        ent = rl.entropy(pb, mask) if cfg.beta else None
+        ent = rl.entropy(pb) if cfg.beta else None
         loss_pg = rl.policy_gradient_loss(logp, r_s - r_g, ent, float(cfg.beta or 0.0))
-        loss = loss_pg + F.cross_entropy(logits_s.float(), y) if self.finetune else loss_pg
+        loss = loss_pg + self._backbone_loss(x, logits_s, y) if self.finetune else loss_pg
         stats = torch.stack([loss_pg.detach(), r_s.mean(), r_g.mean(), correct_g.float().mean(),
                              greedy.sum(1).mean(), sample.sum(1).mean()])
         return loss, stats
@@ -213,12 +256,17 @@ class Trainer:
         out_dir: checkpoints (``last.safetensors`` + ``last.json``) and ``metrics.csv``.
         dist_info: from :func:`init_distributed` (default: single process on ``cfg.device``).
         extra_meta: JSON merged into every checkpoint (e.g. specs for rebuilding the models).
+        teacher: the frozen network whose soft targets ``cfg.distill`` blends in (finetune);
+            required when ``cfg.distill > 0``, kept in eval mode and never trained.
     """
 
     def __init__(self, cfg: TrainConfig, policy_net: nn.Module, backbone: nn.Module,
                  train_data: DataInfo, out_dir: str | os.PathLike[str],
                  val_data: DataInfo | None = None, dist_info: DistInfo | None = None,
-                 extra_meta: dict[str, Any] | None = None) -> None:
+                 extra_meta: dict[str, Any] | None = None,
+                 teacher: nn.Module | None = None) -> None:
+        if cfg.distill and teacher is None:
+            raise ValueError("teacher: required when cfg.distill > 0")
         self.cfg = cfg
         self.dist = dist_info or DistInfo(device=resolve_device(cfg.device))
         self.device = self.dist.device
@@ -227,7 +275,11 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.num_blocks = int(backbone.num_blocks)
         torch.manual_seed(cfg.seed)
-        self.step_module = _Step(policy_net, backbone, cfg).to(self.device)
+        if teacher is not None:
+            teacher = teacher.to(self.device).eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        self.step_module = _Step(policy_net, backbone, cfg, teacher).to(self.device)
         self.policy_net, self.backbone = policy_net, backbone
         finetune = cfg.stage == "finetune"
         for p in backbone.parameters():
@@ -251,6 +303,7 @@ class Trainer:
             raise ValueError(f"dataset of {len(train_data.dataset)} images is smaller than one "  # type: ignore
                              f"batch ({cfg.batch_size} x {self.dist.world_size} processes)")
         self.batches_per_epoch = min(nb, cfg.steps_per_epoch or nb)
+        self.total_steps = cfg.epochs * self.batches_per_epoch
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self._tb: Any = None
@@ -380,6 +433,9 @@ class Trainer:
 
     def train_step(self, x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
         """One optimisation step; returns the stats tensor ``[6]`` (see ``STAT_NAMES``)."""
+        lr = self.cfg.lr_at(self.global_step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss, stats = self.model(x, y, mask)
         self.scaler.scale(loss).backward()

@@ -1,0 +1,172 @@
+"""Supervised training of a backbone under a block policy, and the fixed policies it uses.
+
+One loop serves four jobs that differ only in which blocks each image runs:
+
+* the full network (:func:`full_policy`): the fair baseline, finetuned like BlockDrop;
+* stochastic depth / drop-path (:func:`drop_path_policy`): every block of every image kept with
+  its own probability, so that the backbone learns to tolerate dropped blocks;
+* FirstK (:func:`first_k_policy`): the first ``k`` blocks for every image;
+* RandomK (:func:`random_k_policy`): ``k`` blocks drawn uniformly per image.
+
+A policy sampler is ``sampler(n, generator) -> Tensor[n, K]`` of 0/1 (float32, CPU). Fractional
+``k`` is met on average: each image takes ``floor(k)`` or ``floor(k) + 1`` blocks.
+
+Training runs through :func:`blockdrop.dynamic_forward` (``strategy="gather"`` by default), so
+dropped blocks cost nothing and get no gradient; BatchNorm in train mode then normalises over the
+images that execute each block. The loss is ``(1 - distill) * CE + distill * T^2 * KL(teacher ||
+student)`` with a frozen teacher's soft targets when ``distill > 0``. The optimiser is SGD
+(momentum 0.9, Nesterov) or Adam, with a cosine learning-rate decay to 0 over ``steps``.
+Deterministic: data order, augmentation and policies are functions of ``seed``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blockdrop.data import DataInfo, make_loader, set_loader_epoch
+from blockdrop.engine import dynamic_forward
+
+__all__ = ["PolicySampler", "SupervisedConfig", "full_policy", "drop_path_policy",
+           "first_k_policy", "random_k_policy", "train_supervised"]
+
+PolicySampler = Callable[[int, torch.Generator], Tensor]
+
+
+def _k_per_image(n: int, k: float, num_blocks: int, g: torch.Generator) -> Tensor:
+    """``[n]`` int64 block counts with mean ``k``: ``floor(k)`` plus a Bernoulli(frac(k))."""
+    if not 0 <= k <= num_blocks:
+        raise ValueError(f"k: expected a number of blocks in [0, {num_blocks}], got {k}")
+    base = math.floor(k)
+    extra = (torch.rand(n, generator=g) < (k - base)).long()
+    return (base + extra).clamp(max=num_blocks)
+
+
+def full_policy(num_blocks: int) -> PolicySampler:
+    """Every block for every image: ``[n, K]`` of ones."""
+    return lambda n, g: torch.ones(n, num_blocks)
+
+
+def drop_path_policy(keep: Tensor | float, num_blocks: int) -> PolicySampler:
+    """Stochastic depth: block ``k`` of each image kept with probability ``keep[k]`` (a float for
+    all blocks, or ``[K]``)."""
+    p = torch.as_tensor(keep, dtype=torch.float32).expand(num_blocks).clone()
+    if bool(((p < 0) | (p > 1)).any()):
+        raise ValueError(f"keep: expected probabilities in [0, 1], got {p.tolist()}")
+    return lambda n, g: (torch.rand(n, num_blocks, generator=g) < p).float()
+
+
+def first_k_policy(k: float, num_blocks: int) -> PolicySampler:
+    """FirstK: the first ``k`` blocks (in network order) for every image."""
+    def sample(n: int, g: torch.Generator) -> Tensor:
+        kn = _k_per_image(n, k, num_blocks, g)
+        return (torch.arange(num_blocks).unsqueeze(0) < kn.unsqueeze(1)).float()
+    return sample
+
+
+def random_k_policy(k: float, num_blocks: int) -> PolicySampler:
+    """RandomK: ``k`` distinct blocks drawn uniformly at random for each image."""
+    def sample(n: int, g: torch.Generator) -> Tensor:
+        kn = _k_per_image(n, k, num_blocks, g)
+        rank = torch.rand(n, num_blocks, generator=g).argsort(1).argsort(1)   # a random rank per block
+        return (rank < kn.unsqueeze(1)).float()
+    return sample
+
+
+@dataclass
+class SupervisedConfig:
+    """Settings of :func:`train_supervised`."""
+    steps: int
+    batch_size: int = 128
+    lr: float = 0.01
+    optimizer: str = "sgd"          # "sgd" (momentum 0.9, Nesterov) | "adam"
+    weight_decay: float = 5e-4
+    distill: float = 0.0            # weight of the teacher's soft targets
+    temperature: float = 4.0
+    bn: str = "train"               # "train" | "frozen" (BN layers in eval mode)
+    strategy: str = "gather"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', not {self.optimizer!r}")
+        if self.bn not in ("train", "frozen"):
+            raise ValueError(f"bn must be 'train' or 'frozen', not {self.bn!r}")
+        if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
+            raise ValueError("distill must be in [0, 1] and temperature > 0")
+
+
+def _loss(logits: Tensor, y: Tensor, teacher_logits: Tensor | None, cfg: SupervisedConfig) -> Tensor:
+    ce = F.cross_entropy(logits, y)
+    if teacher_logits is None:
+        return ce
+    t = cfg.temperature
+    kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1),
+                  reduction="batchmean") * (t * t)
+    return (1.0 - cfg.distill) * ce + cfg.distill * kd
+
+
+def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler,
+                     cfg: SupervisedConfig, device: torch.device | str = "cpu",
+                     teacher: nn.Module | None = None) -> dict[str, float]:
+    """Train ``backbone`` in place for ``cfg.steps`` batches of ``data`` (images ``[B,3,H,W]``),
+    each image running the blocks ``sampler`` picks for it. Returns ``{"seconds", "loss"}`` (mean
+    loss of the last 10% of steps); ``backbone`` is left in eval mode."""
+    from tqdm.auto import tqdm
+    if cfg.distill and teacher is None:
+        raise ValueError("teacher: required when cfg.distill > 0")
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed + 7)
+    backbone.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    params = [p for p in backbone.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
+                                                     weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    loader = make_loader(data.dataset, cfg.batch_size, train=True, seed=cfg.seed)
+    if len(loader) == 0:
+        raise ValueError(f"data: {len(data.dataset)} images is less than one batch of {cfg.batch_size}")  # type: ignore[arg-type]
+    tail: list[Tensor] = []
+    bar = tqdm(total=cfg.steps, desc="backbone", leave=False, disable=not cfg.progress,
+               dynamic_ncols=True)
+    t0, step, epoch = time.time(), 0, 0
+    while step < cfg.steps:
+        set_loader_epoch(loader, epoch)
+        epoch += 1
+        for x, y in loader:
+            backbone.train(cfg.bn == "train")
+            x, y = x.to(device), y.to(device)
+            policy = sampler(x.shape[0], g).to(device)
+            logits = dynamic_forward(backbone, x, policy, strategy=cfg.strategy).float()
+            t_logits = None
+            if cfg.distill:
+                with torch.no_grad():
+                    t_logits = teacher(x).float()  # type: ignore[misc]
+            loss = _loss(logits, y, t_logits, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            if step > 0.9 * cfg.steps:
+                tail.append(loss.detach())
+            if step >= cfg.steps:
+                break
+    bar.close()
+    backbone.eval()
+    return {"seconds": time.time() - t0, "loss": float(torch.stack(tail).mean())}
