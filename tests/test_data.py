@@ -11,7 +11,7 @@ import torch
 
 from blockdrop.data import (DatasetNotFoundError, EpochSampler, ImageArrayDataset,
                             ImageFileDataset, denormalize, digits_dataset, load_dataset,
-                            make_loader, set_loader_epoch)
+                            make_loader, set_loader_epoch, MEAN, STD)
 
 
 def make_image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 4, size: int = 16,
@@ -172,3 +172,31 @@ def test_shared_cifar10_lossless_archive(shared_data: Path) -> None:
     info = load_dataset(arc, "test")
     assert len(info.dataset) == 1000 and info.image_size == 32
     assert info.classes[:3] == ["airplane", "automobile", "bird"] and info.num_classes == 10
+
+
+def test_split_train_val_is_stratified_disjoint_and_unaugmented() -> None:
+    from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform, split_train_val
+    g = torch.Generator().manual_seed(0)
+    n = 90
+    images = torch.randint(0, 256, (n, 8, 8, 3), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 3
+    info = DataInfo(ImageArrayDataset(images, labels, SmallImageTransform(True, pad=1), 0),
+                    ["a", "b", "c"], 8, "toy")
+    tr, va = split_train_val(info, 12, seed=5)
+    assert len(tr.dataset) == 78 and len(va.dataset) == 12
+    assert torch.bincount(va.dataset.labels).tolist() == [4, 4, 4]
+    # disjoint and complete: every original image is in exactly one split
+    key = lambda ims: {bytes(im.flatten().tolist()) for im in ims}   # noqa: E731
+    assert key(tr.dataset.images) | key(va.dataset.images) == key(images)
+    assert not key(tr.dataset.images) & key(va.dataset.images)
+    # train keeps its augmentation; val is the plain normalised image
+    assert tr.dataset.transform.train and not va.dataset.transform.train
+    x, y = va.dataset[0]
+    ref = (va.dataset.images[0].permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) \
+        / torch.tensor(STD).view(3, 1, 1)
+    torch.testing.assert_close(x, ref)
+    # another seed, another draw; the same seed, the same draw
+    assert not torch.equal(split_train_val(info, 12, seed=6)[1].dataset.images, va.dataset.images)
+    assert torch.equal(split_train_val(info, 12, seed=5)[1].dataset.images, va.dataset.images)
+    with pytest.raises(ValueError, match="n_val"):
+        split_train_val(info, 90)

@@ -1,0 +1,91 @@
+"""Backbone training under fixed policies: the samplers' distributions and the training loop."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
+from blockdrop.models import cifar_resnet
+from blockdrop.supervised import (SupervisedConfig, drop_path_policy, first_k_policy, full_policy,
+                                  random_k_policy, train_supervised)
+
+
+def toy_data(n: int = 32, size: int = 16, classes: int = 3) -> DataInfo:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
+    ds = ImageArrayDataset(images, torch.arange(n) % classes, SmallImageTransform(True, pad=2), 0)
+    return DataInfo(ds, [str(i) for i in range(classes)], size, "toy")
+
+
+def test_first_k_runs_the_leading_blocks() -> None:
+    g = torch.Generator().manual_seed(0)
+    p = first_k_policy(3, 6)(4, g)
+    assert p.tolist() == [[1, 1, 1, 0, 0, 0]] * 4
+    q = first_k_policy(2.25, 6)(4000, g)                 # 2 or 3 leading blocks, mean 2.25
+    rows = {tuple(r) for r in q.tolist()}
+    assert rows == {(1, 1, 0, 0, 0, 0), (1, 1, 1, 0, 0, 0)}
+    assert abs(float(q.sum(1).mean()) - 2.25) < 0.04
+
+
+def test_random_k_takes_k_uniform_blocks_per_image() -> None:
+    g = torch.Generator().manual_seed(1)
+    p = random_k_policy(4, 10)(5000, g)
+    assert (p.sum(1) == 4).all()
+    freq = p.mean(0)                                     # each block with probability 4/10
+    assert float((freq - 0.4).abs().max()) < 0.03
+    assert len({tuple(r) for r in p[:200].tolist()}) > 100   # per-image draws (of C(10,4) = 210)
+    q = random_k_policy(7.5, 10)(4000, g)
+    assert set(q.sum(1).tolist()) == {7.0, 8.0} and abs(float(q.sum(1).mean()) - 7.5) < 0.05
+    with pytest.raises(ValueError, match="k"):
+        random_k_policy(11, 10)(1, g)
+
+
+def test_drop_path_keeps_each_block_with_its_probability() -> None:
+    g = torch.Generator().manual_seed(2)
+    keep = torch.tensor([1.0, 0.9, 0.5, 0.0])
+    p = drop_path_policy(keep, 4)(20000, g)
+    torch.testing.assert_close(p.mean(0), keep, atol=0.015, rtol=0)
+    assert torch.equal(full_policy(4)(3, g), torch.ones(3, 4))
+    with pytest.raises(ValueError, match="keep"):
+        drop_path_policy(1.5, 4)
+
+
+def test_train_supervised_full_policy_is_plain_sgd() -> None:
+    """With every block kept and frozen BN, the loop is plain cross-entropy SGD: one step equals a
+    step of torch's SGD over the ordinary forward (the independent reference)."""
+    torch.manual_seed(0)
+    net = cifar_resnet(8, num_classes=3)
+    ref = cifar_resnet(8, num_classes=3)
+    ref.load_state_dict(net.state_dict())
+    data = toy_data()
+    cfg = SupervisedConfig(steps=1, batch_size=8, lr=0.05, bn="frozen", progress=False,
+                           weight_decay=0.0)
+    train_supervised(net, data, full_policy(net.num_blocks), cfg)
+    from blockdrop.data import make_loader, set_loader_epoch
+    loader = make_loader(data.dataset, 8, train=True, seed=0)
+    set_loader_epoch(loader, 0)
+    x, y = next(iter(loader))
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    ref.eval()
+    F.cross_entropy(ref(x), y).backward()
+    opt.step()
+    for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k, rtol=1e-4, atol=1e-6)
+
+
+def test_train_supervised_dropped_blocks_get_no_gradient_and_distillation_needs_teacher() -> None:
+    torch.manual_seed(0)
+    net = cifar_resnet(14, num_classes=3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out = train_supervised(net, toy_data(), first_k_policy(2, net.num_blocks),
+                           SupervisedConfig(steps=2, batch_size=8, progress=False, weight_decay=0.0))
+    assert out["loss"] > 0 and not net.training
+    after = net.state_dict()
+    assert not torch.equal(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
+    for k in before:          # blocks 2.. never ran: untouched (weight decay off)
+        if k.startswith(("layer2.", "layer3.")):
+            assert torch.equal(before[k], after[k]), k
+    with pytest.raises(ValueError, match="teacher"):
+        train_supervised(net, toy_data(), full_policy(6),
+                         SupervisedConfig(steps=1, batch_size=8, distill=0.5, progress=False))
