@@ -1,4 +1,4 @@
-"""Backbone training under fixed policies: the samplers' distributions and the training loop."""
+"""Fixed-policy baselines (the samplers' distributions) and backbone training under them."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
 from blockdrop.models import cifar_resnet
-from blockdrop.supervised import (SupervisedConfig, drop_path_policy, first_k_policy, full_policy,
-                                  random_k_policy, train_supervised)
+from blockdrop.baselines import (BaselinePolicy, drop_path_policy, first_k_policy, full_policy,
+                                 random_k_policy)
+from blockdrop.supervised import SupervisedConfig, train_supervised
 
 
 def toy_data(n: int = 32, size: int = 16, classes: int = 3) -> DataInfo:
@@ -89,3 +90,17 @@ def test_train_supervised_dropped_blocks_get_no_gradient_and_distillation_needs_
     with pytest.raises(ValueError, match="teacher"):
         train_supervised(net, toy_data(), full_policy(6),
                          SupervisedConfig(steps=1, batch_size=8, distill=0.5, progress=False))
+
+
+def test_baseline_policy_module_replays_and_round_trips() -> None:
+    x = torch.zeros(5, 3, 8, 8)
+    a = BaselinePolicy("random_k", 6, k=2.5, seed=3)
+    b = BaselinePolicy(**a.spec())
+    pa, pb = a(x), b(x)
+    assert torch.equal(pa, pb) and pa.shape == (5, 6) and set(pa.sum(1).tolist()) <= {2.0, 3.0}
+    assert BaselinePolicy("first_k", 6, k=4)(x).tolist() == [[1, 1, 1, 1, 0, 0]] * 5
+    assert torch.equal(BaselinePolicy("full", 6)(x), torch.ones(5, 6))
+    with pytest.raises(ValueError, match="kind"):
+        BaselinePolicy("best_k", 6, k=1)
+    with pytest.raises(ValueError, match="k"):
+        BaselinePolicy("first_k", 6)

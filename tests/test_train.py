@@ -274,3 +274,35 @@ def test_ddp_two_cpu_processes_gloo(tmp_path: Path) -> None:
     t, _ = load_checkpoint(tmp_path / "out" / "last.safetensors")
     assert "rng.policy.0" in t and "rng.policy.1" in t
     assert not torch.equal(t["rng.policy.0"], t["rng.policy.1"])   # ranks sample independently
+
+
+@pytest.mark.parametrize("kind", ["curriculum", "finetune", "policy_net", "full", "first_k", "random_k"])
+def test_blockdrop_load_round_trips_every_checkpoint_kind(tmp_path: Path, kind: str) -> None:
+    import blockdrop
+    from blockdrop.baselines import BaselinePolicy
+    from blockdrop.blockdrop_net import BlockDropNet
+    from blockdrop.checkpoint import backbone_spec, save_blockdrop_net
+    pnet, bb = make_models(seed=3)
+    if kind in ("curriculum", "finetune"):
+        tr = Trainer(cfg(stage=kind, epochs=1, steps_per_epoch=1, lr=1e-2), pnet, bb, tiny_data(),
+                     tmp_path, extra_meta={"backbone_spec": backbone_spec(bb), "policy_spec": pnet.spec()})
+        tr.fit()
+        path = tmp_path                                   # a run directory: its last.safetensors
+    else:
+        policy = pnet if kind == "policy_net" else BaselinePolicy(kind, bb.num_blocks, k=2.5, seed=1)
+        path = save_blockdrop_net(tmp_path / "m", BlockDropNet(policy, bb), {"note": kind})
+    loaded = blockdrop.load(path)
+    assert isinstance(loaded, BlockDropNet) and not loaded.training
+    x = torch.randn(5, 3, 16, 16)
+    ref_policy = BaselinePolicy(kind, bb.num_blocks, k=2.5, seed=1) if kind in ("full", "first_k", "random_k") else pnet
+    with torch.no_grad():
+        ref_policy.eval(), bb.eval()
+        expect_p = (ref_policy(x) >= 0.5).float()
+        expect = bb(x) if kind == "full" else None
+        logits, policy = loaded(x)
+    assert torch.equal(policy, expect_p)
+    from blockdrop.engine import dynamic_forward
+    ref = dynamic_forward(bb, x, expect_p, strategy="masked")
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-5)
+    if expect is not None:
+        torch.testing.assert_close(logits, expect, rtol=1e-4, atol=1e-5)

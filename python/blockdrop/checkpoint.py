@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_text", "backbone_spec",
-           "build_backbone", "load_backbone", "load_blockdrop_net", "optimizer_to_tensors",
+           "build_backbone", "load_backbone", "load_blockdrop_net", "save_blockdrop_net", "load", "optimizer_to_tensors",
            "optimizer_from_tensors", "prefixed", "unprefixed", "parse_arch"]
 
 FORMAT = "blockdrop-checkpoint/1"
@@ -214,15 +214,46 @@ def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn
     return model
 
 
+def _policy_from_spec(spec: dict[str, Any]) -> nn.Module:
+    from blockdrop.baselines import BASELINE_KINDS, BaselinePolicy
+    from blockdrop.models.policy import policy_net_from_spec
+    if spec.get("kind") in BASELINE_KINDS:
+        return BaselinePolicy(**spec)
+    return policy_net_from_spec(spec)
+
+
+def save_blockdrop_net(path: str | os.PathLike[str], net: nn.Module,
+                       meta: dict[str, Any] | None = None) -> Path:
+    """Write a :class:`~blockdrop.blockdrop_net.BlockDropNet` (policy network or fixed baseline
+    policy + backbone) as a checkpoint that :func:`load_blockdrop_net` reads back; ``meta`` (JSON)
+    is stored beside the specs. Returns the ``.safetensors`` path."""
+    tensors = {**prefixed(net.policy_net.state_dict(), "policy."),
+               **prefixed(net.backbone.state_dict(), "backbone.")}
+    doc = {**(meta or {}), "stage": (meta or {}).get("stage", "model"),
+           "backbone_spec": backbone_spec(net.backbone),
+           "policy_spec": net.policy_net.spec()}
+    return save_checkpoint(path, tensors, doc)
+
+
 def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device = "cpu",
                        strategy: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """A :class:`~blockdrop.blockdrop_net.BlockDropNet` (eval mode) from a training checkpoint,
-    plus the checkpoint's JSON."""
+    """A :class:`~blockdrop.blockdrop_net.BlockDropNet` (eval mode) from any checkpoint the
+    library writes (training stages, :func:`save_blockdrop_net`, the reproduce pipeline's
+    models and baselines), plus the checkpoint's JSON."""
     from blockdrop.blockdrop_net import BlockDropNet
-    from blockdrop.models.policy import policy_net_from_spec
     tensors, meta = load_checkpoint(path)
+    for key in ("backbone_spec", "policy_spec"):
+        if key not in meta:
+            raise ValueError(f"{path}: checkpoint has no {key!r} (not a model checkpoint)")
     backbone = _backbone_from(tensors, meta)
-    pnet = policy_net_from_spec(meta["policy_spec"])
+    pnet = _policy_from_spec(meta["policy_spec"])
     pnet.load_state_dict(unprefixed(tensors, "policy."))
     net = BlockDropNet(pnet, backbone, strategy=strategy or "auto")
     return net.to(device).eval(), meta
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+    """``blockdrop.load``: the :class:`~blockdrop.blockdrop_net.BlockDropNet` (``.policy_net``,
+    ``.backbone``; eval mode, ``strategy="auto"``) of a checkpoint file, or of a run directory's
+    ``last.safetensors``."""
+    return load_blockdrop_net(path, device)[0]

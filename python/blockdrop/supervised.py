@@ -1,15 +1,9 @@
-"""Supervised training of a backbone under a block policy, and the fixed policies it uses.
+"""Supervised training of a backbone under a block policy.
 
-One loop serves four jobs that differ only in which blocks each image runs:
-
-* the full network (:func:`full_policy`): the fair baseline, finetuned like BlockDrop;
-* stochastic depth / drop-path (:func:`drop_path_policy`): every block of every image kept with
-  its own probability, so that the backbone learns to tolerate dropped blocks;
-* FirstK (:func:`first_k_policy`): the first ``k`` blocks for every image;
-* RandomK (:func:`random_k_policy`): ``k`` blocks drawn uniformly per image.
-
-A policy sampler is ``sampler(n, generator) -> Tensor[n, K]`` of 0/1 (float32, CPU). Fractional
-``k`` is met on average: each image takes ``floor(k)`` or ``floor(k) + 1`` blocks.
+One loop serves four jobs that differ only in which blocks each image runs (the samplers of
+:mod:`blockdrop.baselines`): the full network (the fair baseline, finetuned like BlockDrop),
+stochastic depth / drop-path (so that the backbone learns to tolerate dropped blocks), FirstK and
+RandomK (the fixed-policy baselines, finetuned alike).
 
 Training runs through :func:`blockdrop.dynamic_forward` (``strategy="gather"`` by default), so
 dropped blocks cost nothing and get no gradient; BatchNorm in train mode then normalises over the
@@ -23,60 +17,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from blockdrop.baselines import PolicySampler
 from blockdrop.data import DataInfo, make_loader, set_loader_epoch
 from blockdrop.engine import dynamic_forward
 
-__all__ = ["PolicySampler", "SupervisedConfig", "full_policy", "drop_path_policy",
-           "first_k_policy", "random_k_policy", "train_supervised"]
-
-PolicySampler = Callable[[int, torch.Generator], Tensor]
-
-
-def _k_per_image(n: int, k: float, num_blocks: int, g: torch.Generator) -> Tensor:
-    """``[n]`` int64 block counts with mean ``k``: ``floor(k)`` plus a Bernoulli(frac(k))."""
-    if not 0 <= k <= num_blocks:
-        raise ValueError(f"k: expected a number of blocks in [0, {num_blocks}], got {k}")
-    base = math.floor(k)
-    extra = (torch.rand(n, generator=g) < (k - base)).long()
-    return (base + extra).clamp(max=num_blocks)
-
-
-def full_policy(num_blocks: int) -> PolicySampler:
-    """Every block for every image: ``[n, K]`` of ones."""
-    return lambda n, g: torch.ones(n, num_blocks)
-
-
-def drop_path_policy(keep: Tensor | float, num_blocks: int) -> PolicySampler:
-    """Stochastic depth: block ``k`` of each image kept with probability ``keep[k]`` (a float for
-    all blocks, or ``[K]``)."""
-    p = torch.as_tensor(keep, dtype=torch.float32).expand(num_blocks).clone()
-    if bool(((p < 0) | (p > 1)).any()):
-        raise ValueError(f"keep: expected probabilities in [0, 1], got {p.tolist()}")
-    return lambda n, g: (torch.rand(n, num_blocks, generator=g) < p).float()
-
-
-def first_k_policy(k: float, num_blocks: int) -> PolicySampler:
-    """FirstK: the first ``k`` blocks (in network order) for every image."""
-    def sample(n: int, g: torch.Generator) -> Tensor:
-        kn = _k_per_image(n, k, num_blocks, g)
-        return (torch.arange(num_blocks).unsqueeze(0) < kn.unsqueeze(1)).float()
-    return sample
-
-
-def random_k_policy(k: float, num_blocks: int) -> PolicySampler:
-    """RandomK: ``k`` distinct blocks drawn uniformly at random for each image."""
-    def sample(n: int, g: torch.Generator) -> Tensor:
-        kn = _k_per_image(n, k, num_blocks, g)
-        rank = torch.rand(n, num_blocks, generator=g).argsort(1).argsort(1)   # a random rank per block
-        return (rank < kn.unsqueeze(1)).float()
-    return sample
-
+__all__ = ["SupervisedConfig", "train_supervised"]
 
 @dataclass
 class SupervisedConfig:
