@@ -178,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive_int, default=10)
     _common(b)
 
+    r = sub.add_parser("reproduce", help="the whole recipe: BlockDrop vs fair baselines, report.json")
+    r.add_argument("--preset", default="quick", help="quick | cpu | gpu | official (default quick)")
+    r.add_argument("--arch", required=True, help="backbone architecture, e.g. resnet56")
+    r.add_argument("--train-data", required=True, metavar="PATH",
+                   help="training data (the validation split is held out of it)")
+    r.add_argument("--test-data", required=True, metavar="PATH", help="test data, evaluated once")
+    r.add_argument("--weights", required=True, metavar="FILE", help="pretrained backbone")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--gamma", type=_nonneg_float, nargs="+", default=None,
+                   help="finetune penalties to sweep (default: the preset's)")
+    r.add_argument("--resume", action="store_true", help="reuse the stages already in OUT")
+    _common(r)
+
     d = sub.add_parser("demo", help="the whole pipeline end to end (default: sklearn digits, CPU)")
     d.add_argument("--out", default="blockdrop-demo", metavar="DIR")
     d.add_argument("--data", metavar="PATH", help="training data instead of the digits")
@@ -538,6 +551,21 @@ def _cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from blockdrop.recipes.presets import PRESETS
+    from blockdrop.recipes.reproduce import reproduce
+    _setup(args)
+    if args.preset not in PRESETS:
+        parser.error(f"--preset: expected one of {', '.join(PRESETS)}, got {args.preset!r}")
+    for opt in ("train_data", "test_data", "weights"):
+        if not Path(getattr(args, opt)).exists():
+            parser.error(f"--{opt.replace('_', '-')}: {getattr(args, opt)} does not exist")
+    reproduce(args.preset, arch=args.arch, train_data=args.train_data, test_data=args.test_data,
+              weights=args.weights, out=args.out, gammas=args.gamma, seed=args.seed,
+              device=args.device, progress=not args.no_progress, resume=args.resume)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``blockdrop`` console script (and ``python -m blockdrop``)."""
     parser = build_parser()
@@ -555,6 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_bench(sub, args)
     if args.command == "demo":
         return _cmd_demo(sub, args)
+    if args.command == "reproduce":
+        return _cmd_reproduce(sub, args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["plot_acc_vs_flops", "plot_block_usage", "plot_policy_grid"]
+__all__ = ["plot_acc_vs_flops", "plot_tradeoff", "plot_block_usage", "plot_policy_grid"]
 
 
 def _plt():
@@ -39,6 +39,32 @@ def plot_acc_vs_flops(points: Sequence[dict], path: str | os.PathLike[str],
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_tradeoff(series: dict[str, Sequence[dict]], path: str | os.PathLike[str],
+                  full: dict | None = None, title: str = "Accuracy vs FLOPs") -> Path:
+    """Several methods on the same axes: ``series = {name: [{"accuracy", "flops", "label"?}]}``
+    (accuracy in [0, 1]), each drawn as a line through its points sorted by FLOPs; ``full`` = the
+    full network's ``{"accuracy", "flops"}`` (a star)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for (name, pts), marker in zip(series.items(), "osD^v<>"):
+        srt = sorted(pts, key=lambda p: p["flops"])
+        ax.plot([p["flops"] for p in srt], [100 * p["accuracy"] for p in srt], marker=marker,
+                linestyle="-", label=name)
+        for p in srt:
+            if p.get("label"):
+                ax.annotate(str(p["label"]), (p["flops"], 100 * p["accuracy"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if full:
+        ax.plot(full["flops"], 100 * full["accuracy"], "*", markersize=14, color="k",
+                label="full network")
+    ax.set_xlabel("FLOPs / image")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

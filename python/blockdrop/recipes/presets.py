@@ -1,0 +1,100 @@
+"""The settings of ``blockdrop reproduce``: one :class:`Preset` per compute budget.
+
+``official`` is the authors' schedule (Tushar-N/blockdrop: curriculum 5000 epochs at batch 2048,
+one block freed per epoch, gamma 1; joint finetuning 2000 epochs at batch 256, gamma 5, lr x0.1 at
+epoch 1600; no backbone adaptation, no distillation) -- about 10^4 times what fits in an hour of
+a 2-core CPU. ``quick``, ``cpu`` and ``gpu`` are this library's recipe at smaller budgets; every
+deviation from ``official`` and the measurement behind it is in docs/TRAINING.md.
+
+The recipe, stage by stage (steps are optimisation steps of ``batch_size`` images):
+
+1. **adapt** -- the pretrained backbone learns to tolerate dropped blocks: ``adapt_steps`` of
+   stochastic depth (each block of each image kept with probability ``adapt_keep``) through the
+   gather path, SGD with a cosine decay, loss blended with the pretrained network's soft targets
+   (``adapt_distill``);
+2. **curriculum** -- the policy network alone (backbone frozen), the last blocks freed first,
+   ``cl_step`` more every ``cl_steps_per_epoch`` steps;
+3. **finetune** -- policy and backbone jointly (Adam, lr x0.1 at 80%), the sampled sub-networks
+   also distilled from the adapted full network (``ft_distill``);
+4. **baselines** -- the full network, FirstK and RandomK (at BlockDrop's mean block count), each
+   finetuned from the same adapted backbone with the same steps, optimiser and loss as stage 3.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["Preset", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One budget's settings (see the module docstring for the stages)."""
+    name: str
+    summary: str
+    n_val: int = 5000                 # images held out of the training set to choose settings
+    batch_size: int = 128
+    # 1. adapt
+    adapt_steps: int = 0
+    adapt_keep: float = 0.7
+    adapt_lr: float = 0.01
+    adapt_distill: float = 0.0
+    # 2. curriculum
+    cl_step: int = 1
+    cl_steps_per_epoch: int | None = None     # None: whole epochs over the training set
+    cl_epochs: int | None = None              # None: ceil(K / cl_step) + cl_extra_epochs
+    cl_extra_epochs: int = 0
+    cl_batch_size: int | None = None          # None: batch_size
+    cl_lr: float = 1e-3
+    cl_gamma: float = 1.0
+    # 3. finetune
+    ft_steps: int | None = None               # None: ft_epochs whole epochs
+    ft_epochs: int = 1
+    ft_lr: float = 1e-4
+    ft_distill: float = 0.0
+    ft_bn: str = "train"
+    ft_baseline_eval: bool = False
+    gammas: tuple[float, ...] = (5.0,)        # the finetune penalties swept
+    # 4. baselines
+    first_random_k: bool = True               # FirstK / RandomK (the full network always runs)
+    strategy: str = "gather"
+
+    def with_overrides(self, **kw: Any) -> "Preset":
+        """A copy with some fields replaced (unknown names raise TypeError)."""
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields."""
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "official": Preset(
+        name="official",
+        summary="the authors' schedule (days on a GPU); no adaptation, no distillation",
+        batch_size=256, cl_batch_size=2048, cl_step=1, cl_epochs=5000, cl_gamma=1.0,
+        ft_epochs=2000, ft_lr=1e-4, ft_bn="train", gammas=(5.0,), first_random_k=False,
+        strategy="masked"),
+    "quick": Preset(
+        name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
+        adapt_steps=300, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,
+        cl_step=3, cl_steps_per_epoch=20, cl_extra_epochs=2, cl_gamma=1.0,
+        ft_steps=0, gammas=(1.0,), first_random_k=False),
+    "cpu": Preset(
+        name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",
+        adapt_steps=1500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,
+        cl_step=3, cl_steps_per_epoch=30, cl_extra_epochs=3, cl_gamma=1.0,
+        ft_steps=300, ft_lr=1e-4, ft_distill=0.0, gammas=(5.0,)),
+    "gpu": Preset(
+        name="gpu", summary="ResNet-56 in <= 8 minutes on one H100/H200",
+        batch_size=256, adapt_steps=2000, adapt_keep=0.7, adapt_lr=0.02,
+        cl_step=3, cl_steps_per_epoch=40, cl_extra_epochs=3, cl_gamma=1.0,
+        ft_steps=600, gammas=(5.0,)),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name`` (ValueError naming the choices otherwise)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+    return PRESETS[name]

@@ -1,0 +1,82 @@
+"""The reproduce report: ``report.json`` (the numbers), ``report.md`` (a summary table) and the
+figures (accuracy vs FLOPs with the baselines on the same axes, block usage, images by policy)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blockdrop.checkpoint import atomic_write_text
+from blockdrop.data import DataInfo, denormalize
+from blockdrop.evaluate import EvalResult
+from blockdrop.plots import plot_block_usage, plot_policy_grid, plot_tradeoff
+
+__all__ = ["REPORT_KEYS", "write_report", "summary_markdown"]
+
+#: Keys every report.json holds (tests check them).
+REPORT_KEYS = ("checkpoint", "accuracy", "blocks_mean", "blocks_std", "flops_mean", "full_accuracy",
+               "minutes", "preset", "seed", "commit", "results")
+
+_NAMES = {"full": "full network", "blockdrop": "BlockDrop", "first_k": "FirstK", "random_k": "RandomK"}
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """The report as a markdown page: settings line, then one row per model."""
+    r = report
+    lines = [f"# blockdrop reproduce --preset {r['preset']} ({r.get('arch', '')})", "",
+             f"{r['test_images']} test images (`{r['test_data']}`); settings chosen on "
+             f"{r['val']['images']} validation images held out of `{r['train_data']}` "
+             f"({r['val']['selection']}); seed {r['seed']}, commit {r['commit']}, "
+             f"{r['minutes']:.1f} minutes on {r['device']} ({r['threads']} threads).", "",
+             f"**Result**: BlockDrop (gamma {r['gamma']:g}) {100 * r['accuracy']:.2f}% with "
+             f"{r['blocks_mean']:.2f} +- {r['blocks_std']:.2f} of {r['num_blocks']} blocks "
+             f"({100 * r['blocks_mean'] / r['num_blocks']:.0f}%), {r['flops_mean']:.3e} FLOPs/image "
+             f"(policy network included); the full network finetuned alike: "
+             f"{100 * r['full_accuracy']:.2f}%. Measured speedup at batch {r['speed_batch']}: "
+             f"{r['measured_speedup']:.2f}x.", "",
+             "| model | gamma | val acc | test acc | blocks | FLOPs / image | policies |",
+             "|---|---|---|---|---|---|---|"]
+    for row in r["results"]:
+        g = row.get("gamma")
+        va = row.get("val_accuracy")
+        lines.append(
+            f"| {_NAMES.get(row['method'], row['method'])} | {'' if g is None else f'{g:g}'} | "
+            f"{'' if va is None else f'{100 * va:.2f}%'} | {100 * row['accuracy']:.2f}% | "
+            f"{row['blocks_mean']:.2f} +- {row['blocks_std']:.2f} | {row['flops_mean']:.3e} | "
+            f"{row['num_policies']} |")
+    lines += ["", "Minutes per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                   r["stage_minutes"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, report: dict[str, Any], final_net: Any, final: EvalResult,
+                 test: DataInfo) -> list[Path]:
+    """Write ``report.json``, ``report.md``, ``tradeoff.png``, ``block_usage.png`` and
+    ``policy_grid.png`` into ``out``; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "report.md", summary_markdown(report))
+    series: dict[str, list[dict[str, float]]] = {}
+    full = None
+    for row in report["results"]:
+        pt = {"accuracy": row["accuracy"], "flops": row["flops_mean"],
+              "label": f"g={row['gamma']:g}" if row["method"] == "blockdrop" else ""}
+        if row["method"] == "full":
+            full = pt
+        else:
+            series.setdefault(_NAMES[row["method"]], []).append(pt)
+    paths = [out / "report.json", out / "report.md",
+             plot_tradeoff(series, out / "tradeoff.png", full=full,
+                           title=f"{report.get('arch', '')}: accuracy vs FLOPs (test set)")]
+    paths.append(plot_block_usage(final.block_freq, out / "block_usage.png",
+                                  title=f"Block usage (BlockDrop, gamma {report['gamma']:g})"))
+    assert final.policies is not None and final.labels is not None
+    n = min(len(test.dataset), final.policies.shape[0])  # type: ignore[arg-type]
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:512].sort().values
+    imgs = torch.stack([test.dataset[int(i)][0] for i in pick])
+    names = [test.classes[int(final.labels[i])] for i in pick]
+    paths.append(plot_policy_grid(denormalize(imgs), final.policies[pick], out / "policy_grid.png",
+                                  labels=names, title="Test images grouped by policy"))
+    return paths

@@ -1,0 +1,305 @@
+"""``blockdrop reproduce``: from a pretrained ResNet to a BlockDrop model, its fair baselines and a
+report, in one call.
+
+    report = reproduce("quick", arch="resnet56", train_data=..., test_data=..., weights=..., out=...)
+
+Stages (:mod:`blockdrop.recipes.presets`): adapt -> per gamma: curriculum -> finetune -> the
+baselines (full, FirstK, RandomK) finetuned alike -> selection on the validation split -> one
+evaluation on the test set -> ``OUT/report.json``, ``OUT/report.md`` and plots.
+
+Validation vs test: ``preset.n_val`` images are held out of the training data (stratified, seed
+``seed``); the gamma reported as *the* result is chosen on them (the fewest blocks whose validation
+accuracy is within ``tolerance`` of the full network's), FirstK/RandomK take BlockDrop's validation
+block count, and the test set is evaluated once, after every choice is made.
+
+Every stage writes its model under ``OUT`` (a ``blockdrop.load``-able checkpoint); with ``resume``
+a stage whose checkpoint exists is loaded instead of run again, so a killed run continues at the
+stage it was in.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from blockdrop.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
+from blockdrop.blockdrop_net import BlockDropNet
+from blockdrop.checkpoint import (atomic_write_text, load_backbone, load_blockdrop_net,
+                                  save_blockdrop_net)
+from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val
+from blockdrop.evaluate import EvalResult, evaluate, measure_throughput
+from blockdrop.models.policy import make_policy_net
+from blockdrop.recipes.presets import Preset, get_preset
+from blockdrop.recipes.report import write_report
+from blockdrop.supervised import SupervisedConfig, train_supervised
+from blockdrop.train import Trainer, TrainConfig, resolve_device
+
+__all__ = ["reproduce", "RunPaths"]
+
+
+@dataclass
+class RunPaths:
+    """Where each stage's model goes under ``out``."""
+    out: Path
+
+    def adapted(self) -> Path:
+        return self.out / "adapt" / "backbone.safetensors"
+
+    def full(self) -> Path:
+        return self.out / "baselines" / "full.safetensors"
+
+    def baseline(self, kind: str, gamma: float) -> Path:
+        return self.out / "baselines" / f"{kind}_gamma{gamma:g}.safetensors"
+
+    def stage(self, gamma: float, stage: str) -> Path:
+        return self.out / f"gamma{gamma:g}" / stage
+
+
+@dataclass
+class _Run:
+    """Everything the stages share."""
+    preset: Preset
+    paths: RunPaths
+    device: torch.device
+    seed: int
+    progress: bool
+    resume: bool
+    train: DataInfo
+    val: DataInfo
+    meta: dict[str, Any]
+    log: Callable[[str], None]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        t = time.time()
+        out = fn()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - t
+        return out
+
+
+def _commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           timeout=10, cwd=Path(__file__).resolve().parent)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _evaluate(run: _Run, net: BlockDropNet, data: DataInfo) -> EvalResult:
+    loader = make_loader(data.dataset, 500, train=False)
+    return evaluate(net, loader, run.device, full=False, flops=True, progress=False)
+
+
+def _ft_config(run: _Run, steps: int, distill: float) -> SupervisedConfig:
+    """Stage 3's backbone optimiser as a supervised run: Adam, the same lr and loss. (The joint
+    stage decays its lr x0.1 at 80%; the supervised loop decays it by a cosine -- stated in
+    docs/TRAINING.md.)"""
+    p = run.preset
+    return SupervisedConfig(steps=steps, batch_size=p.batch_size, lr=p.ft_lr, optimizer="adam",
+                            weight_decay=0.0, distill=distill, bn=p.ft_bn, strategy=p.strategy,
+                            seed=run.seed, progress=run.progress)
+
+
+def _stage_adapt(run: _Run, pretrained: nn.Module) -> nn.Module:
+    path, p = run.paths.adapted(), run.preset
+    if run.resume and path.is_file():
+        run.log(f"[adapt] reusing {path}")
+        return load_blockdrop_net(path)[0].backbone
+    backbone = copy.deepcopy(pretrained)
+    if p.adapt_steps:
+        k = backbone.num_blocks
+        run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep {p.adapt_keep}), "
+                f"distill {p.adapt_distill}")
+        cfg = SupervisedConfig(steps=p.adapt_steps, batch_size=p.batch_size, lr=p.adapt_lr,
+                               distill=p.adapt_distill, strategy="gather", seed=run.seed,
+                               progress=run.progress)
+        run.timed("adapt", lambda: train_supervised(backbone, run.train, drop_path_policy(p.adapt_keep, k),
+                                                     cfg, run.device, teacher=pretrained))
+    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
+                       {**run.meta, "stage": "adapt"})
+    return backbone
+
+
+def _stage_baseline(run: _Run, adapted: nn.Module, kind: str, k: float, path: Path) -> BlockDropNet:
+    if run.resume and path.is_file():
+        run.log(f"[baseline {kind}] reusing {path}")
+        return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
+    p, nb = run.preset, adapted.num_blocks
+    backbone = copy.deepcopy(adapted)
+    sampler = {"full": lambda: full_policy(nb), "first_k": lambda: first_k_policy(k, nb),
+               "random_k": lambda: random_k_policy(k, nb)}[kind]()
+    steps = _ft_steps(run)
+    if steps:
+        run.log(f"[baseline {kind}] k = {k:.2f}: {steps} finetune steps")
+        run.timed(f"baseline_{kind}", lambda: train_supervised(
+            backbone, run.train, sampler, _ft_config(run, steps, p.ft_distill), run.device,
+            teacher=adapted))
+    net = BlockDropNet(BaselinePolicy(kind, nb, k=k, seed=run.seed), backbone, strategy="auto")
+    save_blockdrop_net(path, net, {**run.meta, "stage": f"baseline_{kind}"})
+    return net.to(run.device).eval()
+
+
+def _ft_steps(run: _Run) -> int:
+    p = run.preset
+    if p.ft_steps is not None:
+        return p.ft_steps
+    return p.ft_epochs * (len(run.train.dataset) // p.batch_size)  # type: ignore[arg-type]
+
+
+def _stage_blockdrop(run: _Run, adapted: nn.Module, gamma: float) -> BlockDropNet:
+    p = run.preset
+    ft_dir, cl_dir = run.paths.stage(gamma, "finetune"), run.paths.stage(gamma, "curriculum")
+    done = ft_dir if _ft_steps(run) else cl_dir
+    if run.resume and (done / "last.json").is_file() and json.loads(
+            (done / "last.json").read_text())["progress"]["done"]:
+        run.log(f"[gamma {gamma:g}] reusing {done}")
+        return load_blockdrop_net(done, run.device)[0]  # type: ignore[return-value]
+    backbone = copy.deepcopy(adapted)
+    torch.manual_seed(run.seed)
+    pnet = make_policy_net(backbone.num_blocks, run.train.image_size)
+    k = backbone.num_blocks
+    meta = {**run.meta, "policy_spec": pnet.spec()}
+    common = dict(batch_size=p.batch_size, seed=run.seed, progress=run.progress,
+                  device=str(run.device), strategy=p.strategy, log_every=20)
+    epochs = p.cl_epochs or (math.ceil(k / p.cl_step) + p.cl_extra_epochs)
+    cl = TrainConfig(stage="curriculum", epochs=epochs, steps_per_epoch=p.cl_steps_per_epoch,
+                     lr=p.cl_lr, gamma=p.cl_gamma, cl_step=p.cl_step,
+                     **{**common, "batch_size": p.cl_batch_size or p.batch_size})
+    run.log(f"[gamma {gamma:g}] curriculum: {epochs} epochs, {p.cl_step} more blocks per epoch")
+    run.timed(f"curriculum_gamma{gamma:g}", lambda: Trainer(
+        cl, pnet, backbone, run.train, cl_dir, extra_meta=meta).fit(resume=run.resume))
+    steps = _ft_steps(run)
+    if steps:
+        ft = TrainConfig(stage="finetune", epochs=1, steps_per_epoch=steps, lr=p.ft_lr, gamma=gamma,
+                         bn=p.ft_bn, baseline_eval=p.ft_baseline_eval, distill=p.ft_distill, **common)
+        run.log(f"[gamma {gamma:g}] joint finetuning: {steps} steps")
+        run.timed(f"finetune_gamma{gamma:g}", lambda: Trainer(
+            ft, pnet, backbone, run.train, ft_dir, extra_meta=meta,
+            teacher=adapted if p.ft_distill else None).fit(resume=run.resume))
+    return BlockDropNet(pnet, backbone, strategy="auto").to(run.device).eval()
+
+
+def _select(val: dict[float, EvalResult], full_val: EvalResult, tolerance: float) -> float:
+    """The gamma with the fewest validation blocks whose validation accuracy is within
+    ``tolerance`` of the full network's; else the most accurate."""
+    ok = [g for g, r in val.items() if r.accuracy >= full_val.accuracy - tolerance]
+    if ok:
+        return min(ok, key=lambda g: (val[g].blocks_mean, -val[g].accuracy))
+    return max(val, key=lambda g: val[g].accuracy)
+
+
+def _entry(name: str, res: EvalResult, **extra: Any) -> dict[str, Any]:
+    return {"method": name, "accuracy": res.accuracy, "blocks_mean": res.blocks_mean,
+            "blocks_std": res.blocks_std, "flops_mean": res.flops_mean, "flops_std": res.flops_std,
+            "num_policies": res.num_policies, **extra}
+
+
+def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str],
+              test_data: str | os.PathLike[str], weights: str | os.PathLike[str],
+              out: str | os.PathLike[str], gammas: list[float] | None = None, seed: int = 0,
+              device: str = "auto", progress: bool = True, resume: bool = False,
+              tolerance: float = 0.01, speed_batch: int = 256,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the recipe and write ``out/report.json`` (returned), ``out/report.md`` and plots.
+
+    Args:
+        preset: a name of :data:`~blockdrop.recipes.presets.PRESETS` or a :class:`Preset`.
+        arch: backbone architecture (``resnet56``); must match ``weights``.
+        train_data / test_data: datasets (:func:`blockdrop.data.load_dataset`); ``preset.n_val``
+            images of ``train_data`` are held out for every choice; ``test_data`` is used once.
+        weights: the pretrained backbone.
+        gammas: finetune penalties to sweep (default: the preset's).
+        tolerance: accuracy the selected gamma may give up against the full network, on val.
+        speed_batch: batch size of the measured speedup (test images, interleaved timing).
+    """
+    t_start = time.time()
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    gammas = list(gammas or p.gammas)
+    dev = resolve_device(device)
+    paths = RunPaths(Path(out))
+    full_train = load_dataset(train_data, "train", seed=seed)
+    test = load_dataset(test_data, "test", seed=seed)
+    if full_train.classes != test.classes:
+        raise ValueError(f"test_data: classes {test.classes} differ from train_data's {full_train.classes}")
+    train, val = split_train_val(full_train, p.n_val, seed=seed)
+    pretrained, spec = load_backbone(weights, arch, train.num_classes)
+    if spec.get("num_classes") != train.num_classes:
+        raise ValueError(f"weights: {spec.get('num_classes')} classes, the data has {train.num_classes}")
+    pretrained = pretrained.to(dev).eval()
+    meta = {"backbone_spec": spec, "classes": train.classes, "image_size": train.image_size,
+            "data": train.source, "preset": p.name}
+    run = _Run(p, paths, dev, seed, progress, resume, train, val, meta, log)
+    log(f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(train.dataset)} train / "  # type: ignore[arg-type]
+        f"{len(val.dataset)} val / {len(test.dataset)} test images, gammas {gammas}, {dev}, "  # type: ignore[arg-type]
+        f"{torch.get_num_threads()} threads")
+
+    adapted = _stage_adapt(run, pretrained)
+    nb = adapted.num_blocks
+    full = _stage_baseline(run, adapted, "full", nb, paths.full())
+    full_val = run.timed("eval", lambda: _evaluate(run, full, val))
+    models, vals = {}, {}
+    for g in gammas:
+        models[g] = _stage_blockdrop(run, adapted, g)
+        vals[g] = run.timed("eval", lambda: _evaluate(run, models[g], val))
+        log(f"[gamma {g:g}] val: {100 * vals[g].accuracy:.2f}% at {vals[g].blocks_mean:.2f} blocks "
+            f"(full network {100 * full_val.accuracy:.2f}%)")
+    chosen = _select(vals, full_val, tolerance)
+    baselines: dict[tuple[str, float], BlockDropNet] = {}
+    if p.first_random_k:
+        for g in gammas:
+            for kind in ("first_k", "random_k"):
+                baselines[(kind, g)] = _stage_baseline(run, adapted, kind, vals[g].blocks_mean,
+                                                       paths.baseline(kind, g))
+
+    # ---- the test set, once
+    log(f"[test] evaluating every model on {test.source}")
+    rows = [_entry("full", run.timed("eval", lambda: _evaluate(run, full, test)),
+                   val_accuracy=full_val.accuracy, checkpoint=str(paths.full()))]
+    tests: dict[float, EvalResult] = {}
+    for g in gammas:
+        tests[g] = run.timed("eval", lambda: _evaluate(run, models[g], test))
+        rows.append(_entry("blockdrop", tests[g], gamma=g, val_accuracy=vals[g].accuracy,
+                           val_blocks=vals[g].blocks_mean,
+                           checkpoint=str(_final_checkpoint(run, g))))
+    for (kind, g), net in baselines.items():
+        rows.append(_entry(kind, run.timed("eval", lambda: _evaluate(run, net, test)), gamma=g,
+                           k=vals[g].blocks_mean, checkpoint=str(paths.baseline(kind, g))))
+    final = models[chosen]
+    batches = [x for x, _ in make_loader(test.dataset, speed_batch, train=False)][:2]
+    speed = run.timed("speed", lambda: measure_throughput(final, batches, dev, repeats=5))
+    res = tests[chosen]
+    report = {
+        "checkpoint": str(_final_checkpoint(run, chosen)),
+        "accuracy": res.accuracy, "blocks_mean": res.blocks_mean, "blocks_std": res.blocks_std,
+        "flops_mean": res.flops_mean, "flops_std": res.flops_std, "full_flops": rows[0]["flops_mean"],
+        "num_blocks": nb, "num_policies": res.num_policies,
+        "full_accuracy": rows[0]["accuracy"], "gamma": chosen,
+        "measured_speedup": speed["speedup"], "speed_batch": speed_batch,
+        "minutes": (time.time() - t_start) / 60, "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
+        "preset": p.name, "settings": p.to_dict(), "seed": seed, "commit": _commit(), "arch": arch,
+        "train_data": str(train_data), "test_data": str(test_data), "weights": str(weights),
+        "val": {"images": len(val.dataset), "full_accuracy": full_val.accuracy,  # type: ignore[arg-type]
+                "selection": f"fewest blocks within {100 * tolerance:g} points of the full network"},
+        "test_images": res.n, "device": str(dev), "threads": torch.get_num_threads(),
+        "results": rows,
+    }
+    write_report(paths.out, report, final, res, test)
+    log(f"[done] {p.name}: BlockDrop {100 * res.accuracy:.2f}% at {res.blocks_mean:.2f}/{nb} blocks "
+        f"(gamma {chosen:g}); full network {100 * report['full_accuracy']:.2f}%; measured speedup "
+        f"{speed['speedup']:.2f}x at batch {speed_batch}; {report['minutes']:.1f} min -> {paths.out}/report.json")
+    return report
+
+
+def _final_checkpoint(run: _Run, gamma: float) -> Path:
+    stage = "finetune" if _ft_steps(run) else "curriculum"
+    return run.paths.stage(gamma, stage) / "last.safetensors"

@@ -1,0 +1,103 @@
+"""``blockdrop reproduce`` on tiny data: every stage runs, the report holds what it promises, the
+test set is evaluated once, resume reuses the stages, and the checkpoints load back."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import blockdrop
+from blockdrop.models import cifar_resnet
+from blockdrop.recipes.presets import PRESETS, Preset, get_preset
+from blockdrop.recipes.report import REPORT_KEYS
+
+TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2, cl_step=2,
+              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=2, gammas=(1.0, 5.0))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A 3-class 16x16 ImageFolder (train 48 / test 12 images) and a ResNet-8 ``.th``."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 4)):
+        for ci, c in enumerate(("red", "green", "blue")):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 80, (16, 16, 3), dtype=np.uint8)
+                arr[..., ci] += 150
+                Image.fromarray(arr).save(d / f"{i}.png")
+    torch.manual_seed(0)
+    torch.save({"state_dict": cifar_resnet(8, num_classes=3).state_dict()}, root / "r8.th")
+    return {"train": root / "train", "test": root / "test", "weights": root / "r8.th"}
+
+
+def test_presets_are_complete_and_named() -> None:
+    assert set(PRESETS) == {"quick", "cpu", "gpu", "official"}
+    off = get_preset("official")
+    # the authors' schedule: no adaptation, no distillation, whole-epoch curriculum of 5000 epochs
+    # at batch 2048 with gamma 1, finetune 2000 epochs at batch 256 with gamma 5, masked forward
+    assert (off.adapt_steps, off.ft_distill, off.cl_epochs, off.cl_batch_size, off.cl_gamma,
+            off.cl_steps_per_epoch, off.ft_epochs, off.batch_size, off.gammas, off.strategy) == (
+        0, 0.0, 5000, 2048, 1.0, None, 2000, 256, (5.0,), "masked")
+    with pytest.raises(ValueError, match="preset"):
+        get_preset("fast")
+
+
+def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    from blockdrop.recipes import reproduce as rep
+    evaluated: list[str] = []
+    real = rep._evaluate
+
+    def spy(run, net, data):
+        evaluated.append(data.source)
+        return real(run, net, data)
+
+    monkeypatch.setattr(rep, "_evaluate", spy)
+    out = tmp_path / "run"
+    logs: list[str] = []
+    report = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
+                           device="cpu", progress=False, speed_batch=4, log=logs.append)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    for key in REPORT_KEYS:
+        assert key in report, key
+    assert report["preset"] == "tiny" and report["seed"] == 0 and report["gamma"] in (1.0, 5.0)
+    assert 0 <= report["accuracy"] <= 1 and 0 <= report["blocks_mean"] <= 3
+    methods = [(r["method"], r.get("gamma")) for r in report["results"]]
+    assert methods == [("full", None), ("blockdrop", 1.0), ("blockdrop", 5.0), ("first_k", 1.0),
+                       ("random_k", 1.0), ("first_k", 5.0), ("random_k", 5.0)]
+    # FirstK / RandomK run BlockDrop's validation block count
+    for r in report["results"]:
+        if r["method"] in ("first_k", "random_k"):
+            bd = next(b for b in report["results"] if b["method"] == "blockdrop" and b["gamma"] == r["gamma"])
+            assert r["k"] == pytest.approx(bd["val_blocks"])
+    # the test set: once per model, after every validation evaluation
+    n_test = sum(1 for s in evaluated if "test" in s and "held out" not in s)
+    assert n_test == len(report["results"])
+    first_test = next(i for i, s in enumerate(evaluated) if "held out" not in s)
+    assert all("held out" not in s for s in evaluated[first_test:])
+    for name in ("report.md", "tradeoff.png", "block_usage.png", "policy_grid.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| BlockDrop | 1 |" in (out / "report.md").read_text()
+    # the final checkpoint reproduces the reported test accuracy
+    net = blockdrop.load(report["checkpoint"])
+    from blockdrop.data import load_dataset, make_loader
+    from blockdrop.evaluate import evaluate
+    res = evaluate(net, make_loader(load_dataset(tiny["test"], "test").dataset, 5, train=False),
+                   full=False, flops=False, progress=False)
+    assert res.accuracy == pytest.approx(report["accuracy"])
+    # every stage's model loads
+    for r in report["results"]:
+        assert blockdrop.load(r["checkpoint"]).backbone.num_blocks == 3
+    # resume: no stage runs again, same numbers
+    logs.clear()
+    again = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
+                          device="cpu", progress=False, speed_batch=4, resume=True, log=logs.append)
+    assert sum("reusing" in line for line in logs) == 1 + 1 + 2 + 4
+    assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
