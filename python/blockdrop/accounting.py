@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .engine import _as_backbone, _check_policy_values_host
 from .models.base import ResNetBackbone
+from .runtime import eval_mode
 
 __all__ = ["BlockFlops", "block_flops", "flops", "ideal_speedup"]
 
@@ -58,24 +59,6 @@ def _param_like(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
 
-class _EvalNoGrad:
-    """Run a module in eval mode without autograd, restoring its train/eval flags afterwards."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __enter__(self) -> None:
-        self.flags = [(m, m.training) for m in self.module.modules()]
-        self.module.eval()
-        self.no_grad = torch.no_grad()
-        self.no_grad.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.no_grad.__exit__(*exc)
-        for m, flag in self.flags:
-            m.training = flag
-
-
 def block_flops(model: Any, input_size: tuple[int, int, int] | None = None) -> BlockFlops:
     """Measure (once per model and input size; cached) the batch-1 FLOPs of the stem + head and
     of each block's residual and shortcut. ``input_size = (C, H, W)``, default the model's
@@ -90,7 +73,7 @@ def block_flops(model: Any, input_size: tuple[int, int, int] | None = None) -> B
         return cached
     device, dtype = _param_like(model)
     x = torch.zeros((1, *size), device=device, dtype=dtype)
-    with _EvalNoGrad(model):
+    with eval_mode(model), torch.no_grad():
         stem, h = _count(model.stem, x)
         residual, shortcut = [], []
         for block in model.blocks:
@@ -107,7 +90,7 @@ def block_flops(model: Any, input_size: tuple[int, int, int] | None = None) -> B
 def _policy_net_flops(policy_net: nn.Module, input_size: tuple[int, int, int]) -> int:
     device, dtype = _param_like(policy_net)
     x = torch.zeros((1, *input_size), device=device, dtype=dtype)
-    with _EvalNoGrad(policy_net):
+    with eval_mode(policy_net), torch.no_grad():
         total, _ = _count(policy_net, x)
     return total
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from blockdrop.engine import STRATEGIES
+from blockdrop.runtime import AMP_MODES
 
 if TYPE_CHECKING:
     from blockdrop.train import TrainConfig
@@ -120,7 +121,9 @@ def _train_args(p: argparse.ArgumentParser, stage: str) -> None:
                        help="weight of the --init backbone's soft targets (default 0: plain CE)")
     g.add_argument("--strategy", choices=STRATEGIES, default="gather",
                    help="engine strategy for the backbone (default gather)")
-    g.add_argument("--no-amp", action="store_true", help="disable float16 autocast on CUDA")
+    g.add_argument("--amp", choices=AMP_MODES, default="auto",
+                   help="mixed precision: auto (fp16 + loss scaling on CUDA, off on CPU), off, "
+                        "bf16 (no loss scaling; fast on CPUs with AVX512-BF16/AMX), fp16")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     g.add_argument("--ckpt-every", type=_nonneg_int, default=0,
                    help="also checkpoint every N steps (default: end of each epoch)")
@@ -263,7 +266,7 @@ def train_config(args: argparse.Namespace, stage: str, epochs: int) -> "TrainCon
                        cl_step=getattr(args, "cl_step", 1), strategy=args.strategy,
                        bn=getattr(args, "bn", "train"),
                        baseline_eval=getattr(args, "baseline_eval", False),
-                       distill=getattr(args, "distill", 0.0), amp=not args.no_amp, seed=args.seed,
+                       distill=getattr(args, "distill", 0.0), amp=args.amp, seed=args.seed,
                        workers=args.workers, ckpt_every=args.ckpt_every, log_every=args.log_every,
                        progress=not args.no_progress, device=args.device)
 
@@ -271,7 +274,8 @@ def train_config(args: argparse.Namespace, stage: str, epochs: int) -> "TrainCon
 def _run_stage(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -> int:
     from blockdrop.checkpoint import load_backbone, load_blockdrop_net
     from blockdrop.models.policy import make_policy_net
-    from blockdrop.train import Trainer, init_distributed
+    from blockdrop.runtime import init_distributed
+    from blockdrop.train import Trainer
 
     _setup(args)
     dist_info = init_distributed(args.device)
@@ -375,7 +379,7 @@ def _write_plots(out: Path, results: list[tuple[str, Any]], info: Any, title: st
 def _cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from blockdrop.checkpoint import load_blockdrop_net
     from blockdrop.evaluate import format_table
-    from blockdrop.train import resolve_device
+    from blockdrop.runtime import resolve_device
     _setup(args)
     device = resolve_device(args.device)
     info = _subset(_load_data(parser, args.data, "test", args.seed, args.cache_dir), args.limit)
@@ -406,7 +410,7 @@ def _cmd_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     from blockdrop.accounting import ideal_speedup
     from blockdrop.checkpoint import load_backbone, load_blockdrop_net
     from blockdrop.engine import dynamic_forward
-    from blockdrop.train import resolve_device
+    from blockdrop.runtime import resolve_device
     _setup(args)
     device = resolve_device(args.device)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -459,7 +463,8 @@ def _cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from blockdrop.data import digits_dataset, make_loader
     from blockdrop.evaluate import evaluate, format_table
     from blockdrop.models.policy import make_policy_net
-    from blockdrop.train import Trainer, TrainConfig, resolve_device, train_backbone
+    from blockdrop.runtime import resolve_device
+    from blockdrop.train import Trainer, TrainConfig, train_backbone
     t_start = time.time()
     _setup(args)
     device = resolve_device(args.device)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -13,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from blockdrop.accounting import flops as count_flops
+from blockdrop.runtime import amp_autocast
 
 __all__ = ["EvalResult", "evaluate", "measure_throughput", "format_table"]
 
@@ -44,15 +44,9 @@ class EvalResult:
         return d
 
 
-def amp_autocast(device: torch.device, amp: bool) -> Any:
-    """float16 autocast on CUDA when ``amp`` (the trainer's and the evaluation's mixed precision),
-    else a no-op context."""
-    return torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
-
-
 @torch.inference_mode()
 def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]],
-             device: torch.device | str = "cpu", amp: bool = False, full: bool = True,
+             device: torch.device | str = "cpu", amp: str | bool = "off", full: bool = True,
              flops: bool = True, progress: bool = True, strategy: str | None = None) -> EvalResult:
     """Evaluate ``net`` (a BlockDropNet, put in eval mode: thresholded policies).
 
@@ -112,7 +106,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def measure_throughput(net: nn.Module, batches: Sequence[Tensor], device: torch.device | str = "cpu",
-                       repeats: int = 5, warmup: int = 1, amp: bool = False,
+                       repeats: int = 5, warmup: int = 1, amp: str | bool = "off",
                        strategy: str | None = None) -> dict[str, float]:
     """Images/second of the full backbone vs BlockDrop (policy net + dynamic path) on the same
     ``batches`` (each ``[B,3,H,W]``), interleaved, median over ``repeats`` passes.

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from blockdrop.baselines import PolicySampler
 from blockdrop.data import DataInfo, make_loader, set_loader_epoch
 from blockdrop.engine import dynamic_forward
+from blockdrop.runtime import amp_autocast, amp_dtype
 
 __all__ = ["SupervisedConfig", "train_supervised"]
 
@@ -40,6 +41,7 @@ class SupervisedConfig:
     temperature: float = 4.0
     bn: str = "train"               # "train" | "frozen" (BN layers in eval mode)
     strategy: str = "gather"
+    amp: str = "off"                # runtime.AMP_MODES ("bf16": no loss scaling needed)
     seed: int = 0
     progress: bool = True
 
@@ -52,6 +54,7 @@ class SupervisedConfig:
             raise ValueError(f"bn must be 'train' or 'frozen', not {self.bn!r}")
         if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
             raise ValueError("distill must be in [0, 1] and temperature > 0")
+        amp_dtype(torch.device("cpu"), self.amp)   # validates the mode
 
 
 def _loss(logits: Tensor, y: Tensor, teacher_logits: Tensor | None, cfg: SupervisedConfig) -> Tensor:
@@ -87,6 +90,7 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, cfg.amp) == torch.float16)
     loader = make_loader(data.dataset, cfg.batch_size, train=True, seed=cfg.seed)
     if len(loader) == 0:
         raise ValueError(f"data: {len(data.dataset)} images is less than one batch of {cfg.batch_size}")  # type: ignore[arg-type]
@@ -101,15 +105,17 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
             backbone.train(cfg.bn == "train")
             x, y = x.to(device), y.to(device)
             policy = sampler(x.shape[0], g).to(device)
-            logits = dynamic_forward(backbone, x, policy, strategy=cfg.strategy).float()
-            t_logits = None
-            if cfg.distill:
-                with torch.no_grad():
-                    t_logits = teacher(x).float()  # type: ignore[misc]
+            with amp_autocast(device, cfg.amp):
+                logits = dynamic_forward(backbone, x, policy, strategy=cfg.strategy).float()
+                t_logits = None
+                if cfg.distill:
+                    with torch.no_grad():
+                        t_logits = teacher(x).float()  # type: ignore[misc]
             loss = _loss(logits, y, t_logits, cfg)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             step += 1
             bar.update(1)

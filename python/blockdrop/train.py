@@ -35,7 +35,7 @@ import math
 import os
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -50,10 +50,9 @@ from blockdrop.checkpoint import (atomic_write_text, load_checkpoint, optimizer_
                                   optimizer_to_tensors, prefixed, save_checkpoint, unprefixed)
 from blockdrop.data import DataInfo, make_loader, set_loader_epoch
 from blockdrop.engine import dynamic_forward
-from blockdrop.evaluate import amp_autocast
+from blockdrop.runtime import DistInfo, amp_autocast, amp_dtype, eval_mode, resolve_device
 
-__all__ = ["TrainConfig", "DistInfo", "init_distributed", "Trainer", "train_backbone",
-           "resolve_device"]
+__all__ = ["TrainConfig", "Trainer", "train_backbone"]
 
 
 @dataclass
@@ -78,7 +77,8 @@ class TrainConfig:
     baseline_eval: bool = False          # self-critical pass in eval mode (official: train mode)
     distill: float = 0.0                 # finetune: weight of the teacher's soft targets in the
     temperature: float = 4.0             #   backbone loss, (1-d)*CE + d*T^2*KL (0: official CE)
-    amp: bool = True                     # float16 autocast + GradScaler, CUDA only
+    amp: str = "auto"                    # runtime.AMP_MODES: auto (fp16 + GradScaler on CUDA,
+                                         #   off on CPU) | off | bf16 | fp16
     seed: int = 0
     workers: int = 0
     ckpt_every: int = 0                  # also checkpoint every N steps (0: end of epoch only)
@@ -108,6 +108,7 @@ class TrainConfig:
             raise ValueError("distill must be in [0, 1] and temperature > 0")
         if self.distill and cl:
             raise ValueError("distill applies to the finetune stage (the curriculum trains no backbone)")
+        amp_dtype(torch.device("cpu"), self.amp)   # validates the mode
         if self.lr_decay_at is not None and not 0.0 <= self.lr_decay_at <= 1.0:
             raise ValueError("lr_decay_at must be a fraction of the run in [0, 1]")
 
@@ -118,63 +119,6 @@ class TrainConfig:
         if self.lr_decay_at is not None and step >= self.lr_decay_at * total_steps:
             return base * self.lr_decay
         return base
-
-
-# --------------------------------------------------------------------------- distributed
-
-@dataclass
-class DistInfo:
-    """Where this process sits: ``rank``/``world_size`` (1 without torchrun) and its device."""
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto" -> ``cuda:<local_rank>`` when available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda requested but CUDA is not available")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    return dev
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL for CUDA,
-    gloo for CPU.  Idempotent."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local, dev)
-
-
-# --------------------------------------------------------------------------- the step module
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was)
 
 
 class _Step(nn.Module):
@@ -221,7 +165,7 @@ class _Step(nn.Module):
         if mask is not None:
             sample, greedy = rl.apply_curriculum(sample, mask), rl.apply_curriculum(greedy, mask)
         # official: the baseline pass runs in the backbone's training mode (BN batch statistics)
-        mode = _eval_mode(bb) if cfg.baseline_eval else nullcontext()
+        mode = eval_mode(bb) if cfg.baseline_eval else nullcontext()
         with torch.no_grad(), mode, self._autocast(x):
             logits_g = dynamic_forward(bb, x, greedy, strategy=cfg.strategy)
         grad_ctx = nullcontext() if self.finetune else torch.no_grad()
@@ -286,7 +230,8 @@ class Trainer:
             p.requires_grad_(finetune)
         params = [p for p in self.step_module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=float(cfg.lr or 0), weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and self.device.type == "cuda")
+        fp16 = amp_dtype(self.device, cfg.amp) == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
         self.step_module.generator = self.generator
@@ -512,7 +457,7 @@ class Trainer:
         pnet = self.policy_net if mask is None else _ForcedOn(self.policy_net, mask)
         net = BlockDropNet(pnet, self.backbone, strategy=self.cfg.strategy)
         loader = make_loader(self.val_data.dataset, max(self.cfg.batch_size, 256), train=False)
-        with _eval_mode(self.step_module):
+        with eval_mode(self.step_module):
             res = evaluate(net, loader, self.device, amp=self.cfg.amp, full=False, flops=False,
                            progress=False)
         row = {"step": self.global_step, "epoch": epoch, "split": "val", "loss": float("nan"),

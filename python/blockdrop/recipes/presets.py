@@ -58,6 +58,7 @@ class Preset:
     # 4. baselines
     first_random_k: bool = True               # FirstK / RandomK (the full network always runs)
     strategy: str = "gather"
+    amp: str = "bf16"                         # training precision (runtime.AMP_MODES)
 
     def with_overrides(self, **kw: Any) -> "Preset":
         """A copy with some fields replaced (unknown names raise TypeError)."""
@@ -74,7 +75,7 @@ PRESETS: dict[str, Preset] = {
         summary="the authors' schedule (days on a GPU); no adaptation, no distillation",
         batch_size=256, cl_batch_size=2048, cl_step=1, cl_epochs=5000, cl_gamma=1.0,
         ft_epochs=2000, ft_lr=1e-4, ft_bn="train", gammas=(5.0,), first_random_k=False,
-        strategy="masked"),
+        strategy="masked", amp="off"),
     "quick": Preset(
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
         adapt_steps=300, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,

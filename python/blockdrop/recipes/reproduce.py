@@ -41,7 +41,8 @@ from blockdrop.models.policy import make_policy_net
 from blockdrop.recipes.presets import Preset, get_preset
 from blockdrop.recipes.report import write_report
 from blockdrop.supervised import SupervisedConfig, train_supervised
-from blockdrop.train import Trainer, TrainConfig, resolve_device
+from blockdrop.runtime import resolve_device
+from blockdrop.train import Trainer, TrainConfig
 
 __all__ = ["reproduce", "RunPaths"]
 
@@ -107,7 +108,7 @@ def _ft_config(run: _Run, steps: int, distill: float) -> SupervisedConfig:
     p = run.preset
     return SupervisedConfig(steps=steps, batch_size=p.batch_size, lr=p.ft_lr, optimizer="adam",
                             weight_decay=0.0, distill=distill, bn=p.ft_bn, strategy=p.strategy,
-                            seed=run.seed, progress=run.progress)
+                            amp=p.amp, seed=run.seed, progress=run.progress)
 
 
 def _stage_adapt(run: _Run, pretrained: nn.Module) -> nn.Module:
@@ -121,8 +122,8 @@ def _stage_adapt(run: _Run, pretrained: nn.Module) -> nn.Module:
         run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep {p.adapt_keep}), "
                 f"distill {p.adapt_distill}")
         cfg = SupervisedConfig(steps=p.adapt_steps, batch_size=p.batch_size, lr=p.adapt_lr,
-                               distill=p.adapt_distill, strategy="gather", seed=run.seed,
-                               progress=run.progress)
+                               distill=p.adapt_distill, strategy="gather", amp=p.amp,
+                               seed=run.seed, progress=run.progress)
         run.timed("adapt", lambda: train_supervised(backbone, run.train, drop_path_policy(p.adapt_keep, k),
                                                      cfg, run.device, teacher=pretrained))
     save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
@@ -170,7 +171,7 @@ def _stage_blockdrop(run: _Run, adapted: nn.Module, gamma: float) -> BlockDropNe
     k = backbone.num_blocks
     meta = {**run.meta, "policy_spec": pnet.spec()}
     common = dict(batch_size=p.batch_size, seed=run.seed, progress=run.progress,
-                  device=str(run.device), strategy=p.strategy, log_every=20)
+                  device=str(run.device), strategy=p.strategy, amp=p.amp, log_every=20)
     epochs = p.cl_epochs or (math.ceil(k / p.cl_step) + p.cl_extra_epochs)
     cl = TrainConfig(stage="curriculum", epochs=epochs, steps_per_epoch=p.cl_steps_per_epoch,
                      lr=p.cl_lr, gamma=p.cl_gamma, cl_step=p.cl_step,
