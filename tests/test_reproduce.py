@@ -15,7 +15,8 @@ from blockdrop.recipes.presets import PRESETS, Preset, get_preset
 from blockdrop.recipes.report import REPORT_KEYS
 
 TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2, cl_step=2,
-              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=2, gammas=(1.0, 5.0))
+              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=2, gammas=(1.0, 5.0),
+              thresholds=(0.4, 0.5), amp="off")
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +70,27 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
         assert key in report, key
     assert report["preset"] == "tiny" and report["seed"] == 0 and report["gamma"] in (1.0, 5.0)
     assert 0 <= report["accuracy"] <= 1 and 0 <= report["blocks_mean"] <= 3
-    methods = [(r["method"], r.get("gamma")) for r in report["results"]]
-    assert methods == [("full", None), ("blockdrop", 1.0), ("blockdrop", 5.0), ("first_k", 1.0),
-                       ("random_k", 1.0), ("first_k", 5.0), ("random_k", 5.0)]
-    # FirstK / RandomK run BlockDrop's validation block count
-    for r in report["results"]:
-        if r["method"] in ("first_k", "random_k"):
-            bd = next(b for b in report["results"] if b["method"] == "blockdrop" and b["gamma"] == r["gamma"])
-            assert r["k"] == pytest.approx(bd["val_blocks"])
+    rows = report["results"]
+    bd = [r for r in rows if r["method"] == "blockdrop"]
+    # every gamma at the paper's threshold 0.5, plus the operating point chosen on validation
+    assert [(r["gamma"], r["threshold"]) for r in bd if r["threshold"] == 0.5] == [(1.0, 0.5), (5.0, 0.5)]
+    chosen = [r for r in bd if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["accuracy"] == report["accuracy"]
+    assert (chosen[0]["gamma"], chosen[0]["threshold"]) == (report["gamma"], report["threshold"])
+    pts = report["val"]["points"]
+    assert len(pts) == 4          # 2 gammas x 2 thresholds, all evaluated on validation
+    full_val = report["val"]["full_accuracy"]
+    ok = [q for q in pts if q["accuracy"] >= full_val - 0.01]
+    if ok:   # the selection rule: fewest validation blocks within the tolerance
+        assert chosen[0]["val_blocks"] == min(q["blocks_mean"] for q in ok)
+    assert rows[0]["method"] == "full"
+    # FirstK / RandomK at every shown point's validation block count
+    base = [r for r in rows if r["method"] in ("first_k", "random_k")]
+    assert len(base) == 2 * len(bd)
+    for r in base:
+        match = [b for b in bd if b["gamma"] == r["gamma"] and b["threshold"] == r["threshold"]]
+        assert r["k"] == pytest.approx(match[0]["val_blocks"])
+    assert blockdrop.load(report["checkpoint"]).threshold == report["threshold"]
     # the test set: once per model, after every validation evaluation
     n_test = sum(1 for s in evaluated if "test" in s and "held out" not in s)
     assert n_test == len(report["results"])
@@ -99,5 +113,5 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     logs.clear()
     again = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
                           device="cpu", progress=False, speed_batch=4, resume=True, log=logs.append)
-    assert sum("reusing" in line for line in logs) == 1 + 1 + 2 + 4
+    assert sum("reusing" in line for line in logs) == 1 + 1 + 2 + len(base)
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]

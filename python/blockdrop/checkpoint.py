@@ -231,7 +231,7 @@ def save_blockdrop_net(path: str | os.PathLike[str], net: nn.Module,
                **prefixed(net.backbone.state_dict(), "backbone.")}
     doc = {**(meta or {}), "stage": (meta or {}).get("stage", "model"),
            "backbone_spec": backbone_spec(net.backbone),
-           "policy_spec": net.policy_net.spec()}
+           "policy_spec": net.policy_net.spec(), "threshold": float(net.threshold)}
     return save_checkpoint(path, tensors, doc)
 
 
@@ -248,7 +248,8 @@ def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device 
     backbone = _backbone_from(tensors, meta)
     pnet = _policy_from_spec(meta["policy_spec"])
     pnet.load_state_dict(unprefixed(tensors, "policy."))
-    net = BlockDropNet(pnet, backbone, strategy=strategy or "auto")
+    net = BlockDropNet(pnet, backbone, strategy=strategy or "auto",
+                       threshold=float(meta.get("threshold", 0.5)))
     return net.to(device).eval(), meta
 
 

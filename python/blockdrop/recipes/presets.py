@@ -55,6 +55,7 @@ class Preset:
     ft_bn: str = "train"
     ft_baseline_eval: bool = False
     gammas: tuple[float, ...] = (5.0,)        # the finetune penalties swept
+    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)   # keep-if-p>=t, chosen on val
     # 4. baselines
     first_random_k: bool = True               # FirstK / RandomK (the full network always runs)
     strategy: str = "gather"
@@ -75,7 +76,7 @@ PRESETS: dict[str, Preset] = {
         summary="the authors' schedule (days on a GPU); no adaptation, no distillation",
         batch_size=256, cl_batch_size=2048, cl_step=1, cl_epochs=5000, cl_gamma=1.0,
         ft_epochs=2000, ft_lr=1e-4, ft_bn="train", gammas=(5.0,), first_random_k=False,
-        strategy="masked", amp="off"),
+        thresholds=(0.5,), strategy="masked", amp="off"),
     "quick": Preset(
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
         adapt_steps=300, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,

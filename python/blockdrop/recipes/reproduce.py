@@ -8,9 +8,10 @@ baselines (full, FirstK, RandomK) finetuned alike -> selection on the validation
 evaluation on the test set -> ``OUT/report.json``, ``OUT/report.md`` and plots.
 
 Validation vs test: ``preset.n_val`` images are held out of the training data (stratified, seed
-``seed``); the gamma reported as *the* result is chosen on them (the fewest blocks whose validation
-accuracy is within ``tolerance`` of the full network's), FirstK/RandomK take BlockDrop's validation
-block count, and the test set is evaluated once, after every choice is made.
+``seed``); the (gamma, threshold) reported as *the* result is chosen on them (the fewest blocks
+whose validation accuracy is within ``tolerance`` of the full network's), FirstK/RandomK take
+BlockDrop's validation block counts, and the test set is evaluated once, after every choice is
+made. The chosen model is written to ``OUT/blockdrop.safetensors`` with its threshold.
 
 Every stage writes its model under ``OUT`` (a ``blockdrop.load``-able checkpoint); with ``resume``
 a stage whose checkpoint exists is loaded instead of run again, so a killed run continues at the
@@ -58,8 +59,8 @@ class RunPaths:
     def full(self) -> Path:
         return self.out / "baselines" / "full.safetensors"
 
-    def baseline(self, kind: str, gamma: float) -> Path:
-        return self.out / "baselines" / f"{kind}_gamma{gamma:g}.safetensors"
+    def baseline(self, kind: str, gamma: float, threshold: float) -> Path:
+        return self.out / "baselines" / f"{kind}_gamma{gamma:g}_t{threshold:g}.safetensors"
 
     def stage(self, gamma: float, stage: str) -> Path:
         return self.out / f"gamma{gamma:g}" / stage
@@ -190,13 +191,32 @@ def _stage_blockdrop(run: _Run, adapted: nn.Module, gamma: float) -> BlockDropNe
     return BlockDropNet(pnet, backbone, strategy="auto").to(run.device).eval()
 
 
-def _select(val: dict[float, EvalResult], full_val: EvalResult, tolerance: float) -> float:
-    """The gamma with the fewest validation blocks whose validation accuracy is within
-    ``tolerance`` of the full network's; else the most accurate."""
-    ok = [g for g, r in val.items() if r.accuracy >= full_val.accuracy - tolerance]
+@dataclass
+class _Point:
+    """One operating point: a trained model at one threshold, with its validation result."""
+    gamma: float
+    threshold: float
+    net: BlockDropNet
+    val: EvalResult
+
+
+def _val_points(run: _Run, gamma: float, net: BlockDropNet) -> list[_Point]:
+    """The model at every preset threshold, evaluated on the validation split."""
+    points = []
+    for t in run.preset.thresholds:
+        net.threshold = t
+        points.append(_Point(gamma, t, copy.copy(net), _evaluate(run, net, run.val)))
+    net.threshold = 0.5
+    return points
+
+
+def _select(points: list[_Point], full_val: EvalResult, tolerance: float) -> _Point:
+    """The point with the fewest validation blocks whose validation accuracy is within
+    ``tolerance`` of the full network's; when none is, the most accurate one."""
+    ok = [p for p in points if p.val.accuracy >= full_val.accuracy - tolerance]
     if ok:
-        return min(ok, key=lambda g: (val[g].blocks_mean, -val[g].accuracy))
-    return max(val, key=lambda g: val[g].accuracy)
+        return min(ok, key=lambda p: (p.val.blocks_mean, -p.val.accuracy))
+    return max(points, key=lambda p: p.val.accuracy)
 
 
 def _entry(name: str, res: EvalResult, **extra: Any) -> dict[str, Any]:
@@ -248,55 +268,66 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     nb = adapted.num_blocks
     full = _stage_baseline(run, adapted, "full", nb, paths.full())
     full_val = run.timed("eval", lambda: _evaluate(run, full, val))
-    models, vals = {}, {}
+    points: list[_Point] = []
     for g in gammas:
-        models[g] = _stage_blockdrop(run, adapted, g)
-        vals[g] = run.timed("eval", lambda: _evaluate(run, models[g], val))
-        log(f"[gamma {g:g}] val: {100 * vals[g].accuracy:.2f}% at {vals[g].blocks_mean:.2f} blocks "
-            f"(full network {100 * full_val.accuracy:.2f}%)")
-    chosen = _select(vals, full_val, tolerance)
-    baselines: dict[tuple[str, float], BlockDropNet] = {}
+        net = _stage_blockdrop(run, adapted, g)
+        pts = run.timed("eval", lambda: _val_points(run, g, net))
+        points += pts
+        for q in pts:
+            log(f"[gamma {g:g}] threshold {q.threshold:g}: val {100 * q.val.accuracy:.2f}% at "
+                f"{q.val.blocks_mean:.2f} blocks (full network {100 * full_val.accuracy:.2f}%)")
+    chosen = _select(points, full_val, tolerance)
+    # the sweep: every gamma at the paper's threshold, and the chosen operating point
+    shown = [q for q in points if q.threshold == 0.5 or q is chosen]
+    final = chosen.net
+    final_path = save_blockdrop_net(paths.out / "blockdrop.safetensors", final, {
+        **run.meta, "stage": "blockdrop", "gamma": chosen.gamma, "val_accuracy": chosen.val.accuracy,
+        "val_blocks": chosen.val.blocks_mean})
+    baselines: list[tuple[str, _Point, BlockDropNet]] = []
     if p.first_random_k:
-        for g in gammas:
+        for q in shown:
             for kind in ("first_k", "random_k"):
-                baselines[(kind, g)] = _stage_baseline(run, adapted, kind, vals[g].blocks_mean,
-                                                       paths.baseline(kind, g))
+                path = paths.baseline(kind, q.gamma, q.threshold)
+                baselines.append((kind, q, _stage_baseline(run, adapted, kind, q.val.blocks_mean, path)))
 
     # ---- the test set, once
     log(f"[test] evaluating every model on {test.source}")
     rows = [_entry("full", run.timed("eval", lambda: _evaluate(run, full, test)),
                    val_accuracy=full_val.accuracy, checkpoint=str(paths.full()))]
-    tests: dict[float, EvalResult] = {}
-    for g in gammas:
-        tests[g] = run.timed("eval", lambda: _evaluate(run, models[g], test))
-        rows.append(_entry("blockdrop", tests[g], gamma=g, val_accuracy=vals[g].accuracy,
-                           val_blocks=vals[g].blocks_mean,
-                           checkpoint=str(_final_checkpoint(run, g))))
-    for (kind, g), net in baselines.items():
-        rows.append(_entry(kind, run.timed("eval", lambda: _evaluate(run, net, test)), gamma=g,
-                           k=vals[g].blocks_mean, checkpoint=str(paths.baseline(kind, g))))
-    final = models[chosen]
+    tests: dict[int, EvalResult] = {}
+    for q in shown:
+        tests[id(q)] = run.timed("eval", lambda: _evaluate(run, q.net, test))
+        rows.append(_entry("blockdrop", tests[id(q)], gamma=q.gamma, threshold=q.threshold,
+                           chosen=q is chosen, val_accuracy=q.val.accuracy,
+                           val_blocks=q.val.blocks_mean,
+                           checkpoint=str(final_path if q is chosen else _final_checkpoint(run, q.gamma))))
+    for kind, q, net in baselines:
+        rows.append(_entry(kind, run.timed("eval", lambda: _evaluate(run, net, test)), gamma=q.gamma,
+                           threshold=q.threshold, k=q.val.blocks_mean,
+                           checkpoint=str(paths.baseline(kind, q.gamma, q.threshold))))
     batches = [x for x, _ in make_loader(test.dataset, speed_batch, train=False)][:2]
     speed = run.timed("speed", lambda: measure_throughput(final, batches, dev, repeats=5))
-    res = tests[chosen]
+    res = tests[id(chosen)]
     report = {
-        "checkpoint": str(_final_checkpoint(run, chosen)),
+        "checkpoint": str(final_path),
         "accuracy": res.accuracy, "blocks_mean": res.blocks_mean, "blocks_std": res.blocks_std,
         "flops_mean": res.flops_mean, "flops_std": res.flops_std, "full_flops": rows[0]["flops_mean"],
         "num_blocks": nb, "num_policies": res.num_policies,
-        "full_accuracy": rows[0]["accuracy"], "gamma": chosen,
+        "full_accuracy": rows[0]["accuracy"], "gamma": chosen.gamma, "threshold": chosen.threshold,
         "measured_speedup": speed["speedup"], "speed_batch": speed_batch,
         "minutes": (time.time() - t_start) / 60, "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
         "preset": p.name, "settings": p.to_dict(), "seed": seed, "commit": _commit(), "arch": arch,
         "train_data": str(train_data), "test_data": str(test_data), "weights": str(weights),
         "val": {"images": len(val.dataset), "full_accuracy": full_val.accuracy,  # type: ignore[arg-type]
-                "selection": f"fewest blocks within {100 * tolerance:g} points of the full network"},
+                "selection": f"fewest blocks within {100 * tolerance:g} points of the full network",
+                "points": [{"gamma": q.gamma, "threshold": q.threshold, "accuracy": q.val.accuracy,
+                            "blocks_mean": q.val.blocks_mean} for q in points]},
         "test_images": res.n, "device": str(dev), "threads": torch.get_num_threads(),
         "results": rows,
     }
     write_report(paths.out, report, final, res, test)
     log(f"[done] {p.name}: BlockDrop {100 * res.accuracy:.2f}% at {res.blocks_mean:.2f}/{nb} blocks "
-        f"(gamma {chosen:g}); full network {100 * report['full_accuracy']:.2f}%; measured speedup "
+        f"(gamma {chosen.gamma:g}, threshold {chosen.threshold:g}); full network {100 * report['full_accuracy']:.2f}%; measured speedup "
         f"{speed['speedup']:.2f}x at batch {speed_batch}; {report['minutes']:.1f} min -> {paths.out}/report.json")
     return report
 
