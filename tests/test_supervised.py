@@ -104,3 +104,38 @@ def test_baseline_policy_module_replays_and_round_trips() -> None:
         BaselinePolicy("best_k", 6, k=1)
     with pytest.raises(ValueError, match="k"):
         BaselinePolicy("first_k", 6)
+
+
+def test_inplace_distillation_step_matches_a_plain_pytorch_reference() -> None:
+    """inplace + distill 1: loss = CE(full network) + T^2 KL(full.detach() || sub-network); one
+    SGD step equals the same step computed with plain modules (sub-network = the first k blocks,
+    the rest shortcuts only)."""
+    torch.manual_seed(0)
+    net = cifar_resnet(14, num_classes=3)
+    ref = cifar_resnet(14, num_classes=3)
+    ref.load_state_dict(net.state_dict())
+    data = toy_data()
+    cfg = SupervisedConfig(steps=1, batch_size=8, lr=0.05, bn="frozen", progress=False,
+                           weight_decay=0.0, distill=1.0, inplace=True, temperature=2.0)
+    train_supervised(net, data, first_k_policy(2, net.num_blocks), cfg)
+    from blockdrop.data import make_loader, set_loader_epoch
+    loader = make_loader(data.dataset, 8, train=True, seed=0)
+    set_loader_epoch(loader, 0)
+    x, y = next(iter(loader))
+    ref.eval()
+    blocks = [b for layer in (ref.layer1, ref.layer2, ref.layer3) for b in layer]
+
+    def sub(inp):
+        h = torch.relu(ref.bn1(ref.conv1(inp)))
+        for i, b in enumerate(blocks):
+            h = b(h) if i < 2 else b.shortcut(h)
+        return ref.linear(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+    full = ref(x)
+    q = torch.softmax(full.detach() / 2.0, 1)
+    kl = (q * (q.log() - torch.log_softmax(sub(x) / 2.0, 1))).sum(1).mean() * 4.0
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    (F.cross_entropy(full, y) + kl).backward()
+    opt.step()
+    for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k, rtol=1e-4, atol=1e-6)

@@ -7,8 +7,11 @@ RandomK (the fixed-policy baselines, finetuned alike).
 
 Training runs through :func:`blockdrop.dynamic_forward` (``strategy="gather"`` by default), so
 dropped blocks cost nothing and get no gradient; BatchNorm in train mode then normalises over the
-images that execute each block. The loss is ``(1 - distill) * CE + distill * T^2 * KL(teacher ||
-student)`` with a frozen teacher's soft targets when ``distill > 0``. The optimiser is SGD
+images that execute each block. The loss of the sampled sub-network is ``(1 - distill) * CE +
+distill * T^2 * KL(teacher || student)``; the teacher is a frozen network, or with ``inplace``
+the network's own full path (every block), whose cross-entropy is added to the loss and whose
+detached soft targets the sub-network learns ("in-place distillation", as in slimmable networks):
+the full network keeps learning the task while its sub-networks learn to match it. The optimiser is SGD
 (momentum 0.9, Nesterov) or Adam, with a cosine learning-rate decay to 0 over ``steps``.
 Deterministic: data order, augmentation and policies are functions of ``seed``.
 """
@@ -39,6 +42,7 @@ class SupervisedConfig:
     weight_decay: float = 5e-4
     distill: float = 0.0            # weight of the teacher's soft targets
     temperature: float = 4.0
+    inplace: bool = False           # teacher = this network's own full path, trained by CE too
     bn: str = "train"               # "train" | "frozen" (BN layers in eval mode)
     strategy: str = "gather"
     amp: str = "off"                # runtime.AMP_MODES ("bf16": no loss scaling needed)
@@ -74,8 +78,8 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
     each image running the blocks ``sampler`` picks for it. Returns ``{"seconds", "loss"}`` (mean
     loss of the last 10% of steps); ``backbone`` is left in eval mode."""
     from tqdm.auto import tqdm
-    if cfg.distill and teacher is None:
-        raise ValueError("teacher: required when cfg.distill > 0")
+    if cfg.distill and teacher is None and not cfg.inplace:
+        raise ValueError("teacher: required when cfg.distill > 0 (or set inplace)")
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + 7)
@@ -106,12 +110,16 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
             x, y = x.to(device), y.to(device)
             policy = sampler(x.shape[0], g).to(device)
             with amp_autocast(device, cfg.amp):
-                logits = dynamic_forward(backbone, x, policy, strategy=cfg.strategy).float()
-                t_logits = None
-                if cfg.distill:
+                full_loss, t_logits = 0.0, None
+                if cfg.inplace:
+                    full_logits = backbone(x).float()
+                    full_loss = F.cross_entropy(full_logits, y)
+                    t_logits = full_logits.detach()
+                elif cfg.distill:
                     with torch.no_grad():
                         t_logits = teacher(x).float()  # type: ignore[misc]
-            loss = _loss(logits, y, t_logits, cfg)
+                logits = dynamic_forward(backbone, x, policy, strategy=cfg.strategy).float()
+            loss = _loss(logits, y, t_logits if cfg.distill else None, cfg) + full_loss
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -34,6 +34,9 @@ class Preset:
     summary: str
     n_val: int = 5000                 # images held out of the training set to choose settings
     batch_size: int = 128
+    # 0. pretrain (only without pretrained weights): SGD lr 0.1, cosine, stochastic depth
+    pretrain_steps: int = 0
+    pretrain_keep: float = 0.5
     # 1. adapt
     adapt_steps: int = 0
     adapt_keep: float = 0.7
@@ -79,9 +82,9 @@ PRESETS: dict[str, Preset] = {
         thresholds=(0.5,), strategy="masked", amp="off"),
     "quick": Preset(
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
-        adapt_steps=300, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,
-        cl_step=3, cl_steps_per_epoch=20, cl_extra_epochs=2, cl_gamma=1.0,
-        ft_steps=0, gammas=(1.0,), first_random_k=False),
+        adapt_steps=500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,
+        cl_step=3, cl_steps_per_epoch=25, cl_extra_epochs=2, cl_gamma=3.0,
+        ft_steps=100, ft_lr=1e-4, ft_distill=0.0, gammas=(5.0,), first_random_k=False),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",
         adapt_steps=1500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,

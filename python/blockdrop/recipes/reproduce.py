@@ -53,6 +53,9 @@ class RunPaths:
     """Where each stage's model goes under ``out``."""
     out: Path
 
+    def pretrained(self) -> Path:
+        return self.out / "pretrain" / "backbone.safetensors"
+
     def adapted(self) -> Path:
         return self.out / "adapt" / "backbone.safetensors"
 
@@ -110,6 +113,24 @@ def _ft_config(run: _Run, steps: int, distill: float) -> SupervisedConfig:
     return SupervisedConfig(steps=steps, batch_size=p.batch_size, lr=p.ft_lr, optimizer="adam",
                             weight_decay=0.0, distill=distill, bn=p.ft_bn, strategy=p.strategy,
                             amp=p.amp, seed=run.seed, progress=run.progress)
+
+
+def _stage_pretrain(run: _Run, backbone: nn.Module) -> nn.Module:
+    """No pretrained weights: train ``backbone`` from scratch (SGD 0.1, cosine, stochastic depth)."""
+    path, p = run.paths.pretrained(), run.preset
+    if run.resume and path.is_file():
+        run.log(f"[pretrain] reusing {path}")
+        return load_blockdrop_net(path, run.device)[0].backbone
+    if not p.pretrain_steps:
+        raise ValueError(f"weights: preset {p.name!r} needs pretrained weights (it has no pretrain stage)")
+    run.log(f"[pretrain] {p.pretrain_steps} steps from scratch (stochastic depth, keep {p.pretrain_keep})")
+    cfg = SupervisedConfig(steps=p.pretrain_steps, batch_size=p.batch_size, lr=0.1, amp=p.amp,
+                           seed=run.seed, progress=run.progress)
+    run.timed("pretrain", lambda: train_supervised(
+        backbone, run.train, drop_path_policy(p.pretrain_keep, backbone.num_blocks), cfg, run.device))
+    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
+                       {**run.meta, "stage": "pretrain"})
+    return backbone
 
 
 def _stage_adapt(run: _Run, pretrained: nn.Module) -> nn.Module:
@@ -225,8 +246,12 @@ def _entry(name: str, res: EvalResult, **extra: Any) -> dict[str, Any]:
             "num_policies": res.num_policies, **extra}
 
 
-def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str],
-              test_data: str | os.PathLike[str], weights: str | os.PathLike[str],
+def _data(src: str | os.PathLike[str] | DataInfo, split: str, seed: int) -> DataInfo:
+    return src if isinstance(src, DataInfo) else load_dataset(src, split, seed=seed)
+
+
+def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str] | DataInfo,
+              test_data: str | os.PathLike[str] | DataInfo, weights: str | os.PathLike[str] | None,
               out: str | os.PathLike[str], gammas: list[float] | None = None, seed: int = 0,
               device: str = "auto", progress: bool = True, resume: bool = False,
               tolerance: float = 0.01, speed_batch: int = 256,
@@ -236,9 +261,11 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     Args:
         preset: a name of :data:`~blockdrop.recipes.presets.PRESETS` or a :class:`Preset`.
         arch: backbone architecture (``resnet56``); must match ``weights``.
-        train_data / test_data: datasets (:func:`blockdrop.data.load_dataset`); ``preset.n_val``
-            images of ``train_data`` are held out for every choice; ``test_data`` is used once.
-        weights: the pretrained backbone.
+        train_data / test_data: datasets (paths for :func:`blockdrop.data.load_dataset`, or
+            loaded ``DataInfo``); ``preset.n_val`` images of ``train_data`` are held out for every
+            choice; ``test_data`` is used once.
+        weights: the pretrained backbone; None trains ``arch`` from scratch first
+            (``preset.pretrain_steps``).
         gammas: finetune penalties to sweep (default: the preset's).
         tolerance: accuracy the selected gamma may give up against the full network, on val.
         speed_batch: batch size of the measured speedup (test images, interleaved timing).
@@ -248,8 +275,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     gammas = list(gammas or p.gammas)
     dev = resolve_device(device)
     paths = RunPaths(Path(out))
-    full_train = load_dataset(train_data, "train", seed=seed)
-    test = load_dataset(test_data, "test", seed=seed)
+    full_train, test = _data(train_data, "train", seed), _data(test_data, "test", seed)
     if full_train.classes != test.classes:
         raise ValueError(f"test_data: classes {test.classes} differ from train_data's {full_train.classes}")
     train, val = split_train_val(full_train, p.n_val, seed=seed)
@@ -260,6 +286,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     meta = {"backbone_spec": spec, "classes": train.classes, "image_size": train.image_size,
             "data": train.source, "preset": p.name}
     run = _Run(p, paths, dev, seed, progress, resume, train, val, meta, log)
+    if weights is None:
+        pretrained = _stage_pretrain(run, pretrained).eval()
     log(f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(train.dataset)} train / "  # type: ignore[arg-type]
         f"{len(val.dataset)} val / {len(test.dataset)} test images, gammas {gammas}, {dev}, "  # type: ignore[arg-type]
         f"{torch.get_num_threads()} threads")
@@ -317,7 +345,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         "measured_speedup": speed["speedup"], "speed_batch": speed_batch,
         "minutes": (time.time() - t_start) / 60, "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
         "preset": p.name, "settings": p.to_dict(), "seed": seed, "commit": _commit(), "arch": arch,
-        "train_data": str(train_data), "test_data": str(test_data), "weights": str(weights),
+        "train_data": full_train.source, "test_data": test.source, "weights": str(weights),
         "val": {"images": len(val.dataset), "full_accuracy": full_val.accuracy,  # type: ignore[arg-type]
                 "selection": f"fewest blocks within {100 * tolerance:g} points of the full network",
                 "points": [{"gamma": q.gamma, "threshold": q.threshold, "accuracy": q.val.accuracy,
