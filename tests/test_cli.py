@@ -48,7 +48,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     ["finetune", "--data", "x", "--out", "y", "--bn", "maybe"],
     ["eval"],                                               # no checkpoint
     ["bench", "--keep", "1.5"],
-    ["demo", "--batch-size", "-4"],
+    ["demo", "--threads", "-4"],
 ])
 def test_bad_arguments_exit_nonzero_with_usage(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as e:
@@ -114,15 +114,22 @@ def test_finetune_init_conflicts_with_weights(tmp_path: Path, tiny) -> None:
     assert e.value.code == 2
 
 
-def test_demo_quick_on_digits(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--quick", "--arch", "resnet8", "--limit-train", "64", "--limit-test", "32",
-                 "--batch-size", "16", "--out", str(tmp_path / "demo"), "--no-progress",
-                 "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert "Full network vs BlockDrop" in out and "accuracy" in out
-    assert (tmp_path / "demo" / "results.json").is_file()
-    assert (tmp_path / "demo" / "policy_grid.png").is_file()
-    assert (tmp_path / "demo" / "finetune" / "last.safetensors").is_file()
+def test_demo_quick_on_digits_is_deterministic(tmp_path: Path, capsys) -> None:
+    runs = []
+    for name in ("a", "b"):
+        assert main(["demo", "--quick", "--out", str(tmp_path / name), "--no-progress"]) == 0
+        runs.append(json.loads((tmp_path / name / "results.json").read_text()))
+    a, b = runs
+    for side in ("full", "blockdrop"):
+        assert {"accuracy", "blocks_mean", "measured_speedup"} <= set(a[side])
+        assert 0 <= a[side]["accuracy"] <= 1
+    assert a["full"]["measured_speedup"] == 1.0 and a["blockdrop"]["measured_speedup"] > 0
+    # the same seed: the same accuracy and the same policies
+    assert a["blockdrop"]["accuracy"] == b["blockdrop"]["accuracy"]
+    assert a["full"]["accuracy"] == b["full"]["accuracy"]
+    assert a["policy_sha1"] == b["policy_sha1"]
+    assert (tmp_path / "a" / "policy_grid.png").is_file() and (tmp_path / "a" / "report.md").is_file()
+    assert "BlockDrop" in capsys.readouterr().out
 
 
 def test_python_dash_m_help() -> None:

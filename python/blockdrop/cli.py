@@ -194,32 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="reuse the stages already in OUT")
     _common(r)
 
-    d = sub.add_parser("demo", help="the whole pipeline end to end (default: sklearn digits, CPU)")
-    d.add_argument("--out", default="blockdrop-demo", metavar="DIR")
-    d.add_argument("--data", metavar="PATH", help="training data instead of the digits")
-    d.add_argument("--val-data", metavar="PATH", help="test data (required with --data)")
-    d.add_argument("--weights", metavar="FILE", help="pretrained backbone (skips backbone training)")
-    d.add_argument("--arch", default=None, help="backbone (default resnet20; resnet32 with --data)")
-    d.add_argument("--cache-dir", metavar="DIR")
-    d.add_argument("--backbone-epochs", type=_positive_int, default=None)
-    d.add_argument("--curriculum-epochs", type=_positive_int, default=None)
-    d.add_argument("--finetune-epochs", type=_positive_int, default=None)
-    d.add_argument("--steps-per-epoch", type=_positive_int, default=None)
-    d.add_argument("--batch-size", type=_positive_int, default=128)
-    d.add_argument("--gamma", type=_nonneg_float, default=None,
-                   help="penalty for a wrong prediction (default 1 on the digits, 5 with --data)")
-    d.add_argument("--drop-path-keep", type=_fraction, default=0.5,
-                   help="backbone training from scratch: keep each block of each image with this "
-                        "probability (stochastic depth; default 0.5)")
-    d.add_argument("--policy-width", type=_positive_int, default=None,
-                   help="channels of the ResNet-8 policy net's first stage (paper: 16, the default "
-                        "with --data; 8 for the small digits backbone)")
-    d.add_argument("--finetune-lr", type=_pos_float, default=1e-4)
-    d.add_argument("--limit-train", type=_positive_int, default=None, help="train on N images")
-    d.add_argument("--limit-test", type=_positive_int, default=None, help="evaluate N test images")
+    d = sub.add_parser("demo", help="the whole recipe end to end on scikit-learn's digits (CPU, minutes)")
+    d.add_argument("--out", default="runs/demo", metavar="DIR")
     d.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    d.add_argument("--resume", action="store_true", help="reuse the stages already in OUT")
     _common(d)
-    d.set_defaults(threads=1)   # robust timings and no oversubscription; --threads 2 on a free box
+    d.set_defaults(threads=1, device="cpu")   # one thread: the same result on every run
     return p
 
 
@@ -458,101 +438,10 @@ def _cmd_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 
 def _cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from blockdrop.blockdrop_net import BlockDropNet
-    from blockdrop.checkpoint import atomic_write_text, backbone_spec, load_backbone
-    from blockdrop.data import digits_dataset, make_loader
-    from blockdrop.evaluate import evaluate, format_table
-    from blockdrop.models.policy import make_policy_net
-    from blockdrop.runtime import resolve_device
-    from blockdrop.train import Trainer, TrainConfig, train_backbone
-    t_start = time.time()
+    from blockdrop.recipes.demo import run_demo
     _setup(args)
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    progress = not args.no_progress
-    if args.data:
-        if not args.val_data:
-            parser.error("--data needs --val-data (the test set)")
-        train = _load_data(parser, args.data, "train", args.seed, args.cache_dir)
-        test = _load_data(parser, args.val_data, "test", args.seed, args.cache_dir)
-        arch = args.arch or "resnet32"
-    else:
-        train, test = digits_dataset("train", args.seed), digits_dataset("test", args.seed)
-        arch = args.arch or "resnet20"
-    train, test = _subset(train, args.limit_train), _subset(test, args.limit_test)
-    q = args.quick
-    try:
-        backbone, spec = load_backbone(args.weights, None if args.weights and not args.arch else arch,
-                                       train.num_classes)
-    except (FileNotFoundError, ValueError) as e:
-        parser.error(str(e))
-    k = backbone.num_blocks
-    print(f"demo: {train.source} ({len(train.dataset)} train / {len(test.dataset)} test images, "
-          f"{train.image_size}px, {train.num_classes} classes), backbone {spec} with K={k} blocks, "
-          f"{device}, {torch.get_num_threads()} threads", flush=True)
-    if not args.weights:
-        be = args.backbone_epochs or (1 if q else 10)
-        t = time.time()
-        print(f"[1/4] training the backbone from scratch: {be} epochs", flush=True)
-        train_backbone(backbone, train, be, device, batch_size=args.batch_size, seed=args.seed,
-                       progress=progress, keep_prob=args.drop_path_keep)
-        print(f"      done in {time.time() - t:.0f}s", flush=True)
-    else:
-        print("[1/4] backbone: pretrained weights from " + args.weights, flush=True)
-    backbone.to(device).eval()
-    torch.manual_seed(args.seed)
-    pnet = make_policy_net(k, train.image_size)
-    width = args.policy_width or (16 if args.data else 8)
-    if hasattr(pnet, "width") and width != pnet.width:
-        pnet = type(pnet)(k, width=width)
-    pnet = pnet.to(device)
-    meta = {"backbone_spec": spec, "policy_spec": pnet.spec(), "classes": train.classes,
-            "image_size": train.image_size, "data": train.source}
-    cl_step = max(1, math.ceil(k / (2 if q else 4)))
-    ce = args.curriculum_epochs or (2 if q else math.ceil(k / cl_step) + 2)
-    fe = args.finetune_epochs or (1 if q else 3)
-    spe = args.steps_per_epoch or (2 if q else None)
-    gamma = args.gamma if args.gamma is not None else (5.0 if args.data else 1.0)
-    common = dict(batch_size=args.batch_size, gamma=gamma, seed=args.seed,
-                  steps_per_epoch=spe, progress=progress, device=str(device), log_every=5)
-    t = time.time()
-    print(f"[2/4] curriculum: {ce} epochs, {cl_step} more blocks learned per epoch, "
-          f"backbone frozen", flush=True)
-    cl = Trainer(TrainConfig(stage="curriculum", epochs=ce, cl_step=cl_step, lr=1e-3, **common),
-                 pnet, backbone, train, out / "curriculum", test, extra_meta=meta)
-    cl.fit()
-    print(f"      done in {time.time() - t:.0f}s", flush=True)
-    args.batch_size = max(args.batch_size, 128)
-    args.workers = 0
-    net = BlockDropNet(pnet, backbone, strategy="auto").to(device).eval()
-    res_cl = _eval_one(net, test, args, device, bench_batches=0, repeats=1, strategy="auto")
-    print(f"      after the curriculum: accuracy {100 * res_cl.accuracy:.2f}% with "
-          f"{res_cl.blocks_mean:.2f} blocks (full network {100 * res_cl.full_accuracy:.2f}%)",
-          flush=True)
-    t = time.time()
-    print(f"[3/4] joint finetuning: {fe} epochs (gather path, BN frozen)", flush=True)
-    ft = Trainer(TrainConfig(stage="finetune", epochs=fe, lr=args.finetune_lr, **common),
-                 pnet, backbone, train, out / "finetune", test, extra_meta=meta)
-    ft.fit()
-    print(f"      done in {time.time() - t:.0f}s", flush=True)
-    print("[4/4] evaluating on the test set", flush=True)
-    res = _eval_one(net, test, args, device, bench_batches=2 if q else 4,
-                    repeats=3 if q else 7, strategy="auto")
-    res.finetuned_full_accuracy = res.full_accuracy  # type: ignore[attr-defined]
-    res.full_accuracy = res_cl.full_accuracy          # the backbone as it was before finetuning
-    table = format_table(res, title=f"Full network vs BlockDrop on {test.source}")
-    table += (f"\n(full network = the backbone before finetuning; the finetuned backbone with "
-              f"every block scores {100 * res.finetuned_full_accuracy:.2f}%)")  # type: ignore
-    print(table)
-    (out).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(
-        {"curriculum": res_cl.to_dict(), "finetune": res.to_dict(),
-         "finetuned_full_accuracy": res.finetuned_full_accuracy}, indent=1))  # type: ignore
-    atomic_write_text(out / "results.txt", table + "\n")
-    for p in _write_plots(out, [("after curriculum", res_cl), ("after finetuning", res)], test,
-                          title="Test images grouped by policy"):
-        print(f"wrote {p}")
-    print(f"demo finished in {time.time() - t_start:.0f}s; outputs in {out}/")
+    run_demo(args.out, seed=args.seed, quick=args.quick, device=args.device,
+             progress=not args.no_progress, resume=args.resume)
     return 0
 
 

@@ -52,7 +52,7 @@ from blockdrop.data import DataInfo, make_loader, set_loader_epoch
 from blockdrop.engine import dynamic_forward
 from blockdrop.runtime import DistInfo, amp_autocast, amp_dtype, eval_mode, resolve_device
 
-__all__ = ["TrainConfig", "Trainer", "train_backbone"]
+__all__ = ["TrainConfig", "Trainer"]
 
 
 @dataclass
@@ -500,46 +500,3 @@ def _py_state_to_json(st: tuple) -> list:
 
 def _py_state_from_json(js: list) -> tuple:
     return (js[0], tuple(js[1]), js[2])
-
-
-# --------------------------------------------------------------------------- plain training
-
-def train_backbone(model: nn.Module, data: DataInfo, epochs: int, device: torch.device,
-                   batch_size: int = 128, lr: float = 0.1, seed: int = 0,
-                   progress: bool = True, keep_prob: float = 1.0) -> nn.Module:
-    """Supervised training of a backbone (SGD, momentum 0.9, wd 5e-4, cosine lr) - used by the
-    demo to get a backbone when no pretrained weights are given.  Returns ``model`` (eval mode).
-
-    ``keep_prob < 1`` trains with per-image stochastic depth ("drop path"): every block of every
-    image is kept with probability ``keep_prob`` (run with the engine's "masked" strategy, so
-    BatchNorm sees the whole batch).  Large pretrained ResNets tolerate dropped blocks on their
-    own; a small net trained for a few epochs needs this to have anything to drop.
-    """
-    from tqdm.auto import tqdm
-    torch.manual_seed(seed)
-    model.to(device).train()
-    loader = make_loader(data.dataset, batch_size, train=True, seed=seed)
-    total = epochs * len(loader)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    bar = tqdm(total=total, desc="backbone", leave=False, disable=not progress, dynamic_ncols=True)
-    step = 0
-    for epoch in range(epochs):
-        set_loader_epoch(loader, epoch)
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            if keep_prob < 1.0:
-                keep = (torch.rand(x.shape[0], model.num_blocks, device=device) < keep_prob)
-                loss = F.cross_entropy(dynamic_forward(model, x, keep, strategy="masked"), y)
-            else:
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-            step += 1
-            if progress and (step % 20 == 0 or step == total):  # loss.item() syncs: not every step
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    return model.eval()

@@ -43,6 +43,7 @@ class Preset:
     adapt_lr: float = 0.01
     adapt_distill: float = 0.0
     # 2. curriculum
+    policy_width: int = 16                    # channels of the ResNet-8 policy net's first stage
     cl_step: int = 1
     cl_steps_per_epoch: int | None = None     # None: whole epochs over the training set
     cl_epochs: int | None = None              # None: ceil(K / cl_step) + cl_extra_epochs

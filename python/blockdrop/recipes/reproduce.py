@@ -38,7 +38,7 @@ from blockdrop.checkpoint import (atomic_write_text, load_backbone, load_blockdr
                                   save_blockdrop_net)
 from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val
 from blockdrop.evaluate import EvalResult, evaluate, measure_throughput
-from blockdrop.models.policy import make_policy_net
+from blockdrop.models.policy import CifarPolicyNet, make_policy_net
 from blockdrop.recipes.presets import Preset, get_preset
 from blockdrop.recipes.report import write_report
 from blockdrop.supervised import SupervisedConfig, train_supervised
@@ -190,6 +190,8 @@ def _stage_blockdrop(run: _Run, adapted: nn.Module, gamma: float) -> BlockDropNe
     backbone = copy.deepcopy(adapted)
     torch.manual_seed(run.seed)
     pnet = make_policy_net(backbone.num_blocks, run.train.image_size)
+    if isinstance(pnet, CifarPolicyNet) and pnet.width != p.policy_width:
+        pnet = CifarPolicyNet(backbone.num_blocks, width=p.policy_width)
     k = backbone.num_blocks
     meta = {**run.meta, "policy_spec": pnet.spec()}
     common = dict(batch_size=p.batch_size, seed=run.seed, progress=run.progress,
@@ -279,6 +281,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     if full_train.classes != test.classes:
         raise ValueError(f"test_data: classes {test.classes} differ from train_data's {full_train.classes}")
     train, val = split_train_val(full_train, p.n_val, seed=seed)
+    torch.manual_seed(seed)                    # a backbone trained from scratch starts the same
     pretrained, spec = load_backbone(weights, arch, train.num_classes)
     if spec.get("num_classes") != train.num_classes:
         raise ValueError(f"weights: {spec.get('num_classes')} classes, the data has {train.num_classes}")
@@ -286,12 +289,11 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     meta = {"backbone_spec": spec, "classes": train.classes, "image_size": train.image_size,
             "data": train.source, "preset": p.name}
     run = _Run(p, paths, dev, seed, progress, resume, train, val, meta, log)
-    if weights is None:
-        pretrained = _stage_pretrain(run, pretrained).eval()
     log(f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(train.dataset)} train / "  # type: ignore[arg-type]
         f"{len(val.dataset)} val / {len(test.dataset)} test images, gammas {gammas}, {dev}, "  # type: ignore[arg-type]
         f"{torch.get_num_threads()} threads")
-
+    if weights is None:
+        pretrained = _stage_pretrain(run, pretrained).eval()
     adapted = _stage_adapt(run, pretrained)
     nb = adapted.num_blocks
     full = _stage_baseline(run, adapted, "full", nb, paths.full())
@@ -333,7 +335,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         rows.append(_entry(kind, run.timed("eval", lambda: _evaluate(run, net, test)), gamma=q.gamma,
                            threshold=q.threshold, k=q.val.blocks_mean,
                            checkpoint=str(paths.baseline(kind, q.gamma, q.threshold))))
-    batches = [x for x, _ in make_loader(test.dataset, speed_batch, train=False)][:2]
+    batches = _speed_batches(test, speed_batch)
     speed = run.timed("speed", lambda: measure_throughput(final, batches, dev, repeats=5))
     res = tests[id(chosen)]
     report = {
@@ -358,6 +360,17 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         f"(gamma {chosen.gamma:g}, threshold {chosen.threshold:g}); full network {100 * report['full_accuracy']:.2f}%; measured speedup "
         f"{speed['speedup']:.2f}x at batch {speed_batch}; {report['minutes']:.1f} min -> {paths.out}/report.json")
     return report
+
+
+def _speed_batches(test: DataInfo, batch: int, n: int = 2) -> list[torch.Tensor]:
+    """Up to ``n`` full batches of test images (one smaller batch if the set is smaller)."""
+    xs = []
+    for x, _ in make_loader(test.dataset, batch, train=False):
+        if x.shape[0] == batch or not xs:
+            xs.append(x)
+        if len(xs) == n:
+            break
+    return [x for x in xs if x.shape[0] == xs[0].shape[0]]
 
 
 def _final_checkpoint(run: _Run, gamma: float) -> Path:
