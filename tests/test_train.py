@@ -306,3 +306,14 @@ def test_blockdrop_load_round_trips_every_checkpoint_kind(tmp_path: Path, kind: 
     torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-5)
     if expect is not None:
         torch.testing.assert_close(logits, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_curriculum_frees_one_block_per_epoch_over_the_whole_training_set(tmp_path: Path) -> None:
+    # official cl_training.py: args.cl_step = 1 + epoch, an epoch being the whole trainloader
+    pnet, bb = make_models()
+    learned: list[tuple[int, int]] = []
+    c = TrainConfig(stage="curriculum", epochs=3, batch_size=4, progress=False, device="cpu")
+    tr = Trainer(c, pnet, bb, tiny_data(n=24), tmp_path)
+    assert tr.batches_per_epoch == 24 // 4          # no cap: every image once per epoch
+    tr.fit(on_step=lambda t: learned.append((t.epoch, int(t.curriculum_mask(t.epoch).sum()))))
+    assert learned == [(e, e + 1) for e in range(3) for _ in range(6)]
