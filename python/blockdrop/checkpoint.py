@@ -21,6 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from blockdrop.errors import FileFormatError
+
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_text", "backbone_spec",
            "build_backbone", "load_backbone", "load_blockdrop_net", "save_blockdrop_net", "load", "optimizer_to_tensors",
            "optimizer_from_tensors", "prefixed", "unprefixed", "parse_arch"]
@@ -79,14 +81,26 @@ def load_checkpoint(path: str | os.PathLike[str],
         path = path / "last.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    what = "a blockdrop checkpoint (.safetensors)"
+    if path.stat().st_size == 0:
+        raise FileFormatError(path, what, "the file is empty")
     tensors: dict[str, Tensor] = {}
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        md = f.metadata() or {}
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            md = f.metadata() or {}
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except Exception as e:  # safetensors raises its own error types for garbage and truncation
+        raise FileFormatError(path, what, f"unreadable: {str(e).splitlines()[0][:120]}") from None
     if "blockdrop" not in md:
-        raise ValueError(f"{path}: not a blockdrop checkpoint (no 'blockdrop' metadata)")
-    return tensors, json.loads(md["blockdrop"])
+        raise FileFormatError(path, what, "a safetensors file without blockdrop metadata")
+    try:
+        meta = json.loads(md["blockdrop"])
+    except json.JSONDecodeError as e:
+        raise FileFormatError(path, what, f"corrupt metadata: {e}") from None
+    if not isinstance(meta, dict):
+        raise FileFormatError(path, what, "corrupt metadata")
+    return tensors, meta
 
 
 def _json_default(o: Any) -> Any:
@@ -193,7 +207,7 @@ def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
         raise FileNotFoundError(f"weights not found: {w}")
     if w.suffix == ".safetensors":
         tensors, meta = load_checkpoint(w)
-        return _backbone_from(tensors, meta), meta["backbone_spec"]
+        return _backbone_from(tensors, meta, w), meta["backbone_spec"]
     if arch is None or parse_arch(arch, num_classes)["kind"] == "cifar":
         from blockdrop.models import load_cifar_resnet
         depth = parse_arch(arch, num_classes)["depth"] if arch else None
@@ -201,16 +215,28 @@ def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
         return model, backbone_spec(model)
     spec = parse_arch(arch, num_classes)
     model = build_backbone(spec)
-    sd = torch.load(w, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd)
-    model.resnet.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})  # type: ignore
+    what = f"a state dict of torchvision {spec['arch']}"
+    try:
+        sd = torch.load(w, map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        model.resnet.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})  # type: ignore
+    except Exception as e:
+        raise FileFormatError(w, what, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from None
     return model, spec
 
 
-def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
-    """The backbone stored in a blockdrop training checkpoint (its spec and ``backbone.*`` tensors)."""
-    model = build_backbone(meta["backbone_spec"])
-    model.load_state_dict(unprefixed(tensors, "backbone."))
+def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                   path: str | os.PathLike[str] = "checkpoint") -> nn.Module:
+    """The backbone stored in a blockdrop checkpoint (its spec and ``backbone.*`` tensors)."""
+    what = "a blockdrop checkpoint holding a backbone"
+    if not isinstance(meta.get("backbone_spec"), dict):
+        raise FileFormatError(path, what, "no 'backbone_spec' in its metadata")
+    try:
+        model = build_backbone(meta["backbone_spec"])
+        model.load_state_dict(unprefixed(tensors, "backbone."))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise FileFormatError(path, what, f"its tensors do not fit {meta['backbone_spec']}: "
+                                          f"{str(e).splitlines()[0][:160]}") from None
     return model
 
 
@@ -242,12 +268,17 @@ def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device 
     models and baselines), plus the checkpoint's JSON."""
     from blockdrop.blockdrop_net import BlockDropNet
     tensors, meta = load_checkpoint(path)
+    what = "a blockdrop model checkpoint (policy network + backbone)"
     for key in ("backbone_spec", "policy_spec"):
-        if key not in meta:
-            raise ValueError(f"{path}: checkpoint has no {key!r} (not a model checkpoint)")
-    backbone = _backbone_from(tensors, meta)
-    pnet = _policy_from_spec(meta["policy_spec"])
-    pnet.load_state_dict(unprefixed(tensors, "policy."))
+        if not isinstance(meta.get(key), dict):
+            raise FileFormatError(path, what, f"no {key!r} in its metadata")
+    backbone = _backbone_from(tensors, meta, path)
+    try:
+        pnet = _policy_from_spec(meta["policy_spec"])
+        pnet.load_state_dict(unprefixed(tensors, "policy."))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise FileFormatError(path, what, f"its policy tensors do not fit {meta['policy_spec']}: "
+                                          f"{str(e).splitlines()[0][:160]}") from None
     net = BlockDropNet(pnet, backbone, strategy=strategy or "auto",
                        threshold=float(meta.get("threshold", 0.5)))
     return net.to(device).eval(), meta

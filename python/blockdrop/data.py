@@ -31,9 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from blockdrop.errors import FileFormatError
+
 __all__ = ["DataInfo", "DatasetNotFoundError", "ImageArrayDataset", "ImageFileDataset",
            "EpochSampler", "SmallImageTransform", "load_dataset", "digits_dataset", "make_loader",
-           "set_loader_epoch", "split_train_val", "denormalize", "MEAN", "STD"]
+           "set_loader_epoch", "split_train_val", "take_subset", "denormalize", "MEAN", "STD"]
 
 #: Normalisation used by the pretrained CIFAR ResNets in ../shared/data (ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
@@ -165,10 +167,13 @@ class ImageFileDataset(_EpochDataset):
 
 # --------------------------------------------------------------------------- sources
 
-def _decode(data: bytes) -> np.ndarray:
-    from PIL import Image
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+def _decode(data: bytes, name: str = "image") -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise FileFormatError(name, "an image file", f"cannot decode it: {e}") from None
 
 
 def _stack(entries: list[tuple[str, str, bytes]], what: str) -> tuple[Tensor, Tensor, list[str]]:
@@ -176,7 +181,7 @@ def _stack(entries: list[tuple[str, str, bytes]], what: str) -> tuple[Tensor, Te
     classes = sorted({c for c, _, _ in entries})
     idx = {c: i for i, c in enumerate(classes)}
     entries = sorted(entries, key=lambda e: (idx[e[0]], e[1]))
-    arrays = [_decode(b) for _, _, b in entries]
+    arrays = [_decode(b, f"{what}: {c}/{n}") for c, n, b in entries]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"{what}: images of different sizes {sorted(shapes)[:3]}; "
@@ -221,7 +226,7 @@ def _select_tree(names: list[str], split: str, what: str) -> tuple[int, str | No
     raise DatasetNotFoundError(f"{what}: holds splits {tops}; none matches split {split!r}")
 
 
-def _load_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> DataInfo:
+def _read_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> DataInfo:
     members = _archive_members(path)
     if not members:
         with tarfile.open(path) as tf:
@@ -235,7 +240,7 @@ def _load_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> 
     off = drop + (1 if split_dir else 0)
     with tarfile.open(path) as tf:
         first = tf.extractfile(keep[0]).read()  # type: ignore[union-attr]
-        small = max(_decode(first).shape[:2]) <= SMALL_IMAGE
+        small = max(_decode(first, f"{path}: {keep[0].name}").shape[:2]) <= SMALL_IMAGE
         if small:
             entries = []
             for m in keep:
@@ -246,6 +251,18 @@ def _load_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> 
     root = _extract(path, cache_dir)
     sub = root.joinpath(*Path(keep[0].name).parts[:off])
     return _load_folder(sub, split, seed, allow_split=False)
+
+
+def _load_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> DataInfo:
+    """An archive as a dataset; a truncated or corrupt archive is a FileFormatError naming it."""
+    import zlib
+    try:
+        return _read_archive(path, split, seed, cache_dir)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise FileFormatError(path, "a readable .tar.gz / .tar archive of an ImageFolder tree",
+                              f"truncated or corrupt: {type(e).__name__}: {e}") from None
 
 
 def _extract(path: Path, cache_dir: Path | None) -> Path:
@@ -282,9 +299,12 @@ def _load_folder(root: Path, split: str, seed: int, allow_split: bool = True) ->
                if f.suffix.lower() in IMG_EXTS]
     if not samples:
         raise DatasetNotFoundError(f"{root}: no images found in <class>/<image> folders")
-    from PIL import Image
-    with Image.open(samples[0][0]) as im:
-        small = max(im.size) <= SMALL_IMAGE
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(samples[0][0]) as im:
+            small = max(im.size) <= SMALL_IMAGE
+    except (UnidentifiedImageError, OSError) as e:
+        raise FileFormatError(samples[0][0], "an image file", f"cannot decode it: {e}") from None
     if small:
         entries = [(classes[lab], Path(p).name, Path(p).read_bytes()) for p, lab in samples]
         images, labels, cl = _stack(entries, str(root))
@@ -294,9 +314,29 @@ def _load_folder(root: Path, split: str, seed: int, allow_split: bool = True) ->
     return DataInfo(ds, classes, 224, str(root))
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a CIFAR batch file cannot run code."""
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only arrays and containers)")
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            d = _ArrayUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise FileFormatError(path, "a CIFAR python batch file (a pickled dict of arrays)",
+                              f"{type(e).__name__}: {e}") from None
+    if not isinstance(d, dict):
+        raise FileFormatError(path, "a CIFAR python batch file (a pickled dict of arrays)",
+                              f"holds a {type(d).__name__}")
+    return d
 
 
 def _load_cifar_pickle(root: Path, split: str, seed: int) -> DataInfo:
@@ -418,6 +458,22 @@ def split_train_val(info: DataInfo, n_val: int, seed: int = 0) -> tuple[DataInfo
     tag = f"held out {n_val}, seed {seed}"
     return (DataInfo(train_ds, info.classes, info.image_size, f"{info.source} (minus {tag})"),
             DataInfo(val_ds, info.classes, info.image_size, f"{info.source} ({tag})"))
+
+
+def take_subset(info: DataInfo, n: int | None, seed: int = 0) -> DataInfo:
+    """``info`` limited to ``n`` images (all when ``n`` is None or larger): a seeded random
+    subset of in-memory images, the first ``n`` files otherwise; the source says which."""
+    ds = info.dataset
+    if n is None or n >= len(ds):
+        return info
+    if isinstance(ds, ImageArrayDataset):
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        sub: Any = ImageArrayDataset(ds.images[idx], ds.labels[idx], ds.transform, ds.seed)
+        label = f"random {n}"
+    else:
+        sub = ImageFileDataset(ds.samples[:n], ds.transform, ds.train, ds.seed)
+        label = f"first {n}"
+    return DataInfo(sub, info.classes, info.image_size, f"{info.source} ({label})")
 
 
 # --------------------------------------------------------------------------- loading

@@ -2,8 +2,6 @@
 distinct policies, and measured throughput of the dynamic path vs the full network."""
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -13,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from blockdrop.accounting import flops as count_flops
 from blockdrop.runtime import amp_autocast
+from blockdrop.timing import interleaved
 
 __all__ = ["EvalResult", "evaluate", "measure_throughput", "format_table"]
 
@@ -99,11 +98,6 @@ def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]
     return res
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
 def measure_throughput(net: nn.Module, batches: Sequence[Tensor], device: torch.device | str = "cpu",
                        repeats: int = 5, warmup: int = 1, amp: str | bool = "off",
@@ -140,21 +134,11 @@ def measure_throughput(net: nn.Module, batches: Sequence[Tensor], device: torch.
                 net.run_backbone(x, p, strategy)
 
     fns = {"full": run_full, "blockdrop": run_bd, "backbone_only": run_bb}
-    times: dict[str, list[float]] = {k: [] for k in fns}
     try:
-        for _ in range(warmup):
-            for f in fns.values():
-                f()
-        for _ in range(max(1, repeats)):
-            for k, f in fns.items():
-                _sync(device)
-                t = time.perf_counter()
-                f()
-                _sync(device)
-                times[k].append(time.perf_counter() - t)
+        t = interleaved(fns, rounds=max(1, repeats), warmup=warmup, device=device)
     finally:
         net.train(was)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: v.median for k, v in t.items()}
     return {"full_ips": n_img / med["full"], "blockdrop_ips": n_img / med["blockdrop"],
             "backbone_only_ips": n_img / med["backbone_only"],
             "speedup": med["full"] / med["blockdrop"],

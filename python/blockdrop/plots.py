@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["plot_acc_vs_flops", "plot_tradeoff", "plot_block_usage", "plot_policy_grid"]
+__all__ = ["plot_acc_vs_flops", "plot_tradeoff", "plot_block_usage", "plot_policy_grid",
+           "write_eval_figures"]
 
 
 def _plt():
@@ -123,3 +124,31 @@ def _save(fig, path: str | os.PathLike[str]) -> Path:
     import matplotlib.pyplot as plt
     plt.close(fig)
     return path
+
+
+def write_eval_figures(out: str | os.PathLike[str], results: Sequence[tuple[str, Any]],
+                       data: Any, title: str = "Images grouped by policy") -> list[Path]:
+    """The figures of ``blockdrop eval``: accuracy vs FLOPs (one point per ``(label,
+    EvalResult)``), each result's block usage, and the last result's images grouped by policy
+    (``data``: the evaluated ``DataInfo``, in the same order). Returns the paths written."""
+    from blockdrop.data import denormalize
+    out = Path(out)
+    paths = []
+    pts = [{"label": lab, "accuracy": r.accuracy, "flops": r.flops_mean, "flops_std": r.flops_std}
+           for lab, r in results if r.flops_mean is not None]
+    last = results[-1][1]
+    full = ({"accuracy": last.full_accuracy, "flops": last.full_flops}
+            if last.full_accuracy is not None and last.full_flops else None)
+    if pts:
+        paths.append(plot_acc_vs_flops(pts, out / "acc_vs_flops.png", full=full))
+    for i, (lab, r) in enumerate(results):
+        suffix = "" if len(results) == 1 else f"_{i}"
+        paths.append(plot_block_usage(r.block_freq, out / f"block_usage{suffix}.png",
+                                      title=f"Block usage ({lab})"))
+    n = min(len(data.dataset), last.policies.shape[0])
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:512].sort().values
+    imgs = torch.stack([data.dataset[int(i)][0] for i in pick])
+    names = [data.classes[int(last.labels[i])] for i in pick]
+    paths.append(plot_policy_grid(denormalize(imgs), last.policies[pick], out / "policy_grid.png",
+                                  labels=names, title=title))
+    return paths

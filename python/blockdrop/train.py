@@ -35,7 +35,7 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -50,6 +50,7 @@ from blockdrop.checkpoint import (atomic_write_text, load_checkpoint, optimizer_
                                   optimizer_to_tensors, prefixed, save_checkpoint, unprefixed)
 from blockdrop.data import DataInfo, make_loader, set_loader_epoch
 from blockdrop.engine import dynamic_forward
+from blockdrop.errors import IncompatibleError
 from blockdrop.runtime import DistInfo, amp_autocast, amp_dtype, eval_mode, resolve_device
 
 __all__ = ["TrainConfig", "Trainer"]
@@ -303,7 +304,8 @@ class Trainer:
             return False
         tensors, meta = load_checkpoint(path)
         if meta.get("stage") != self.cfg.stage:
-            raise ValueError(f"{path} is a {meta.get('stage')} checkpoint, not {self.cfg.stage}")
+            raise IncompatibleError(f"{path} is a {meta.get('stage')} checkpoint; it cannot resume "
+                                    f"a {self.cfg.stage} run")
         self.policy_net.load_state_dict(unprefixed(tensors, "policy."))
         self.backbone.load_state_dict(unprefixed(tensors, "backbone."))
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
@@ -394,7 +396,15 @@ class Trainer:
 
         ``on_step(trainer)`` runs after every step and its checkpoint (tests use it to simulate
         a kill).  Returns the last validation metrics (or the last training metrics).
+
+        Ctrl-C (SIGINT, single process) stops at the end of the current step, writes the
+        checkpoint there and raises KeyboardInterrupt: ``resume`` continues exactly from it.
         """
+        with _interrupt_at_step_end() as interrupted:
+            return self._fit(resume, on_step, interrupted)
+
+    def _fit(self, resume: bool, on_step: Callable[["Trainer"], None] | None,
+             interrupted: Callable[[], bool]) -> dict[str, Any]:
         from tqdm.auto import tqdm
         if resume:
             self.resume()
@@ -434,6 +444,11 @@ class Trainer:
                     self.log(last)
                 if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
                     self.save()
+                if interrupted() and not self.dist.distributed:
+                    bar.close()
+                    self.save()
+                    raise KeyboardInterrupt(f"stopped after step {self.global_step}; "
+                                            f"checkpoint {self.checkpoint_path()}")
                 if on_step is not None:
                     on_step(self)
             bar.close()
@@ -479,6 +494,29 @@ class Trainer:
         dist.all_gather(all_s, s)
         if any(not torch.equal(a, all_s[0]) for a in all_s):
             raise RuntimeError("DDP replicas diverged")
+
+
+@contextmanager
+def _interrupt_at_step_end() -> Iterator[Callable[[], bool]]:
+    """While inside, SIGINT only sets a flag (read by the returned callable), so that training
+    stops at a step boundary; a second Ctrl-C interrupts at once. Outside the main thread: no-op."""
+    import signal
+    import threading
+    hit = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if hit[0]:
+            raise KeyboardInterrupt
+        hit[0] = True
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: hit[0]
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class _ForcedOn(nn.Module):

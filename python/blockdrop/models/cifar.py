@@ -132,7 +132,11 @@ def load_cifar_resnet(path: str | Path, depth: int | None = None) -> CifarResNet
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no checkpoint file at {str(path)!r}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # garbage, truncated or non-tensor pickles
+        raise ValueError(f"path: {str(path)!r} is not a readable PyTorch checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'})") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state:
         raise ValueError(f"path: {str(path)!r} holds no state dict (got {type(ckpt).__name__})")

@@ -49,13 +49,13 @@ def _policy_digest(report: dict[str, Any], test: Any) -> str:
 
 def run_demo(out: str | os.PathLike[str], seed: int = 0, quick: bool = False,
              device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print,
-             resume: bool = False) -> dict[str, Any]:
+             resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo into ``out``; returns (and writes) ``results.json``'s content."""
     out = Path(out)
     train, test = digits_dataset("train", seed), digits_dataset("test", seed)
     preset = DEMO_SMOKE if quick else DEMO
     report = reproduce(preset, "resnet20", train, test, None, out, seed=seed, device=device,
-                       progress=progress, resume=resume, log=log)
+                       progress=progress, resume=resume, overwrite=overwrite, log=log)
     rows = report["results"]
     full = rows[0]
     results = {

@@ -37,6 +37,7 @@ from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import (atomic_write_text, load_backbone, load_blockdrop_net,
                                   save_blockdrop_net)
 from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val
+from blockdrop.errors import IncompatibleError
 from blockdrop.evaluate import EvalResult, evaluate, measure_throughput
 from blockdrop.models.policy import CifarPolicyNet, make_policy_net
 from blockdrop.recipes.presets import Preset, get_preset
@@ -52,6 +53,28 @@ __all__ = ["reproduce", "RunPaths"]
 class RunPaths:
     """Where each stage's model goes under ``out``."""
     out: Path
+
+    _OWN = ("pretrain", "adapt", "baselines", "report.json", "report.md", "blockdrop.safetensors",
+            "blockdrop.json", "tradeoff.png", "block_usage.png", "policy_grid.png", "results.json",
+            "results.txt")
+
+    def claim(self, resume: bool, overwrite: bool) -> None:
+        """Refuse an ``out`` holding another run unless resuming or overwriting (which removes
+        only what a run writes)."""
+        if resume and overwrite:
+            raise IncompatibleError("resume and overwrite exclude each other")
+        if self.out.exists() and not self.out.is_dir():
+            raise IncompatibleError(f"out: {self.out} exists and is not a directory")
+        ours = [self.out / n for n in self._OWN] + sorted(self.out.glob("gamma*"))
+        present = [q for q in ours if q.exists()]
+        if present and not (resume or overwrite):
+            raise IncompatibleError(f"out: {self.out} already holds a run ({present[0].name}); "
+                                    f"resume it (--resume) or replace it (--overwrite)")
+        if overwrite:
+            import shutil
+            for q in present:
+                shutil.rmtree(q) if q.is_dir() else q.unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
 
     def pretrained(self) -> Path:
         return self.out / "pretrain" / "backbone.safetensors"
@@ -256,7 +279,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
               test_data: str | os.PathLike[str] | DataInfo, weights: str | os.PathLike[str] | None,
               out: str | os.PathLike[str], gammas: list[float] | None = None, seed: int = 0,
               device: str = "auto", progress: bool = True, resume: bool = False,
-              tolerance: float = 0.01, speed_batch: int = 256,
+              tolerance: float = 0.01, speed_batch: int = 256, overwrite: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the recipe and write ``out/report.json`` (returned), ``out/report.md`` and plots.
 
@@ -271,20 +294,25 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         gammas: finetune penalties to sweep (default: the preset's).
         tolerance: accuracy the selected gamma may give up against the full network, on val.
         speed_batch: batch size of the measured speedup (test images, interleaved timing).
+        resume / overwrite: an ``out`` that already holds a run is continued (``resume``: its
+            finished stages are reused) or replaced (``overwrite``); otherwise IncompatibleError.
     """
     t_start = time.time()
     p = get_preset(preset) if isinstance(preset, str) else preset
     gammas = list(gammas or p.gammas)
     dev = resolve_device(device)
     paths = RunPaths(Path(out))
+    paths.claim(resume, overwrite)
     full_train, test = _data(train_data, "train", seed), _data(test_data, "test", seed)
     if full_train.classes != test.classes:
-        raise ValueError(f"test_data: classes {test.classes} differ from train_data's {full_train.classes}")
+        raise IncompatibleError(f"test_data: classes {test.classes[:10]} differ from train_data's "
+                                f"{full_train.classes[:10]}")
     train, val = split_train_val(full_train, p.n_val, seed=seed)
     torch.manual_seed(seed)                    # a backbone trained from scratch starts the same
     pretrained, spec = load_backbone(weights, arch, train.num_classes)
     if spec.get("num_classes") != train.num_classes:
-        raise ValueError(f"weights: {spec.get('num_classes')} classes, the data has {train.num_classes}")
+        raise IncompatibleError(f"weights: {weights} predicts {spec.get('num_classes')} classes, "
+                                f"the data has {train.num_classes}")
     pretrained = pretrained.to(dev).eval()
     meta = {"backbone_spec": spec, "classes": train.classes, "image_size": train.image_size,
             "data": train.source, "preset": p.name}

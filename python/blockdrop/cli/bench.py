@@ -1,0 +1,67 @@
+"""``blockdrop bench``: ``dynamic_forward`` strategies against the plain network on random iid
+policies, timed interleaved (:mod:`blockdrop.timing`)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from blockdrop.cli._args import STRATEGIES, add_runtime, fraction, positive_int, setup_threads
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    b = sub.add_parser("bench", help="time dynamic_forward strategies against the full network")
+    src = b.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="CKPT", help="use this BlockDropNet's backbone")
+    src.add_argument("--weights", metavar="FILE", help="backbone weights")
+    b.add_argument("--arch", default=None,
+                   help="backbone architecture (default resnet110 without --weights)")
+    b.add_argument("--batch-size", type=positive_int, default=64)
+    b.add_argument("--image-size", type=positive_int, default=None)
+    b.add_argument("--keep", type=fraction, default=0.3, help="iid keep probability (default 0.3)")
+    b.add_argument("--strategies", default="masked,gather,group,auto",
+                   help="comma-separated subset of " + ",".join(STRATEGIES))
+    b.add_argument("--repeats", type=positive_int, default=10)
+    add_runtime(b)
+    b.set_defaults(func=run)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from blockdrop.accounting import ideal_speedup
+    from blockdrop.checkpoint import load_backbone, load_blockdrop_net
+    from blockdrop.engine import dynamic_forward
+    from blockdrop.runtime import resolve_device
+    from blockdrop.timing import interleaved
+    setup_threads(args)
+    device = resolve_device(args.device)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        parser.error(f"--strategies: unknown {bad}; choose from {','.join(STRATEGIES)}")
+    if args.checkpoint:
+        model = load_blockdrop_net(args.checkpoint, device)[0].backbone
+    else:
+        model = load_backbone(args.weights, args.arch or (None if args.weights else "resnet110"), 10)[0]
+    model = model.to(device).eval()
+    size = args.image_size or model.default_input_size[1]
+    g = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.batch_size, 3, size, size, generator=g).to(device)
+    policy = (torch.rand(args.batch_size, model.num_blocks, generator=g) < args.keep).to(device)
+    fns = {"full": lambda: model(x)}
+    for s in strategies:
+        fns[s] = (lambda s=s: dynamic_forward(model, x, policy, strategy=s))
+    with torch.inference_mode():
+        t = interleaved(fns, rounds=args.repeats, warmup=1, device=device)
+    ideal = ideal_speedup(model, policy, input_size=(3, size, size))
+    print(f"{type(model).__name__} K={model.num_blocks}, batch {args.batch_size}, {size}px, "
+          f"iid keep {args.keep}, {device}, {torch.get_num_threads()} threads; "
+          f"ideal speedup {ideal:.2f}x; median of {args.repeats} interleaved rounds")
+    print(f"{'strategy':<10} {'ms/batch':>10} {'img/s':>10} {'speedup':>8} {'spread':>7}")
+    full = t["full"].median
+    for k, v in t.items():
+        print(f"{k:<10} {1e3 * v.median:>10.2f} {args.batch_size / v.median:>10.0f} "
+              f"{full / v.median:>7.2f}x {100 * v.spread:>6.0f}%")
+    return 0

@@ -1,0 +1,89 @@
+"""``blockdrop eval``: accuracy, blocks, FLOPs, distinct policies and measured speedup of
+checkpoints on a dataset, as tables, JSON and figures."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from blockdrop.cli._args import STRATEGIES, add_runtime, nonneg_int, positive_int, setup_threads
+from blockdrop.errors import IncompatibleError
+
+__all__ = ["register", "check_fits"]
+
+
+def register(sub: Any) -> None:
+    e = sub.add_parser("eval", help="accuracy, blocks, FLOPs, policies and measured speedup")
+    e.add_argument("checkpoints", nargs="+", metavar="CKPT", help="one or more checkpoints")
+    g = e.add_argument_group("data")
+    g.add_argument("--data", required=True, metavar="PATH",
+                   help="ImageFolder root, CIFAR folder or .tar.gz archive")
+    g.add_argument("--cache-dir", metavar="DIR", help="where large archives are extracted")
+    g.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader workers (default 0)")
+    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    e.add_argument("--plots", metavar="DIR", help="write PNG figures here")
+    e.add_argument("--bench-batches", type=nonneg_int, default=4,
+                   help="batches timed for throughput (0: skip timing)")
+    e.add_argument("--repeats", type=positive_int, default=5)
+    e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    e.add_argument("--limit", type=positive_int, default=None, help="evaluate N images (a seeded subset)")
+    add_runtime(e)
+    e.set_defaults(func=run)
+
+
+def check_fits(ckpt: str, meta: dict[str, Any], net: Any, data: Any, data_path: str) -> None:
+    """The checkpoint must have been trained for this data: same classes (names and order),
+    image size and class count. Raises IncompatibleError naming both."""
+    classes = meta.get("classes")
+    if classes is not None and list(classes) != list(data.classes):
+        raise IncompatibleError(
+            f"{ckpt}: trained on classes {list(classes)[:10]}, but {data_path} has "
+            f"{list(data.classes)[:10]} -- the checkpoint does not fit this data")
+    n = getattr(net.backbone, "num_classes", None)
+    if n is not None and n != data.num_classes:
+        raise IncompatibleError(f"{ckpt}: the backbone predicts {n} classes, {data_path} has "
+                                f"{data.num_classes}")
+    size = meta.get("image_size")
+    if size is not None and size != data.image_size:
+        raise IncompatibleError(f"{ckpt}: trained on {size}px images, {data_path} holds "
+                                f"{data.image_size}px ones")
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from blockdrop.checkpoint import atomic_write_text, load_blockdrop_net
+    from blockdrop.data import load_dataset, make_loader, take_subset
+    from blockdrop.evaluate import evaluate, format_table, measure_throughput
+    from blockdrop.plots import write_eval_figures
+    from blockdrop.runtime import resolve_device
+    setup_threads(args)
+    device = resolve_device(args.device)
+    info = take_subset(load_dataset(args.data, "test", seed=args.seed, cache_dir=args.cache_dir),
+                       args.limit)
+    nets = []
+    for ck in args.checkpoints:          # every checkpoint is checked before any is evaluated
+        net, meta = load_blockdrop_net(ck, device, strategy=args.strategy)
+        check_fits(ck, meta, net, info, args.data)
+        nets.append((ck, net, meta))
+    results = []
+    for ck, net, meta in nets:
+        loader = make_loader(info.dataset, args.batch_size, train=False, workers=args.workers)
+        res = evaluate(net, loader, device, amp=device.type == "cuda", strategy=args.strategy,
+                       progress=not args.no_progress)
+        if args.bench_batches:
+            batches = [x for _, (x, _) in zip(range(args.bench_batches), loader)]
+            res.throughput = measure_throughput(net, batches, device, repeats=args.repeats,
+                                                strategy=args.strategy)
+        gamma = meta.get("gamma", meta.get("config", {}).get("gamma"))
+        label = f"{meta.get('stage', '?')} gamma={gamma}" if gamma is not None else Path(ck).stem
+        results.append((label, res))
+        print(format_table(res, title=f"{ck} ({label}) on {info.source}"), flush=True)
+    if args.plots:
+        for p in write_eval_figures(args.plots, results, info):
+            print(f"wrote {p}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(
+            [{"checkpoint": c, "label": lab, **r.to_dict()}
+             for (c, _, _), (lab, r) in zip(nets, results)], indent=1))
+    return 0
