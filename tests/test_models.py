@@ -87,13 +87,13 @@ def test_load_errors(tmp_path: Path) -> None:
         models.load_cifar_resnet(tmp_path / "missing.th")
     junk = tmp_path / "junk.th"
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, junk)
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(ValueError, match="junk.th: expected .*its keys are not conv1"):
         models.load_cifar_resnet(junk)
     sd = models.cifar_resnet(20).state_dict()
     sd["linear.weight"] = torch.zeros(10, 32)
     wrong = tmp_path / "wrong.th"
     torch.save(sd, wrong)
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(ValueError, match="wrong.th: expected .*do not fit CifarResNet-20"):
         models.load_cifar_resnet(wrong)
 
 

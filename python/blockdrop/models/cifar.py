@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import FileFormatError, IncompatibleError
 from .base import BlockView, Chain, ResNetBackbone
 
 __all__ = ["CifarBasicBlock", "CifarResNet", "cifar_resnet", "load_cifar_resnet", "option_a"]
@@ -132,14 +133,16 @@ def load_cifar_resnet(path: str | Path, depth: int | None = None) -> CifarResNet
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no checkpoint file at {str(path)!r}")
+    what = "a readable PyTorch checkpoint of a CIFAR ResNet (torch.save of a state dict)"
+    if path.stat().st_size == 0:
+        raise FileFormatError(path, what, "the file is empty")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # garbage, truncated or non-tensor pickles
-        raise ValueError(f"path: {str(path)!r} is not a readable PyTorch checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'})") from None
+    except Exception as e:  # garbage, truncated, or a pickle of more than tensors
+        raise FileFormatError(path, what, f"torch.load failed with {type(e).__name__}") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state:
-        raise ValueError(f"path: {str(path)!r} holds no state dict (got {type(ckpt).__name__})")
+        raise FileFormatError(path, what, f"it holds a {type(ckpt).__name__}, not a state dict")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     per_stage = [0, 0, 0]
     for key in state:
@@ -148,21 +151,18 @@ def load_cifar_resnet(path: str | Path, depth: int | None = None) -> CifarResNet
             s, i = int(m.group(1)) - 1, int(m.group(2))
             per_stage[s] = max(per_stage[s], i + 1)
     if per_stage[0] == 0 or len(set(per_stage)) != 1 or "linear.weight" not in state:
-        raise ValueError(
-            f"path: {str(path)!r} is not a CIFAR ResNet checkpoint (expected keys conv1, bn1, "
-            f"layer{{1,2,3}}.<i>.*, linear; blocks per stage found: {per_stage})"
-        )
+        raise FileFormatError(path, what, "its keys are not conv1, bn1, layer{1,2,3}.<i>.*, "
+                              f"linear (blocks per stage found: {per_stage})")
     found = 6 * per_stage[0] + 2
     if depth is not None and depth != found:
-        raise ValueError(f"depth: expected {depth}, but the checkpoint at {str(path)!r} is depth {found}")
+        raise IncompatibleError(f"depth: expected {depth}, but the checkpoint at {str(path)!r} is depth {found}")
     model = CifarResNet(found, num_classes=state["linear.weight"].shape[0])
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"path: checkpoint does not fit CifarResNet-{found}: {e}") from None
+        raise FileFormatError(path, what, f"its tensors do not fit CifarResNet-{found}: "
+                                          f"{str(e).splitlines()[0][:160]}") from None
     if missing or unexpected:
-        raise ValueError(
-            f"path: checkpoint keys do not match CifarResNet-{found}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+        raise FileFormatError(path, what, f"its keys do not match CifarResNet-{found}: missing "
+                                          f"{missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
