@@ -317,3 +317,23 @@ def test_curriculum_frees_one_block_per_epoch_over_the_whole_training_set(tmp_pa
     assert tr.batches_per_epoch == 24 // 4          # no cap: every image once per epoch
     tr.fit(on_step=lambda t: learned.append((t.epoch, int(t.curriculum_mask(t.epoch).sum()))))
     assert learned == [(e, e + 1) for e in range(3) for _ in range(6)]
+
+
+def test_best_checkpoint_is_the_most_accurate_validated_epoch(tmp_path: Path, monkeypatch) -> None:
+    pnet, bb = make_models()
+    tr = Trainer(cfg(stage="curriculum", epochs=4, steps_per_epoch=1), pnet, bb, tiny_data(), tmp_path,
+                 val_data=tiny_data(train=False))
+    accs = iter([0.5, 0.8, 0.6, 0.7])
+    real = tr.validate
+
+    def fake(epoch, learned, elapsed):
+        row = real(epoch, learned, elapsed)
+        row["acc"] = next(accs)
+        return row
+
+    monkeypatch.setattr(tr, "validate", fake)
+    tr.fit()
+    _, best = load_checkpoint(tmp_path / "best.safetensors")
+    _, last = load_checkpoint(tmp_path / "last.safetensors")
+    assert best["progress"]["epoch"] == 2 and best["history"][-1]["acc"] == 0.8   # after epoch 1
+    assert last["progress"]["epoch"] == 4

@@ -24,16 +24,25 @@ from torch import Tensor, nn
 from blockdrop.errors import FileFormatError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_text", "backbone_spec",
-           "build_backbone", "load_backbone", "load_blockdrop_net", "save_blockdrop_net", "load", "optimizer_to_tensors",
+           "build_backbone", "load_backbone", "load_blockdrop_net", "save_blockdrop_net", "load",
+           "read_meta", "optimizer_to_tensors",
            "optimizer_from_tensors", "prefixed", "unprefixed", "parse_arch"]
 
 FORMAT = "blockdrop-checkpoint/1"
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temporary files of earlier writes of ``path`` that a kill left behind (one writer per
+    path is assumed)."""
+    for q in path.parent.glob(f".{path.name}.*.tmp"):
+        q.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file + :func:`os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -59,6 +68,7 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor],
     meta = {"format": FORMAT, **meta}
     doc = json.dumps(meta, indent=1, sort_keys=True, default=_json_default)
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}  # one copy
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -101,6 +111,23 @@ def load_checkpoint(path: str | os.PathLike[str],
     if not isinstance(meta, dict):
         raise FileFormatError(path, what, "corrupt metadata")
     return tensors, meta
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Only the JSON metadata of a checkpoint (no tensors are read); errors as
+    :func:`load_checkpoint`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    what = "a blockdrop checkpoint (.safetensors)"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+        return json.loads(md["blockdrop"])
+    except Exception as e:
+        raise FileFormatError(path, what, f"unreadable metadata: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}") from None
 
 
 def _json_default(o: Any) -> Any:

@@ -266,6 +266,23 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / "last.safetensors"
 
+    def best_path(self) -> Path:
+        """``best.safetensors``: the epoch-end checkpoint with the highest validation accuracy."""
+        return self.out_dir / "best.safetensors"
+
+    def _best_acc(self) -> float:
+        vals = [h["acc"] for h in self.history[:-1] if h.get("split") == "val"]
+        return max(vals) if vals and self.best_path().is_file() else -1.0
+
+    def _keep_best(self) -> None:
+        """Copy the checkpoint just written to ``best`` (temp file + os.replace, as every save)."""
+        import shutil
+        for src, dst in ((self.checkpoint_path(), self.best_path()),
+                         (self.checkpoint_path().with_suffix(".json"), self.best_path().with_suffix(".json"))):
+            tmp = dst.with_name(f".{dst.name}.best.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+
     def save(self) -> None:
         """Write ``last.safetensors`` (+ ``.json``) atomically; collective under DDP."""
         gens = self._gather_generator_states()
@@ -459,6 +476,8 @@ class Trainer:
             if main and last:
                 self.history.append(last)
             self.save()
+            if main and last.get("split") == "val" and last["acc"] > self._best_acc():
+                self._keep_best()
         if self.dist.distributed:
             self._check_in_sync()
         return last

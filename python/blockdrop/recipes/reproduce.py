@@ -34,8 +34,7 @@ from torch import nn
 
 from blockdrop.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
 from blockdrop.blockdrop_net import BlockDropNet
-from blockdrop.checkpoint import (atomic_write_text, load_backbone, load_blockdrop_net,
-                                  save_blockdrop_net)
+from blockdrop.checkpoint import load_backbone, load_blockdrop_net, read_meta, save_blockdrop_net
 from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluate import EvalResult, evaluate, measure_throughput
@@ -206,8 +205,7 @@ def _stage_blockdrop(run: _Run, adapted: nn.Module, gamma: float) -> BlockDropNe
     p = run.preset
     ft_dir, cl_dir = run.paths.stage(gamma, "finetune"), run.paths.stage(gamma, "curriculum")
     done = ft_dir if _ft_steps(run) else cl_dir
-    if run.resume and (done / "last.json").is_file() and json.loads(
-            (done / "last.json").read_text())["progress"]["done"]:
+    if run.resume and (done / "last.safetensors").is_file() and read_meta(done)["progress"]["done"]:
         run.log(f"[gamma {gamma:g}] reusing {done}")
         return load_blockdrop_net(done, run.device)[0]  # type: ignore[return-value]
     backbone = copy.deepcopy(adapted)
