@@ -11,13 +11,15 @@ The recipe, stage by stage (steps are optimisation steps of ``batch_size`` image
 1. **adapt** -- the pretrained backbone learns to tolerate dropped blocks: ``adapt_steps`` of
    stochastic depth (each block of each image kept with probability ``adapt_keep``) through the
    gather path, SGD with a cosine decay, loss blended with the pretrained network's soft targets
-   (``adapt_distill``);
+   (``adapt_distill``; with ``adapt_inplace`` the network's own full path is the teacher and is
+   trained by cross-entropy in the same step);
 2. **curriculum** -- the policy network alone (backbone frozen), the last blocks freed first,
    ``cl_step`` more every ``cl_steps_per_epoch`` steps;
 3. **finetune** -- policy and backbone jointly (Adam, lr x0.1 at 80%), the sampled sub-networks
    also distilled from the adapted full network (``ft_distill``);
-4. **baselines** -- the full network, FirstK and RandomK (at BlockDrop's mean block count), each
-   finetuned from the same adapted backbone with the same steps, optimiser and loss as stage 3.
+4. **baselines** -- the full network finetuned alike (from the pretrained weights: stage 1's
+   steps, optimiser and loss, then stage 3's, every block for every image); FirstK and RandomK at
+   BlockDrop's validation block counts, finetuned from the adapted backbone like stage 3.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class Preset:
     adapt_keep: float = 0.7
     adapt_lr: float = 0.01
     adapt_distill: float = 0.0
+    adapt_inplace: bool = False               # teacher = the network's own full path (else the pretrained one)
     # 2. curriculum
     policy_width: int = 16                    # channels of the ResNet-8 policy net's first stage
     cl_step: int = 1
@@ -58,8 +61,10 @@ class Preset:
     ft_distill: float = 0.0
     ft_bn: str = "train"
     ft_baseline_eval: bool = False
-    gammas: tuple[float, ...] = (5.0,)        # the finetune penalties swept
-    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)   # keep-if-p>=t, chosen on val
+    gammas: tuple[float, ...] = (5.0,)        # the penalties swept (finetune; curriculum if no finetune)
+    thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # keep if p >= t
+    threshold_refine: int = 2                 # bisections at the tolerance boundary (on val)
+    tolerance: float = 0.01                   # val accuracy the chosen point may give up
     # 4. baselines
     first_random_k: bool = True               # FirstK / RandomK (the full network always runs)
     strategy: str = "gather"
@@ -80,12 +85,12 @@ PRESETS: dict[str, Preset] = {
         summary="the authors' schedule (days on a GPU); no adaptation, no distillation",
         batch_size=256, cl_batch_size=2048, cl_step=1, cl_epochs=5000, cl_gamma=1.0,
         ft_epochs=2000, ft_lr=1e-4, ft_bn="train", gammas=(5.0,), first_random_k=False,
-        thresholds=(0.5,), strategy="masked", amp="off"),
+        thresholds=(0.5,), threshold_refine=0, strategy="masked", amp="off"),
     "quick": Preset(
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
-        adapt_steps=500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,
-        cl_step=3, cl_steps_per_epoch=25, cl_extra_epochs=2, cl_gamma=3.0,
-        ft_steps=100, ft_lr=1e-4, ft_distill=0.0, gammas=(5.0,), first_random_k=False),
+        adapt_steps=500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.7,
+        cl_step=3, cl_steps_per_epoch=25, cl_extra_epochs=2, cl_gamma=1.0,
+        ft_steps=0, gammas=(1.0,), first_random_k=False, tolerance=0.005),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",
         adapt_steps=1500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,

@@ -155,6 +155,13 @@ def _stage_pretrain(run: _Run, backbone: nn.Module) -> nn.Module:
     return backbone
 
 
+def _adapt_config(run: _Run) -> SupervisedConfig:
+    p = run.preset
+    return SupervisedConfig(steps=max(1, p.adapt_steps), batch_size=p.batch_size, lr=p.adapt_lr,
+                            distill=p.adapt_distill, inplace=p.adapt_inplace, strategy="gather",
+                            amp=p.amp, seed=run.seed, progress=run.progress)
+
+
 def _stage_adapt(run: _Run, pretrained: nn.Module) -> nn.Module:
     path, p = run.paths.adapted(), run.preset
     if run.resume and path.is_file():
@@ -162,27 +169,50 @@ def _stage_adapt(run: _Run, pretrained: nn.Module) -> nn.Module:
         return load_blockdrop_net(path)[0].backbone
     backbone = copy.deepcopy(pretrained)
     if p.adapt_steps:
-        k = backbone.num_blocks
         run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep {p.adapt_keep}), "
-                f"distill {p.adapt_distill}")
-        cfg = SupervisedConfig(steps=p.adapt_steps, batch_size=p.batch_size, lr=p.adapt_lr,
-                               distill=p.adapt_distill, strategy="gather", amp=p.amp,
-                               seed=run.seed, progress=run.progress)
-        run.timed("adapt", lambda: train_supervised(backbone, run.train, drop_path_policy(p.adapt_keep, k),
-                                                     cfg, run.device, teacher=pretrained))
+                f"distill {p.adapt_distill}{' in place' if p.adapt_inplace else ''}")
+        run.timed("adapt", lambda: train_supervised(
+            backbone, run.train, drop_path_policy(p.adapt_keep, backbone.num_blocks),
+            _adapt_config(run), run.device, teacher=pretrained))
     save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
                        {**run.meta, "stage": "adapt"})
     return backbone
 
 
+def _stage_full(run: _Run, pretrained: nn.Module) -> BlockDropNet:
+    """The full network finetuned alike: from the pretrained weights, the adapt stage's steps,
+    optimiser and loss, then the finetune stage's -- every block, every image."""
+    path, p = run.paths.full(), run.preset
+    if run.resume and path.is_file():
+        run.log(f"[baseline full] reusing {path}")
+        return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
+    backbone = copy.deepcopy(pretrained)
+    nb = backbone.num_blocks
+    if p.adapt_steps:
+        run.log(f"[baseline full] {p.adapt_steps} steps as the adapt stage, every block")
+        run.timed("baseline_full", lambda: train_supervised(
+            backbone, run.train, full_policy(nb), _adapt_config(run), run.device, teacher=pretrained))
+    steps = _ft_steps(run)
+    if steps:
+        run.log(f"[baseline full] {steps} steps as the finetune stage, every block")
+        teacher = copy.deepcopy(backbone).eval()
+        run.timed("baseline_full", lambda: train_supervised(
+            backbone, run.train, full_policy(nb), _ft_config(run, steps, p.ft_distill), run.device,
+            teacher=teacher))
+    net = BlockDropNet(BaselinePolicy("full", nb), backbone, strategy="auto")
+    save_blockdrop_net(path, net, {**run.meta, "stage": "baseline_full"})
+    return net.to(run.device).eval()
+
+
 def _stage_baseline(run: _Run, adapted: nn.Module, kind: str, k: float, path: Path) -> BlockDropNet:
+    """FirstK / RandomK at ``k`` blocks: from the adapted backbone (as BlockDrop), the finetune
+    stage's steps, optimiser and loss under the fixed policy."""
     if run.resume and path.is_file():
         run.log(f"[baseline {kind}] reusing {path}")
         return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
     p, nb = run.preset, adapted.num_blocks
     backbone = copy.deepcopy(adapted)
-    sampler = {"full": lambda: full_policy(nb), "first_k": lambda: first_k_policy(k, nb),
-               "random_k": lambda: random_k_policy(k, nb)}[kind]()
+    sampler = first_k_policy(k, nb) if kind == "first_k" else random_k_policy(k, nb)
     steps = _ft_steps(run)
     if steps:
         run.log(f"[baseline {kind}] k = {k:.2f}: {steps} finetune steps")
@@ -218,13 +248,13 @@ def _stage_blockdrop(run: _Run, adapted: nn.Module, gamma: float) -> BlockDropNe
     common = dict(batch_size=p.batch_size, seed=run.seed, progress=run.progress,
                   device=str(run.device), strategy=p.strategy, amp=p.amp, log_every=20)
     epochs = p.cl_epochs or (math.ceil(k / p.cl_step) + p.cl_extra_epochs)
+    steps = _ft_steps(run)
     cl = TrainConfig(stage="curriculum", epochs=epochs, steps_per_epoch=p.cl_steps_per_epoch,
-                     lr=p.cl_lr, gamma=p.cl_gamma, cl_step=p.cl_step,
+                     lr=p.cl_lr, gamma=p.cl_gamma if steps else gamma, cl_step=p.cl_step,
                      **{**common, "batch_size": p.cl_batch_size or p.batch_size})
     run.log(f"[gamma {gamma:g}] curriculum: {epochs} epochs, {p.cl_step} more blocks per epoch")
     run.timed(f"curriculum_gamma{gamma:g}", lambda: Trainer(
         cl, pnet, backbone, run.train, cl_dir, extra_meta=meta).fit(resume=run.resume))
-    steps = _ft_steps(run)
     if steps:
         ft = TrainConfig(stage="finetune", epochs=1, steps_per_epoch=steps, lr=p.ft_lr, gamma=gamma,
                          bn=p.ft_bn, baseline_eval=p.ft_baseline_eval, distill=p.ft_distill, **common)
@@ -244,13 +274,25 @@ class _Point:
     val: EvalResult
 
 
-def _val_points(run: _Run, gamma: float, net: BlockDropNet) -> list[_Point]:
-    """The model at every preset threshold, evaluated on the validation split."""
-    points = []
-    for t in run.preset.thresholds:
-        net.threshold = t
-        points.append(_Point(gamma, t, copy.copy(net), _evaluate(run, net, run.val)))
-    net.threshold = 0.5
+def _val_points(run: _Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
+                tolerance: float) -> list[_Point]:
+    """The model at every preset threshold on the validation split, then ``threshold_refine``
+    bisections between the last threshold within ``tolerance`` of the full network and the next
+    (a larger threshold keeps fewer blocks)."""
+    def at(t: float) -> _Point:
+        q = copy.copy(net)
+        q.threshold = t
+        return _Point(gamma, t, q, _evaluate(run, q, run.val))
+
+    points = [at(t) for t in sorted(run.preset.thresholds)]
+    ok = lambda q: q.val.accuracy >= full_val.accuracy - tolerance   # noqa: E731
+    for _ in range(run.preset.threshold_refine):
+        srt = sorted(points, key=lambda q: q.threshold)
+        pairs = [(a, b) for a, b in zip(srt, srt[1:]) if ok(a) and not ok(b)]
+        if not pairs:
+            break
+        a, b = pairs[-1]
+        points.append(at(round((a.threshold + b.threshold) / 2, 4)))
     return points
 
 
@@ -277,7 +319,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
               test_data: str | os.PathLike[str] | DataInfo, weights: str | os.PathLike[str] | None,
               out: str | os.PathLike[str], gammas: list[float] | None = None, seed: int = 0,
               device: str = "auto", progress: bool = True, resume: bool = False,
-              tolerance: float = 0.01, speed_batch: int = 256, overwrite: bool = False,
+              tolerance: float | None = None, speed_batch: int = 256, overwrite: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the recipe and write ``out/report.json`` (returned), ``out/report.md`` and plots.
 
@@ -290,7 +332,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         weights: the pretrained backbone; None trains ``arch`` from scratch first
             (``preset.pretrain_steps``).
         gammas: finetune penalties to sweep (default: the preset's).
-        tolerance: accuracy the selected gamma may give up against the full network, on val.
+        tolerance: accuracy the selected point may give up against the full network, on val
+            (default: the preset's).
         speed_batch: batch size of the measured speedup (test images, interleaved timing).
         resume / overwrite: an ``out`` that already holds a run is continued (``resume``: its
             finished stages are reused) or replaced (``overwrite``); otherwise IncompatibleError.
@@ -298,6 +341,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     t_start = time.time()
     p = get_preset(preset) if isinstance(preset, str) else preset
     gammas = list(gammas or p.gammas)
+    tolerance = p.tolerance if tolerance is None else tolerance
     dev = resolve_device(device)
     paths = RunPaths(Path(out))
     paths.claim(resume, overwrite)
@@ -322,12 +366,12 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         pretrained = _stage_pretrain(run, pretrained).eval()
     adapted = _stage_adapt(run, pretrained)
     nb = adapted.num_blocks
-    full = _stage_baseline(run, adapted, "full", nb, paths.full())
+    full = _stage_full(run, pretrained)
     full_val = run.timed("eval", lambda: _evaluate(run, full, val))
     points: list[_Point] = []
     for g in gammas:
         net = _stage_blockdrop(run, adapted, g)
-        pts = run.timed("eval", lambda: _val_points(run, g, net))
+        pts = run.timed("eval", lambda: _val_points(run, g, net, full_val, tolerance))
         points += pts
         for q in pts:
             log(f"[gamma {g:g}] threshold {q.threshold:g}: val {100 * q.val.accuracy:.2f}% at "
