@@ -20,6 +20,7 @@ stage it was in.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -158,7 +159,8 @@ def _stage_pretrain(run: _Run, backbone: nn.Module) -> nn.Module:
 def _adapt_config(run: _Run) -> SupervisedConfig:
     p = run.preset
     return SupervisedConfig(steps=max(1, p.adapt_steps), batch_size=p.batch_size, lr=p.adapt_lr,
-                            distill=p.adapt_distill, inplace=p.adapt_inplace, strategy="gather",
+                            distill=p.adapt_distill, inplace=p.adapt_inplace,
+                            temperature=p.adapt_temperature, strategy="gather",
                             amp=p.amp, seed=run.seed, progress=run.progress)
 
 
@@ -189,9 +191,14 @@ def _stage_full(run: _Run, pretrained: nn.Module) -> BlockDropNet:
     backbone = copy.deepcopy(pretrained)
     nb = backbone.num_blocks
     if p.adapt_steps:
+        # in-place adaptation trains the full path by plain cross-entropy: that is the full
+        # network's share of the loss (its distillation term into itself would be zero)
+        cfg = _adapt_config(run)
+        if p.adapt_inplace:
+            cfg = dataclasses.replace(cfg, inplace=False, distill=0.0)
         run.log(f"[baseline full] {p.adapt_steps} steps as the adapt stage, every block")
         run.timed("baseline_full", lambda: train_supervised(
-            backbone, run.train, full_policy(nb), _adapt_config(run), run.device, teacher=pretrained))
+            backbone, run.train, full_policy(nb), cfg, run.device, teacher=pretrained))
     steps = _ft_steps(run)
     if steps:
         run.log(f"[baseline full] {steps} steps as the finetune stage, every block")
