@@ -84,7 +84,9 @@ setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     install_requires=["torch>=2.4", "torchvision", "numpy", "tqdm", "safetensors", "matplotlib", "scikit-learn"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"]},
+    extras_require={"timm": ["timm"],
+                    "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis", "timm"]},
+    package_data={"blockdrop": ["py.typed"]},
     entry_points={"console_scripts": ["blockdrop = blockdrop.cli:main"]},
     zip_safe=False,
 )

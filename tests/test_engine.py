@@ -573,3 +573,17 @@ def test_host_overhead_script_runs(capsys) -> None:
         sys.argv = argv
     out = capsys.readouterr().out
     assert "inference_mode" in out and "gather +" in out and "no_grad" in out
+
+
+def test_wrapped_models_are_unwrapped() -> None:
+    """DataParallel / DistributedDataParallel / torch.compile wrappers: the engine runs the module
+    inside (its weights), with the same result as the bare model."""
+    from blockdrop.models import cifar_resnet
+    torch.manual_seed(0)
+    m = cifar_resnet(8).eval()
+    x = torch.randn(3, 3, 16, 16)
+    policy = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1]]).float()
+    with torch.no_grad():
+        ref = dynamic_forward(m, x, policy, strategy="masked")
+        for wrapped in (torch.nn.DataParallel(m), torch.compile(m), torch.nn.DataParallel(torch.compile(m))):
+            torch.testing.assert_close(dynamic_forward(wrapped, x, policy, strategy="gather"), ref)

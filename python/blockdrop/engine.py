@@ -84,22 +84,48 @@ AUTO_MIN_GROUP_SIZE = 32
 # validation
 
 
+def _unwrap(model: Any) -> Any:
+    """The module inside DistributedDataParallel / DataParallel (``.module``) and
+    ``torch.compile`` (``._orig_mod``) wrappers, however nested."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _as_backbone(model: Any) -> ResNetBackbone:
+    model = _unwrap(model)
     if isinstance(model, ResNetBackbone):
         return model
+    cached = getattr(model, "_blockdrop_backbone", None)   # one wrapper per user module
+    if isinstance(cached, ResNetBackbone):
+        return cached
+    wrapped: ResNetBackbone | None = None
     try:  # a bare torchvision ResNet is wrapped on the fly (shares its weights)
         import torchvision
 
         if isinstance(model, torchvision.models.ResNet):
             from .models.torchvision import from_torchvision
 
-            return from_torchvision(model)
+            wrapped = from_torchvision(model)
     except ImportError:  # pragma: no cover
         pass
-    raise ValueError(
-        "model: expected a blockdrop.models.ResNetBackbone (cifar_resnet, load_cifar_resnet, "
-        f"from_torchvision) or a torchvision ResNet, got {type(model).__name__}"
-    )
+    if wrapped is None:
+        from .models.timm import from_timm, is_timm_resnet
+
+        if is_timm_resnet(model):
+            wrapped = from_timm(model)
+    if wrapped is None:
+        raise ValueError(
+            "model: expected a blockdrop.models.ResNetBackbone (cifar_resnet, load_cifar_resnet, "
+            "from_torchvision, from_timm), a torchvision or timm ResNet (optionally inside "
+            f"DDP/DataParallel/torch.compile), got {type(model).__name__}"
+        )
+    object.__setattr__(model, "_blockdrop_backbone", wrapped)   # not a submodule: no cycle
+    return wrapped
 
 
 def _check_policy_values_host(policy: Tensor) -> None:

@@ -1,7 +1,8 @@
-"""Residual backbones for BlockDrop: CIFAR ResNets and wrapped torchvision ResNets."""
+"""Residual backbones for BlockDrop: CIFAR ResNets and wrapped torchvision and timm ResNets."""
 
 from .base import SHORTCUT_KINDS, BlockView, Chain, ResNetBackbone
 from .cifar import CifarResNet, cifar_resnet, load_cifar_resnet
+from .timm import TimmResNet, from_timm
 from .torchvision import TorchvisionResNet, from_torchvision
 
 __all__ = [
@@ -10,8 +11,10 @@ __all__ = [
     "Chain",
     "CifarResNet",
     "ResNetBackbone",
+    "TimmResNet",
     "TorchvisionResNet",
     "cifar_resnet",
+    "from_timm",
     "from_torchvision",
     "load_cifar_resnet",
 ]
