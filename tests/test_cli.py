@@ -155,3 +155,47 @@ def test_parser_defaults_are_the_official_settings() -> None:
                                    "--gamma", "2", "--bn", "frozen", "--lr-decay-at", "0.5"]),
                      "finetune", 5)
     assert (g.gamma, g.bn, g.lr_decay_at) == (2.0, "frozen", 0.5)
+
+
+def test_eval_thresholds_give_a_budget_curve_from_one_checkpoint(tmp_path: Path, tiny, capsys) -> None:
+    """`eval --thresholds`: each row equals the checkpoint evaluated with policy p >= t, computed
+    here with the policy net and the masked (official) forward."""
+    from blockdrop.baselines import BaselinePolicy  # noqa: F401  (checkpoint kinds are known)
+    from blockdrop.checkpoint import load_blockdrop_net
+    from blockdrop.data import load_dataset
+    from blockdrop.engine import dynamic_forward
+    assert main(["train", "--data", str(tiny["data"]), "--weights", str(tiny["weights"]),
+                 "--out", str(tmp_path / "cl"), "--epochs", "1", "--steps-per-epoch", "2",
+                 "--batch-size", "6", "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    ck = tmp_path / "cl" / "last.safetensors"
+    ts = [0.3, 0.5, 0.7]
+    assert main(["eval", str(ck), "--data", str(tiny["data"]), "--thresholds", "0.3,0.5,0.7",
+                 "--bench-batches", "1", "--repeats", "1", "--json", str(tmp_path / "t.json"),
+                 "--plots", str(tmp_path / "plots"), "--no-progress", "--device", "cpu",
+                 "--channels-last"]) == 0
+    out = capsys.readouterr().out
+    assert "| threshold | accuracy | blocks |" in out and "| 0.7 |" in out
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["label"].rsplit("t=", 1)[1] for r in rows] == ["0.3", "0.5", "0.7"]
+    net, _ = load_blockdrop_net(ck)
+    ds = load_dataset(tiny["data"], "test").dataset
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        probs = net.policy_net(x)
+        for t, r in zip(ts, rows):
+            pol = (probs >= t).float()
+            acc = (dynamic_forward(net.backbone, x, pol, strategy="masked").argmax(1) == y).float().mean()
+            assert r["accuracy"] == pytest.approx(float(acc))
+            assert r["blocks_mean"] == pytest.approx(float(pol.sum(1).mean()))
+            assert r["throughput"]["speedup"] > 0
+    assert (tmp_path / "plots" / "acc_vs_flops.png").is_file()
+    with pytest.raises(SystemExit):   # a threshold outside (0, 1) is an argument error
+        main(["eval", str(ck), "--data", str(tiny["data"]), "--thresholds", "0.5,1.5"])
+
+
+def test_bench_dtype_and_channels_last(capsys) -> None:
+    assert main(["bench", "--arch", "resnet8", "--batch-size", "4", "--image-size", "16", "--repeats", "1",
+                 "--strategies", "gather", "--device", "cpu", "--dtype", "bfloat16", "--channels-last"]) == 0
+    assert "bfloat16 channels_last" in capsys.readouterr().out

@@ -6,7 +6,8 @@ one file is always self-consistent.  A human-readable copy of the JSON goes besi
 ``<name>.json``.  Both are written to a temporary file in the same directory and moved into place
 with :func:`os.replace`, so a kill at any moment leaves either the old or the new checkpoint.
 
-Also here: turning the JSON "spec" of a backbone / policy network back into modules.
+Also here: models from checkpoints (:func:`load_backbone`, :func:`load_blockdrop_net`,
+``blockdrop.load``); the name <-> module registry itself is :mod:`blockdrop.models.registry`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from blockdrop.errors import FileFormatError
+from blockdrop.models.registry import backbone_spec, build_backbone, build_policy, parse_arch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_text", "backbone_spec",
            "build_backbone", "load_backbone", "load_blockdrop_net", "save_blockdrop_net", "load",
@@ -179,46 +181,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-# --------------------------------------------------------------------------- model specs
-
-def backbone_spec(model: nn.Module, arch: str | None = None) -> dict[str, Any]:
-    """JSON description from which :func:`build_backbone` rebuilds ``model``'s architecture."""
-    from blockdrop.models import CifarResNet, TorchvisionResNet
-    if isinstance(model, CifarResNet):
-        return {"kind": "cifar", "depth": int(model.depth), "num_classes": int(model.num_classes)}
-    if isinstance(model, TorchvisionResNet):
-        if arch is None:
-            raise ValueError("a torchvision backbone needs its arch name (e.g. 'resnet50')")
-        return {"kind": "torchvision", "arch": arch, "num_classes": int(model.num_classes)}
-    raise TypeError(f"unsupported backbone {type(model).__name__}")
-
-
-def build_backbone(spec: dict[str, Any]) -> nn.Module:
-    """A freshly initialised backbone from :func:`backbone_spec`'s output."""
-    from blockdrop.models import cifar_resnet, from_torchvision
-    if spec["kind"] == "cifar":
-        return cifar_resnet(int(spec["depth"]), int(spec["num_classes"]))
-    if spec["kind"] == "torchvision":
-        import torchvision
-        ctor = getattr(torchvision.models, spec["arch"])
-        return from_torchvision(ctor(weights=None, num_classes=int(spec["num_classes"])))
-    raise ValueError(f"unknown backbone kind {spec['kind']!r}")
-
-
-def parse_arch(arch: str, num_classes: int) -> dict[str, Any]:
-    """``"resnet32"`` / ``"cifar-resnet32"`` (CIFAR, depth 6n+2) or ``"tv-resnet50"`` /
-    ``"resnet50"`` (torchvision, when not 6n+2) -> a backbone spec."""
-    a = arch.lower()
-    if a.startswith("tv-"):
-        return {"kind": "torchvision", "arch": a[3:], "num_classes": num_classes}
-    a = a.removeprefix("cifar-")
-    if a.startswith("resnet") and a[6:].isdigit():
-        d = int(a[6:])
-        if d >= 8 and (d - 2) % 6 == 0:
-            return {"kind": "cifar", "depth": d, "num_classes": num_classes}
-        return {"kind": "torchvision", "arch": a, "num_classes": num_classes}
-    raise ValueError(f"unknown arch {arch!r} (try resnet32, resnet110, tv-resnet50)")
-
+# --------------------------------------------------------------------------- models
 
 def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
                   num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -267,14 +230,6 @@ def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
     return model
 
 
-def _policy_from_spec(spec: dict[str, Any]) -> nn.Module:
-    from blockdrop.baselines import BASELINE_KINDS, BaselinePolicy
-    from blockdrop.models.policy import policy_net_from_spec
-    if spec.get("kind") in BASELINE_KINDS:
-        return BaselinePolicy(**spec)
-    return policy_net_from_spec(spec)
-
-
 def save_blockdrop_net(path: str | os.PathLike[str], net: nn.Module,
                        meta: dict[str, Any] | None = None) -> Path:
     """Write a :class:`~blockdrop.blockdrop_net.BlockDropNet` (policy network or fixed baseline
@@ -301,7 +256,7 @@ def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device 
             raise FileFormatError(path, what, f"no {key!r} in its metadata")
     backbone = _backbone_from(tensors, meta, path)
     try:
-        pnet = _policy_from_spec(meta["policy_spec"])
+        pnet = build_policy(meta["policy_spec"])
         pnet.load_state_dict(unprefixed(tensors, "policy."))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise FileFormatError(path, what, f"its policy tensors do not fit {meta['policy_spec']}: "

@@ -35,7 +35,7 @@ from blockdrop.errors import FileFormatError
 
 __all__ = ["DataInfo", "DatasetNotFoundError", "ImageArrayDataset", "ImageFileDataset",
            "EpochSampler", "SmallImageTransform", "load_dataset", "digits_dataset", "make_loader",
-           "set_loader_epoch", "split_train_val", "take_subset", "denormalize", "MEAN", "STD"]
+           "set_loader_epoch", "split_train_val", "take_subset", "with_normalization", "denormalize", "MEAN", "STD"]
 
 #: Normalisation used by the pretrained CIFAR ResNets in ../shared/data (ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
@@ -101,12 +101,13 @@ class SmallImageTransform:
         return (x.contiguous() - self._m) / self._s
 
 
-def _imagenet_transform(train: bool, size: int = 224) -> Callable[[Any], Tensor]:
+def _imagenet_transform(train: bool, size: int = 224, mean: Sequence[float] = MEAN,
+                        std: Sequence[float] = STD) -> Callable[[Any], Tensor]:
     from torchvision.transforms import v2 as T
     ops: list[Any] = ([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if train
                       else [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)])
     return T.Compose([T.ToImage(), *ops, T.ToDtype(torch.float32, scale=True),
-                      T.Normalize(MEAN, STD)])
+                      T.Normalize(list(mean), list(std))])
 
 
 # --------------------------------------------------------------------------- datasets
@@ -458,6 +459,22 @@ def split_train_val(info: DataInfo, n_val: int, seed: int = 0) -> tuple[DataInfo
     tag = f"held out {n_val}, seed {seed}"
     return (DataInfo(train_ds, info.classes, info.image_size, f"{info.source} (minus {tag})"),
             DataInfo(val_ds, info.classes, info.image_size, f"{info.source} ({tag})"))
+
+
+def with_normalization(info: DataInfo, mean: Sequence[float], std: Sequence[float]) -> DataInfo:
+    """``info`` with its images normalised by ``mean``/``std`` instead (e.g. a converted official
+    checkpoint's: CIFAR statistics, or mean 0 / std 1 for models that take [0, 1] images)."""
+    ds = info.dataset
+    if isinstance(ds, ImageArrayDataset):
+        t = ds.transform
+        new: Any = ImageArrayDataset(ds.images, ds.labels,
+                                     SmallImageTransform(t.train, t.pad, t.flip, mean, std), ds.seed)
+    elif isinstance(ds, ImageFileDataset):
+        new = ImageFileDataset(ds.samples, _imagenet_transform(ds.train, info.image_size, mean, std),
+                               ds.train, ds.seed)
+    else:
+        raise TypeError(f"with_normalization: unsupported dataset {type(ds).__name__}")
+    return DataInfo(new, info.classes, info.image_size, info.source)
 
 
 def take_subset(info: DataInfo, n: int | None, seed: int = 0) -> DataInfo:

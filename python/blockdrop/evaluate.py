@@ -13,7 +13,7 @@ from blockdrop.accounting import flops as count_flops
 from blockdrop.runtime import amp_autocast
 from blockdrop.timing import interleaved
 
-__all__ = ["EvalResult", "evaluate", "measure_throughput", "format_table"]
+__all__ = ["EvalResult", "evaluate", "measure_throughput", "format_table", "format_threshold_table"]
 
 
 @dataclass
@@ -46,7 +46,8 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]],
              device: torch.device | str = "cpu", amp: str | bool = "off", full: bool = True,
-             flops: bool = True, progress: bool = True, strategy: str | None = None) -> EvalResult:
+             flops: bool = True, progress: bool = True, strategy: str | None = None,
+             channels_last: bool = False) -> EvalResult:
     """Evaluate ``net`` (a BlockDropNet, put in eval mode: thresholded policies).
 
     loader yields ``(x [B,3,H,W], y [B])``.  ``full`` also runs the backbone with every block (the
@@ -62,6 +63,8 @@ def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]
     try:
         for x, y_host in tqdm(loader, desc="eval", leave=False, disable=not progress):
             x, y = x.to(device), y_host.to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             size = tuple(x.shape[1:])  # type: ignore[assignment]
             with amp_autocast(device, amp):
                 policy = net.policy(x)
@@ -180,3 +183,22 @@ def format_table(res: EvalResult, title: str = "") -> str:
     out.append(f"({res.n} images" + (f"; throughput at batch {int(tp['batch_size'])}, median of "
                                      f"{int(tp['repeats'])} interleaved passes" if tp else "") + ")")
     return "\n".join(out)
+
+
+def format_threshold_table(results: Sequence[tuple[str, EvalResult]], thresholds: Sequence[float],
+                           title: str = "") -> str:
+    """One checkpoint at several keep thresholds: a markdown table of threshold, accuracy,
+    blocks, FLOPs, ideal and measured speedup (``results`` in the order of ``thresholds``)."""
+    lines = [title] if title else []
+    lines += ["| threshold | accuracy | blocks | FLOPs / image | ideal speedup | measured speedup |",
+              "|---|---|---|---|---|---|"]
+    for t, (_, r) in zip(thresholds, results):
+        ideal = f"{r.full_flops / r.flops_mean:.2f}x" if r.full_flops and r.flops_mean else "-"
+        meas = f"{r.throughput['speedup']:.2f}x" if r.throughput else "-"
+        fl = f"{r.flops_mean:.3e}" if r.flops_mean else "-"
+        lines.append(f"| {t:g} | {100 * r.accuracy:.2f}% | {r.blocks_mean:.2f} +- {r.blocks_std:.2f} "
+                     f"| {fl} | {ideal} | {meas} |")
+    full = results[0][1].full_accuracy if results else None
+    if full is not None:
+        lines.append(f"(full network: {100 * full:.2f}%, {results[0][1].num_blocks} blocks)")
+    return "\n".join(lines)

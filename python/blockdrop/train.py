@@ -80,6 +80,7 @@ class TrainConfig:
     temperature: float = 4.0             #   backbone loss, (1-d)*CE + d*T^2*KL (0: official CE)
     amp: str = "auto"                    # runtime.AMP_MODES: auto (fp16 + GradScaler on CUDA,
                                          #   off on CPU) | off | bf16 | fp16
+    channels_last: bool = False          # models and batches in channels_last memory format
     seed: int = 0
     workers: int = 0
     ckpt_every: int = 0                  # also checkpoint every N steps (0: end of epoch only)
@@ -225,6 +226,10 @@ class Trainer:
             for p in teacher.parameters():
                 p.requires_grad_(False)
         self.step_module = _Step(policy_net, backbone, cfg, teacher).to(self.device)
+        if cfg.channels_last:
+            self.step_module.to(memory_format=torch.channels_last)
+            if teacher is not None:
+                teacher.to(memory_format=torch.channels_last)
         self.policy_net, self.backbone = policy_net, backbone
         finetune = cfg.stage == "finetune"
         for p in backbone.parameters():
@@ -443,6 +448,8 @@ class Trainer:
             while self.batch < self.batches_per_epoch:
                 x, y = next(it)
                 x = x.to(self.device, non_blocking=True)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 y = y.to(self.device, non_blocking=True)
                 stats = self.train_step(x, y, mask)
                 acc_stats = stats if acc_stats is None else acc_stats + stats

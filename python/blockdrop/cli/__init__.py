@@ -8,6 +8,7 @@
 ``bench``       strategies against the plain network (:mod:`blockdrop.cli.bench`)
 ``reproduce``   the whole recipe with fair baselines (:mod:`blockdrop.cli.reproduce`)
 ``demo``        the recipe on scikit-learn's digits (:mod:`blockdrop.cli.demo`)
+``convert``     an official BlockDrop checkpoint to ours (:mod:`blockdrop.cli.convert`)
 ==============  ====================================================================
 
 Errors a user can cause (a bad file, data that does not fit a checkpoint, a run directory in
@@ -20,7 +21,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from blockdrop.cli import bench, demo, evaluate, reproduce, train
+from blockdrop.cli import bench, convert, demo, evaluate, reproduce, train
 from blockdrop.cli.train import train_config
 from blockdrop.errors import BlockDropError
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "BlockDrop (Wu et al., CVPR 2018): learn per-image residual-block policies and run them "
         "with real batched skipping."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train, evaluate, bench, reproduce, demo):
+    for module in (train, evaluate, bench, reproduce, demo, convert):
         module.register(sub)
     for name, sp in sub.choices.items():
         sp.set_defaults(parser=sp)

@@ -12,7 +12,7 @@ import torch
 from blockdrop.engine import STRATEGIES
 from blockdrop.runtime import AMP_MODES
 
-__all__ = ["positive_int", "nonneg_int", "pos_float", "nonneg_float", "alpha", "fraction",
+__all__ = ["positive_int", "nonneg_int", "pos_float", "nonneg_float", "alpha", "fraction", "thresholds",
            "add_runtime", "add_data", "add_training", "setup_threads", "STRATEGIES", "AMP_MODES"]
 
 
@@ -50,6 +50,20 @@ def fraction(s: str) -> float:
     if v > 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {s!r}")
     return v
+
+
+def thresholds(s: str) -> list[float]:
+    """``"0.3,0.4,0.5"`` -> ``[0.3, 0.4, 0.5]``, each in (0, 1)."""
+    out = []
+    for part in s.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers in (0, 1), got {s!r}") from None
+        if not 0 < v < 1:
+            raise argparse.ArgumentTypeError(f"thresholds must lie in (0, 1), got {part!r}")
+        out.append(v)
+    return out
 
 
 def add_runtime(p: argparse.ArgumentParser) -> None:
@@ -115,6 +129,7 @@ def add_training(p: argparse.ArgumentParser, stage: str) -> None:
     g.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="mixed precision: auto (fp16 + loss scaling on CUDA, off on CPU), off, "
                         "bf16 (no loss scaling; fast on CPUs with AVX512-BF16/AMX), fp16")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh even if OUT holds another run's checkpoint")

@@ -25,6 +25,9 @@ def register(sub: Any) -> None:
     b.add_argument("--strategies", default="masked,gather,group,auto",
                    help="comma-separated subset of " + ",".join(STRATEGIES))
     b.add_argument("--repeats", type=positive_int, default=10)
+    b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="weights and activations (default float32)")
+    b.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     add_runtime(b)
     b.set_defaults(func=run)
 
@@ -45,10 +48,13 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         model = load_blockdrop_net(args.checkpoint, device)[0].backbone
     else:
         model = load_backbone(args.weights, args.arch or (None if args.weights else "resnet110"), 10)[0]
-    model = model.to(device).eval()
+    dtype = getattr(torch, args.dtype)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device=device, dtype=dtype, memory_format=fmt).eval()
     size = args.image_size or model.default_input_size[1]
     g = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(args.batch_size, 3, size, size, generator=g).to(device)
+    x = torch.randn(args.batch_size, 3, size, size, generator=g).to(device=device, dtype=dtype)
+    x = x.contiguous(memory_format=fmt)
     policy = (torch.rand(args.batch_size, model.num_blocks, generator=g) < args.keep).to(device)
     fns = {"full": lambda: model(x)}
     for s in strategies:
@@ -57,7 +63,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         t = interleaved(fns, rounds=args.repeats, warmup=1, device=device)
     ideal = ideal_speedup(model, policy, input_size=(3, size, size))
     print(f"{type(model).__name__} K={model.num_blocks}, batch {args.batch_size}, {size}px, "
-          f"iid keep {args.keep}, {device}, {torch.get_num_threads()} threads; "
+          f"iid keep {args.keep}, {args.dtype}{' channels_last' if args.channels_last else ''}, "
+          f"{device}, {torch.get_num_threads()} threads; "
           f"ideal speedup {ideal:.2f}x; median of {args.repeats} interleaved rounds")
     print(f"{'strategy':<10} {'ms/batch':>10} {'img/s':>10} {'speedup':>8} {'spread':>7}")
     full = t["full"].median

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from blockdrop.cli._args import STRATEGIES, add_runtime, nonneg_int, positive_int, setup_threads
+from blockdrop.cli._args import (AMP_MODES, STRATEGIES, add_runtime, nonneg_int, positive_int,
+                                 setup_threads, thresholds)
 from blockdrop.errors import IncompatibleError
 
 __all__ = ["register", "check_fits"]
@@ -29,6 +30,12 @@ def register(sub: Any) -> None:
     e.add_argument("--repeats", type=positive_int, default=5)
     e.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     e.add_argument("--limit", type=positive_int, default=None, help="evaluate N images (a seeded subset)")
+    e.add_argument("--thresholds", type=thresholds, default=None, metavar="T1,T2,...",
+                   help="a test-time budget: evaluate each checkpoint at these keep thresholds "
+                        "(keep block k when p_k >= t; default: the checkpoint's own, 0.5)")
+    e.add_argument("--amp", choices=AMP_MODES, default="auto",
+                   help="precision of accuracy and throughput alike (auto: fp16 on CUDA, fp32 on CPU)")
+    e.add_argument("--channels-last", action="store_true", help="run in channels_last memory format")
     add_runtime(e)
     e.set_defaults(func=run)
 
@@ -53,8 +60,9 @@ def check_fits(ckpt: str, meta: dict[str, Any], net: Any, data: Any, data_path: 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from blockdrop.checkpoint import atomic_write_text, load_blockdrop_net
-    from blockdrop.data import load_dataset, make_loader, take_subset
-    from blockdrop.evaluate import evaluate, format_table, measure_throughput
+    from blockdrop.data import load_dataset, make_loader, take_subset, with_normalization
+    import torch
+    from blockdrop.evaluate import evaluate, format_table, format_threshold_table, measure_throughput
     from blockdrop.plots import write_eval_figures
     from blockdrop.runtime import resolve_device
     setup_threads(args)
@@ -66,24 +74,43 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         net, meta = load_blockdrop_net(ck, device, strategy=args.strategy)
         check_fits(ck, meta, net, info, args.data)
         nets.append((ck, net, meta))
+    base_info = info
     results = []
     for ck, net, meta in nets:
+        norm = meta.get("input_normalization", "default")
+        if norm != "default":            # e.g. a converted official checkpoint's own inputs
+            info = with_normalization(base_info, *((norm["mean"], norm["std"]) if norm else
+                                                   ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))))
+        else:
+            info = base_info
+        if args.channels_last:
+            net = net.to(memory_format=torch.channels_last)
         loader = make_loader(info.dataset, args.batch_size, train=False, workers=args.workers)
-        res = evaluate(net, loader, device, amp=device.type == "cuda", strategy=args.strategy,
-                       progress=not args.no_progress)
-        if args.bench_batches:
-            batches = [x for _, (x, _) in zip(range(args.bench_batches), loader)]
-            res.throughput = measure_throughput(net, batches, device, repeats=args.repeats,
-                                                strategy=args.strategy)
+        batches = [x for _, (x, _) in zip(range(args.bench_batches), loader)]
+        if args.channels_last:
+            batches = [x.contiguous(memory_format=torch.channels_last) for x in batches]
         gamma = meta.get("gamma", meta.get("config", {}).get("gamma"))
         label = f"{meta.get('stage', '?')} gamma={gamma}" if gamma is not None else Path(ck).stem
-        results.append((label, res))
-        print(format_table(res, title=f"{ck} ({label}) on {info.source}"), flush=True)
+        for t in args.thresholds or [net.threshold]:
+            net.threshold = t
+            res = evaluate(net, loader, device, amp=args.amp, strategy=args.strategy,
+                           progress=not args.no_progress, channels_last=args.channels_last)
+            if batches:
+                res.throughput = measure_throughput(net, batches, device, repeats=args.repeats,
+                                                    amp=args.amp, strategy=args.strategy)
+            lab = f"{label} t={t:g}" if args.thresholds else label
+            results.append((lab, res))
+            if not args.thresholds:
+                print(format_table(res, title=f"{ck} ({lab}) on {info.source}"), flush=True)
+        if args.thresholds:
+            print(format_threshold_table(results[-len(args.thresholds):], args.thresholds,
+                                         title=f"{ck} ({label}) on {info.source}"), flush=True)
     if args.plots:
         for p in write_eval_figures(args.plots, results, info):
             print(f"wrote {p}")
     if args.json:
+        per = len(args.thresholds or [None])
         atomic_write_text(args.json, json.dumps(
-            [{"checkpoint": c, "label": lab, **r.to_dict()}
-             for (c, _, _), (lab, r) in zip(nets, results)], indent=1))
+            [{"checkpoint": nets[i // per][0], "label": lab, **r.to_dict()}
+             for i, (lab, r) in enumerate(results)], indent=1))
     return 0

@@ -48,7 +48,8 @@ def train_config(args: argparse.Namespace, stage: str, epochs: int) -> TrainConf
                        cl_step=getattr(args, "cl_step", 1), strategy=args.strategy,
                        bn=getattr(args, "bn", "train"),
                        baseline_eval=getattr(args, "baseline_eval", False),
-                       distill=getattr(args, "distill", 0.0), amp=args.amp, seed=args.seed,
+                       distill=getattr(args, "distill", 0.0), amp=args.amp,
+                       channels_last=args.channels_last, seed=args.seed,
                        workers=args.workers, ckpt_every=args.ckpt_every, log_every=args.log_every,
                        progress=not args.no_progress, device=args.device)
 
