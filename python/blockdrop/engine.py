@@ -47,6 +47,12 @@ block holds ``h`` plus ``F``'s intermediates on the executed rows only; ``group`
 group, so one group's activations are alive at a time. ``tests/test_engine.py`` checks
 ``peak <= 1.10 x full`` with :func:`blockdrop.memory.peak_memory`.
 
+``torch.compile``: compiling ``dynamic_forward`` or a :class:`~blockdrop.BlockDropNet` traces the
+masked path (and, for a BlockDropNet, the policy network) into graphs; the data-dependent
+strategies (``loop``/``gather``/``group``/``auto``) run eagerly behind one graph break
+(``torch.compiler.disable``), so batches with new policies reuse the compiled graphs instead of
+recompiling per policy. ``torch.export`` captures the masked path only.
+
 Autograd: gradients flow through every strategy (``gather_rows``/``merge_block``/
 ``scatter_add_rows`` are differentiable). With BatchNorm in eval mode they equal those of
 ``"masked"`` up to float rounding. **In train mode BatchNorm differs**: ``"masked"`` computes batch
@@ -362,6 +368,14 @@ def _run(model: ResNetBackbone, x: Tensor, policy: Tensor, strategy: str) -> Ten
         strategy = choose_strategy(None, 1)  # one image: its policy row is its path, no plan needed
     if strategy == "masked":
         return _masked(model, x, policy)
+    return _run_dynamic(model, x, policy, strategy)
+
+
+@torch.compiler.disable
+def _run_dynamic(model: ResNetBackbone, x: Tensor, policy: Tensor, strategy: str) -> Tensor:
+    """``loop``, ``gather``, ``group`` and ``auto``: their sub-batch sizes are data (the plan's),
+    so under ``torch.compile`` this part runs eagerly -- one graph break -- and a new policy never
+    triggers a recompilation (tracing it would specialise on every block's row count)."""
     if strategy == "loop":
         return _loop(model, x, policy)
     # The one device->host synchronisation. plan() also rejects non-0/1 values (NaN included) of
