@@ -82,7 +82,7 @@ def test_trainer_applies_the_lr_schedule(tmp_path: Path) -> None:
 
 def test_finetune_baseline_pass_mode(tmp_path: Path, monkeypatch) -> None:
     """Official: the self-critical pass runs with BN in train mode; baseline_eval runs it in eval."""
-    import blockdrop.train as train_mod
+    import blockdrop.train_step as train_mod
     modes: list[bool] = []
     real = train_mod.dynamic_forward
 
@@ -102,7 +102,7 @@ def test_finetune_baseline_pass_mode(tmp_path: Path, monkeypatch) -> None:
 
 def test_finetune_distillation_loss_matches_formula(tmp_path: Path) -> None:
     import torch.nn.functional as F
-    from blockdrop.train import _Step
+    from blockdrop.train_step import BlockDropStep as _Step
     pnet, bb = make_models()
     teacher = cifar_resnet(14, num_classes=3).eval()
     c = cfg(stage="finetune", bn="frozen", distill=0.25, temperature=3.0)
@@ -151,7 +151,7 @@ def test_curriculum_entropy_bonus_reaches_every_block_as_officially(tmp_path: Pa
 
 
 def test_finetune_trains_policy_and_backbone_through_gather(tmp_path: Path, monkeypatch) -> None:
-    import blockdrop.train as train_mod
+    import blockdrop.train_step as train_mod
     seen: list[str] = []
     real = train_mod.dynamic_forward
 

@@ -6,21 +6,22 @@
   ``"off"``; ``"bf16"`` (bfloat16 autocast on any device, no loss scaling: 1.9x faster training
   steps on this project's AVX512-BF16 CPU); ``"fp16"`` (float16 autocast, with a GradScaler in
   training; CUDA); ``"auto"`` = ``"fp16"`` on CUDA, ``"off"`` on CPU;
-* :func:`eval_mode` -- a module in eval mode for a block of code, its flags restored after.
+* :func:`eval_mode` -- a module in eval mode for a block of code, its flags restored after;
+* :func:`interrupt_at_step_end` -- Ctrl-C as a flag a training loop polls between steps.
 """
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 __all__ = ["AMP_MODES", "DistInfo", "amp_autocast", "amp_dtype", "eval_mode", "init_distributed",
-           "resolve_device"]
+           "interrupt_at_step_end", "resolve_device"]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
@@ -99,3 +100,26 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextmanager
+def interrupt_at_step_end() -> Iterator[Callable[[], bool]]:
+    """While inside, SIGINT only sets a flag (read by the returned callable), so that training
+    stops at a step boundary; a second Ctrl-C interrupts at once. Outside the main thread: no-op."""
+    import signal
+    import threading
+    hit = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if hit[0]:
+            raise KeyboardInterrupt
+        hit[0] = True
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: hit[0]
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -29,29 +29,22 @@ uninterrupted run exactly, tqdm progress, CSV metrics (TensorBoard when installe
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-import math
 import os
-import random
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blockdrop import rl
-from blockdrop.checkpoint import (atomic_write_text, load_checkpoint, optimizer_from_tensors,
-                                  optimizer_to_tensors, prefixed, save_checkpoint, unprefixed)
 from blockdrop.data import DataInfo, make_loader, set_loader_epoch
-from blockdrop.engine import dynamic_forward
-from blockdrop.errors import IncompatibleError
-from blockdrop.runtime import DistInfo, amp_autocast, amp_dtype, eval_mode, resolve_device
+from blockdrop.metrics import MetricsLog
+from blockdrop.runtime import DistInfo, amp_dtype, eval_mode, interrupt_at_step_end, resolve_device
+from blockdrop.train_state import TrainState
+from blockdrop.train_step import BlockDropStep, ForcedOn, stats_dict
 
 __all__ = ["TrainConfig", "Trainer"]
 
@@ -123,72 +116,6 @@ class TrainConfig:
         return base
 
 
-class _Step(nn.Module):
-    """Policy network + backbone; ``forward`` computes one training step's loss, so that DDP
-    sees every parameter use (both stages) inside one wrapped call."""
-
-    def __init__(self, policy_net: nn.Module, backbone: nn.Module, cfg: TrainConfig,
-                 teacher: nn.Module | None = None) -> None:
-        super().__init__()
-        self.policy_net, self.backbone, self.cfg = policy_net, backbone, cfg
-        self.finetune = cfg.stage == "finetune"
-        self.generator: torch.Generator | None = None
-        self._teacher = [teacher] if teacher is not None else []   # not a submodule: not trained
-
-    def train(self, mode: bool = True) -> "_Step":
-        self.training = mode
-        self.policy_net.train(mode)
-        self.backbone.train(mode and self.finetune and self.cfg.bn == "train")
-        return self
-
-    def _autocast(self, x: Tensor) -> Any:
-        return amp_autocast(x.device, self.cfg.amp)
-
-    def _backbone_loss(self, x: Tensor, logits: Tensor, y: Tensor) -> Tensor:
-        """Cross-entropy of the sampled sub-network, blended with the teacher's soft targets."""
-        ce = F.cross_entropy(logits.float(), y)
-        d, t = self.cfg.distill, self.cfg.temperature
-        if not d:
-            return ce
-        with torch.no_grad(), self._autocast(x):
-            soft = F.softmax(self._teacher[0](x).float() / t, 1)
-        kd = F.kl_div(F.log_softmax(logits.float() / t, 1), soft, reduction="batchmean") * (t * t)
-        return (1.0 - d) * ce + d * kd
-
-    def forward(self, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``x [N,3,H,W]``, ``y [N]``, curriculum ``mask [K]`` (None: all blocks learned) ->
-        ``(loss scalar, stats [len(STAT_NAMES)])``."""
-        cfg, bb = self.cfg, self.backbone
-        with self._autocast(x):
-            probs = self.policy_net(x).float()                        # [N, K]
-        pb = rl.bound_probs(probs, cfg.alpha)
-        sample = rl.sample_policy(pb, self.generator)
-        greedy = rl.threshold_policy(probs)
-        if mask is not None:
-            sample, greedy = rl.apply_curriculum(sample, mask), rl.apply_curriculum(greedy, mask)
-        # official: the baseline pass runs in the backbone's training mode (BN batch statistics)
-        mode = eval_mode(bb) if cfg.baseline_eval else nullcontext()
-        with torch.no_grad(), mode, self._autocast(x):
-            logits_g = dynamic_forward(bb, x, greedy, strategy=cfg.strategy)
-        grad_ctx = nullcontext() if self.finetune else torch.no_grad()
-        with grad_ctx, self._autocast(x):
-            logits_s = dynamic_forward(bb, x, sample, strategy=cfg.strategy)
-        correct_s = logits_s.detach().argmax(1) == y
-        correct_g = logits_g.argmax(1) == y
-        r_s = rl.reward(correct_s, sample, float(cfg.gamma))
-        r_g = rl.reward(correct_g, greedy, float(cfg.gamma))
-        logp = rl.log_prob(pb, sample, mask)
-        ent = rl.entropy(pb) if cfg.beta else None
-        loss_pg = rl.policy_gradient_loss(logp, r_s - r_g, ent, float(cfg.beta or 0.0))
-        loss = loss_pg + self._backbone_loss(x, logits_s, y) if self.finetune else loss_pg
-        stats = torch.stack([loss_pg.detach(), r_s.mean(), r_g.mean(), correct_g.float().mean(),
-                             greedy.sum(1).mean(), sample.sum(1).mean()])
-        return loss, stats
-
-
-STAT_NAMES = ("loss_pg", "reward", "reward_greedy", "acc", "blocks", "blocks_sample")
-
-
 # --------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -225,7 +152,7 @@ class Trainer:
             teacher = teacher.to(self.device).eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        self.step_module = _Step(policy_net, backbone, cfg, teacher).to(self.device)
+        self.step_module = BlockDropStep(policy_net, backbone, cfg, teacher).to(self.device)
         if cfg.channels_last:
             self.step_module.to(memory_format=torch.channels_last)
             if teacher is not None:
@@ -255,9 +182,18 @@ class Trainer:
                              f"batch ({cfg.batch_size} x {self.dist.world_size} processes)")
         self.batches_per_epoch = min(nb, cfg.steps_per_epoch or nb)
         self.total_steps = cfg.epochs * self.batches_per_epoch
-        self.epoch, self.batch, self.global_step = 0, 0, 0
-        self.history: list[dict[str, Any]] = []
-        self._tb: Any = None
+        self.state = TrainState(policy_net, backbone, self.optimizer, self.scaler, self.generator,
+                                self.device)
+        self.metrics = MetricsLog(self.out_dir, enabled=self.dist.is_main)
+
+    # the run's position, kept in the resumable state
+    epoch = property(lambda self: self.state.progress.epoch,
+                     lambda self, v: setattr(self.state.progress, "epoch", v))
+    batch = property(lambda self: self.state.progress.batch,
+                     lambda self, v: setattr(self.state.progress, "batch", v))
+    global_step = property(lambda self: self.state.progress.global_step,
+                           lambda self, v: setattr(self.state.progress, "global_step", v))
+    history = property(lambda self: self.state.progress.history)
 
     # ------------------------------------------------------------------ checkpoints
     def _gather_generator_states(self) -> list[Tensor]:
@@ -291,32 +227,9 @@ class Trainer:
     def save(self) -> None:
         """Write ``last.safetensors`` (+ ``.json``) atomically; collective under DDP."""
         gens = self._gather_generator_states()
-        if not self.dist.is_main:
-            return
-        tensors: dict[str, Tensor] = {}
-        tensors.update(prefixed(self.policy_net.state_dict(), "policy."))
-        tensors.update(prefixed(self.backbone.state_dict(), "backbone."))
-        opt_t, opt_meta = optimizer_to_tensors(self.optimizer)
-        tensors.update(opt_t)
-        for r, g in enumerate(gens):
-            tensors[f"rng.policy.{r}"] = g
-        tensors["rng.torch_cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {
-            **self.extra_meta,
-            "stage": self.cfg.stage,
-            "config": dataclasses.asdict(self.cfg),
-            "progress": {"epoch": self.epoch, "batch": self.batch, "global_step": self.global_step,
-                         "epochs": self.cfg.epochs, "batches_per_epoch": self.batches_per_epoch,
-                         "done": self.epoch >= self.cfg.epochs},
-            "world_size": self.dist.world_size,
-            "optimizer": opt_meta,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "python_random": _py_state_to_json(random.getstate()),
-            "history": self.history,
-        }
-        save_checkpoint(self.checkpoint_path(), tensors, meta)
+        if self.dist.is_main:
+            self.state.save(self.checkpoint_path(), gens, self.cfg, self.batches_per_epoch,
+                            self.dist.world_size, self.extra_meta)
 
     def resume(self, path: str | os.PathLike[str] | None = None) -> bool:
         """Restore from ``path`` (default ``out_dir/last.safetensors``).  Returns False if there
@@ -324,72 +237,14 @@ class Trainer:
         path = Path(path) if path else self.checkpoint_path()
         if not path.is_file():
             return False
-        tensors, meta = load_checkpoint(path)
-        if meta.get("stage") != self.cfg.stage:
-            raise IncompatibleError(f"{path} is a {meta.get('stage')} checkpoint; it cannot resume "
-                                    f"a {self.cfg.stage} run")
-        self.policy_net.load_state_dict(unprefixed(tensors, "policy."))
-        self.backbone.load_state_dict(unprefixed(tensors, "backbone."))
-        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
-        if meta.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(meta["scaler"])
-        gen_key = f"rng.policy.{self.dist.rank}"
-        if meta.get("world_size") == self.dist.world_size and gen_key in tensors:
-            self.generator.set_state(tensors[gen_key])
-        else:  # different world size: reproducible, but not identical to the old run
-            self.generator.manual_seed(self.cfg.seed * 1000 + self.dist.rank + 1 + 7919 * meta["progress"]["global_step"])
-        torch.set_rng_state(tensors["rng.torch_cpu"])
-        if "rng.torch_cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.torch_cuda"], self.device)
-        random.setstate(_py_state_from_json(meta["python_random"]))
-        pr = meta["progress"]
-        self.epoch, self.batch, self.global_step = pr["epoch"], pr["batch"], pr["global_step"]
-        self.history = list(meta.get("history", []))
-        if self.dist.is_main:
-            self._truncate_csv(self.global_step)
+        self.state.restore(path, self.cfg.stage, self.dist.rank, self.dist.world_size,
+                           reseed=self.cfg.seed * 1000 + self.dist.rank + 1)
+        self.metrics.truncate(self.global_step)
         return True
 
-    # ------------------------------------------------------------------ logging
-    def _csv_path(self) -> Path:
-        return self.out_dir / "metrics.csv"
-
-    def _truncate_csv(self, step: int) -> None:
-        p = self._csv_path()
-        if not p.exists():
-            return
-        with open(p, newline="") as f:
-            rows = list(csv.DictReader(f))
-        keep = [r for r in rows if int(r["step"]) <= step]
-        if rows:
-            text = ",".join(rows[0].keys()) + "\n" + "".join(
-                ",".join(str(r[k]) for k in rows[0].keys()) + "\n" for r in keep)
-            atomic_write_text(p, text)
-
-    _CSV_FIELDS = ("step", "epoch", "split", "loss", "reward", "acc", "blocks", "learned_blocks",
-                   "lr", "time")
-
     def log(self, row: dict[str, Any]) -> None:
-        """Append a metrics row (rank 0) to ``metrics.csv`` and TensorBoard if available."""
-        if not self.dist.is_main:
-            return
-        p = self._csv_path()
-        new = not p.exists()
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self._CSV_FIELDS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.out_dir / "tb"))
-            except Exception:  # tensorboard not installed
-                self._tb = False
-        if self._tb:
-            for k in ("loss", "reward", "acc", "blocks"):
-                if isinstance(row.get(k), float):
-                    self._tb.add_scalar(f"{row['split']}/{k}", row[k], row["step"])
+        """Append a metrics row (rank 0): ``metrics.csv`` and TensorBoard if installed."""
+        self.metrics.append(row)
 
     # ------------------------------------------------------------------ loop
     def curriculum_mask(self, epoch: int) -> Tensor | None:
@@ -401,7 +256,7 @@ class Trainer:
         return rl.curriculum_mask(self.num_blocks, epoch, self.cfg.cl_step, self.device)
 
     def train_step(self, x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
-        """One optimisation step; returns the stats tensor ``[6]`` (see ``STAT_NAMES``)."""
+        """One optimisation step; returns the stats tensor (``train_step.STAT_NAMES``)."""
         lr = self.cfg.lr_at(self.global_step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -422,7 +277,7 @@ class Trainer:
         Ctrl-C (SIGINT, single process) stops at the end of the current step, writes the
         checkpoint there and raises KeyboardInterrupt: ``resume`` continues exactly from it.
         """
-        with _interrupt_at_step_end() as interrupted:
+        with interrupt_at_step_end() as interrupted:
             return self._fit(resume, on_step, interrupted)
 
     def _fit(self, resume: bool, on_step: Callable[["Trainer"], None] | None,
@@ -458,13 +313,14 @@ class Trainer:
                 self.global_step += 1
                 bar.update(1)
                 if self.global_step % max(1, cfg.log_every) == 0 or self.batch == self.batches_per_epoch:
-                    s = (acc_stats / n_acc).tolist()
+                    s = stats_dict(acc_stats / n_acc)
                     acc_stats, n_acc = None, 0
                     last = {"step": self.global_step, "epoch": epoch, "split": "train",
-                            "loss": s[0], "reward": s[1], "acc": s[3], "blocks": s[4],
-                            "learned_blocks": learned, "lr": self.optimizer.param_groups[0]["lr"],
-                            "time": round(time.time() - t0, 2)}
-                    bar.set_postfix(reward=f"{s[1]:.3f}", acc=f"{s[3]:.3f}", blocks=f"{s[4]:.1f}")
+                            "loss": s["loss_pg"], "reward": s["reward"], "acc": s["acc"],
+                            "blocks": s["blocks"], "learned_blocks": learned,
+                            "lr": self.optimizer.param_groups[0]["lr"], "time": round(time.time() - t0, 2)}
+                    bar.set_postfix(reward=f"{s['reward']:.3f}", acc=f"{s['acc']:.3f}",
+                                    blocks=f"{s['blocks']:.1f}")
                     self.log(last)
                 if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
                     self.save()
@@ -495,7 +351,7 @@ class Trainer:
         from blockdrop.evaluate import evaluate
         assert self.val_data is not None
         mask = self.curriculum_mask(epoch)
-        pnet = self.policy_net if mask is None else _ForcedOn(self.policy_net, mask)
+        pnet = self.policy_net if mask is None else ForcedOn(self.policy_net, mask)
         net = BlockDropNet(pnet, self.backbone, strategy=self.cfg.strategy)
         loader = make_loader(self.val_data.dataset, max(self.cfg.batch_size, 256), train=False)
         with eval_mode(self.step_module):
@@ -520,47 +376,3 @@ class Trainer:
         dist.all_gather(all_s, s)
         if any(not torch.equal(a, all_s[0]) for a in all_s):
             raise RuntimeError("DDP replicas diverged")
-
-
-@contextmanager
-def _interrupt_at_step_end() -> Iterator[Callable[[], bool]]:
-    """While inside, SIGINT only sets a flag (read by the returned callable), so that training
-    stops at a step boundary; a second Ctrl-C interrupts at once. Outside the main thread: no-op."""
-    import signal
-    import threading
-    hit = [False]
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if hit[0]:
-            raise KeyboardInterrupt
-        hit[0] = True
-
-    old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: hit[0]
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
-class _ForcedOn(nn.Module):
-    """Validation during the curriculum: the blocks not yet learned are forced on (probability 1),
-    exactly as in training."""
-
-    def __init__(self, policy_net: nn.Module, mask: Tensor) -> None:
-        super().__init__()
-        self.inner, self.mask = policy_net, mask
-        self.num_blocks = int(mask.numel())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return rl.apply_curriculum(self.inner(x), self.mask)
-
-
-def _py_state_to_json(st: tuple) -> list:
-    return [st[0], list(st[1]), st[2]]
-
-
-def _py_state_from_json(js: list) -> tuple:
-    return (js[0], tuple(js[1]), js[2])

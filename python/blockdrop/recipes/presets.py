@@ -89,20 +89,20 @@ PRESETS: dict[str, Preset] = {
         thresholds=(0.5,), threshold_refine=0, strategy="masked", amp="off"),
     "quick": Preset(
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
-        adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7,
+        adapt_steps=300, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7, policy_width=8,
         cl_step=3, cl_steps_per_epoch=25, cl_extra_epochs=2, cl_gamma=1.0,
-        ft_steps=0, gammas=(1.0,), first_random_k=False, tolerance=0.005,
+        ft_steps=100, ft_distill=0.5, gammas=(5.0,), first_random_k=False, tolerance=0.005,
         thresholds=(0.3, 0.35, 0.4, 0.45, 0.5)),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",
-        adapt_steps=1500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=0.0,
-        cl_step=3, cl_steps_per_epoch=30, cl_extra_epochs=3, cl_gamma=1.0,
-        ft_steps=300, ft_lr=1e-4, ft_distill=0.0, gammas=(5.0,)),
+        adapt_steps=1500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=1.0, adapt_inplace=True,
+        adapt_temperature=1.0, cl_step=3, cl_steps_per_epoch=30, cl_extra_epochs=2, cl_gamma=1.0,
+        ft_steps=500, ft_lr=1e-4, ft_distill=0.5, gammas=(2.0, 5.0, 10.0)),
     "gpu": Preset(
-        name="gpu", summary="ResNet-56 in <= 8 minutes on one H100/H200",
-        batch_size=256, adapt_steps=2000, adapt_keep=0.7, adapt_lr=0.02,
-        cl_step=3, cl_steps_per_epoch=40, cl_extra_epochs=3, cl_gamma=1.0,
-        ft_steps=600, gammas=(5.0,)),
+        name="gpu", summary="ResNet-56 in <= 8 minutes on one H100/H200 (not yet run on one)",
+        batch_size=256, adapt_steps=3000, adapt_keep=0.7, adapt_lr=0.02, adapt_distill=1.0,
+        adapt_inplace=True, adapt_temperature=1.0, cl_step=3, cl_steps_per_epoch=40,
+        cl_extra_epochs=3, cl_gamma=1.0, ft_steps=1000, ft_distill=0.5, gammas=(2.0, 5.0, 10.0)),
 }
 
 
