@@ -3,9 +3,7 @@ exit with status 2 and one line naming the file or argument and what is wrong --
 and must leave existing files untouched."""
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
 import subprocess
 import sys
@@ -34,7 +32,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """A tiny 3-class dataset (folder + archive), a ResNet-8 ``.th``, a real checkpoint, and
     broken copies of each."""
     from PIL import Image
-    from blockdrop.checkpoint import backbone_spec, save_blockdrop_net
+    from blockdrop.checkpoint import save_blockdrop_net
     from blockdrop.blockdrop_net import BlockDropNet
     from blockdrop.models import cifar_resnet
     from blockdrop.models.policy import CifarPolicyNet

@@ -101,7 +101,6 @@ def test_finetune_baseline_pass_mode(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_finetune_distillation_loss_matches_formula(tmp_path: Path) -> None:
-    import torch.nn.functional as F
     from blockdrop.train_step import BlockDropStep as _Step
     pnet, bb = make_models()
     teacher = cifar_resnet(14, num_classes=3).eval()
