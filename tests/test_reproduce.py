@@ -53,13 +53,14 @@ def test_presets_are_complete_and_named() -> None:
 def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     from blockdrop.recipes import reproduce as rep
     evaluated: list[str] = []
-    real = rep._evaluate
+    from blockdrop.recipes import stages
+    real = stages.evaluate_on
 
     def spy(run, net, data):
         evaluated.append(data.source)
         return real(run, net, data)
 
-    monkeypatch.setattr(rep, "_evaluate", spy)
+    monkeypatch.setattr(stages, "evaluate_on", spy)
     out = tmp_path / "run"
     logs: list[str] = []
     report = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,

@@ -1,0 +1,55 @@
+"""Choices made on the validation split: each trained model at several keep thresholds, and the
+operating point reported as *the* result."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from blockdrop.blockdrop_net import BlockDropNet
+from blockdrop.evaluate import EvalResult
+from blockdrop.recipes import stages
+from blockdrop.recipes.stages import Run
+
+__all__ = ["Point", "val_points", "select"]
+
+
+@dataclass
+class Point:
+    """One operating point: a trained model at one threshold, with its validation result."""
+    gamma: float
+    threshold: float
+    net: BlockDropNet
+    val: EvalResult
+
+
+def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
+                tolerance: float) -> list[Point]:
+    """The model at every preset threshold on the validation split, then ``threshold_refine``
+    bisections between the last threshold within ``tolerance`` of the full network and the next
+    (a larger threshold keeps fewer blocks)."""
+    def at(t: float) -> Point:
+        q = copy.copy(net)
+        q.threshold = t
+        return Point(gamma, t, q, stages.evaluate_on(run, q, run.val))
+
+    points = [at(t) for t in sorted(run.preset.thresholds)]
+    ok = lambda q: q.val.accuracy >= full_val.accuracy - tolerance   # noqa: E731
+    for _ in range(run.preset.threshold_refine):
+        srt = sorted(points, key=lambda q: q.threshold)
+        pairs = [(a, b) for a, b in zip(srt, srt[1:]) if ok(a) and not ok(b)]
+        if not pairs:
+            break
+        a, b = pairs[-1]
+        points.append(at(round((a.threshold + b.threshold) / 2, 4)))
+    return points
+
+
+def select(points: list[Point], full_val: EvalResult, tolerance: float) -> Point:
+    """The point with the fewest validation blocks whose validation accuracy is within
+    ``tolerance`` of the full network's; when none is, the most accurate one."""
+    ok = [p for p in points if p.val.accuracy >= full_val.accuracy - tolerance]
+    if ok:
+        return min(ok, key=lambda p: (p.val.blocks_mean, -p.val.accuracy))
+    return max(points, key=lambda p: p.val.accuracy)
+
+

@@ -1,0 +1,249 @@
+"""The stages of ``blockdrop reproduce`` (see :mod:`blockdrop.recipes.presets`): where each
+writes its model (:class:`RunPaths`), what they share (:class:`Run`), and the stages themselves.
+Every stage saves a ``blockdrop.load``-able checkpoint; with ``run.resume`` a finished stage is
+loaded instead of run again."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from blockdrop.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
+from blockdrop.blockdrop_net import BlockDropNet
+from blockdrop.checkpoint import load_blockdrop_net, read_meta, save_blockdrop_net
+from blockdrop.data import DataInfo, make_loader
+from blockdrop.errors import IncompatibleError
+from blockdrop.evaluate import EvalResult, evaluate
+from blockdrop.models.policy import CifarPolicyNet, make_policy_net
+from blockdrop.recipes.presets import Preset
+from blockdrop.supervised import SupervisedConfig, train_supervised
+from blockdrop.train import Trainer, TrainConfig
+
+__all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "stage_pretrain", "stage_adapt",
+           "stage_full", "stage_baseline", "stage_blockdrop", "final_checkpoint"]
+
+
+@dataclass
+class RunPaths:
+    """Where each stage's model goes under ``out``."""
+    out: Path
+
+    _OWN = ("pretrain", "adapt", "baselines", "report.json", "report.md", "blockdrop.safetensors",
+            "blockdrop.json", "tradeoff.png", "block_usage.png", "policy_grid.png", "results.json",
+            "results.txt")
+
+    def claim(self, resume: bool, overwrite: bool) -> None:
+        """Refuse an ``out`` holding another run unless resuming or overwriting (which removes
+        only what a run writes)."""
+        if resume and overwrite:
+            raise IncompatibleError("resume and overwrite exclude each other")
+        if self.out.exists() and not self.out.is_dir():
+            raise IncompatibleError(f"out: {self.out} exists and is not a directory")
+        ours = [self.out / n for n in self._OWN] + sorted(self.out.glob("gamma*"))
+        present = [q for q in ours if q.exists()]
+        if present and not (resume or overwrite):
+            raise IncompatibleError(f"out: {self.out} already holds a run ({present[0].name}); "
+                                    f"resume it (--resume) or replace it (--overwrite)")
+        if overwrite:
+            import shutil
+            for q in present:
+                shutil.rmtree(q) if q.is_dir() else q.unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def pretrained(self) -> Path:
+        return self.out / "pretrain" / "backbone.safetensors"
+
+    def adapted(self) -> Path:
+        return self.out / "adapt" / "backbone.safetensors"
+
+    def full(self) -> Path:
+        return self.out / "baselines" / "full.safetensors"
+
+    def baseline(self, kind: str, gamma: float, threshold: float) -> Path:
+        return self.out / "baselines" / f"{kind}_gamma{gamma:g}_t{threshold:g}.safetensors"
+
+    def stage(self, gamma: float, stage: str) -> Path:
+        return self.out / f"gamma{gamma:g}" / stage
+
+
+@dataclass
+class Run:
+    """Everything the stages share."""
+    preset: Preset
+    paths: RunPaths
+    device: torch.device
+    seed: int
+    progress: bool
+    resume: bool
+    train: DataInfo
+    val: DataInfo
+    meta: dict[str, Any]
+    log: Callable[[str], None]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        t = time.time()
+        out = fn()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - t
+        return out
+
+
+def evaluate_on(run: Run, net: BlockDropNet, data: DataInfo) -> EvalResult:
+    loader = make_loader(data.dataset, 500, train=False)
+    return evaluate(net, loader, run.device, full=False, flops=True, progress=False)
+
+
+def _ft_config(run: Run, steps: int, distill: float) -> SupervisedConfig:
+    """Stage 3's backbone optimiser as a supervised run: Adam, the same lr and loss. (The joint
+    stage decays its lr x0.1 at 80%; the supervised loop decays it by a cosine -- stated in
+    docs/TRAINING.md.)"""
+    p = run.preset
+    return SupervisedConfig(steps=steps, batch_size=p.batch_size, lr=p.ft_lr, optimizer="adam",
+                            weight_decay=0.0, distill=distill, bn=p.ft_bn, strategy=p.strategy,
+                            amp=p.amp, seed=run.seed, progress=run.progress)
+
+
+def stage_pretrain(run: Run, backbone: nn.Module) -> nn.Module:
+    """No pretrained weights: train ``backbone`` from scratch (SGD 0.1, cosine, stochastic depth)."""
+    path, p = run.paths.pretrained(), run.preset
+    if run.resume and path.is_file():
+        run.log(f"[pretrain] reusing {path}")
+        return load_blockdrop_net(path, run.device)[0].backbone
+    if not p.pretrain_steps:
+        raise ValueError(f"weights: preset {p.name!r} needs pretrained weights (it has no pretrain stage)")
+    run.log(f"[pretrain] {p.pretrain_steps} steps from scratch (stochastic depth, keep {p.pretrain_keep})")
+    cfg = SupervisedConfig(steps=p.pretrain_steps, batch_size=p.batch_size, lr=0.1, amp=p.amp,
+                           seed=run.seed, progress=run.progress)
+    run.timed("pretrain", lambda: train_supervised(
+        backbone, run.train, drop_path_policy(p.pretrain_keep, backbone.num_blocks), cfg, run.device))
+    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
+                       {**run.meta, "stage": "pretrain"})
+    return backbone
+
+
+def _adapt_config(run: Run) -> SupervisedConfig:
+    p = run.preset
+    return SupervisedConfig(steps=max(1, p.adapt_steps), batch_size=p.batch_size, lr=p.adapt_lr,
+                            distill=p.adapt_distill, inplace=p.adapt_inplace,
+                            temperature=p.adapt_temperature, strategy="gather",
+                            amp=p.amp, seed=run.seed, progress=run.progress)
+
+
+def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
+    path, p = run.paths.adapted(), run.preset
+    if run.resume and path.is_file():
+        run.log(f"[adapt] reusing {path}")
+        return load_blockdrop_net(path)[0].backbone
+    backbone = copy.deepcopy(pretrained)
+    if p.adapt_steps:
+        run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep {p.adapt_keep}), "
+                f"distill {p.adapt_distill}{' in place' if p.adapt_inplace else ''}")
+        run.timed("adapt", lambda: train_supervised(
+            backbone, run.train, drop_path_policy(p.adapt_keep, backbone.num_blocks),
+            _adapt_config(run), run.device, teacher=pretrained))
+    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
+                       {**run.meta, "stage": "adapt"})
+    return backbone
+
+
+def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
+    """The full network finetuned alike: from the pretrained weights, the adapt stage's steps,
+    optimiser and loss, then the finetune stage's -- every block, every image."""
+    path, p = run.paths.full(), run.preset
+    if run.resume and path.is_file():
+        run.log(f"[baseline full] reusing {path}")
+        return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
+    backbone = copy.deepcopy(pretrained)
+    nb = backbone.num_blocks
+    if p.adapt_steps:
+        # in-place adaptation trains the full path by plain cross-entropy: that is the full
+        # network's share of the loss (its distillation term into itself would be zero)
+        cfg = _adapt_config(run)
+        if p.adapt_inplace:
+            cfg = dataclasses.replace(cfg, inplace=False, distill=0.0)
+        run.log(f"[baseline full] {p.adapt_steps} steps as the adapt stage, every block")
+        run.timed("baseline_full", lambda: train_supervised(
+            backbone, run.train, full_policy(nb), cfg, run.device, teacher=pretrained))
+    steps = ft_steps(run)
+    if steps:
+        run.log(f"[baseline full] {steps} steps as the finetune stage, every block")
+        teacher = copy.deepcopy(backbone).eval()
+        run.timed("baseline_full", lambda: train_supervised(
+            backbone, run.train, full_policy(nb), _ft_config(run, steps, p.ft_distill), run.device,
+            teacher=teacher))
+    net = BlockDropNet(BaselinePolicy("full", nb), backbone, strategy="auto")
+    save_blockdrop_net(path, net, {**run.meta, "stage": "baseline_full"})
+    return net.to(run.device).eval()
+
+
+def stage_baseline(run: Run, adapted: nn.Module, kind: str, k: float, path: Path) -> BlockDropNet:
+    """FirstK / RandomK at ``k`` blocks: from the adapted backbone (as BlockDrop), the finetune
+    stage's steps, optimiser and loss under the fixed policy."""
+    if run.resume and path.is_file():
+        run.log(f"[baseline {kind}] reusing {path}")
+        return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
+    p, nb = run.preset, adapted.num_blocks
+    backbone = copy.deepcopy(adapted)
+    sampler = first_k_policy(k, nb) if kind == "first_k" else random_k_policy(k, nb)
+    steps = ft_steps(run)
+    if steps:
+        run.log(f"[baseline {kind}] k = {k:.2f}: {steps} finetune steps")
+        run.timed(f"baseline_{kind}", lambda: train_supervised(
+            backbone, run.train, sampler, _ft_config(run, steps, p.ft_distill), run.device,
+            teacher=adapted))
+    net = BlockDropNet(BaselinePolicy(kind, nb, k=k, seed=run.seed), backbone, strategy="auto")
+    save_blockdrop_net(path, net, {**run.meta, "stage": f"baseline_{kind}"})
+    return net.to(run.device).eval()
+
+
+def ft_steps(run: Run) -> int:
+    p = run.preset
+    if p.ft_steps is not None:
+        return p.ft_steps
+    return p.ft_epochs * (len(run.train.dataset) // p.batch_size)  # type: ignore[arg-type]
+
+
+def stage_blockdrop(run: Run, adapted: nn.Module, gamma: float) -> BlockDropNet:
+    p = run.preset
+    ft_dir, cl_dir = run.paths.stage(gamma, "finetune"), run.paths.stage(gamma, "curriculum")
+    done = ft_dir if ft_steps(run) else cl_dir
+    if run.resume and (done / "last.safetensors").is_file() and read_meta(done)["progress"]["done"]:
+        run.log(f"[gamma {gamma:g}] reusing {done}")
+        return load_blockdrop_net(done, run.device)[0]  # type: ignore[return-value]
+    backbone = copy.deepcopy(adapted)
+    torch.manual_seed(run.seed)
+    pnet = make_policy_net(backbone.num_blocks, run.train.image_size)
+    if isinstance(pnet, CifarPolicyNet) and pnet.width != p.policy_width:
+        pnet = CifarPolicyNet(backbone.num_blocks, width=p.policy_width)
+    k = backbone.num_blocks
+    meta = {**run.meta, "policy_spec": pnet.spec()}
+    common = dict(batch_size=p.batch_size, seed=run.seed, progress=run.progress,
+                  device=str(run.device), strategy=p.strategy, amp=p.amp, log_every=20)
+    epochs = p.cl_epochs or (math.ceil(k / p.cl_step) + p.cl_extra_epochs)
+    steps = ft_steps(run)
+    cl = TrainConfig(stage="curriculum", epochs=epochs, steps_per_epoch=p.cl_steps_per_epoch,
+                     lr=p.cl_lr, gamma=p.cl_gamma if steps else gamma, cl_step=p.cl_step,
+                     **{**common, "batch_size": p.cl_batch_size or p.batch_size})
+    run.log(f"[gamma {gamma:g}] curriculum: {epochs} epochs, {p.cl_step} more blocks per epoch")
+    run.timed(f"curriculum_gamma{gamma:g}", lambda: Trainer(
+        cl, pnet, backbone, run.train, cl_dir, extra_meta=meta).fit(resume=run.resume))
+    if steps:
+        ft = TrainConfig(stage="finetune", epochs=1, steps_per_epoch=steps, lr=p.ft_lr, gamma=gamma,
+                         bn=p.ft_bn, baseline_eval=p.ft_baseline_eval, distill=p.ft_distill, **common)
+        run.log(f"[gamma {gamma:g}] joint finetuning: {steps} steps")
+        run.timed(f"finetune_gamma{gamma:g}", lambda: Trainer(
+            ft, pnet, backbone, run.train, ft_dir, extra_meta=meta,
+            teacher=adapted if p.ft_distill else None).fit(resume=run.resume))
+    return BlockDropNet(pnet, backbone, strategy="auto").to(run.device).eval()
+
+
+def final_checkpoint(run: Run, gamma: float) -> Path:
+    stage = "finetune" if ft_steps(run) else "curriculum"
+    return run.paths.stage(gamma, stage) / "last.safetensors"
