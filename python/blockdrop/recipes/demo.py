@@ -30,9 +30,10 @@ __all__ = ["DEMO", "DEMO_SMOKE", "run_demo"]
 
 DEMO = Preset(
     name="demo", summary="digits, ResNet-20 from scratch, a few minutes on one CPU core",
-    n_val=300, batch_size=64, pretrain_steps=400, pretrain_keep=0.5, policy_width=8,
+    n_val=300, batch_size=64, pretrain_steps=1000, pretrain_keep=0.5, policy_width=8,
     adapt_steps=0, cl_step=3, cl_steps_per_epoch=15, cl_extra_epochs=2, cl_gamma=1.0,
-    ft_steps=80, ft_lr=1e-4, gammas=(1.0, 3.0), thresholds=(0.3, 0.4, 0.5, 0.6, 0.7), amp="off")
+    ft_steps=150, ft_lr=1e-4, gammas=(1.0, 3.0), thresholds=(0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6),
+    amp="off")
 
 #: Tiny settings for tests (`blockdrop demo --quick`): every stage runs, nothing is learned well.
 DEMO_SMOKE = DEMO.with_overrides(name="demo-smoke", pretrain_steps=4, cl_steps_per_epoch=1,
