@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from _helpers import subprocess_env
+
 from blockdrop.checkpoint import load_checkpoint, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +33,7 @@ for i in range(start, start + 10 ** 6):
 
 def test_sigkill_during_save_never_leaves_a_torn_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "last.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT / "python") + os.pathsep + str(ROOT)}
+    env = subprocess_env()
     rng = random.Random(0)
     steps_seen: list[int] = []
     start = 0

@@ -3,17 +3,15 @@ demo."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from _helpers import subprocess_env, tiny_image_folder, write_cifar_weights
 from blockdrop.cli import build_parser, main
-from blockdrop.models import cifar_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,20 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A 3-class 16x16 ImageFolder (train + test split dirs) and a ResNet-8 backbone ``.th``."""
-    from PIL import Image
     root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("test", 4)):
-        for ci, c in enumerate(("red", "green", "blue")):
-            d = root / "data" / split / c
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = rng.integers(0, 80, (16, 16, 3), dtype=np.uint8)
-                arr[..., ci] += 150          # learnable: the dominant channel is the class
-                Image.fromarray(arr).save(d / f"{i}.png")
-    torch.manual_seed(0)
-    torch.save({"state_dict": cifar_resnet(8, num_classes=3).state_dict()}, root / "r8.th")
-    return {"root": root, "data": root / "data", "weights": root / "r8.th"}
+    tiny_image_folder(root / "data" / "train", n_per_class=8)
+    tiny_image_folder(root / "data" / "test", n_per_class=4)
+    return {"root": root, "data": root / "data", "weights": write_cifar_weights(root / "r8.th")}
 
 
 @pytest.mark.parametrize("argv", [
@@ -131,7 +119,7 @@ def test_demo_quick_on_digits_is_deterministic(tmp_path: Path, capsys) -> None:
 
 
 def test_python_dash_m_help() -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT)])}
+    env = subprocess_env()
     r = subprocess.run([sys.executable, "-m", "blockdrop", "--help"], env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and all(c in r.stdout for c in ("train", "finetune", "eval", "bench", "demo"))

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "python") + os.pathsep + str(ROOT)}
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "blockdrop", *argv], env=env, capture_output=True,
                           text=True, timeout=300)
 

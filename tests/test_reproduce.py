@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 import blockdrop
-from blockdrop.models import cifar_resnet
+from _helpers import tiny_image_folder, write_cifar_weights
 from blockdrop.recipes.presets import PRESETS, Preset, get_preset
 from blockdrop.recipes.report import REPORT_KEYS
 
@@ -22,20 +20,10 @@ TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A 3-class 16x16 ImageFolder (train 48 / test 12 images) and a ResNet-8 ``.th``."""
-    from PIL import Image
     root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("test", 4)):
-        for ci, c in enumerate(("red", "green", "blue")):
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = rng.integers(0, 80, (16, 16, 3), dtype=np.uint8)
-                arr[..., ci] += 150
-                Image.fromarray(arr).save(d / f"{i}.png")
-    torch.manual_seed(0)
-    torch.save({"state_dict": cifar_resnet(8, num_classes=3).state_dict()}, root / "r8.th")
-    return {"train": root / "train", "test": root / "test", "weights": root / "r8.th"}
+    return {"train": tiny_image_folder(root / "train", n_per_class=16),
+            "test": tiny_image_folder(root / "test", n_per_class=4),
+            "weights": write_cifar_weights(root / "r8.th")}
 
 
 def test_presets_are_complete_and_named() -> None:

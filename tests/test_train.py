@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from _helpers import subprocess_env, tiny_image_folder, write_cifar_weights
 from blockdrop.checkpoint import load_checkpoint, save_checkpoint
 from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
 from blockdrop.models import cifar_resnet
@@ -244,22 +243,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, stage: str,
     assert strip(a) == strip(b)
 
 
-def _write_tiny_folder(root: Path, n_per_class: int = 8, size: int = 16) -> None:
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for c in ("a", "b", "c"):
-        (root / c).mkdir(parents=True)
-        for i in range(n_per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-
-
 def test_ddp_two_cpu_processes_gloo(tmp_path: Path) -> None:
     """torchrun, 2 processes, gloo: finetune a tiny model; replicas must stay identical."""
-    _write_tiny_folder(tmp_path / "data")
-    torch.manual_seed(0)
-    torch.save({"state_dict": cifar_resnet(8, num_classes=3).state_dict()}, tmp_path / "r8.th")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT)]),
-           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    tiny_image_folder(tmp_path / "data", classes=("a", "b", "c"), learnable=False)
+    write_cifar_weights(tmp_path / "r8.th")
+    env = {**subprocess_env(), "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "blockdrop", "finetune", "--data", str(tmp_path / "data"),
            "--weights", str(tmp_path / "r8.th"), "--out", str(tmp_path / "out"), "--epochs", "2",
