@@ -74,7 +74,7 @@ def _extension():
 
 setup(
     name="blockdrop",
-    version="0.1.0",
+    version="0.2.0",
     description="BlockDrop (dynamic inference paths in ResNets) with real batched speedup",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
@@ -87,6 +87,7 @@ setup(
     extras_require={"timm": ["timm"],
                     "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis", "timm"]},
     package_data={"blockdrop": ["py.typed"]},
+    license="BSD-3-Clause",
     entry_points={"console_scripts": ["blockdrop = blockdrop.cli:main"]},
     zip_safe=False,
 )

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 import blockdrop_ext
+from blockdrop_ext.reference import downsample_a as downsample_a_reference
 from blockdrop import dynamic_forward, models
 from blockdrop.accounting import ideal_speedup
 
@@ -486,7 +487,6 @@ class OpPayload:
 
 def op_payload(op: str, shape: tuple[int, int, int, int], m_frac: float, dtype: torch.dtype,
                channels_last: bool, device: str) -> OpPayload:
-    import torch.nn.functional as F
 
     n, c, h, w = shape
     m = max(1, round(m_frac * n))
@@ -521,7 +521,7 @@ def op_payload(op: str, shape: tuple[int, int, int, int], m_frac: float, dtype: 
         y = rand(m, 2 * c, (h + 1) // 2, (w + 1) // 2)
 
         def torch_ds():
-            s = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, c // 2, c // 2))
+            s = downsample_a_reference(x, 2 * c)
             return s.index_copy(0, rows, torch.relu(s.index_select(0, rows) + y))
 
         fns = {"blockdrop": lambda: blockdrop_ext.merge_block(x, y, rows, relu=True, downsample=True, check=False),

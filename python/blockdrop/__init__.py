@@ -3,9 +3,11 @@
     import blockdrop
     model = blockdrop.models.cifar_resnet(depth=110)      # or load_cifar_resnet / from_torchvision
     logits = blockdrop.dynamic_forward(model, x, policy)  # x: [N, 3, H, W], policy: [N, K] of 0/1
-    net = blockdrop.load("runs/r56/report/blockdrop.safetensors")  # a trained BlockDropNet
+    net = blockdrop.load("runs/quick/blockdrop.safetensors")  # a BlockDropNet from `blockdrop reproduce`
     logits, policy = net(x)
 """
+
+__version__ = "0.2.0"
 
 from . import models
 from .accounting import flops, ideal_speedup
@@ -13,4 +15,4 @@ from .blockdrop_net import BlockDropNet
 from .checkpoint import load
 from .engine import dynamic_forward
 
-__all__ = ["BlockDropNet", "dynamic_forward", "flops", "ideal_speedup", "load", "models"]
+__all__ = ["BlockDropNet", "__version__", "dynamic_forward", "flops", "ideal_speedup", "load", "models"]

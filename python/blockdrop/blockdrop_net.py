@@ -1,7 +1,8 @@
-"""``BlockDropNet``: a policy network that picks blocks, and a backbone run on that pick."""
-from __future__ import annotations
+"""``BlockDropNet``: a policy network that picks blocks, and a backbone run on that pick.
 
-from typing import Any
+It sits above the engine (it calls :func:`blockdrop.dynamic_forward`), so it lives beside it and
+not in :mod:`blockdrop.models`, which the engine imports."""
+from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +62,3 @@ class BlockDropNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_blocks={self.num_blocks}, strategy={self.strategy!r}, threshold={self.threshold}"
-
-    def spec(self) -> dict[str, Any]:
-        """JSON-able description of the non-tensor settings."""
-        return {"strategy": self.strategy, "threshold": self.threshold}

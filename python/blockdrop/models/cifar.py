@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import FileFormatError, IncompatibleError
+from blockdrop_ext.reference import downsample_a
+
 from .base import BlockView, Chain, ResNetBackbone
 
 __all__ = ["CifarBasicBlock", "CifarResNet", "cifar_resnet", "load_cifar_resnet", "option_a"]
@@ -32,7 +34,7 @@ def option_a(x: Tensor, out_channels: int) -> Tensor:
             f"option_a: out_channels must be >= C and differ by an even number, got C={x.shape[1]}, "
             f"out_channels={out_channels}"
         )
-    return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad // 2, pad // 2))
+    return downsample_a(x, out_channels)   # the plain-PyTorch definition the kernels are tested against
 
 
 class CifarBasicBlock(nn.Module):
