@@ -106,7 +106,8 @@ def test_baseline_policy_module_replays_and_round_trips() -> None:
         BaselinePolicy("first_k", 6)
 
 
-def test_inplace_distillation_step_matches_a_plain_pytorch_reference() -> None:
+@pytest.mark.parametrize("full_distill", [0.0, 0.5])
+def test_inplace_distillation_step_matches_a_plain_pytorch_reference(full_distill: float) -> None:
     """inplace + distill 1: loss = CE(full network) + T^2 KL(full.detach() || sub-network); one
     SGD step equals the same step computed with plain modules (sub-network = the first k blocks,
     the rest shortcuts only)."""
@@ -116,8 +117,11 @@ def test_inplace_distillation_step_matches_a_plain_pytorch_reference() -> None:
     ref.load_state_dict(net.state_dict())
     data = toy_data()
     cfg = SupervisedConfig(steps=1, batch_size=8, lr=0.05, bn="frozen", progress=False,
-                           weight_decay=0.0, distill=1.0, inplace=True, temperature=2.0)
-    train_supervised(net, data, first_k_policy(2, net.num_blocks), cfg)
+                           weight_decay=0.0, distill=1.0, inplace=True, temperature=2.0,
+                           full_distill=full_distill, teacher_temperature=3.0)
+    torch.manual_seed(5)
+    teacher = cifar_resnet(14, num_classes=3).eval()
+    train_supervised(net, data, first_k_policy(2, net.num_blocks), cfg, teacher=teacher)
     from blockdrop.data import make_loader, set_loader_epoch
     loader = make_loader(data.dataset, 8, train=True, seed=0)
     set_loader_epoch(loader, 0)
@@ -135,7 +139,13 @@ def test_inplace_distillation_step_matches_a_plain_pytorch_reference() -> None:
     q = torch.softmax(full.detach() / 2.0, 1)
     kl = (q * (q.log() - torch.log_softmax(sub(x) / 2.0, 1))).sum(1).mean() * 4.0
     opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    (F.cross_entropy(full, y) + kl).backward()
+    full_loss = F.cross_entropy(full, y)
+    if full_distill:   # the full path also learns the frozen teacher's soft targets (T = 3)
+        with torch.no_grad():
+            qt = torch.softmax(teacher(x) / 3.0, 1)
+        kd_t = (qt * (qt.log() - torch.log_softmax(full / 3.0, 1))).sum(1).mean() * 9.0
+        full_loss = (1 - full_distill) * full_loss + full_distill * kd_t
+    (full_loss + kl).backward()
     opt.step()
     for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k, rtol=1e-4, atol=1e-6)

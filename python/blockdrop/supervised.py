@@ -11,7 +11,9 @@ images that execute each block. The loss of the sampled sub-network is ``(1 - di
 distill * T^2 * KL(teacher || student)``; the teacher is a frozen network, or with ``inplace``
 the network's own full path (every block), whose cross-entropy is added to the loss and whose
 detached soft targets the sub-network learns ("in-place distillation", as in slimmable networks):
-the full network keeps learning the task while its sub-networks learn to match it. The optimiser is SGD
+the full network keeps learning the task while its sub-networks learn to match it. With
+``full_distill`` the full path's own loss blends in a frozen teacher's soft targets too (teacher ->
+full path -> sub-networks), which keeps it close to the teacher's function. The optimiser is SGD
 (momentum 0.9, Nesterov) or Adam, with a cosine learning-rate decay to 0 over ``steps``.
 Deterministic: data order, augmentation and policies are functions of ``seed``.
 """
@@ -43,6 +45,8 @@ class SupervisedConfig:
     distill: float = 0.0            # weight of the teacher's soft targets
     temperature: float = 4.0
     inplace: bool = False           # teacher = this network's own full path, trained by CE too
+    full_distill: float = 0.0       # inplace: weight of the frozen teacher's soft targets in the
+    teacher_temperature: float = 4.0  #   full path's loss (0: plain CE)
     bn: str = "train"               # "train" | "frozen" (BN layers in eval mode)
     strategy: str = "gather"
     amp: str = "off"                # runtime.AMP_MODES ("bf16": no loss scaling needed)
@@ -61,14 +65,17 @@ class SupervisedConfig:
         amp_dtype(torch.device("cpu"), self.amp)   # validates the mode
 
 
+def _kd(logits: Tensor, teacher_logits: Tensor, t: float) -> Tensor:
+    """``T^2 KL(softmax(teacher / T) || softmax(logits / T))``, batch mean."""
+    return F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1),
+                    reduction="batchmean") * (t * t)
+
+
 def _loss(logits: Tensor, y: Tensor, teacher_logits: Tensor | None, cfg: SupervisedConfig) -> Tensor:
     ce = F.cross_entropy(logits, y)
     if teacher_logits is None:
         return ce
-    t = cfg.temperature
-    kd = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1),
-                  reduction="batchmean") * (t * t)
-    return (1.0 - cfg.distill) * ce + cfg.distill * kd
+    return (1.0 - cfg.distill) * ce + cfg.distill * _kd(logits, teacher_logits, cfg.temperature)
 
 
 def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler,
@@ -78,8 +85,8 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
     each image running the blocks ``sampler`` picks for it. Returns ``{"seconds", "loss"}`` (mean
     loss of the last 10% of steps); ``backbone`` is left in eval mode."""
     from tqdm.auto import tqdm
-    if cfg.distill and teacher is None and not cfg.inplace:
-        raise ValueError("teacher: required when cfg.distill > 0 (or set inplace)")
+    if (cfg.distill and teacher is None and not cfg.inplace) or (cfg.full_distill and teacher is None):
+        raise ValueError("teacher: required when cfg.distill > 0 (without inplace) or cfg.full_distill > 0")
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + 7)
@@ -114,6 +121,11 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
                 if cfg.inplace:
                     full_logits = backbone(x).float()
                     full_loss = F.cross_entropy(full_logits, y)
+                    if cfg.full_distill:
+                        with torch.no_grad():
+                            ext = teacher(x).float()  # type: ignore[misc]
+                        full_loss = (1.0 - cfg.full_distill) * full_loss + cfg.full_distill * _kd(
+                            full_logits, ext, cfg.teacher_temperature)
                     t_logits = full_logits.detach()
                 elif cfg.distill:
                     with torch.no_grad():

@@ -132,7 +132,8 @@ def _adapt_config(run: Run) -> SupervisedConfig:
     p = run.preset
     return SupervisedConfig(steps=max(1, p.adapt_steps), batch_size=p.batch_size, lr=p.adapt_lr,
                             distill=p.adapt_distill, inplace=p.adapt_inplace,
-                            temperature=p.adapt_temperature, strategy="gather",
+                            temperature=p.adapt_temperature, full_distill=p.adapt_full_distill,
+                            strategy="gather",
                             amp=p.amp, seed=run.seed, progress=run.progress)
 
 
@@ -163,11 +164,12 @@ def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
     backbone = copy.deepcopy(pretrained)
     nb = backbone.num_blocks
     if p.adapt_steps:
-        # in-place adaptation trains the full path by plain cross-entropy: that is the full
-        # network's share of the loss (its distillation term into itself would be zero)
+        # in-place adaptation trains the full path by its own share of the loss (its
+        # distillation term into itself would be zero): that is the full baseline's loss
         cfg = _adapt_config(run)
-        if p.adapt_inplace:
-            cfg = dataclasses.replace(cfg, inplace=False, distill=0.0)
+        if p.adapt_inplace:   # the full path's loss: CE, blended with the pretrained soft targets
+            cfg = dataclasses.replace(cfg, inplace=False, distill=p.adapt_full_distill,
+                                      temperature=cfg.teacher_temperature, full_distill=0.0)
         run.log(f"[baseline full] {p.adapt_steps} steps as the adapt stage, every block")
         run.timed("baseline_full", lambda: train_supervised(
             backbone, run.train, full_policy(nb), cfg, run.device, teacher=pretrained))
