@@ -90,8 +90,7 @@ PRESETS: dict[str, Preset] = {
         thresholds=(0.5,), threshold_refine=0, strategy="masked", amp="off"),
     "quick": Preset(
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
-        adapt_steps=300, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=1.0, adapt_inplace=True,
-        adapt_temperature=1.0, adapt_full_distill=0.7, policy_width=8,
+        adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7,
         cl_step=3, cl_steps_per_epoch=25, cl_extra_epochs=2, cl_gamma=1.0,
         ft_steps=0, gammas=(1.0,), first_random_k=False, tolerance=0.005,
         thresholds=(0.3, 0.35, 0.4, 0.45, 0.5)),
