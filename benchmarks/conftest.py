@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import env  # noqa: E402
 
 SETUP: dict = {}
 
@@ -30,21 +30,21 @@ def pytest_configure(config):
     # CPU: time with this process's CPU time (one thread; other processes' load on the shared VM
     # does not count), unless --benchmark-timer was given. GPU runs keep the wall clock (the model
     # suite synchronizes inside the timed call).
-    if not torch.cuda.is_available() and common.CPU_CLOCK == "process":
+    if not torch.cuda.is_available() and env.CPU_CLOCK == "process":
         opt = getattr(config.option, "benchmark_timer", None)
         if opt is not None and "perf_counter" in str(opt):
             config.option.benchmark_timer = "time.process_time"
     threads = os.environ.get("BLOCKDROP_BENCH_THREADS", "0" if torch.cuda.is_available() else "1")
-    SETUP.update(common.setup_measurement(int(threads)))  # 0: torch's default (GPU machines)
+    SETUP.update(env.setup_measurement(int(threads)))  # 0: torch's default (GPU machines)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    dev = common.default_device()
+    dev = env.default_device()
     machine_info["blockdrop"] = {
-        "machine": common.default_machine(dev),
+        "machine": env.default_machine(dev),
         "threads": torch.get_num_threads(),
         "malloc": SETUP.get("malloc"),
         "gpu": torch.cuda.get_device_name() if dev == "cuda" else None,
-        "git": common.git_commit(),
+        "git": env.git_commit(),
     }
 

@@ -12,45 +12,40 @@ calls followed by a synchronisation; times in extra_info are per call.
 from __future__ import annotations
 
 import pytest
-import torch
 
-import common
-from common import full_matrix
+import opbench
+from cases import op_cases
+from env import default_machine, full_matrix
 
 _COPY_GBPS: dict = {}
 
 
 def _cases():
+    """``cases.op_cases`` (CPU: the default subset, or "full"; CUDA: its default) x implementation."""
     out = []
-    for device, sizes in (("cpu", common.OP_SIZES_CPU), ("cuda", common.OP_SIZES_GPU)):
-        fracs = (0.31, 0.75) if (device == "cuda" or full_matrix()) else (0.31,)
+    for device in ("cpu", "cuda"):
         marks = [pytest.mark.gpu] if device == "cuda" else []
-        for op in common.OPS:
-            for size_name, shape in sizes.items():
-                for dtype in (torch.float32, torch.bfloat16):
-                    for cl in (False, True):
-                        for frac in fracs:
-                            for impl in common.OP_IMPLS:
-                                dt = str(dtype).replace("torch.", "")
-                                lay = "cl" if cl else "nchw"
-                                pid = f"{device}-{op}-{size_name}-{dt}-{lay}-m{frac}-{impl}"
-                                out.append(pytest.param(device, op, size_name, shape, dtype, cl, frac, impl,
-                                                        id=pid, marks=marks))
+        for op, size_name, shape, frac, dtype, cl in op_cases("full" if full_matrix() else "default", device):
+            for impl in opbench.OP_IMPLS:
+                dt = str(dtype).replace("torch.", "")
+                pid = f"{device}-{op}-{size_name}-{dt}-{'cl' if cl else 'nchw'}-m{frac}-{impl}"
+                out.append(pytest.param(device, op, size_name, shape, dtype, cl, frac, impl, id=pid,
+                                        marks=marks))
     return out
 
 
 @pytest.mark.parametrize("device,op,size_name,shape,dtype,channels_last,frac,impl", _cases())
 def test_op(benchmark, device, op, size_name, shape, dtype, channels_last, frac, impl):
     if impl == "blockdrop":  # same result as the plain-PyTorch composition, before timing
-        common.check_op(op, shape, frac, dtype, channels_last, device)
-    payload = common.op_payload(op, shape, frac, dtype, channels_last, device)
+        opbench.check_op(op, shape, frac, dtype, channels_last, device)
+    payload = opbench.op_payload(op, shape, frac, dtype, channels_last, device)
     fn = payload.fns[impl]
-    inner = common.inner_repeats(fn, device)
-    call = common.repeated(fn, inner, device)
+    inner = opbench.inner_repeats(fn, device)
+    call = opbench.repeated(fn, inner, device)
     benchmark.group = f"{op} {device} {payload.info['dtype']} {payload.info['layout']} {size_name}{list(shape)} rows={payload.info['rows']}"
     benchmark.extra_info.update(payload.info)
-    benchmark.extra_info.update(impl=impl, inner=inner, machine=common.default_machine(device))
-    rounds = 20 if device == "cuda" else max(5, min(50, int(0.15 / max(common.timed(fn, device), 1e-6))))
+    benchmark.extra_info.update(impl=impl, inner=inner, machine=default_machine(device))
+    rounds = 20 if device == "cuda" else max(5, min(50, int(0.15 / max(opbench.once(fn, device), 1e-6))))
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
     stats = getattr(benchmark, "stats", None)
     if stats is None:  # --benchmark-disable

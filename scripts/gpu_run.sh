@@ -51,7 +51,7 @@ stage() {
 
 stage build 240 150 "$OUT/build.txt" $PY setup.py build_ext --inplace
 $PY -c "import blockdrop_ext, json; print('build_info', json.dumps(blockdrop_ext.build_info()))" 2>&1 | tee -a "$OUT/build.txt"
-MACHINE=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import common; print(common.default_machine('cuda'))" 2>/dev/null || echo gpu)
+MACHINE=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import env; print(env.default_machine('cuda'))" 2>/dev/null || echo gpu)
 
 stage tests 110 140 "$OUT/tests.txt" $PY -m pytest tests -m gpu -q -p no:cacheprovider
 stage bench 180 40 "$OUT/bench.txt" $PY benchmarks/run.py --device cuda --machine "$MACHINE" --op-reps 10 --out "$OUT"

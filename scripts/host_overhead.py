@@ -16,12 +16,13 @@ Prints, per grad mode, the median over interleaved rounds of (strategy - full) /
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
 
 import torch
 
 import blockdrop
 from blockdrop.models.base import BlockView, Chain, ResNetBackbone
+from blockdrop.timing import interleaved
 
 
 class TrivialBackbone(ResNetBackbone):
@@ -44,23 +45,13 @@ class TrivialBackbone(ResNetBackbone):
         return self.fc(h.flatten(1))
 
 
-def per_block_overhead_us(fns: dict, rounds: int, k: int, sync=lambda: None) -> dict:
-    """Each round times every callable once, back to back; returns, per strategy, the median over
-    rounds of (its time - full's time in the same round) / k, in microseconds."""
-    for fn in fns.values():
-        for _ in range(5):
-            fn()
-    diffs = {name: [] for name in fns if name != "full"}
-    for _ in range(rounds):
-        t = {}
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            t[name] = time.perf_counter() - t0
-        for name in diffs:
-            diffs[name].append((t[name] - t["full"]) / k * 1e6)
-    return {name: sorted(d)[len(d) // 2] for name, d in diffs.items()}
+def per_block_overhead_us(fns: dict, rounds: int, k: int, device: str = "cpu") -> dict:
+    """Every callable timed once per round, interleaved (blockdrop.timing); returns, per strategy,
+    the median over rounds of (its time - full's time in the same round) / k, in microseconds."""
+    t = interleaved(fns, rounds=rounds, warmup=5, device=device)
+    full = t["full"].samples
+    return {name: statistics.median((a - b) / k * 1e6 for a, b in zip(v.samples, full))
+            for name, v in t.items() if name != "full"}
 
 
 def main() -> None:
@@ -76,13 +67,12 @@ def main() -> None:
     x = torch.randn(args.batch, 4, 1, 1, device=args.device)
     policy = torch.rand(args.batch, k, generator=torch.Generator().manual_seed(0)) < args.keep
     policy = policy.to(args.device)
-    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     for mode, ctx in (("inference_mode", torch.inference_mode), ("no_grad", torch.no_grad)):
         with ctx():
             fns = {"full": lambda: model(x)}
             for s in ("masked", "gather", "group"):
                 fns[s] = lambda s=s: blockdrop.dynamic_forward(model, x, policy, s)
-            over = per_block_overhead_us(fns, args.rounds, k, sync)
+            over = per_block_overhead_us(fns, args.rounds, k, args.device)
         print(f"{mode:15} " + " | ".join(f"{s} +{v:5.1f} us/block" for s, v in over.items()))
 
 if __name__ == "__main__":

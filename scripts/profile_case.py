@@ -23,10 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import common  # noqa: E402
+import env  # noqa: E402
+from cases import Case, Prepared  # noqa: E402
+from blockdrop.timing import interleaved  # noqa: E402
 
 
-def floor_fn(prep: common.Prepared):
+def floor_fn(prep: Prepared):
     """Residual branches on ready-made sub-batches of the plan's sizes (no data movement)."""
     model, x, pol = prep.model, prep.x, prep.policy.cpu()
     n = x.shape[0]
@@ -73,26 +75,21 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    common.setup_measurement(a.threads)
-    case = common.Case(a.model, a.batch, a.mix)
-    prep = common.Prepared(case)
+    env.setup_measurement(a.threads)
+    case = Case(a.model, a.batch, a.mix)
+    prep = Prepared(case)
     fns = {s: prep.fn(s) for s in ("full", "auto", "torch_gather")}
     floor, _ = floor_fn(prep)
     fns["floor"] = floor
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
+    t = interleaved(fns, rounds=a.reps, warmup=1, clock=env.clock("cpu"), rotate=True)
     order = list(fns)
-    for r in range(a.reps):
-        for k in order[r % 4:] + order[: r % 4]:
-            times[k].append(common.timed(fns[k], "cpu"))
-    med = {k: common.median(v) for k, v in times.items()}
+    med = {k: v.median for k, v in t.items()}
     print(f"{case.key}: ideal {prep.ideal:.2f}x, auto chose {prep.auto_choice}, {prep.groups} distinct policies, "
           f"threads {torch.get_num_threads()}")
     for k in order:
         sp = med["full"] / med[k]
         print(f"  {k:13} {med[k] * 1e3:9.1f} ms  speedup {sp:5.2f}x  realized/ideal {sp / prep.ideal:5.2f}  "
-              f"spread {common.spread(times[k]):.2f}")
+              f"spread {t[k].spread:.2f}")
     print(f"  compute floor / ideal time = {med['floor'] / (med['full'] / prep.ideal):.2f} "
           f"(per-image cost of the sub-batch convs vs the full batch); auto / floor = {med['auto'] / med['floor']:.2f}; "
           f"torch_gather / floor = {med['torch_gather'] / med['floor']:.2f}")

@@ -42,14 +42,23 @@ class Timing:
 
     @property
     def spread(self) -> float:
-        """(max - min) / median: how noisy the rounds were."""
-        return (max(self.samples) - min(self.samples)) / self.median if self.median else 0.0
+        """Interquartile range / median (with fewer than 4 rounds: (max - min) / median): how
+        noisy the rounds were."""
+        xs = self.samples
+        if not self.median:
+            return 0.0
+        if len(xs) < 4:
+            return (max(xs) - min(xs)) / self.median
+        q = statistics.quantiles(xs, n=4)
+        return (q[2] - q[0]) / self.median
 
 
 def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1,
-                device: torch.device | str | None = None, clock: str = "wall") -> dict[str, Timing]:
+                device: torch.device | str | None = None, clock: str = "wall",
+                rotate: bool = False) -> dict[str, Timing]:
     """Time each of ``fns`` (name -> zero-argument callable) ``rounds`` times, interleaved, after
-    ``warmup`` untimed rounds. Returns name -> :class:`Timing`."""
+    ``warmup`` untimed rounds; with ``rotate`` the order shifts by one each round, so no candidate
+    always follows the same one. Returns name -> :class:`Timing`."""
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {rounds}, {warmup}")
     if clock not in ("wall", "process"):
@@ -59,8 +68,11 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = 5, warmup: i
         for f in fns.values():
             f()
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, f in fns.items():
+    order = list(fns)
+    for r in range(rounds):
+        shift = r % len(order) if rotate and order else 0
+        for name in order[shift:] + order[:shift]:
+            f = fns[name]
             sync(device)
             t = now()
             f()
