@@ -96,7 +96,7 @@ def make_input(name: str, batch: int, device: str, dtype: torch.dtype, channels_
 #: Mixes: "iid:<keep>" (every entry Bernoulli(keep)), "proto<P>:<keep>" (P prototype policies,
 #: each Bernoulli(keep) per block, every image draws one uniformly), "ones", "zeros".
 #: "proto10" (no keep) means the paper's keep for the family: 0.31 on CIFAR (R110, gamma 10),
-#: 0.75 on ImageNet (R101, gamma 5) -- see ../shared/FACTS.md.
+#: 0.75 on ImageNet (R101, gamma 5), the paper's reported block fractions.
 PAPER_KEEP = {"cifar": 0.31, "imagenet": 0.75}
 
 

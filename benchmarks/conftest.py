@@ -1,6 +1,6 @@
 """pytest-benchmark suites of blockdrop (``pytest benchmarks -q``; see benchmarks/README.md).
 
-Measurement setup for the whole session (../shared/FACTS.md): one CPU thread, glibc's trim/mmap
+Measurement setup for the whole session (why: benchmarks/README.md): one CPU thread, glibc's trim/mmap
 thresholds raised (mallopt; for the same effect from the start, export MALLOC_MMAP_THRESHOLD_ and
 MALLOC_TRIM_THRESHOLD_), denormals flushed. CUDA cases carry the ``gpu`` marker and are skipped
 with a reason when no GPU is visible (the repository's conftest.py). Knobs: BLOCKDROP_BENCH_FULL=1 (the full model matrix),

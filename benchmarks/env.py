@@ -1,5 +1,5 @@
 """The measurement environment of the benchmarks: one CPU thread, glibc's malloc thresholds, the
-clock, and what machine, commit and load a result was measured on (../shared/FACTS.md)."""
+clock, and what machine, commit and load a result was measured on (why: benchmarks/README.md)."""
 from __future__ import annotations
 
 import ctypes
@@ -38,7 +38,7 @@ def clock_name(device: str) -> str:
 
 def tune_malloc() -> str:
     """Stop glibc from returning freed activation memory to the OS (page-fault storms, see
-    ../shared/FACTS.md). The environment variables (MALLOC_ENV) work only when set before the
+    benchmarks/README.md). The environment variables (MALLOC_ENV) work only when set before the
     process starts; this applies the same thresholds with mallopt at run time. Returns a note."""
     if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
         return "env"

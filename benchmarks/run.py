@@ -8,7 +8,7 @@
     python benchmarks/run.py --device cuda          # GPU subset: bf16, channels_last
     python benchmarks/run.py --render results/cpu-2core.json   # redo the .md/.png from a .json
 
-Method (../shared/FACTS.md): one CPU thread; glibc's malloc trim/mmap thresholds raised (the
+Method (why: benchmarks/README.md): one CPU thread; glibc's malloc trim/mmap thresholds raised (the
 process re-executes itself with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set); each case is
 checked against ``masked`` first (that call is also the warm-up), then timed in rounds, every round
 calling every strategy once in a rotated order; the median of the rounds is reported. GPU calls

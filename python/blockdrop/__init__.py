@@ -9,10 +9,10 @@
 
 __version__ = "0.2.0"
 
-from . import models
+from . import interop, models
 from .accounting import flops, ideal_speedup
 from .blockdrop_net import BlockDropNet
 from .checkpoint import load
 from .engine import dynamic_forward
 
-__all__ = ["BlockDropNet", "__version__", "dynamic_forward", "flops", "ideal_speedup", "load", "models"]
+__all__ = ["BlockDropNet", "__version__", "dynamic_forward", "flops", "ideal_speedup", "interop", "load", "models"]

@@ -81,7 +81,7 @@ STRATEGIES = ("auto", "masked", "loop", "gather", "group")
 
 #: ``auto`` picks ``group`` when ``N >= AUTO_MIN_GROUP_SIZE * G`` (few distinct policies, so every
 #: group runs at an efficient batch size with no per-block copies), else ``gather``. On CPU a conv
-#: costs about the same per image from batch 16-32 upwards (docs/FACTS: 1.06-1.34x at 16,
+#: costs about the same per image from batch 16-32 upwards (measured: 1.06-1.34x the per-image cost at 16,
 #: ~1.0-1.15x at 64), while gather pays its copies (~7%) at every block.
 AUTO_MIN_GROUP_SIZE = 32
 
