@@ -12,7 +12,9 @@
 #      issue's H100 targets, all-ones, batch 1, peak memory; op bandwidth vs a device-to-device copy)
 #   4. compute-sanitizer --tool memcheck on scripts/sanitize_ops.py (every op fwd+bwd, engine)
 #   5. scripts/host_overhead.py --device cuda (per-block launch + host cost of each strategy)
-#   6. pytest benchmarks/test_models_bench.py -m gpu (pytest-benchmark JSON), with the time left
+#   6. scripts/exception_probe.py: do C++ exceptions thrown in extension ops raise (issue: they ended
+#      the process on torch 2.11 here)?
+#   7. pytest benchmarks/test_models_bench.py -m gpu (pytest-benchmark JSON), with the time left
 #      (the op suite's GPU cases: pytest benchmarks -m gpu, a few minutes more)
 # Files written to $OUT (7 at most): build.txt, tests.txt (pytest + sanitizer), bench.txt,
 # <machine>.json/.md/.png (benchmarks/run.py), pytest-benchmark-gpu.json. The last lines printed are
@@ -57,6 +59,7 @@ stage tests 110 140 "$OUT/tests.txt" $PY -m pytest tests -m gpu -q -p no:cachepr
 stage bench 180 40 "$OUT/bench.txt" $PY benchmarks/run.py --device cuda --machine "$MACHINE" --op-reps 10 --out "$OUT"
 stage sanitizer 90 5 "$OUT/tests.txt" compute-sanitizer --tool memcheck --error-exitcode 3 $PY scripts/sanitize_ops.py
 stage overhead 30 5 "$OUT/bench.txt" $PY scripts/host_overhead.py --device cuda --rounds 100
+stage exceptions 60 5 "$OUT/tests.txt" $PY scripts/exception_probe.py
 BLOCKDROP_BENCH_ROUNDS=5 stage pytest-bench 120 5 "$OUT/bench.txt" $PY -m pytest benchmarks/test_models_bench.py -m gpu -q -p no:cacheprovider \
   --benchmark-json "$OUT/pytest-benchmark-gpu.json" --benchmark-columns=median,iqr,rounds
 
@@ -64,6 +67,7 @@ echo
 echo "== log tails"
 grep -E "passed|failed|error" "$OUT/tests.txt" | tail -6
 grep -E "ERROR SUMMARY|sanitize_ops" "$OUT/tests.txt" | tail -3
+grep -E "^toolchain|raised|DIED|NO EXCEPTION|exit [0-9]" "$OUT/tests.txt" | tail -10
 grep -E "^FAILED" "$OUT/bench.txt" | head -5
 echo
 echo "== stages (machine $MACHINE, $(( $(date +%s) - START ))s total)"

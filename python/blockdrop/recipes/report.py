@@ -36,13 +36,14 @@ def summary_markdown(report: dict[str, Any]) -> str:
              f"(policy network included); the full network finetuned alike: "
              f"{100 * r['full_accuracy']:.2f}%. Measured speedup at batch {r['speed_batch']}: "
              f"{r['measured_speedup']:.2f}x.", "",
-             "| model | gamma | val acc | test acc | blocks | FLOPs / image | policies |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | gamma | threshold | val acc | test acc | blocks | FLOPs / image | policies |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in r["results"]:
         g = row.get("gamma")
-        va = row.get("val_accuracy")
+        va, t = row.get("val_accuracy"), row.get("threshold")
+        name = _NAMES.get(row["method"], row["method"]) + (" (chosen)" if row.get("chosen") else "")
         lines.append(
-            f"| {_NAMES.get(row['method'], row['method'])} | {'' if g is None else f'{g:g}'} | "
+            f"| {name} | {'' if g is None else f'{g:g}'} | {'' if t is None else f'{t:g}'} | "
             f"{'' if va is None else f'{100 * va:.2f}%'} | {100 * row['accuracy']:.2f}% | "
             f"{row['blocks_mean']:.2f} +- {row['blocks_std']:.2f} | {row['flops_mean']:.3e} | "
             f"{row['num_policies']} |")
