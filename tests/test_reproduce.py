@@ -14,7 +14,7 @@ from blockdrop.recipes.presets import PRESETS, Preset, get_preset
 from blockdrop.recipes.report import REPORT_KEYS
 
 TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2, cl_step=2,
-              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=2, gammas=(1.0, 5.0),
+              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=6, gammas=(1.0, 5.0),
               thresholds=(0.4, 0.5), amp="off")
 
 
@@ -25,6 +25,18 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return {"train": tiny_image_folder(root / "train", n_per_class=16),
             "test": tiny_image_folder(root / "test", n_per_class=4),
             "weights": write_cifar_weights(root / "r8.th")}
+
+
+def test_ft_schedule_makes_the_requested_steps() -> None:
+    from blockdrop.recipes.stages import ft_schedule
+    assert ft_schedule(500, 351) == (2, 250)
+    assert ft_schedule(100, 351) == (1, 100)
+    assert ft_schedule(7, 3) == (3, 3)        # 9 >= 7, the fewest epochs of at most 3
+    for steps, nb in [(1, 1), (13, 5), (351, 351), (352, 351), (1000, 7)]:
+        e, s = ft_schedule(steps, nb)
+        assert s <= nb and steps <= e * s < steps + e
+    with pytest.raises(ValueError, match="steps"):
+        ft_schedule(0, 5)
 
 
 def test_presets_are_complete_and_named() -> None:
@@ -55,6 +67,10 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     report = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
                            device="cpu", progress=False, speed_batch=4, log=logs.append)
     on_disk = json.loads((out / "report.json").read_text())
+    # the finetune makes the preset's steps although they exceed one epoch (36 images / 8 = 4)
+    from blockdrop.checkpoint import read_meta
+    for g in TINY.gammas:
+        assert read_meta(out / f"gamma{g:g}" / "finetune")["progress"]["global_step"] == TINY.ft_steps
     assert on_disk == json.loads(json.dumps(report))
     for key in REPORT_KEYS:
         assert key in report, key

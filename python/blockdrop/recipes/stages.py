@@ -212,6 +212,16 @@ def ft_steps(run: Run) -> int:
     return p.ft_epochs * (len(run.train.dataset) // p.batch_size)  # type: ignore[arg-type]
 
 
+def ft_schedule(steps: int, batches_per_epoch: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) that make ``steps`` optimisation steps when an epoch holds at most
+    ``batches_per_epoch`` batches: the fewest epochs, split evenly (the total is ``steps`` rounded
+    up to a multiple of the epochs, at most ``epochs - 1`` more)."""
+    if steps < 1 or batches_per_epoch < 1:
+        raise ValueError(f"steps ({steps}) and batches per epoch ({batches_per_epoch}) must be >= 1")
+    epochs = math.ceil(steps / batches_per_epoch)
+    return epochs, math.ceil(steps / epochs)
+
+
 def stage_blockdrop(run: Run, adapted: nn.Module, gamma: float) -> BlockDropNet:
     p = run.preset
     ft_dir, cl_dir = run.paths.stage(gamma, "finetune"), run.paths.stage(gamma, "curriculum")
@@ -237,9 +247,12 @@ def stage_blockdrop(run: Run, adapted: nn.Module, gamma: float) -> BlockDropNet:
     run.timed(f"curriculum_gamma{gamma:g}", lambda: Trainer(
         cl, pnet, backbone, run.train, cl_dir, extra_meta=meta).fit(resume=run.resume))
     if steps:
-        ft = TrainConfig(stage="finetune", epochs=1, steps_per_epoch=steps, lr=p.ft_lr, gamma=gamma,
-                         bn=p.ft_bn, baseline_eval=p.ft_baseline_eval, distill=p.ft_distill, **common)
-        run.log(f"[gamma {gamma:g}] joint finetuning: {steps} steps")
+        epochs, per_epoch = ft_schedule(steps, len(run.train.dataset) // p.batch_size)  # type: ignore[arg-type]
+        ft = TrainConfig(stage="finetune", epochs=epochs, steps_per_epoch=per_epoch, lr=p.ft_lr,
+                         gamma=gamma, bn=p.ft_bn, baseline_eval=p.ft_baseline_eval,
+                         distill=p.ft_distill, **common)
+        run.log(f"[gamma {gamma:g}] joint finetuning: {epochs * per_epoch} steps "
+                f"({epochs} epoch(s) of {per_epoch})")
         run.timed(f"finetune_gamma{gamma:g}", lambda: Trainer(
             ft, pnet, backbone, run.train, ft_dir, extra_meta=meta,
             teacher=adapted if p.ft_distill else None).fit(resume=run.resume))
