@@ -79,12 +79,18 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     rows = report["results"]
     bd = [r for r in rows if r["method"] == "blockdrop"]
     # every gamma at the paper's threshold 0.5, plus the operating point chosen on validation
-    assert [(r["gamma"], r["threshold"]) for r in bd if r["threshold"] == 0.5] == [(1.0, 0.5), (5.0, 0.5)]
+    assert [(r["gamma"], r["threshold"]) for r in bd
+            if r["threshold"] == 0.5 and r["stage"] == "finetune"] == [(1.0, 0.5), (5.0, 0.5)]
     chosen = [r for r in bd if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["accuracy"] == report["accuracy"]
     assert (chosen[0]["gamma"], chosen[0]["threshold"]) == (report["gamma"], report["threshold"])
     pts = report["val"]["points"]
-    assert len(pts) == 4          # 2 gammas x 2 thresholds, all evaluated on validation
+    # every threshold of each finetuned gamma, and of the curriculum (a candidate stage), on validation
+    for stage, g in [("finetune", 1.0), ("finetune", 5.0), ("curriculum", TINY.cl_gamma)]:
+        ts = {q["threshold"] for q in pts if q["stage"] == stage and q["gamma"] == g}
+        assert set(TINY.thresholds) <= ts, (stage, g, ts)
+    assert {q["stage"] for q in pts} == {"finetune", "curriculum"}
+    assert report["stage"] == chosen[0]["stage"]
     full_val = report["val"]["full_accuracy"]
     ok = [q for q in pts if q["accuracy"] >= full_val - 0.01]
     if ok:   # the selection rule: fewest validation blocks within the tolerance

@@ -30,7 +30,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
              f"{r['val']['images']} validation images held out of `{r['train_data']}` "
              f"({r['val']['selection']}); seed {r['seed']}, commit {r['commit']}, "
              f"{r['minutes']:.1f} minutes on {r['device']} ({r['threads']} threads).", "",
-             f"**Result**: BlockDrop (gamma {r['gamma']:g}) {100 * r['accuracy']:.2f}% with "
+             f"**Result**: BlockDrop (gamma {r['gamma']:g}"
+             f"{', curriculum only' if r.get('stage') == 'curriculum' and r['settings'].get('ft_steps') != 0 else ''}) "
+             f"{100 * r['accuracy']:.2f}% with "
              f"{r['blocks_mean']:.2f} +- {r['blocks_std']:.2f} of {r['num_blocks']} blocks "
              f"({100 * r['blocks_mean'] / r['num_blocks']:.0f}%), {r['flops_mean']:.3e} FLOPs/image "
              f"(policy network included); the full network finetuned alike: "
@@ -41,7 +43,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
     for row in r["results"]:
         g = row.get("gamma")
         va, t = row.get("val_accuracy"), row.get("threshold")
-        name = _NAMES.get(row["method"], row["method"]) + (" (chosen)" if row.get("chosen") else "")
+        cl_only = row.get("stage") == "curriculum" and r["settings"].get("ft_steps") != 0
+        name = (_NAMES.get(row["method"], row["method"]) + (", curriculum only" if cl_only else "")
+                + (" (chosen)" if row.get("chosen") else ""))
         lines.append(
             f"| {name} | {'' if g is None else f'{g:g}'} | {'' if t is None else f'{t:g}'} | "
             f"{'' if va is None else f'{100 * va:.2f}%'} | {100 * row['accuracy']:.2f}% | "
@@ -63,7 +67,9 @@ def write_report(out: Path, report: dict[str, Any], final_net: Any, final: EvalR
     full = None
     for row in report["results"]:
         pt = {"accuracy": row["accuracy"], "flops": row["flops_mean"],
-              "label": f"g={row['gamma']:g}" if row["method"] == "blockdrop" else ""}
+              "label": (f"g={row['gamma']:g}" + (" cl" if row.get("stage") == "curriculum"
+                                                 and report["settings"].get("ft_steps") != 0 else "")
+                        if row["method"] == "blockdrop" else "")}
         if row["method"] == "full":
             full = pt
         else:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from blockdrop.blockdrop_net import BlockDropNet
-from blockdrop.checkpoint import load_backbone, save_blockdrop_net
+from blockdrop.checkpoint import load_backbone, load_blockdrop_net, save_blockdrop_net
 from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluate import EvalResult, measure_throughput
@@ -36,8 +36,8 @@ from blockdrop.recipes.presets import Preset, get_preset
 from blockdrop.recipes.report import write_report
 from blockdrop.recipes.selection import Point, select, val_points
 from blockdrop.recipes import stages
-from blockdrop.recipes.stages import (Run, RunPaths, final_checkpoint, stage_adapt, stage_baseline,
-                                      stage_blockdrop, stage_full, stage_pretrain)
+from blockdrop.recipes.stages import (Run, RunPaths, final_checkpoint, final_stage, stage_adapt,
+                                      stage_baseline, stage_blockdrop, stage_full, stage_pretrain)
 from blockdrop.runtime import resolve_device
 
 __all__ = ["reproduce", "RunPaths"]
@@ -116,26 +116,36 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     full = stage_full(run, pretrained)
     full_val = run.timed("eval", lambda: stages.evaluate_on(run, full, val))
     points: list[Point] = []
-    for g in gammas:
-        net = stage_blockdrop(run, adapted, g)
-        pts = run.timed("eval", lambda: val_points(run, g, net, full_val, tolerance))
-        points += pts
+    last = final_stage(run)
+
+    def candidates(g: float, net: BlockDropNet, stage: str, path: Path) -> None:
+        pts = run.timed("eval", lambda: val_points(run, g, net, full_val, tolerance, stage, path))
+        points.extend(pts)
         for q in pts:
-            log(f"[gamma {g:g}] threshold {q.threshold:g}: val {100 * q.val.accuracy:.2f}% at "
-                f"{q.val.blocks_mean:.2f} blocks (full network {100 * full_val.accuracy:.2f}%)")
+            log(f"[gamma {g:g}{'' if stage == last else ', ' + stage}] threshold {q.threshold:g}: "
+                f"val {100 * q.val.accuracy:.2f}% at {q.val.blocks_mean:.2f} blocks "
+                f"(full network {100 * full_val.accuracy:.2f}%)")
+
+    for g in gammas:
+        candidates(g, stage_blockdrop(run, adapted, g), last, final_checkpoint(run, g))
+    if last == "finetune" and gammas:
+        # the curriculum (its own gamma, the same for every finetune gamma) is a candidate too: the
+        # stage is chosen on validation like the threshold
+        cl_path = paths.stage(gammas[0], "curriculum") / "last.safetensors"
+        candidates(p.cl_gamma, load_blockdrop_net(cl_path, dev)[0], "curriculum", cl_path)  # type: ignore[arg-type]
     chosen = select(points, full_val, tolerance)
     # the sweep: every gamma at the paper's threshold, and the chosen operating point
-    shown = [q for q in points if q.threshold == 0.5 or q is chosen]
+    shown = [q for q in points if (q.threshold == 0.5 and q.stage == last) or q is chosen]
     final = chosen.net
     final_path = save_blockdrop_net(paths.out / "blockdrop.safetensors", final, {
-        **run.meta, "stage": "blockdrop", "gamma": chosen.gamma, "val_accuracy": chosen.val.accuracy,
-        "val_blocks": chosen.val.blocks_mean})
-    baselines: list[tuple[str, Point, BlockDropNet]] = []
+        **run.meta, "stage": "blockdrop", "gamma": chosen.gamma, "trained_by": chosen.stage,
+        "val_accuracy": chosen.val.accuracy, "val_blocks": chosen.val.blocks_mean})
+    baselines: list[tuple[str, Point, Path, BlockDropNet]] = []
     if p.first_random_k:
         for q in shown:
             for kind in ("first_k", "random_k"):
-                path = paths.baseline(kind, q.gamma, q.threshold)
-                baselines.append((kind, q, stage_baseline(run, adapted, kind, q.val.blocks_mean, path)))
+                path = paths.baseline(kind, q.gamma, q.threshold, _tag(q, last))
+                baselines.append((kind, q, path, stage_baseline(run, adapted, kind, q.val.blocks_mean, path)))
 
     # ---- the test set, once
     log(f"[test] evaluating every model on {test.source}")
@@ -145,13 +155,13 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     for q in shown:
         tests[id(q)] = run.timed("eval", lambda: stages.evaluate_on(run, q.net, test))
         rows.append(_entry("blockdrop", tests[id(q)], gamma=q.gamma, threshold=q.threshold,
-                           chosen=q is chosen, val_accuracy=q.val.accuracy,
+                           stage=q.stage, chosen=q is chosen, val_accuracy=q.val.accuracy,
                            val_blocks=q.val.blocks_mean,
-                           checkpoint=str(final_path if q is chosen else final_checkpoint(run, q.gamma))))
-    for kind, q, net in baselines:
+                           checkpoint=str(final_path if q is chosen else q.checkpoint)))
+    for kind, q, path, net in baselines:
         rows.append(_entry(kind, run.timed("eval", lambda: stages.evaluate_on(run, net, test)), gamma=q.gamma,
-                           threshold=q.threshold, k=q.val.blocks_mean,
-                           checkpoint=str(paths.baseline(kind, q.gamma, q.threshold))))
+                           threshold=q.threshold, stage=q.stage, k=q.val.blocks_mean,
+                           checkpoint=str(path)))
     batches = _speed_batches(test, speed_batch)
     speed = run.timed("speed", lambda: measure_throughput(final, batches, dev, repeats=5))
     res = tests[id(chosen)]
@@ -161,14 +171,16 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         "flops_mean": res.flops_mean, "flops_std": res.flops_std, "full_flops": rows[0]["flops_mean"],
         "num_blocks": nb, "num_policies": res.num_policies,
         "full_accuracy": rows[0]["accuracy"], "gamma": chosen.gamma, "threshold": chosen.threshold,
+        "stage": chosen.stage,
         "measured_speedup": speed["speedup"], "speed_batch": speed_batch,
         "minutes": (time.time() - t_start) / 60, "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
         "preset": p.name, "settings": p.to_dict(), "seed": seed, "commit": _commit(), "arch": arch,
         "train_data": full_train.source, "test_data": test.source, "weights": str(weights),
         "val": {"images": len(val.dataset), "full_accuracy": full_val.accuracy,  # type: ignore[arg-type]
                 "selection": f"fewest blocks within {100 * tolerance:g} points of the full network",
-                "points": [{"gamma": q.gamma, "threshold": q.threshold, "accuracy": q.val.accuracy,
-                            "blocks_mean": q.val.blocks_mean} for q in points]},
+                "points": [{"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage,
+                            "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean}
+                           for q in points]},
         "test_images": res.n, "device": str(dev), "threads": torch.get_num_threads(),
         "results": rows,
     }
@@ -177,6 +189,11 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         f"(gamma {chosen.gamma:g}, threshold {chosen.threshold:g}); full network {100 * report['full_accuracy']:.2f}%; measured speedup "
         f"{speed['speedup']:.2f}x at batch {speed_batch}; {report['minutes']:.1f} min -> {paths.out}/report.json")
     return report
+
+
+def _tag(q: Point, last: str) -> str:
+    """Baseline file-name suffix of a point not from the run's last stage."""
+    return "" if q.stage == last else f"_{q.stage}"
 
 
 def _speed_batches(test: DataInfo, batch: int, n: int = 2) -> list[torch.Tensor]:

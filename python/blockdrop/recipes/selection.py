@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.evaluate import EvalResult
@@ -15,22 +16,26 @@ __all__ = ["Point", "val_points", "select"]
 
 @dataclass
 class Point:
-    """One operating point: a trained model at one threshold, with its validation result."""
+    """One operating point: a trained model at one threshold, with its validation result.
+    ``stage`` is the training stage the model comes from ("curriculum" or "finetune"), saved at
+    ``checkpoint``."""
     gamma: float
     threshold: float
     net: BlockDropNet
     val: EvalResult
+    stage: str = "finetune"
+    checkpoint: Path | None = None
 
 
 def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
-                tolerance: float) -> list[Point]:
+                tolerance: float, stage: str = "finetune", checkpoint: Path | None = None) -> list[Point]:
     """The model at every preset threshold on the validation split, then ``threshold_refine``
     bisections between the last threshold within ``tolerance`` of the full network and the next
     (a larger threshold keeps fewer blocks)."""
     def at(t: float) -> Point:
         q = copy.copy(net)
         q.threshold = t
-        return Point(gamma, t, q, stages.evaluate_on(run, q, run.val))
+        return Point(gamma, t, q, stages.evaluate_on(run, q, run.val), stage, checkpoint)
 
     points = [at(t) for t in sorted(run.preset.thresholds)]
     ok = lambda q: q.val.accuracy >= full_val.accuracy - tolerance   # noqa: E731

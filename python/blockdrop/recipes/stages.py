@@ -66,8 +66,8 @@ class RunPaths:
     def full(self) -> Path:
         return self.out / "baselines" / "full.safetensors"
 
-    def baseline(self, kind: str, gamma: float, threshold: float) -> Path:
-        return self.out / "baselines" / f"{kind}_gamma{gamma:g}_t{threshold:g}.safetensors"
+    def baseline(self, kind: str, gamma: float, threshold: float, tag: str = "") -> Path:
+        return self.out / "baselines" / f"{kind}_gamma{gamma:g}_t{threshold:g}{tag}.safetensors"
 
     def stage(self, gamma: float, stage: str) -> Path:
         return self.out / f"gamma{gamma:g}" / stage
@@ -259,6 +259,10 @@ def stage_blockdrop(run: Run, adapted: nn.Module, gamma: float) -> BlockDropNet:
     return BlockDropNet(pnet, backbone, strategy="auto").to(run.device).eval()
 
 
+def final_stage(run: Run) -> str:
+    """The last training stage of each gamma's model ("finetune", or "curriculum" without one)."""
+    return "finetune" if ft_steps(run) else "curriculum"
+
+
 def final_checkpoint(run: Run, gamma: float) -> Path:
-    stage = "finetune" if ft_steps(run) else "curriculum"
-    return run.paths.stage(gamma, stage) / "last.safetensors"
+    return run.paths.stage(gamma, final_stage(run)) / "last.safetensors"
