@@ -14,7 +14,7 @@ from blockdrop.recipes.presets import PRESETS, Preset, get_preset
 from blockdrop.recipes.report import REPORT_KEYS
 
 TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2, cl_step=2,
-              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=6, gammas=(1.0, 5.0),
+              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=6, ft_distill=0.5, gammas=(1.0, 5.0),
               thresholds=(0.4, 0.5), amp="off")
 
 

@@ -148,10 +148,8 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.num_blocks = int(backbone.num_blocks)
         torch.manual_seed(cfg.seed)
-        if teacher is not None:
+        if teacher is not None:   # only run under no_grad: the caller's module stays trainable
             teacher = teacher.to(self.device).eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
         self.step_module = BlockDropStep(policy_net, backbone, cfg, teacher).to(self.device)
         if cfg.channels_last:
             self.step_module.to(memory_format=torch.channels_last)
