@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,10 @@ def test_sigkill_during_save_never_leaves_a_torn_checkpoint(tmp_path: Path) -> N
         assert torch.equal(tensors["b"], torch.arange(1000) + i)
         steps_seen.append(i)
         start = i + 1
-        leftovers = [q.name for q in tmp_path.iterdir() if q.name.startswith(".")]
-        assert len(leftovers) <= 2                     # at most the interrupted save's temp files
+        # at most the interrupted save's own temp file per target, nothing foreign
+        leftovers = sorted(q.name for q in tmp_path.iterdir() if q.name.startswith("."))
+        ours = [n for n in leftovers if re.fullmatch(r"\.last\.(safetensors|json)\.\w+\.tmp", n)]
+        assert ours == leftovers, leftovers
+        assert sum(n.startswith(".last.safetensors.") for n in ours) <= 1, leftovers
+        assert sum(n.startswith(".last.json.") for n in ours) <= 1, leftovers
     assert len(steps_seen) >= 8 and steps_seen == sorted(steps_seen)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 from torch import Tensor, nn
 
 from blockdrop.errors import FileFormatError
@@ -70,12 +70,16 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor],
     meta = {"format": FORMAT, **meta}
     doc = json.dumps(meta, indent=1, sort_keys=True, default=_json_default)
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}  # one copy
+    # Serialized in memory and written through our own temp file: safetensors' save_file makes
+    # its own ``.tmpXXXXXX`` beside the target, which a kill would leave behind unrecognised.
+    blob = serialize(cpu, metadata={"blockdrop": doc})
+    del cpu
     _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(cpu, tmp, metadata={"blockdrop": doc})
-        with open(tmp, "rb") as f:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
