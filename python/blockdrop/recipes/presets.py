@@ -91,7 +91,7 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
         adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7,
-        cl_step=3, cl_steps_per_epoch=25, cl_extra_epochs=2, cl_gamma=1.0,
+        cl_step=3, cl_steps_per_epoch=25, cl_extra_epochs=10, cl_lr=3e-3, cl_gamma=1.0,
         ft_steps=0, gammas=(1.0,), first_random_k=False, tolerance=0.005,
         thresholds=(0.3, 0.35, 0.4, 0.45, 0.5)),
     "cpu": Preset(
