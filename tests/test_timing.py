@@ -6,6 +6,9 @@ import time
 
 import pytest
 
+import torch
+
+from blockdrop.evaluate import measure_throughput
 from blockdrop.timing import Timing, interleaved
 
 
@@ -34,3 +37,39 @@ def test_median_best_spread_and_clocks() -> None:
         interleaved({"a": lambda: None}, clock="gpu")
     with pytest.raises(ValueError, match="rounds"):
         interleaved({"a": lambda: None}, rounds=0)
+
+
+class _SleepyNet(torch.nn.Module):
+    """measure_throughput's interface; the plain backbone sleeps ``cost(n)`` per call of ``n``
+    images, the BlockDrop path a fixed 10 ms per batch."""
+
+    def __init__(self, cost) -> None:
+        super().__init__()
+        self.cost = cost
+
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.cost(x.shape[0]))
+        return x
+
+    def policy(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones(x.shape[0], 2)
+
+    def run_backbone(self, x: torch.Tensor, p: torch.Tensor, strategy: object) -> torch.Tensor:
+        time.sleep(0.01)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run_backbone(x, self.policy(x), None)
+
+
+@pytest.mark.parametrize("superlinear", [False, True])
+def test_throughput_finds_the_fastest_plain_chunk(superlinear: bool) -> None:
+    # per-call overhead: the whole batch is fastest; cost growing as n^2: the smallest chunk is
+    cost = (lambda n: 2e-6 * n * n) if superlinear else (lambda n: 0.006)
+    xs = [torch.zeros(64, 1)]
+    r = measure_throughput(_SleepyNet(cost), xs, repeats=3, plain_chunks=(32, 16, 64, 128))
+    assert r["best_plain_chunk"] == (16.0 if superlinear else 64.0)
+    assert r["best_plain_ips"] >= r["full_ips"]                 # every size's time is a candidate
+    assert r["speedup_vs_best_plain"] == pytest.approx(r["speedup"] * r["full_ips"] / r["best_plain_ips"])
+    with pytest.raises(ValueError, match="plain_chunks"):
+        measure_throughput(_SleepyNet(cost), xs, repeats=1, plain_chunks=(0,))

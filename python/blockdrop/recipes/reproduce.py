@@ -163,7 +163,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
                            threshold=q.threshold, stage=q.stage, k=q.val.blocks_mean,
                            checkpoint=str(path)))
     batches = _speed_batches(test, speed_batch)
-    speed = run.timed("speed", lambda: measure_throughput(final, batches, dev, repeats=5))
+    speed = run.timed("speed", lambda: measure_throughput(final, batches, dev, repeats=5,
+                                                                plain_chunks=(128, 64, 32)))
     res = tests[id(chosen)]
     report = {
         "checkpoint": str(final_path),
@@ -173,6 +174,9 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         "full_accuracy": rows[0]["accuracy"], "gamma": chosen.gamma, "threshold": chosen.threshold,
         "stage": chosen.stage,
         "measured_speedup": speed["speedup"], "speed_batch": speed_batch,
+        # the plain network at its fastest chunk size of the batch (a fair CPU baseline)
+        "measured_speedup_vs_best_plain": speed.get("speedup_vs_best_plain"),
+        "best_plain_chunk": speed.get("best_plain_chunk"),
         "minutes": (time.time() - t_start) / 60, "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
         "preset": p.name, "settings": p.to_dict(), "seed": seed, "commit": _commit(), "arch": arch,
         "train_data": full_train.source, "test_data": test.source, "weights": str(weights),
