@@ -41,7 +41,7 @@ def test_median_best_spread_and_clocks() -> None:
 
 class _SleepyNet(torch.nn.Module):
     """measure_throughput's interface; the plain backbone sleeps ``cost(n)`` per call of ``n``
-    images, the BlockDrop path a fixed 10 ms per batch."""
+    images, the BlockDrop path half of that."""
 
     def __init__(self, cost) -> None:
         super().__init__()
@@ -55,7 +55,7 @@ class _SleepyNet(torch.nn.Module):
         return torch.ones(x.shape[0], 2)
 
     def run_backbone(self, x: torch.Tensor, p: torch.Tensor, strategy: object) -> torch.Tensor:
-        time.sleep(0.01)
+        time.sleep(self.cost(x.shape[0]) / 2)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +69,8 @@ def test_throughput_finds_the_fastest_plain_chunk(superlinear: bool) -> None:
     xs = [torch.zeros(64, 1)]
     r = measure_throughput(_SleepyNet(cost), xs, repeats=3, plain_chunks=(32, 16, 64, 128))
     assert r["best_plain_chunk"] == (16.0 if superlinear else 64.0)
+    assert r["best_blockdrop_chunk"] == (16.0 if superlinear else 64.0)
+    assert r["speedup_best_vs_best"] > 1.2 and r["speedup"] > 1.2        # half the plain cost
     assert r["best_plain_ips"] >= r["full_ips"]                 # every size's time is a candidate
     assert r["speedup_vs_best_plain"] == pytest.approx(r["speedup"] * r["full_ips"] / r["best_plain_ips"])
     with pytest.raises(ValueError, match="plain_chunks"):

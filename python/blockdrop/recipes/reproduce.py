@@ -177,6 +177,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         # the plain network at its fastest chunk size of the batch (a fair CPU baseline)
         "measured_speedup_vs_best_plain": speed.get("speedup_vs_best_plain"),
         "best_plain_chunk": speed.get("best_plain_chunk"),
+        "measured_speedup_best_vs_best": speed.get("speedup_best_vs_best"),
+        "best_blockdrop_chunk": speed.get("best_blockdrop_chunk"),
         "minutes": (time.time() - t_start) / 60, "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
         "preset": p.name, "settings": p.to_dict(), "seed": seed, "commit": _commit(), "arch": arch,
         "train_data": full_train.source, "test_data": test.source, "weights": str(weights),
