@@ -133,22 +133,8 @@ def measure_throughput(net: nn.Module, batches: Sequence[Tensor], device: torch.
             pols.append(net.policy(x))
     n_img = sum(x.shape[0] for x in xs)
 
-    def run_full() -> None:
-        with amp_autocast(device, amp):
-            for x in xs:
-                net.backbone(x)
-
-    def run_bd() -> None:
-        with amp_autocast(device, amp):
-            for x in xs:
-                net(x)
-
-    def run_bb() -> None:
-        with amp_autocast(device, amp):
-            for x, p in zip(xs, pols):
-                net.run_backbone(x, p, strategy)
-
-    def run_chunked(fn: Callable[[Tensor], Any], c: int) -> Callable[[], None]:
+    def chunked(fn: Callable[[Tensor], Any], c: int) -> Callable[[], None]:
+        """``fn`` over every batch, in pieces of at most ``c`` images."""
         def run() -> None:
             with amp_autocast(device, amp):
                 for x in xs:
@@ -156,12 +142,20 @@ def measure_throughput(net: nn.Module, batches: Sequence[Tensor], device: torch.
                         fn(part)
         return run
 
+    def run_bb() -> None:
+        with amp_autocast(device, amp):
+            for x, p in zip(xs, pols):
+                net.run_backbone(x, p, strategy)
+
     batch = int(xs[0].shape[0])
-    fns: dict[str, Callable[[], None]] = {"full": run_full, "blockdrop": run_bd,
+    whole = max(int(x.shape[0]) for x in xs)           # one piece per batch
+    small = [c for c in chunks if c < batch]
+    fns: dict[str, Callable[[], None]] = {"full": chunked(net.backbone, whole),
+                                           "blockdrop": chunked(net, whole),
                                            "backbone_only": run_bb}
-    for c in (c for c in chunks if c < batch):
-        fns[f"full_chunk{c}"] = run_chunked(net.backbone, c)
-        fns[f"blockdrop_chunk{c}"] = run_chunked(net, c)
+    for c in small:
+        fns[f"full_chunk{c}"] = chunked(net.backbone, c)
+        fns[f"blockdrop_chunk{c}"] = chunked(net, c)
     try:
         t = interleaved(fns, rounds=max(1, repeats), warmup=warmup, device=device)
     finally:
@@ -173,7 +167,6 @@ def measure_throughput(net: nn.Module, batches: Sequence[Tensor], device: torch.
            "backbone_speedup": med["full"] / med["backbone_only"],
            "batch_size": float(batch), "repeats": float(repeats)}
     if chunks:
-        small = [c for c in chunks if c < batch]
         plain = {batch: med["full"], **{c: med[f"full_chunk{c}"] for c in small}}
         bd = {batch: med["blockdrop"], **{c: med[f"blockdrop_chunk{c}"] for c in small}}
         bp, bb = min(plain, key=lambda c: plain[c]), min(bd, key=lambda c: bd[c])
