@@ -13,7 +13,7 @@ from _helpers import tiny_image_folder, write_cifar_weights
 from blockdrop.recipes.presets import PRESETS, Preset, get_preset
 from blockdrop.recipes.report import REPORT_KEYS
 
-TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2, cl_step=2,
+TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2, adapt_distill=0.5, cl_step=2,
               cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=6, ft_distill=0.5, gammas=(1.0, 5.0),
               thresholds=(0.4, 0.5), amp="off")
 
@@ -67,6 +67,8 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     report = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
                            device="cpu", progress=False, speed_batch=4, log=logs.append)
     on_disk = json.loads((out / "report.json").read_text())
+    # the full baseline sees the adapt stage's batches: the pretrained teacher runs once per step
+    assert any("replayed from the adapt stage: 2 of 2 steps" in line for line in logs), logs
     # the finetune makes the preset's steps although they exceed one epoch (36 images / 8 = 4)
     from blockdrop.checkpoint import read_meta
     for g in TINY.gammas:

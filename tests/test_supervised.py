@@ -9,7 +9,7 @@ from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
 from blockdrop.models import cifar_resnet
 from blockdrop.baselines import (BaselinePolicy, drop_path_policy, first_k_policy, full_policy,
                                  random_k_policy)
-from blockdrop.supervised import SupervisedConfig, train_supervised
+from blockdrop.supervised import ReplayTeacher, SupervisedConfig, train_supervised
 
 
 def toy_data(n: int = 32, size: int = 16, classes: int = 3) -> DataInfo:
@@ -149,3 +149,47 @@ def test_inplace_distillation_step_matches_a_plain_pytorch_reference(full_distil
     opt.step()
     for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k, rtol=1e-4, atol=1e-6)
+
+
+def test_replay_teacher_returns_the_teachers_outputs_and_recomputes_changed_batches() -> None:
+    torch.manual_seed(3)
+    teacher = cifar_resnet(8, num_classes=3).eval()
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(1))
+    rt = ReplayTeacher(teacher)
+    xs = [torch.randn(4, 3, 16, 16) for _ in range(3)]
+    with torch.no_grad():
+        ref = [teacher(x) for x in xs]                     # the independent reference
+        calls.clear()
+        first = [rt(x) for x in xs]
+        rt.rewind()
+        x1 = xs[1].clone()
+        x1[0, 0, 0, 1] += 1e-3                            # off the strided sample: caught by the sums
+        again = [rt(xs[0]), rt(x1), rt(xs[2])]
+    n_calls = len(calls)
+    for a, b in zip(first, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(again[0], ref[0], rtol=0, atol=0)
+    torch.testing.assert_close(again[2], ref[2], rtol=0, atol=0)
+    torch.testing.assert_close(again[1], teacher(x1).detach(), rtol=0, atol=0)
+    assert (rt.hits, rt.misses, n_calls) == (2, 4, 4)
+
+
+def test_a_replayed_teacher_trains_the_same_network_as_the_teacher() -> None:
+    """Two runs with one seed see the same batches: distilling from the replay (recorded by a run
+    with another sampler) gives the weights that distilling from the teacher itself gives."""
+    torch.manual_seed(4)
+    teacher = cifar_resnet(8, num_classes=3).eval()
+    start = cifar_resnet(8, num_classes=3)
+    cfg = SupervisedConfig(steps=6, batch_size=8, distill=0.7, progress=False)
+    rt = ReplayTeacher(teacher)
+    train_supervised(cifar_resnet(8, num_classes=3), toy_data(), drop_path_policy(0.5, 3), cfg,
+                     teacher=rt)                           # records
+    a, b = cifar_resnet(8, num_classes=3), cifar_resnet(8, num_classes=3)
+    a.load_state_dict(start.state_dict()), b.load_state_dict(start.state_dict())
+    rt.rewind()
+    train_supervised(a, toy_data(), full_policy(3), cfg, teacher=rt)
+    train_supervised(b, toy_data(), full_policy(3), cfg, teacher=teacher)
+    assert rt.hits == 6
+    for (k, u), v in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(u, v, rtol=0, atol=0, msg=k)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from blockdrop.data import DataInfo, make_loader, set_loader_epoch
 from blockdrop.engine import dynamic_forward
 from blockdrop.runtime import amp_autocast, amp_dtype
 
-__all__ = ["SupervisedConfig", "train_supervised"]
+__all__ = ["ReplayTeacher", "SupervisedConfig", "train_supervised"]
 
 @dataclass
 class SupervisedConfig:
@@ -63,6 +64,54 @@ class SupervisedConfig:
         if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
             raise ValueError("distill must be in [0, 1] and temperature > 0")
         amp_dtype(torch.device("cpu"), self.amp)   # validates the mode
+
+
+class ReplayTeacher(nn.Module):
+    """A frozen teacher that records its outputs and replays them to a later run fed the same
+    batches in the same order (runs with one seed, batch size and data see identical batches: the
+    adapt stage and the full baseline of ``blockdrop reproduce``), saving one forward per step.
+
+    :meth:`rewind` before each run. Call ``i`` of a run replays call ``i`` of the recording only if
+    the input has the same shape and dtype, and the same sum, sum of squares and strided sample of
+    its values; any other input is computed (and replaces the record). ``teacher`` must be
+    deterministic and in eval mode; the recording holds ``[N, classes]`` per call.
+    """
+
+    def __init__(self, teacher: nn.Module, stride: int = 1031) -> None:
+        super().__init__()
+        self.teacher, self.stride = teacher, stride
+        self._records: list[tuple[tuple[Any, ...], Tensor, Tensor]] = []
+        self._i, self.hits, self.misses = 0, 0, 0
+
+    def rewind(self) -> None:
+        """Start replaying from the first recorded call."""
+        self._i = 0
+
+    def _key(self, x: Tensor) -> tuple[tuple[Any, ...], Tensor]:
+        flat = x.detach().reshape(-1)
+        d = flat.double()
+        dev = x.device.type
+        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        return ((tuple(x.shape), x.dtype, x.device, amp, float(d.sum()), float((d * d).sum())),
+                flat[::self.stride].clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[N,3,H,W] -> [N,classes]``: the teacher's logits, replayed when recorded."""
+        i, (meta, sample) = self._i, self._key(x)
+        self._i += 1
+        if i < len(self._records):
+            r_meta, r_sample, r_out = self._records[i]
+            if r_meta == meta and torch.equal(r_sample, sample):
+                self.hits += 1
+                return r_out
+        out = self.teacher(x).detach()
+        self.misses += 1
+        rec = (meta, sample, out)
+        if i < len(self._records):
+            self._records[i] = rec
+        else:
+            self._records.append(rec)
+        return out
 
 
 def _kd(logits: Tensor, teacher_logits: Tensor, t: float) -> Tensor:

@@ -23,7 +23,7 @@ from blockdrop.errors import IncompatibleError
 from blockdrop.evaluate import EvalResult, evaluate
 from blockdrop.models.policy import CifarPolicyNet, make_policy_net
 from blockdrop.recipes.presets import Preset
-from blockdrop.supervised import SupervisedConfig, train_supervised
+from blockdrop.supervised import ReplayTeacher, SupervisedConfig, train_supervised
 from blockdrop.train import Trainer, TrainConfig
 
 __all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "stage_pretrain", "stage_adapt",
@@ -87,6 +87,7 @@ class Run:
     meta: dict[str, Any]
     log: Callable[[str], None]
     seconds: dict[str, float] = field(default_factory=dict)
+    replay: dict[int, ReplayTeacher] = field(default_factory=dict)   # by id of the teacher
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
         t = time.time()
@@ -128,6 +129,14 @@ def stage_pretrain(run: Run, backbone: nn.Module) -> nn.Module:
     return backbone
 
 
+def _replayed(run: Run, teacher: nn.Module) -> ReplayTeacher:
+    """The teacher's one recording, shared by the stages that distil from it on the same batches
+    (adapt and the full baseline: same seed, batch size and data), rewound."""
+    rt = run.replay.setdefault(id(teacher), ReplayTeacher(teacher))
+    rt.rewind()
+    return rt
+
+
 def _adapt_config(run: Run) -> SupervisedConfig:
     p = run.preset
     return SupervisedConfig(steps=max(1, p.adapt_steps), batch_size=p.batch_size, lr=p.adapt_lr,
@@ -148,7 +157,7 @@ def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
                 f"distill {p.adapt_distill}{' in place' if p.adapt_inplace else ''}")
         run.timed("adapt", lambda: train_supervised(
             backbone, run.train, drop_path_policy(p.adapt_keep, backbone.num_blocks),
-            _adapt_config(run), run.device, teacher=pretrained))
+            _adapt_config(run), run.device, teacher=_replayed(run, pretrained)))
     save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
                        {**run.meta, "stage": "adapt"})
     return backbone
@@ -171,8 +180,13 @@ def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
             cfg = dataclasses.replace(cfg, inplace=False, distill=p.adapt_full_distill,
                                       temperature=cfg.teacher_temperature, full_distill=0.0)
         run.log(f"[baseline full] {p.adapt_steps} steps as the adapt stage, every block")
+        teacher = _replayed(run, pretrained)
+        hits = teacher.hits
         run.timed("baseline_full", lambda: train_supervised(
-            backbone, run.train, full_policy(nb), cfg, run.device, teacher=pretrained))
+            backbone, run.train, full_policy(nb), cfg, run.device, teacher=teacher))
+        if cfg.distill or cfg.full_distill:
+            run.log(f"[baseline full] teacher outputs replayed from the adapt stage: "
+                    f"{teacher.hits - hits} of {p.adapt_steps} steps")
     steps = ft_steps(run)
     if steps:
         run.log(f"[baseline full] {steps} steps as the finetune stage, every block")
