@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import blockdrop
 from _helpers import tiny_image_folder, write_cifar_weights
@@ -130,3 +131,35 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
                           device="cpu", progress=False, speed_batch=4, resume=True, log=logs.append)
     assert sum("reusing" in line for line in logs) == 1 + 1 + 2 + len(base)
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
+
+
+def test_recipe_variant_script_reports_validation_only(tiny, tmp_path) -> None:
+    """scripts/recipe_variant.py runs the preset's stages with overrides and reports validation
+    accuracies: the adapted backbone's equals a plain forward over the validation split."""
+    import importlib.util
+    from blockdrop.checkpoint import load_blockdrop_net
+    from blockdrop.data import load_dataset, make_loader, split_train_val
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("recipe_variant", root / "scripts" / "recipe_variant.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sets = ["n_val=12", "batch_size=8", "adapt_steps=2", "adapt_distill=0.5", "cl_step=2",
+            "cl_steps_per_epoch=1", "cl_extra_epochs=0", "thresholds=[0.4, 0.5]", "amp=off"]
+    out = tmp_path / "variant"
+    res = mod.main(["--arch", "resnet8", "--train-data", str(tiny["train"]), "--weights",
+                    str(tiny["weights"]), "--out", str(out), "--full"]
+                   + [a for s in sets for a in ("--set", s)])
+    assert json.loads((out / "variant.json").read_text()) == json.loads(json.dumps(res))
+    assert res["overrides"] == sets and list(res["gammas"]) == ["1.0"]
+    assert {q["threshold"] for q in res["gammas"]["1.0"]} >= {0.4, 0.5}
+    backbone = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.eval()
+    _, val = split_train_val(load_dataset(tiny["train"], "train", seed=0), 12, seed=0)
+    hits = n = 0
+    with torch.no_grad():
+        for x, y in make_loader(val.dataset, 5, train=False):
+            hits += int((backbone(x).argmax(1) == y).sum())
+            n += len(y)
+    assert n == 12 and res["adapted_val"] == pytest.approx(hits / n)
+    with pytest.raises(SystemExit, match="--set"):
+        mod.main(["--arch", "resnet8", "--train-data", str(tiny["train"]), "--weights",
+                  str(tiny["weights"]), "--out", str(tmp_path / "x"), "--set", "adapt_stps=1"])
