@@ -18,25 +18,22 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from blockdrop.baselines import BaselinePolicy
 from blockdrop.blockdrop_net import BlockDropNet
-from blockdrop.checkpoint import load_backbone
-from blockdrop.data import load_dataset, split_train_val
+from blockdrop.checkpoint import atomic_write_text
 from blockdrop.errors import BlockDropError
 from blockdrop.recipes.presets import get_preset
+from blockdrop.recipes.reproduce import start_run
 from blockdrop.recipes.selection import val_points
-from blockdrop.recipes.stages import Run, RunPaths, evaluate_on, stage_adapt, stage_blockdrop, stage_full
+from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_blockdrop, stage_full
 
 
-def _override(text: str, fields: dict[str, Any]) -> tuple[str, Any]:
+def _override(text: str, names: set[str]) -> tuple[str, Any]:
     name, sep, raw = text.partition("=")
-    if not sep or name not in fields:
-        raise SystemExit(f"--set: expected NAME=VALUE with NAME one of {', '.join(sorted(fields))}, "
+    if not sep or name not in names:
+        raise SystemExit(f"--set: expected NAME=VALUE with NAME one of {', '.join(sorted(names))}, "
                          f"got {text!r}")
     try:
         value = json.loads(raw)
@@ -55,21 +52,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--full", action="store_true", help="also train the full network alike")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true", help="reuse the finished stages in --out")
     ap.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     a = ap.parse_args(argv)
     base = get_preset(a.preset)
-    fields = {f.name: f for f in dataclasses.fields(base)}
-    p = base.with_overrides(**dict(_override(s, fields) for s in a.set))
-    data = load_dataset(a.train_data, "train", seed=a.seed)
-    train, val = split_train_val(data, p.n_val, seed=a.seed)
-    pretrained, spec = load_backbone(a.weights, a.arch, train.num_classes)
-    pretrained.eval()
-    paths = RunPaths(Path(a.out))
-    paths.claim(a.resume, a.overwrite)
-    meta = {"backbone_spec": spec, "classes": train.classes, "image_size": train.image_size,
-            "data": train.source, "preset": p.name}
-    run = Run(p, paths, torch.device("cpu"), a.seed, False, a.resume, train, val, meta, print)
+    names = {f.name for f in dataclasses.fields(base)}
+    p = base.with_overrides(**dict(_override(s, names) for s in a.set))
+    run, pretrained, _ = start_run(p, a.arch, a.train_data, a.weights, a.out, a.seed, a.device,
+                                   progress=False, resume=a.resume, overwrite=a.overwrite)
+    val = run.val
     t0 = time.time()
     adapted = stage_adapt(run, pretrained)
     nb = adapted.num_blocks
@@ -86,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   "blocks_mean": q.val.blocks_mean} for q in pts]
     res["seconds"] = time.time() - t0
     res["stage_seconds"] = run.seconds
-    (paths.out / "variant.json").write_text(json.dumps(res, indent=1))
+    atomic_write_text(run.paths.out / "variant.json", json.dumps(res, indent=1) + "\n")
     print(json.dumps(res))
     return res
 

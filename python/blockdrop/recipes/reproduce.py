@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_backbone, load_blockdrop_net, save_blockdrop_net
@@ -40,7 +41,7 @@ from blockdrop.recipes.stages import (Run, RunPaths, final_checkpoint, final_sta
                                       stage_baseline, stage_blockdrop, stage_full, stage_pretrain)
 from blockdrop.runtime import resolve_device
 
-__all__ = ["reproduce", "RunPaths"]
+__all__ = ["reproduce", "start_run", "RunPaths"]
 
 
 def _commit() -> str | None:
@@ -60,6 +61,31 @@ def _entry(name: str, res: EvalResult, **extra: Any) -> dict[str, Any]:
 
 def _data(src: str | os.PathLike[str] | DataInfo, split: str, seed: int) -> DataInfo:
     return src if isinstance(src, DataInfo) else load_dataset(src, split, seed=seed)
+
+
+def start_run(p: Preset, arch: str, train_data: str | os.PathLike[str] | DataInfo,
+              weights: str | os.PathLike[str] | None, out: str | os.PathLike[str], seed: int = 0,
+              device: str = "auto", progress: bool = True, resume: bool = False,
+              overwrite: bool = False, log: Callable[[str], None] = print
+              ) -> tuple[Run, nn.Module, DataInfo]:
+    """What every run of the recipe starts from: ``out`` claimed (see :meth:`RunPaths.claim`),
+    ``train_data`` loaded and split into train / validation (``p.n_val`` images, stratified), and
+    the pretrained backbone (a fresh ``arch`` when ``weights`` is None) checked against the data.
+    Returns ``(run, pretrained in eval mode, the whole training set)``."""
+    dev = resolve_device(device)
+    paths = RunPaths(Path(out))
+    paths.claim(resume, overwrite)
+    full_train = _data(train_data, "train", seed)
+    train, val = split_train_val(full_train, p.n_val, seed=seed)
+    torch.manual_seed(seed)                    # a backbone trained from scratch starts the same
+    pretrained, spec = load_backbone(weights, arch, train.num_classes)
+    if spec.get("num_classes") != train.num_classes:
+        raise IncompatibleError(f"weights: {weights} predicts {spec.get('num_classes')} classes, "
+                                f"the data has {train.num_classes}")
+    pretrained = pretrained.to(dev).eval()
+    meta = {"backbone_spec": spec, "classes": train.classes, "image_size": train.image_size,
+            "data": train.source, "preset": p.name}
+    return Run(p, paths, dev, seed, progress, resume, train, val, meta, log), pretrained, full_train
 
 
 def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str] | DataInfo,
@@ -89,23 +115,13 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     p = get_preset(preset) if isinstance(preset, str) else preset
     gammas = list(gammas or p.gammas)
     tolerance = p.tolerance if tolerance is None else tolerance
-    dev = resolve_device(device)
-    paths = RunPaths(Path(out))
-    paths.claim(resume, overwrite)
-    full_train, test = _data(train_data, "train", seed), _data(test_data, "test", seed)
+    test = _data(test_data, "test", seed)
+    run, pretrained, full_train = start_run(p, arch, train_data, weights, out, seed, device,
+                                            progress, resume, overwrite, log)
     if full_train.classes != test.classes:
         raise IncompatibleError(f"test_data: classes {test.classes[:10]} differ from train_data's "
                                 f"{full_train.classes[:10]}")
-    train, val = split_train_val(full_train, p.n_val, seed=seed)
-    torch.manual_seed(seed)                    # a backbone trained from scratch starts the same
-    pretrained, spec = load_backbone(weights, arch, train.num_classes)
-    if spec.get("num_classes") != train.num_classes:
-        raise IncompatibleError(f"weights: {weights} predicts {spec.get('num_classes')} classes, "
-                                f"the data has {train.num_classes}")
-    pretrained = pretrained.to(dev).eval()
-    meta = {"backbone_spec": spec, "classes": train.classes, "image_size": train.image_size,
-            "data": train.source, "preset": p.name}
-    run = Run(p, paths, dev, seed, progress, resume, train, val, meta, log)
+    dev, paths, train, val = run.device, run.paths, run.train, run.val
     log(f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(train.dataset)} train / "  # type: ignore[arg-type]
         f"{len(val.dataset)} val / {len(test.dataset)} test images, gammas {gammas}, {dev}, "  # type: ignore[arg-type]
         f"{torch.get_num_threads()} threads")

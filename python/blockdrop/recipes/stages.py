@@ -87,7 +87,7 @@ class Run:
     meta: dict[str, Any]
     log: Callable[[str], None]
     seconds: dict[str, float] = field(default_factory=dict)
-    replay: dict[int, ReplayTeacher] = field(default_factory=dict)   # by id of the teacher
+    replay: ReplayTeacher | None = None     # the pretrained teacher's recording (adapt -> full)
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
         t = time.time()
@@ -132,9 +132,10 @@ def stage_pretrain(run: Run, backbone: nn.Module) -> nn.Module:
 def _replayed(run: Run, teacher: nn.Module) -> ReplayTeacher:
     """The teacher's one recording, shared by the stages that distil from it on the same batches
     (adapt and the full baseline: same seed, batch size and data), rewound."""
-    rt = run.replay.setdefault(id(teacher), ReplayTeacher(teacher))
-    rt.rewind()
-    return rt
+    if run.replay is None or run.replay.teacher is not teacher:
+        run.replay = ReplayTeacher(teacher)
+    run.replay.rewind()
+    return run.replay
 
 
 def _adapt_config(run: Run) -> SupervisedConfig:
