@@ -170,14 +170,20 @@ def test_eval_thresholds_give_a_budget_curve_from_one_checkpoint(tmp_path: Path,
     ds = load_dataset(tiny["data"], "test").dataset
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    correct = []
     with torch.no_grad():
         probs = net.policy_net(x)
         for t, r in zip(ts, rows):
             pol = (probs >= t).float()
-            acc = (dynamic_forward(net.backbone, x, pol, strategy="masked").argmax(1) == y).float().mean()
-            assert r["accuracy"] == pytest.approx(float(acc))
+            correct.append(dynamic_forward(net.backbone, x, pol, strategy="masked").argmax(1) == y)
+            assert r["accuracy"] == pytest.approx(float(correct[-1].float().mean()))
             assert r["blocks_mean"] == pytest.approx(float(pol.sum(1).mean()))
             assert r["throughput"]["speedup"] > 0
+    # each threshold against the first, paired over the same images (counted here)
+    assert "vs_first" not in rows[0] and out.count("paired: ") == 2
+    for c, r in zip(correct[1:], rows[1:]):
+        vs = r["vs_first"]
+        assert (vs["a_only"], vs["b_only"]) == (int((c & ~correct[0]).sum()), int((correct[0] & ~c).sum()))
     assert (tmp_path / "plots" / "acc_vs_flops.png").is_file()
     with pytest.raises(SystemExit):   # a threshold outside (0, 1) is an argument error
         main(["eval", str(ck), "--data", str(tiny["data"]), "--thresholds", "0.5,1.5"])

@@ -122,6 +122,17 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     res = evaluate(net, make_loader(load_dataset(tiny["test"], "test").dataset, 5, train=False),
                    full=False, flops=False, progress=False)
     assert res.accuracy == pytest.approx(report["accuracy"])
+    # the paired comparison with the full network: the discordant images, counted here
+    fres = evaluate(blockdrop.load(rows[0]["checkpoint"]),
+                    make_loader(load_dataset(tiny["test"], "test").dataset, 5, train=False),
+                    full=False, flops=False, progress=False)
+    a, b = res.correct, fres.correct
+    vs = report["vs_full"]["test"]
+    assert (vs["a_only"], vs["b_only"], vs["n"]) == (int((a & ~b).sum()), int((b & ~a).sum()), 12)
+    assert vs["diff"] == pytest.approx(report["accuracy"] - report["full_accuracy"])
+    assert report["vs_full"]["val"]["n"] == TINY.n_val
+    assert report["accuracy_se"] == pytest.approx((res.accuracy * (1 - res.accuracy) / 12) ** 0.5)
+    assert "BlockDrop - full network, on the same images" in md
     # every stage's model loads
     for r in report["results"]:
         assert blockdrop.load(r["checkpoint"]).backbone.num_blocks == 3

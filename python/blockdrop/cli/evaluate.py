@@ -105,12 +105,24 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.thresholds:
             print(format_threshold_table(results[-len(args.thresholds):], args.thresholds,
                                          title=f"{ck} ({label}) on {info.source}"), flush=True)
+    paired = _vs_first(results)
+    for i, d in paired.items():          # several results are on the same images: compare pairwise
+        print("paired: " + d.describe(results[i][0], results[0][0]))
     if args.plots:
         for p in write_eval_figures(args.plots, results, info):
             print(f"wrote {p}")
     if args.json:
         per = len(args.thresholds or [None])
         atomic_write_text(args.json, json.dumps(
-            [{"checkpoint": nets[i // per][0], "label": lab, **r.to_dict()}
+            [{"checkpoint": nets[i // per][0], "label": lab, **r.to_dict(),
+              **({"vs_first": paired[i].to_dict()} if i in paired else {})}
              for i, (lab, r) in enumerate(results)], indent=1))
     return 0
+
+
+def _vs_first(results: list[tuple[str, Any]]) -> dict[int, Any]:
+    """Each result after the first minus the first, paired over the same images (index -> a
+    :class:`~blockdrop.stats.PairedDifference`)."""
+    from blockdrop.stats import paired_difference
+    return {i: paired_difference(r.correct, results[0][1].correct)
+            for i, (_, r) in enumerate(results) if i}

@@ -17,7 +17,8 @@ __all__ = ["REPORT_KEYS", "write_report", "summary_markdown"]
 
 #: Keys every report.json holds (tests check them).
 REPORT_KEYS = ("checkpoint", "accuracy", "blocks_mean", "blocks_std", "flops_mean", "full_accuracy",
-               "minutes", "preset", "seed", "commit", "results")
+               "accuracy_se", "full_accuracy_se", "vs_full", "minutes", "preset", "seed", "commit",
+               "results")
 
 _NAMES = {"full": "full network", "blockdrop": "BlockDrop", "first_k": "FirstK", "random_k": "RandomK"}
 
@@ -43,6 +44,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
                  f"{r['measured_speedup_best_vs_best']:.2f}x with BlockDrop in chunks of "
                  f"{r['best_blockdrop_chunk']:.0f}, its fastest)"
                  if r.get("measured_speedup_vs_best_plain") else "") + ".", "",
+             *_uncertainty(r),
              "| model | gamma | threshold | val acc | test acc | blocks | FLOPs / image | policies |",
              "|---|---|---|---|---|---|---|---|"]
     for row in r["results"]:
@@ -59,6 +61,23 @@ def summary_markdown(report: dict[str, Any]) -> str:
     lines += ["", "Minutes per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                    r["stage_minutes"].items()), ""]
     return "\n".join(lines)
+
+
+def _uncertainty(r: dict[str, Any]) -> list[str]:
+    """The paired BlockDrop - full differences (reports written before they existed: none)."""
+    vs = r.get("vs_full")
+    if not vs:
+        return []
+    line = [f"BlockDrop - full network, on the same images: {_pts(vs['test'])} on test, "
+            f"{_pts(vs['val'])} on validation (paired standard errors; accuracies +- "
+            f"{100 * r['accuracy_se']:.2f} / {100 * r['full_accuracy_se']:.2f} points alone)."]
+    return line + [""]
+
+
+def _pts(d: dict[str, Any]) -> str:
+    lo, hi = d["ci95"]
+    return (f"{100 * d['diff']:+.2f} +- {100 * d['se']:.2f} points (95% CI {100 * lo:+.2f} .. "
+            f"{100 * hi:+.2f}, McNemar p = {d['p_value']:.2g}, {d['n']} images)")
 
 
 def write_report(out: Path, report: dict[str, Any], final_net: Any, final: EvalResult,

@@ -40,6 +40,7 @@ from blockdrop.recipes import stages
 from blockdrop.recipes.stages import (Run, RunPaths, final_checkpoint, final_stage, stage_adapt,
                                       stage_baseline, stage_blockdrop, stage_full, stage_pretrain)
 from blockdrop.runtime import resolve_device
+from blockdrop.stats import accuracy_se, paired_difference
 
 __all__ = ["reproduce", "start_run", "RunPaths"]
 
@@ -165,8 +166,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
 
     # ---- the test set, once
     log(f"[test] evaluating every model on {test.source}")
-    rows = [_entry("full", run.timed("eval", lambda: stages.evaluate_on(run, full, test)),
-                   val_accuracy=full_val.accuracy, checkpoint=str(paths.full()))]
+    full_test = run.timed("eval", lambda: stages.evaluate_on(run, full, test))
+    rows = [_entry("full", full_test, val_accuracy=full_val.accuracy, checkpoint=str(paths.full()))]
     tests: dict[int, EvalResult] = {}
     for q in shown:
         tests[id(q)] = run.timed("eval", lambda: stages.evaluate_on(run, q.net, test))
@@ -187,7 +188,11 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         "accuracy": res.accuracy, "blocks_mean": res.blocks_mean, "blocks_std": res.blocks_std,
         "flops_mean": res.flops_mean, "flops_std": res.flops_std, "full_flops": rows[0]["flops_mean"],
         "num_blocks": nb, "num_policies": res.num_policies,
-        "full_accuracy": rows[0]["accuracy"], "gamma": chosen.gamma, "threshold": chosen.threshold,
+        "full_accuracy": rows[0]["accuracy"],
+        # BlockDrop - full on the same images (paired), on test and on the validation split
+        "accuracy_se": _se(res), "full_accuracy_se": _se(full_test),
+        "vs_full": {"test": _paired(res, full_test), "val": _paired(chosen.val, full_val)},
+        "gamma": chosen.gamma, "threshold": chosen.threshold,
         "stage": chosen.stage,
         "measured_speedup": speed["speedup"], "speed_batch": speed_batch,
         # the plain network at its fastest chunk size of the batch (a fair CPU baseline)
@@ -211,6 +216,16 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         f"(gamma {chosen.gamma:g}, threshold {chosen.threshold:g}); full network {100 * report['full_accuracy']:.2f}%; measured speedup "
         f"{speed['speedup']:.2f}x at batch {speed_batch}; {report['minutes']:.1f} min -> {paths.out}/report.json")
     return report
+
+
+def _se(r: EvalResult) -> float:
+    assert r.correct is not None          # evaluate always records per-image correctness
+    return accuracy_se(r.correct)[1]
+
+
+def _paired(a: EvalResult, b: EvalResult) -> dict[str, Any]:
+    assert a.correct is not None and b.correct is not None
+    return paired_difference(a.correct, b.correct).to_dict()
 
 
 def _tag(q: Point, last: str) -> str:
