@@ -176,3 +176,42 @@ def test_recipe_variant_script_reports_validation_only(tiny, tmp_path) -> None:
     with pytest.raises(SystemExit, match="--set"):
         mod.main(["--arch", "resnet8", "--train-data", str(tiny["train"]), "--weights",
                   str(tiny["weights"]), "--out", str(tmp_path / "x"), "--set", "adapt_stps=1"])
+
+
+def test_domain_proxy_script_evaluates_clean_and_reencoded_validation(tiny, tmp_path) -> None:
+    """scripts/domain_proxy.py adapts on re-encoded training images and evaluates the held-out
+    validation images as they are (C) and re-encoded (D): the pretrained network's accuracies on
+    both equal plain forwards over images re-encoded here with PIL."""
+    import importlib.util
+    import io
+    import numpy as np
+    from PIL import Image
+    from blockdrop.checkpoint import load_backbone
+    from blockdrop.data import load_dataset, split_train_val
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("domain_proxy", root / "scripts" / "domain_proxy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sets = ["n_val=12", "batch_size=8", "adapt_steps=3", "cl_step=2", "cl_steps_per_epoch=1",
+            "cl_extra_epochs=0", "thresholds=[0.5]", "amp=off"]
+    res = mod.main(["--arch", "resnet8", "--train-data", str(tiny["train"]), "--weights",
+                    str(tiny["weights"]), "--out", str(tmp_path / "p"), "--quality", "10"]
+                   + [a for s in sets for a in ("--set", s)])
+    _, val = split_train_val(load_dataset(tiny["train"], "train", seed=0), 12, seed=0)
+    ds = val.dataset
+    net = load_backbone(tiny["weights"], "resnet8", 3)[0].eval()
+
+    def acc(images: torch.Tensor) -> float:
+        x = torch.stack([ds.transform(im, None) for im in images])
+        with torch.no_grad():
+            return float((net(x).argmax(1) == ds.labels).float().mean())
+
+    def jpeg(im: torch.Tensor) -> torch.Tensor:
+        buf = io.BytesIO()
+        Image.fromarray(im.numpy()).save(buf, "JPEG", quality=10)
+        return torch.from_numpy(np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+
+    assert res["pretrained"]["C"] == pytest.approx(acc(ds.images))
+    assert res["pretrained"]["D"] == pytest.approx(acc(torch.stack([jpeg(im) for im in ds.images])))
+    assert [q["threshold"] for q in res["points"]] == [0.5]
+    assert (tmp_path / "p" / "proxy.json").is_file()

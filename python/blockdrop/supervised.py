@@ -43,6 +43,8 @@ class SupervisedConfig:
     lr: float = 0.01
     optimizer: str = "sgd"          # "sgd" (momentum 0.9, Nesterov) | "adam"
     weight_decay: float = 5e-4
+    anchor: float = 0.0             # > 0: weight decay toward the starting weights instead of zero
+                                    #   (L2-SP: grad += anchor * (w - w_start))
     distill: float = 0.0            # weight of the teacher's soft targets
     temperature: float = 4.0
     inplace: bool = False           # teacher = this network's own full path, trained by CE too
@@ -61,6 +63,8 @@ class SupervisedConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adam', not {self.optimizer!r}")
         if self.bn not in ("train", "frozen"):
             raise ValueError(f"bn must be 'train' or 'frozen', not {self.bn!r}")
+        if self.anchor < 0:
+            raise ValueError(f"anchor must be >= 0, not {self.anchor}")
         if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
             raise ValueError("distill must be in [0, 1] and temperature > 0")
         amp_dtype(torch.device("cpu"), self.amp)   # validates the mode
@@ -130,6 +134,16 @@ def _loss(logits: Tensor, y: Tensor, teacher_logits: Tensor | None, cfg: Supervi
     return (1.0 - cfg.distill) * ce + cfg.distill * _kd(logits, teacher_logits, cfg.temperature)
 
 
+@torch.no_grad()
+def _pull_toward(params: list[nn.Parameter], start: list[Tensor], weight: float) -> None:
+    """``grad += weight * (p - start)`` for every parameter (those without a gradient get one)."""
+    for p, p0 in zip(params, start):
+        if p.grad is None:
+            p.grad = weight * (p - p0)
+        else:
+            p.grad.add_(p - p0, alpha=weight)
+
+
 def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler,
                      cfg: SupervisedConfig, device: torch.device | str = "cpu",
                      teacher: nn.Module | None = None) -> dict[str, float]:
@@ -146,11 +160,13 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
     if teacher is not None:
         teacher.to(device).eval()
     params = [p for p in backbone.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params] if cfg.anchor else []
+    decay = 0.0 if cfg.anchor else cfg.weight_decay
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
-                                                     weight_decay=cfg.weight_decay)
+                                                     weight_decay=decay)
     else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, cfg.amp) == torch.float16)
@@ -186,6 +202,8 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
             loss = _loss(logits, y, t_logits if cfg.distill else None, cfg) + full_loss
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if start:
+                _pull_toward(params, start, cfg.anchor * scaler.get_scale() if scaler.is_enabled() else cfg.anchor)
             scaler.step(opt)
             scaler.update()
             sched.step()

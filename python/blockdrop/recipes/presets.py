@@ -47,6 +47,7 @@ class Preset:
     adapt_inplace: bool = False               # teacher = the network's own full path (else the pretrained one)
     adapt_temperature: float = 4.0
     adapt_full_distill: float = 0.0           # in place: the pretrained network's soft targets in the full path's loss
+    adapt_anchor: float = 0.0                 # > 0: weight decay toward the pretrained weights (L2-SP)
     # 2. curriculum
     policy_width: int = 16                    # channels of the ResNet-8 policy net's first stage
     cl_step: int = 1

@@ -143,7 +143,7 @@ def _adapt_config(run: Run) -> SupervisedConfig:
     return SupervisedConfig(steps=max(1, p.adapt_steps), batch_size=p.batch_size, lr=p.adapt_lr,
                             distill=p.adapt_distill, inplace=p.adapt_inplace,
                             temperature=p.adapt_temperature, full_distill=p.adapt_full_distill,
-                            strategy="gather",
+                            anchor=p.adapt_anchor, strategy="gather",
                             amp=p.amp, seed=run.seed, progress=run.progress)
 
 
