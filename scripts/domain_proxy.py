@@ -16,9 +16,7 @@ Test images are never read. ``--set`` as in ``scripts/recipe_variant.py``.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
 import io
 import json
 import sys
@@ -35,12 +33,11 @@ from blockdrop.baselines import BaselinePolicy
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import atomic_write_text
 from blockdrop.data import ImageArrayDataset, load_dataset, split_train_val
-from blockdrop.recipes.presets import get_preset
 from blockdrop.recipes.reproduce import start_run
 from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_blockdrop, stage_full
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_variant import _override  # noqa: E402
+from recipe_variant import variant_parser, variant_preset  # noqa: E402
 
 
 def reencode(images: torch.Tensor, quality: int) -> torch.Tensor:
@@ -55,23 +52,14 @@ def reencode(images: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--arch", required=True)
-    ap.add_argument("--train-data", required=True)
-    ap.add_argument("--weights", required=True)
-    ap.add_argument("--out", required=True)
+    ap = variant_parser(__doc__.split("\n")[0])
     ap.add_argument("--quality", type=int, default=30, help="JPEG quality of domain D (1-95)")
-    ap.add_argument("--full", action="store_true", help="also train the full network alike")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--gamma", type=float, default=None, help="default: the preset's first")
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
     if not 1 <= a.quality <= 95:
         raise SystemExit(f"--quality: expected 1..95, got {a.quality}")
-    base = get_preset(a.preset)
-    names = {f.name for f in dataclasses.fields(base)}
-    p = base.with_overrides(**dict(_override(s, names) for s in a.set))
+    p = variant_preset(a)
     src = load_dataset(a.train_data, "train", seed=0)
     ds = src.dataset
     if not isinstance(ds, ImageArrayDataset):

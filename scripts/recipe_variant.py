@@ -24,7 +24,7 @@ from blockdrop.baselines import BaselinePolicy
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import atomic_write_text
 from blockdrop.errors import BlockDropError
-from blockdrop.recipes.presets import get_preset
+from blockdrop.recipes.presets import Preset, get_preset
 from blockdrop.recipes.reproduce import start_run
 from blockdrop.recipes.selection import val_points
 from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_blockdrop, stage_full
@@ -42,8 +42,9 @@ def _override(text: str, names: set[str]) -> tuple[str, Any]:
     return name, tuple(value) if isinstance(value, list) else value
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def variant_parser(description: str) -> argparse.ArgumentParser:
+    """The options every preset-variant script takes (preset, arch, data, weights, out, --set)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--arch", required=True)
     ap.add_argument("--train-data", required=True)
@@ -51,14 +52,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", required=True)
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--full", action="store_true", help="also train the full network alike")
+    return ap
+
+
+def variant_preset(a: argparse.Namespace) -> Preset:
+    """``--preset`` with every ``--set NAME=VALUE`` applied."""
+    base = get_preset(a.preset)
+    names = {f.name for f in dataclasses.fields(base)}
+    return base.with_overrides(**dict(_override(s, names) for s in a.set))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = variant_parser(__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true", help="reuse the finished stages in --out")
     ap.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     a = ap.parse_args(argv)
-    base = get_preset(a.preset)
-    names = {f.name for f in dataclasses.fields(base)}
-    p = base.with_overrides(**dict(_override(s, names) for s in a.set))
+    p = variant_preset(a)
     run, pretrained, _ = start_run(p, a.arch, a.train_data, a.weights, a.out, a.seed, a.device,
                                    progress=False, resume=a.resume, overwrite=a.overwrite)
     val = run.val
