@@ -12,7 +12,8 @@ both as they are (domain C, cleaner than anything it trained on) and re-encoded 
         --weights resnet56-4bfd9763.th --out runs/proxy/v0 [--quality 30] [--full] \\
         [--set adapt_anchor=0.3 ...]  ->  OUT/proxy.json
 
-Test images are never read. ``--set`` as in ``scripts/recipe_variant.py``.
+Test images are never read. ``--set`` as in ``scripts/recipe_variant.py``; CPU, seed 0 (the split
+and every stage as ``blockdrop reproduce``'s defaults).
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = variant_parser(__doc__.split("\n")[0])
     ap.add_argument("--quality", type=int, default=30, help="JPEG quality of domain D (1-95)")
     ap.add_argument("--gamma", type=float, default=None, help="default: the preset's first")
-    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="reuse the finished stages in --out")
+    ap.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     a = ap.parse_args(argv)
     if not 1 <= a.quality <= 95:
         raise SystemExit(f"--quality: expected 1..95, got {a.quality}")
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        source=f"JPEG q{a.quality} of {src.source}")
     _, val_c = split_train_val(src, p.n_val, seed=0)         # the same images as run.val
     run, pretrained, _ = start_run(p, a.arch, degraded, a.weights, a.out, 0, "cpu", progress=False,
-                                   resume=a.resume, overwrite=not a.resume)
+                                   resume=a.resume, overwrite=a.overwrite)
     val_d, nb = run.val, pretrained.num_blocks
     t0 = time.time()
 

@@ -17,6 +17,7 @@ import torch
 
 import blockdrop
 from blockdrop.checkpoint import atomic_write_text
+from blockdrop.errors import BlockDropError
 from blockdrop.data import load_dataset, make_loader, split_train_val
 from blockdrop.evaluate import evaluate
 from blockdrop.stats import paired_difference
@@ -65,12 +66,20 @@ def main(argv: list[str] | None = None) -> int:
         if r["method"] in ("first_k", "random_k") and key(r) == key(rows[chosen]):
             out["vs_baselines"].append({"baseline": r["method"], "blocks_mean": r["blocks_mean"],
                                         "test": paired_difference(test_c[chosen], test_c[i]).to_dict()})
-    out["val"] = paired_difference(correct(rows[chosen]["checkpoint"], val),
-                                   correct(rows[0]["checkpoint"], val)).to_dict()
+    val_c = [correct(rows[i]["checkpoint"], val) for i in (chosen, 0)]
+    for c, want in zip(val_c, (rows[chosen]["val_accuracy"], rep["val"]["full_accuracy"])):
+        if abs(float(c.float().mean()) - want) > 1e-6:    # the same validation split as the run
+            print(f"error: validation split: {float(c.float().mean()):.4f} now, the report says "
+                  f"{want:.4f} -- is --train-data the run's?", file=sys.stderr)
+            return 1
+    out["val"] = paired_difference(*val_c).to_dict()
     atomic_write_text(a.run / "paired.json", json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (BlockDropError, ValueError, FileNotFoundError) as e:   # one line naming the input
+        raise SystemExit(f"paired_stats: {e}") from None

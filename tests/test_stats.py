@@ -54,6 +54,17 @@ def test_mcnemar_matches_scipy_binomtest() -> None:
         assert mcnemar_p(a_only, b_only) == pytest.approx(ref, rel=1e-9, abs=1e-300), (a_only, b_only)
 
 
+def test_one_image_has_no_standard_error_and_large_counts_are_fast() -> None:
+    import time
+    res = paired_difference(torch.tensor([True]), torch.tensor([False]))
+    assert res.diff == 1.0 and math.isnan(res.se) and res.p_value == 1.0
+    t0 = time.perf_counter()
+    p = mcnemar_p(25000, 25200)                 # 50,200 discordant images
+    assert time.perf_counter() - t0 < 5.0
+    stats = pytest.importorskip("scipy.stats", reason="scipy is the reference for the exact test")
+    assert p == pytest.approx(stats.binomtest(25000, 50200, 0.5).pvalue, rel=1e-6)
+
+
 def test_identical_models_differ_by_nothing() -> None:
     a, _ = _pair(100, 6)
     res = paired_difference(a, a.clone())

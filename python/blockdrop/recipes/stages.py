@@ -155,7 +155,8 @@ def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
     backbone = copy.deepcopy(pretrained)
     if p.adapt_steps:
         run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep {p.adapt_keep}), "
-                f"distill {p.adapt_distill}{' in place' if p.adapt_inplace else ''}")
+                f"distill {p.adapt_distill}{' in place' if p.adapt_inplace else ''}"
+                f"{f', anchor {p.adapt_anchor}' if p.adapt_anchor else ''}")
         run.timed("adapt", lambda: train_supervised(
             backbone, run.train, drop_path_policy(p.adapt_keep, backbone.num_blocks),
             _adapt_config(run), run.device, teacher=_replayed(run, pretrained)))
