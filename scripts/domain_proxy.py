@@ -56,8 +56,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = variant_parser(__doc__.split("\n")[0])
     ap.add_argument("--quality", type=int, default=30, help="JPEG quality of domain D (1-95)")
     ap.add_argument("--gamma", type=float, default=None, help="default: the preset's first")
-    ap.add_argument("--resume", action="store_true", help="reuse the finished stages in --out")
-    ap.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     a = ap.parse_args(argv)
     if not 1 <= a.quality <= 95:
         raise SystemExit(f"--quality: expected 1..95, got {a.quality}")

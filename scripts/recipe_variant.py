@@ -43,7 +43,8 @@ def _override(text: str, names: set[str]) -> tuple[str, Any]:
 
 
 def variant_parser(description: str) -> argparse.ArgumentParser:
-    """The options every preset-variant script takes (preset, arch, data, weights, out, --set)."""
+    """The options every preset-variant script takes (preset, arch, data, weights, out, --set,
+    --full, --resume, --overwrite)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--arch", required=True)
@@ -52,6 +53,8 @@ def variant_parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True)
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--full", action="store_true", help="also train the full network alike")
+    ap.add_argument("--resume", action="store_true", help="reuse the finished stages in --out")
+    ap.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     return ap
 
 
@@ -66,8 +69,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = variant_parser(__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--resume", action="store_true", help="reuse the finished stages in --out")
-    ap.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     a = ap.parse_args(argv)
     p = variant_preset(a)
     run, pretrained, _ = start_run(p, a.arch, a.train_data, a.weights, a.out, a.seed, a.device,

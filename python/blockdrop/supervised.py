@@ -202,8 +202,9 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
             loss = _loss(logits, y, t_logits if cfg.distill else None, cfg) + full_loss
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if start:
-                _pull_toward(params, start, cfg.anchor * scaler.get_scale() if scaler.is_enabled() else cfg.anchor)
+            if start:                      # on the true gradients (unscaling is a no-op without fp16)
+                scaler.unscale_(opt)
+                _pull_toward(params, start, cfg.anchor)
             scaler.step(opt)
             scaler.update()
             sched.step()
