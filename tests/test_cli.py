@@ -185,6 +185,14 @@ def test_eval_thresholds_give_a_budget_curve_from_one_checkpoint(tmp_path: Path,
         vs = r["vs_first"]
         assert (vs["a_only"], vs["b_only"]) == (int((c & ~correct[0]).sum()), int((correct[0] & ~c).sum()))
     assert (tmp_path / "plots" / "acc_vs_flops.png").is_file()
+    # the same checkpoint twice: distinct labels, and a paired difference of exactly nothing
+    assert main(["eval", str(ck), str(ck), "--data", str(tiny["data"]), "--bench-batches", "0",
+                 "--json", str(tmp_path / "twice.json"), "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "twice.json").read_text())
+    assert [r["label"][-2:] for r in rows] == ["#1", "#2"] and rows[0]["label"][:-2] == rows[1]["label"][:-2]
+    assert f"paired: {rows[1]['label']} - {rows[0]['label']}" in out
+    assert (rows[1]["vs_first"]["a_only"], rows[1]["vs_first"]["b_only"]) == (0, 0)
     with pytest.raises(SystemExit):   # a threshold outside (0, 1) is an argument error
         main(["eval", str(ck), "--data", str(tiny["data"]), "--thresholds", "0.5,1.5"])
 

@@ -105,6 +105,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.thresholds:
             print(format_threshold_table(results[-len(args.thresholds):], args.thresholds,
                                          title=f"{ck} ({label}) on {info.source}"), flush=True)
+    per = len(args.thresholds or [None])
+    results = [(lab, r) for lab, (_, r) in zip(_distinct([lab for lab, _ in results], per), results)]
     paired = _vs_first(results)
     for i, d in paired.items():          # several results are on the same images: compare pairwise
         print("paired: " + d.describe(results[i][0], results[0][0]))
@@ -112,12 +114,18 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         for p in write_eval_figures(args.plots, results, info):
             print(f"wrote {p}")
     if args.json:
-        per = len(args.thresholds or [None])
         atomic_write_text(args.json, json.dumps(
             [{"checkpoint": nets[i // per][0], "label": lab, **r.to_dict(),
               **({"vs_first": paired[i].to_dict()} if i in paired else {})}
              for i, (lab, r) in enumerate(results)], indent=1))
     return 0
+
+
+def _distinct(labels: list[str], per: int) -> list[str]:
+    """``labels`` (``per`` consecutive ones per checkpoint) with ``#n``, the checkpoint's position
+    on the command line, appended to every label that more than one result shares."""
+    return [f"{lab} #{i // per + 1}" if labels.count(lab) > 1 else lab
+            for i, lab in enumerate(labels)]
 
 
 def _vs_first(results: list[tuple[str, Any]]) -> dict[int, Any]:
