@@ -35,7 +35,7 @@ from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import atomic_write_text
 from blockdrop.data import ImageArrayDataset, load_dataset, split_train_val
 from blockdrop.recipes.reproduce import start_run
-from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_blockdrop, stage_full
+from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_blockdrop, stage_full, stage_soup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_variant import variant_parser, variant_preset  # noqa: E402
@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {"quality": a.quality, "overrides": a.set,
                            "pretrained": both(BlockDropNet(BaselinePolicy("full", nb), pretrained).eval())}
     adapted = stage_adapt(run, pretrained)
-    if a.full:
-        res["full"] = both(stage_full(run, pretrained))
+    full = stage_full(run, pretrained) if a.full or p.soup_full else None
+    if full is not None:
+        res["full"] = both(full)
+    adapted = stage_soup(run, adapted, full)
     res["adapted_every_block"] = both(BlockDropNet(BaselinePolicy("full", nb), adapted).eval())
     net = stage_blockdrop(run, adapted, a.gamma if a.gamma is not None else p.gammas[0])
     res["points"] = []

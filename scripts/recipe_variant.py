@@ -27,7 +27,7 @@ from blockdrop.errors import BlockDropError
 from blockdrop.recipes.presets import Preset, get_preset
 from blockdrop.recipes.reproduce import start_run
 from blockdrop.recipes.selection import val_points
-from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_blockdrop, stage_full
+from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_blockdrop, stage_full, stage_soup
 
 
 def _override(text: str, names: set[str]) -> tuple[str, Any]:
@@ -79,7 +79,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     nb = adapted.num_blocks
     res: dict[str, Any] = {"preset": p.name, "overrides": a.set, "seed": a.seed}
     adapted_val = evaluate_on(run, BlockDropNet(BaselinePolicy("full", nb), adapted).eval(), val)
-    full_val = evaluate_on(run, stage_full(run, pretrained), val) if a.full else None
+    full = stage_full(run, pretrained) if a.full or p.soup_full else None
+    full_val = evaluate_on(run, full, val) if full is not None else None
+    adapted = stage_soup(run, adapted, full)
+    if p.soup_full:
+        res["souped_val"] = evaluate_on(run, BlockDropNet(BaselinePolicy("full", nb), adapted).eval(),
+                                        val).accuracy
     res["adapted_val"], res["full_val"] = adapted_val.accuracy, full_val.accuracy if full_val else None
     reference = full_val or adapted_val          # the tolerance of the threshold bisection
     res["gammas"] = {}

@@ -144,6 +144,30 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
 
 
+def test_soup_full_starts_blockdrop_from_the_weight_average(tiny, tmp_path) -> None:
+    """soup_full = s: the curriculum's (frozen) backbone is (1 - s) x adapted + s x the full
+    network finetuned alike, each tensor as computed here in float64 from the two checkpoints."""
+    from blockdrop.checkpoint import load_blockdrop_net
+    from blockdrop.recipes import reproduce as rep
+    p = TINY.with_overrides(soup_full=0.3, gammas=(1.0,), ft_steps=0, first_random_k=False)
+    out = tmp_path / "soup"
+    logs: list[str] = []
+    report = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
+                           device="cpu", progress=False, speed_batch=4, log=logs.append)
+    sa = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.state_dict()
+    sf = load_blockdrop_net(out / "baselines" / "full.safetensors")[0].backbone.state_dict()
+    final = blockdrop.load(report["checkpoint"]).backbone.state_dict()
+    assert not torch.equal(sa["conv1.weight"], sf["conv1.weight"])
+    for k, t in sa.items():
+        ref = t.double() * 0.7 + sf[k].double() * 0.3 if t.is_floating_point() else t
+        torch.testing.assert_close(final[k].double(), ref.double(), rtol=1e-6, atol=1e-7, msg=k)
+    assert any("[soup]" in line for line in logs)
+    logs.clear()
+    rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, device="cpu",
+                  progress=False, speed_batch=4, resume=True, log=logs.append)
+    assert any(line.startswith("[soup] reusing") for line in logs), logs
+
+
 def test_recipe_variant_script_reports_validation_only(tiny, tmp_path) -> None:
     """scripts/recipe_variant.py runs the preset's stages with overrides and reports validation
     accuracies: the adapted backbone's equals a plain forward over the validation split."""

@@ -13,6 +13,9 @@ The recipe, stage by stage (steps are optimisation steps of ``batch_size`` image
    gather path, SGD with a cosine decay, loss blended with the pretrained network's soft targets
    (``adapt_distill``; with ``adapt_inplace`` the network's own full path is the teacher and is
    trained by cross-entropy in the same step);
+   With ``soup_full`` > 0 the backbone the next stages start from is the adapted one averaged,
+   weight by weight, with the full network finetuned alike (stage 4's, trained first; share
+   ``soup_full`` of it; :mod:`blockdrop.averaging`);
 2. **curriculum** -- the policy network alone (backbone frozen), the last blocks freed first,
    ``cl_step`` more every ``cl_steps_per_epoch`` steps;
 3. **finetune** -- policy and backbone jointly (Adam, lr x0.1 at 80%), the sampled sub-networks
@@ -48,6 +51,7 @@ class Preset:
     adapt_temperature: float = 4.0
     adapt_full_distill: float = 0.0           # in place: the pretrained network's soft targets in the full path's loss
     adapt_anchor: float = 0.0                 # > 0: weight decay toward the pretrained weights (L2-SP)
+    soup_full: float = 0.0                    # > 0: BlockDrop's backbone = the adapted one averaged with the full network finetuned alike, this share of the latter
     # 2. curriculum
     policy_width: int = 16                    # channels of the ResNet-8 policy net's first stage
     cl_step: int = 1
@@ -91,7 +95,7 @@ PRESETS: dict[str, Preset] = {
         thresholds=(0.5,), threshold_refine=0, strategy="masked", amp="off"),
     "quick": Preset(
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
-        adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7,
+        adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7, soup_full=0.25,
         cl_step=3, cl_steps_per_epoch=25, cl_extra_epochs=10, cl_lr=3e-3, cl_gamma=1.0,
         ft_steps=0, gammas=(1.0,), first_random_k=False, tolerance=0.005,
         thresholds=(0.3, 0.35, 0.4, 0.45, 0.5)),

@@ -38,7 +38,8 @@ from blockdrop.recipes.report import write_report
 from blockdrop.recipes.selection import Point, select, val_points
 from blockdrop.recipes import stages
 from blockdrop.recipes.stages import (Run, RunPaths, final_checkpoint, final_stage, stage_adapt,
-                                      stage_baseline, stage_blockdrop, stage_full, stage_pretrain)
+                                      stage_baseline, stage_blockdrop, stage_full, stage_pretrain,
+                                      stage_soup)
 from blockdrop.runtime import resolve_device
 from blockdrop.stats import accuracy_se, paired_difference
 
@@ -131,6 +132,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     adapted = stage_adapt(run, pretrained)
     nb = adapted.num_blocks
     full = stage_full(run, pretrained)
+    adapted = stage_soup(run, adapted, full)
     full_val = run.timed("eval", lambda: stages.evaluate_on(run, full, val))
     points: list[Point] = []
     last = final_stage(run)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from blockdrop.averaging import average_weights
 from blockdrop.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_blockdrop_net, read_meta, save_blockdrop_net
@@ -27,7 +28,7 @@ from blockdrop.supervised import ReplayTeacher, SupervisedConfig, train_supervis
 from blockdrop.train import Trainer, TrainConfig
 
 __all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "stage_pretrain", "stage_adapt",
-           "stage_full", "stage_baseline", "stage_blockdrop", "final_checkpoint"]
+           "stage_full", "stage_soup", "stage_baseline", "stage_blockdrop", "final_checkpoint"]
 
 
 @dataclass
@@ -62,6 +63,9 @@ class RunPaths:
 
     def adapted(self) -> Path:
         return self.out / "adapt" / "backbone.safetensors"
+
+    def souped(self) -> Path:
+        return self.out / "adapt" / "souped.safetensors"
 
     def full(self) -> Path:
         return self.out / "baselines" / "full.safetensors"
@@ -199,6 +203,26 @@ def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
     net = BlockDropNet(BaselinePolicy("full", nb), backbone, strategy="auto")
     save_blockdrop_net(path, net, {**run.meta, "stage": "baseline_full"})
     return net.to(run.device).eval()
+
+
+def stage_soup(run: Run, adapted: nn.Module, full: BlockDropNet | None) -> nn.Module:
+    """The backbone BlockDrop starts from: ``adapted`` itself, or with ``preset.soup_full`` > 0
+    ``(1 - s) * adapted + s * full.backbone`` weight by weight (``full``: the full network
+    finetuned alike, required then)."""
+    s = run.preset.soup_full
+    if not s:
+        return adapted
+    if full is None:
+        raise ValueError(f"soup_full: {s} averages with the full network finetuned alike; train it first")
+    path = run.paths.souped()
+    if run.resume and path.is_file():
+        run.log(f"[soup] reusing {path}")
+        return load_blockdrop_net(path)[0].backbone
+    run.log(f"[soup] BlockDrop's backbone: {1 - s:g} x adapted + {s:g} x the full network finetuned alike")
+    souped = average_weights(adapted, full.backbone, s)
+    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", souped.num_blocks), souped),
+                       {**run.meta, "stage": "soup"})
+    return souped
 
 
 def stage_baseline(run: Run, adapted: nn.Module, kind: str, k: float, path: Path) -> BlockDropNet:
