@@ -95,9 +95,14 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     assert {q["stage"] for q in pts} == {"finetune", "curriculum"}
     assert report["stage"] == chosen[0]["stage"]
     full_val = report["val"]["full_accuracy"]
-    ok = [q for q in pts if q["accuracy"] >= full_val - 0.01]
-    if ok:   # the selection rule: fewest validation blocks within the tolerance
+    # the selection rule: among the points cheaper than the full network (all, if none is), the
+    # fewest validation blocks within the tolerance, else the most accurate
+    cheaper = [q for q in pts if q["flops_mean"] < report["full_flops"]] or pts
+    ok = [q for q in cheaper if q["accuracy"] >= full_val - 0.01]
+    if ok:
         assert chosen[0]["val_blocks"] == min(q["blocks_mean"] for q in ok)
+    else:
+        assert chosen[0]["val_accuracy"] == max(q["accuracy"] for q in cheaper)
     assert rows[0]["method"] == "full"
     # FirstK / RandomK at every shown point's validation block count
     base = [r for r in rows if r["method"] in ("first_k", "random_k")]
@@ -243,3 +248,32 @@ def test_domain_proxy_script_evaluates_clean_and_reencoded_validation(tiny, tmp_
     assert res["pretrained"]["D"] == pytest.approx(acc(d_images))
     assert [q["threshold"] for q in res["points"]] == [0.5]
     assert (tmp_path / "p" / "proxy.json").is_file()
+
+
+def test_select_never_picks_a_point_dearer_than_the_full_network() -> None:
+    """The selection rule written out here: among the points that cost fewer FLOPs than the full
+    network (all of them if none does), the fewest blocks within the tolerance, else the most
+    accurate."""
+    from blockdrop.evaluate import EvalResult
+    from blockdrop.recipes.selection import Point, select
+
+    def pt(acc: float, blocks: float, flops: float) -> Point:
+        r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
+                       num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
+        return Point(1.0, blocks / 100, None, r)   # type: ignore[arg-type]
+
+    full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
+                      num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)
+    dear, ok, low = pt(0.899, 25.5, 103.0), pt(0.893, 24.0, 96.0), pt(0.87, 21.0, 85.0)
+    # within 0.5 points: only `dear`, which costs more than the full network -> the most accurate
+    # of the cheaper ones
+    assert select([dear, ok, low], full, 0.005) is ok
+    # within 1 point: `ok` has the fewest blocks among the cheaper ones
+    assert select([dear, ok, low], full, 0.01) is ok
+    assert select([dear, ok, low], full, 0.05) is low
+    # nothing is cheaper: every point competes again
+    assert select([dear, pt(0.85, 26.0, 101.0)], full, 0.005) is dear
+    # FLOPs unknown: accuracy alone
+    unknown = pt(0.899, 25.5, 0.0)
+    unknown.val.flops_mean = None
+    assert select([unknown, low], full, 0.005) is unknown

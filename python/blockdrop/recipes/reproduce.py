@@ -206,9 +206,11 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         "preset": p.name, "settings": p.to_dict(), "seed": seed, "commit": _commit(), "arch": arch,
         "train_data": full_train.source, "test_data": test.source, "weights": str(weights),
         "val": {"images": len(val.dataset), "full_accuracy": full_val.accuracy,  # type: ignore[arg-type]
-                "selection": f"fewest blocks within {100 * tolerance:g} points of the full network",
+                "selection": f"fewest blocks within {100 * tolerance:g} points of the full network, "
+                             f"among the points that cost fewer FLOPs than it",
                 "points": [{"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage,
-                            "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean}
+                            "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean,
+                            "flops_mean": q.val.flops_mean}
                            for q in points]},
         "test_images": res.n, "device": str(dev), "threads": torch.get_num_threads(),
         "results": rows,

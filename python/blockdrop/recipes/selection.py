@@ -51,10 +51,19 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
 
 def select(points: list[Point], full_val: EvalResult, tolerance: float) -> Point:
     """The point with the fewest validation blocks whose validation accuracy is within
-    ``tolerance`` of the full network's; when none is, the most accurate one."""
-    ok = [p for p in points if p.val.accuracy >= full_val.accuracy - tolerance]
+    ``tolerance`` of the full network's; when none is, the most accurate one. Only points that
+    cost fewer FLOPs per image than the full network (policy network included) compete: one that
+    costs more is beaten by the full network itself. When no point saves FLOPs, all compete."""
+    cheaper = [p for p in points if _saves_flops(p.val)] or points
+    ok = [p for p in cheaper if p.val.accuracy >= full_val.accuracy - tolerance]
     if ok:
         return min(ok, key=lambda p: (p.val.blocks_mean, -p.val.accuracy))
-    return max(points, key=lambda p: p.val.accuracy)
+    return max(cheaper, key=lambda p: p.val.accuracy)
 
 
+def _saves_flops(r: EvalResult) -> bool:
+    """FLOPs per image (policy network included) below the full backbone's; unknown counts as
+    saving, so results evaluated without FLOP counts are judged by accuracy alone."""
+    if r.flops_mean is None or r.full_flops is None:
+        return True
+    return r.flops_mean < r.full_flops
