@@ -9,7 +9,8 @@ evaluation on the test set -> ``OUT/report.json``, ``OUT/report.md`` and plots.
 
 Validation vs test: ``preset.n_val`` images are held out of the training data (stratified, seed
 ``seed``); the (gamma, threshold) reported as *the* result is chosen on them (the fewest blocks
-whose validation accuracy is within ``tolerance`` of the full network's), FirstK/RandomK take
+whose validation accuracy is within ``tolerance`` of the full network's, among the points that
+cost fewer FLOPs than it: :func:`~blockdrop.recipes.selection.select`), FirstK/RandomK take
 BlockDrop's validation block counts, and the test set is evaluated once, after every choice is
 made. The chosen model is written to ``OUT/blockdrop.safetensors`` with its threshold.
 
