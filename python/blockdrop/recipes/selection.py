@@ -30,15 +30,16 @@ class Point:
 def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
                 tolerance: float, stage: str = "finetune", checkpoint: Path | None = None) -> list[Point]:
     """The model at every preset threshold on the validation split, then ``threshold_refine``
-    bisections between the last threshold within ``tolerance`` of the full network and the next
-    (a larger threshold keeps fewer blocks)."""
+    bisections between the last threshold that :func:`select` could choose by its tolerance
+    (within ``tolerance`` of the full network and cheaper than it) and the next (a larger
+    threshold keeps fewer blocks)."""
     def at(t: float) -> Point:
         q = copy.copy(net)
         q.threshold = t
         return Point(gamma, t, q, stages.evaluate_on(run, q, run.val), stage, checkpoint)
 
     points = [at(t) for t in sorted(run.preset.thresholds)]
-    ok = lambda q: q.val.accuracy >= full_val.accuracy - tolerance   # noqa: E731
+    ok = lambda q: _saves_flops(q.val) and _within(q, full_val, tolerance)   # noqa: E731
     for _ in range(run.preset.threshold_refine):
         srt = sorted(points, key=lambda q: q.threshold)
         pairs = [(a, b) for a, b in zip(srt, srt[1:]) if ok(a) and not ok(b)]
@@ -55,10 +56,15 @@ def select(points: list[Point], full_val: EvalResult, tolerance: float) -> Point
     cost fewer FLOPs per image than the full network (policy network included) compete: one that
     costs more is beaten by the full network itself. When no point saves FLOPs, all compete."""
     cheaper = [p for p in points if _saves_flops(p.val)] or points
-    ok = [p for p in cheaper if p.val.accuracy >= full_val.accuracy - tolerance]
+    ok = [p for p in cheaper if _within(p, full_val, tolerance)]
     if ok:
         return min(ok, key=lambda p: (p.val.blocks_mean, -p.val.accuracy))
     return max(cheaper, key=lambda p: p.val.accuracy)
+
+
+def _within(p: Point, full_val: EvalResult, tolerance: float) -> bool:
+    """Validation accuracy at most ``tolerance`` under the full network's."""
+    return p.val.accuracy >= full_val.accuracy - tolerance
 
 
 def _saves_flops(r: EvalResult) -> bool:
