@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     full = stage_full(run, pretrained) if a.full or p.soup_full else None
     if full is not None:
         res["full"] = both(full)
-    adapted = stage_soup(run, adapted, full)
     res["adapted_every_block"] = both(BlockDropNet(BaselinePolicy("full", nb), adapted).eval())
+    adapted = stage_soup(run, adapted, full)
+    if p.soup_full:
+        res["souped_every_block"] = both(BlockDropNet(BaselinePolicy("full", nb), adapted).eval())
     net = stage_blockdrop(run, adapted, a.gamma if a.gamma is not None else p.gammas[0])
     res["points"] = []
     for t in sorted(p.thresholds):
