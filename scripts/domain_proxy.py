@@ -84,10 +84,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if full is not None:
         res["full"] = both(full)
     res["adapted_every_block"] = both(BlockDropNet(BaselinePolicy("full", nb), adapted).eval())
-    adapted = stage_soup(run, adapted, full)
+    backbone = stage_soup(run, adapted, full)      # what BlockDrop executes
     if p.soup_full:
-        res["souped_every_block"] = both(BlockDropNet(BaselinePolicy("full", nb), adapted).eval())
-    net = stage_blockdrop(run, adapted, a.gamma if a.gamma is not None else p.gammas[0])
+        res["souped_every_block"] = both(BlockDropNet(BaselinePolicy("full", nb), backbone).eval())
+    net = stage_blockdrop(run, backbone, a.gamma if a.gamma is not None else p.gammas[0],
+                          adapted)
     res["points"] = []
     for t in sorted(p.thresholds):
         q = copy.copy(net)

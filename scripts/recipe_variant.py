@@ -81,16 +81,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     adapted_val = evaluate_on(run, BlockDropNet(BaselinePolicy("full", nb), adapted).eval(), val)
     full = stage_full(run, pretrained) if a.full or p.soup_full else None
     full_val = evaluate_on(run, full, val) if full is not None else None
-    adapted = stage_soup(run, adapted, full)
+    backbone = stage_soup(run, adapted, full)      # what BlockDrop executes
     if p.soup_full:
-        res["souped_val"] = evaluate_on(run, BlockDropNet(BaselinePolicy("full", nb), adapted).eval(),
+        res["souped_val"] = evaluate_on(run, BlockDropNet(BaselinePolicy("full", nb), backbone).eval(),
                                         val).accuracy
     res["adapted_val"], res["full_val"] = adapted_val.accuracy, full_val.accuracy if full_val else None
     reference = full_val or adapted_val          # the tolerance of the threshold bisection
     res["gammas"] = {}
     for g in p.gammas:
-        net = stage_blockdrop(run, adapted, g)
-        pts = val_points(run, g, net, reference, p.tolerance)
+        net = stage_blockdrop(run, backbone, g, adapted)
+        pts = val_points(run, g, net, reference, p.tolerance, max_blocks=p.max_blocks)
         res["gammas"][str(g)] = [{"threshold": q.threshold, "accuracy": q.val.accuracy,
                                   "blocks_mean": q.val.blocks_mean} for q in pts]
     res["seconds"] = time.time() - t0

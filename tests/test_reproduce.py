@@ -173,6 +173,52 @@ def test_soup_full_starts_blockdrop_from_the_weight_average(tiny, tmp_path) -> N
     assert any(line.startswith("[soup] reusing") for line in logs), logs
 
 
+def test_cl_on_adapted_learns_over_the_adapted_backbone_and_executes_on_the_average(tiny, tmp_path) -> None:
+    """cl_on_adapted: the curriculum's trainer holds the adapted backbone (tensor for tensor as the
+    adapt stage saved it), the reported model carries that trainer's policy on the weight average
+    (float64 reference); without the flag the trainer holds the average itself."""
+    from blockdrop.checkpoint import load_blockdrop_net
+    from blockdrop.recipes import reproduce as rep
+    base = TINY.with_overrides(soup_full=0.3, gammas=(1.0,), ft_steps=0, first_random_k=False)
+    with pytest.raises(ValueError, match="cl_on_adapted.*soup_full"):
+        TINY.with_overrides(cl_on_adapted=True)
+    runs: dict[bool, tuple] = {}
+    for flag in (False, True):
+        out = tmp_path / f"swap{int(flag)}"
+        logs: list[str] = []
+        runs[flag] = (out, logs, rep.reproduce(base.with_overrides(cl_on_adapted=flag), "resnet8",
+                                               tiny["train"], tiny["test"], tiny["weights"], out,
+                                               device="cpu", progress=False, speed_batch=4,
+                                               log=logs.append))
+    out, logs, report = runs[True]
+    sa = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.state_dict()
+    sf = load_blockdrop_net(out / "baselines" / "full.safetensors")[0].backbone.state_dict()
+    trainer = load_blockdrop_net(out / "gamma1" / "curriculum" / "last.safetensors")[0]
+    final = blockdrop.load(report["checkpoint"])
+    for k, t in sa.items():
+        torch.testing.assert_close(trainer.backbone.state_dict()[k], t, rtol=0, atol=0, msg=k)
+        ref = t.double() * 0.7 + sf[k].double() * 0.3 if t.is_floating_point() else t
+        torch.testing.assert_close(final.backbone.state_dict()[k].double(), ref.double(),
+                                   rtol=1e-6, atol=1e-7, msg=k)
+    for k, t in trainer.policy_net.state_dict().items():
+        torch.testing.assert_close(final.policy_net.state_dict()[k], t, rtol=0, atol=0, msg=k)
+    # the two backbones differ, so the trainer's holding the adapted one says what it learnt over
+    assert not torch.equal(final.backbone.state_dict()["conv1.weight"], sa["conv1.weight"])
+    own = load_blockdrop_net(runs[False][0] / "gamma1" / "curriculum" / "last.safetensors")[0]
+    assert torch.equal(own.backbone.state_dict()["conv1.weight"], final.backbone.state_dict()["conv1.weight"])
+    # every validation point's checkpoint is the executed model, not the trainer's
+    executed = out / "gamma1" / "curriculum" / "executed.safetensors"
+    assert all(r["checkpoint"] in (str(executed), report["checkpoint"])
+               for r in report["results"] if r["method"] == "blockdrop")
+    assert any("before averaging" in line for line in logs)
+    logs.clear()
+    again = rep.reproduce(base.with_overrides(cl_on_adapted=True), "resnet8", tiny["train"],
+                          tiny["test"], tiny["weights"], out, device="cpu", progress=False,
+                          speed_batch=4, resume=True, log=logs.append)
+    assert any(line.startswith("[gamma 1] reusing") and "executed" in line for line in logs), logs
+    assert again["accuracy"] == report["accuracy"] and again["blocks_mean"] == report["blocks_mean"]
+
+
 def test_recipe_variant_script_reports_validation_only(tiny, tmp_path) -> None:
     """scripts/recipe_variant.py runs the preset's stages with overrides and reports validation
     accuracies: the adapted backbone's equals a plain forward over the validation split."""
@@ -277,3 +323,88 @@ def test_select_never_picks_a_point_dearer_than_the_full_network() -> None:
     unknown = pt(0.899, 25.5, 0.0)
     unknown.val.flops_mean = None
     assert select([unknown, low], full, 0.005) is unknown
+
+
+def test_select_honours_the_block_budget() -> None:
+    """With max_blocks = s, only points with at most s x K validation blocks compete (then the
+    rule above); when none fits, the one with the fewest blocks. Points drawn at random, the rule
+    evaluated here by brute force over every point."""
+    import random
+    from blockdrop.evaluate import EvalResult
+    from blockdrop.recipes.selection import Point, select
+
+    def pt(acc: float, blocks: float, flops: float) -> Point:
+        r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
+                       num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
+        return Point(1.0, 0.5, None, r)   # type: ignore[arg-type]
+
+    full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
+                      num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)
+    rng = random.Random(7)
+    seen = set()
+    for _ in range(300):
+        pts = []
+        for _ in range(rng.randint(1, 6)):
+            b = rng.uniform(15, 27)
+            pts.append(pt(round(rng.uniform(0.85, 0.91), 4), b, b / 27 * 95 + rng.uniform(0, 9)))
+        tol, share = rng.choice([0.005, 0.01, 0.03]), rng.choice([0.7, 0.85, 1.0])
+        cheaper = [q for q in pts if q.val.flops_mean < 100.0] or pts
+        fits = [q for q in cheaper if q.val.blocks_mean <= share * 27]
+        good = [q for q in fits if q.val.accuracy >= 0.90 - tol]
+        if not fits:
+            want, case = min(cheaper, key=lambda q: q.val.blocks_mean), "none fits"
+        elif good:
+            want, case = min(good, key=lambda q: q.val.blocks_mean), "fewest within"
+        else:
+            want, case = max(fits, key=lambda q: q.val.accuracy), "most accurate"
+        seen.add(case)
+        assert select(pts, full, tol, share) is want
+    assert seen == {"none fits", "fewest within", "most accurate"}
+    a, b = pt(0.899, 24.5, 92.0), pt(0.88, 22.0, 85.0)
+    assert select([a, b], full, 0.005) is a and select([a, b], full, 0.005, 0.85) is b
+
+
+def test_reproduce_rejects_a_bad_block_budget(tiny, tmp_path) -> None:
+    import subprocess
+    import sys
+    from blockdrop.recipes import reproduce as rep
+    with pytest.raises(ValueError, match="max_blocks"):
+        rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], tmp_path / "o",
+                      device="cpu", progress=False, max_blocks=1.5)
+    r = subprocess.run([sys.executable, "-m", "blockdrop", "reproduce", "--arch", "resnet8",
+                        "--train-data", str(tiny["train"]), "--test-data", str(tiny["test"]),
+                        "--weights", str(tiny["weights"]), "--out", str(tmp_path / "c"),
+                        "--max-blocks", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--max-blocks" in r.stderr and "(0, 1]" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
+
+
+def test_threshold_refinement_bisects_where_select_decides(monkeypatch) -> None:
+    """val_points bisects between the last threshold select could choose and the next; with no
+    threshold within the tolerance inside the block budget, at the budget's edge. Blocks and
+    accuracy fall linearly with the threshold here (blocks 27 - 20 t, accuracy 0.95 - 0.2 t)."""
+    from types import SimpleNamespace
+    from blockdrop.evaluate import EvalResult
+    from blockdrop.recipes import selection, stages
+
+    def fake_eval(run, net, data):
+        t = net.threshold
+        return EvalResult(n=100, accuracy=0.95 - 0.2 * t, blocks_mean=27 - 20 * t, blocks_std=0.0,
+                          num_blocks=27, num_policies=1, block_freq=[], flops_mean=90.0,
+                          full_flops=100.0)
+
+    monkeypatch.setattr(stages, "evaluate_on", fake_eval)
+    run = SimpleNamespace(preset=SimpleNamespace(thresholds=(0.2, 0.4, 0.6), threshold_refine=2),
+                          val=None)
+    net = SimpleNamespace(threshold=0.5)
+    full = SimpleNamespace(accuracy=0.90)
+    # tolerance 0.035: ok iff t <= 0.425 -> bisect (0.4, 0.6) then (0.4, 0.5)
+    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.035)]
+    assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
+    # budget 0.7 of 27 (18.9 blocks: t >= 0.405) and tolerance 0.005 (t <= 0.225): nothing is
+    # chosen by tolerance inside the budget -> bisect at the budget's edge, (0.4, 0.6) then (0.4, 0.5)
+    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.005, max_blocks=0.7)]
+    assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
+    # budget 0.9 (24.3 blocks: t >= 0.135) and tolerance 0.005: 0.2 is chosen -> (0.2, 0.4), (0.2, 0.3)
+    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.005, max_blocks=0.9)]
+    assert got == [0.2, 0.4, 0.6, 0.3, 0.25]

@@ -12,7 +12,7 @@ import torch
 from blockdrop.engine import STRATEGIES
 from blockdrop.runtime import AMP_MODES
 
-__all__ = ["positive_int", "nonneg_int", "pos_float", "nonneg_float", "alpha", "fraction", "thresholds",
+__all__ = ["positive_int", "nonneg_int", "pos_float", "nonneg_float", "alpha", "fraction", "share", "thresholds",
            "add_runtime", "add_data", "add_training", "setup_threads", "STRATEGIES", "AMP_MODES"]
 
 
@@ -49,6 +49,16 @@ def fraction(s: str) -> float:
     v = nonneg_float(s)
     if v > 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {s!r}")
+    return v
+
+
+def share(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = math.nan
+    if not 0 < v <= 1:  # False for NaN
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {s!r}")
     return v
 
 

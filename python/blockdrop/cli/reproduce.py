@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from blockdrop.cli._args import add_runtime, nonneg_float, setup_threads
+from blockdrop.cli._args import add_runtime, fraction, nonneg_float, setup_threads, share
 
 __all__ = ["register"]
 
@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
     r.add_argument("--out", required=True, metavar="DIR")
     r.add_argument("--gamma", type=nonneg_float, nargs="+", default=None,
                    help="finetune penalties to sweep (default: the preset's)")
+    r.add_argument("--tolerance", type=fraction, default=None, metavar="T",
+                   help="validation accuracy the chosen point may give up against the full network "
+                        "(default: the preset's)")
+    r.add_argument("--max-blocks", type=share, default=None, metavar="S",
+                   help="block budget of the chosen point, a share of the blocks in (0, 1] "
+                        "(default: the preset's; 1: none)")
     r.add_argument("--resume", action="store_true", help="reuse the stages already in OUT")
     r.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT")
     add_runtime(r)
@@ -35,5 +41,5 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     reproduce(args.preset, arch=args.arch, train_data=args.train_data, test_data=args.test_data,
               weights=args.weights, out=args.out, gammas=args.gamma, seed=args.seed,
               device=args.device, progress=not args.no_progress, resume=args.resume,
-              overwrite=args.overwrite)
+              overwrite=args.overwrite, tolerance=args.tolerance, max_blocks=args.max_blocks)
     return 0

@@ -17,7 +17,8 @@ The recipe, stage by stage (steps are optimisation steps of ``batch_size`` image
    weight by weight, with the full network finetuned alike (stage 4's, trained first; share
    ``soup_full`` of it; :mod:`blockdrop.averaging`);
 2. **curriculum** -- the policy network alone (backbone frozen), the last blocks freed first,
-   ``cl_step`` more every ``cl_steps_per_epoch`` steps;
+   ``cl_step`` more every ``cl_steps_per_epoch`` steps; with ``cl_on_adapted`` over the adapted
+   backbone before averaging, the learnt policy then put on the averaged one;
 3. **finetune** -- policy and backbone jointly (Adam, lr x0.1 at 80%), the sampled sub-networks
    also distilled from the adapted full network (``ft_distill``);
 4. **baselines** -- the full network finetuned alike (from the pretrained weights: stage 1's
@@ -52,6 +53,7 @@ class Preset:
     adapt_full_distill: float = 0.0           # in place: the pretrained network's soft targets in the full path's loss
     adapt_anchor: float = 0.0                 # > 0: weight decay toward the pretrained weights (L2-SP)
     soup_full: float = 0.0                    # > 0: BlockDrop's backbone = the adapted one averaged with the full network finetuned alike, this share of the latter
+    cl_on_adapted: bool = False               # with soup_full: the curriculum learns over the adapted backbone before averaging, the model executes on the average
     # 2. curriculum
     policy_width: int = 16                    # channels of the ResNet-8 policy net's first stage
     cl_step: int = 1
@@ -72,10 +74,18 @@ class Preset:
     thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # keep if p >= t
     threshold_refine: int = 2                 # bisections at the tolerance boundary (on val)
     tolerance: float = 0.01                   # val accuracy the chosen point may give up
+    max_blocks: float | None = None           # block budget: the chosen point keeps at most this share of the K blocks (val)
     # 4. baselines
     first_random_k: bool = True               # FirstK / RandomK (the full network always runs)
     strategy: str = "gather"
     amp: str = "bf16"                         # training precision (runtime.AMP_MODES)
+
+    def __post_init__(self) -> None:
+        if self.cl_on_adapted and not self.soup_full:
+            raise ValueError("cl_on_adapted: the curriculum learns over the backbone before weight "
+                             "averaging, so it needs soup_full > 0 (got 0)")
+        if self.max_blocks is not None and not 0 < self.max_blocks <= 1:
+            raise ValueError(f"max_blocks: expected a share of the blocks in (0, 1], got {self.max_blocks}")
 
     def with_overrides(self, **kw: Any) -> "Preset":
         """A copy with some fields replaced (unknown names raise TypeError)."""

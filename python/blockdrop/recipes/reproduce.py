@@ -10,7 +10,8 @@ evaluation on the test set -> ``OUT/report.json``, ``OUT/report.md`` and plots.
 Validation vs test: ``preset.n_val`` images are held out of the training data (stratified, seed
 ``seed``); the (gamma, threshold) reported as *the* result is chosen on them (the fewest blocks
 whose validation accuracy is within ``tolerance`` of the full network's, among the points that
-cost fewer FLOPs than it: :func:`~blockdrop.recipes.selection.select`), FirstK/RandomK take
+cost fewer FLOPs than it and keep at most ``max_blocks`` of the blocks:
+:func:`~blockdrop.recipes.selection.select`), FirstK/RandomK take
 BlockDrop's validation block counts, and the test set is evaluated once, after every choice is
 made. The chosen model is written to ``OUT/blockdrop.safetensors`` with its threshold.
 
@@ -36,7 +37,7 @@ from blockdrop.errors import IncompatibleError
 from blockdrop.evaluate import EvalResult, measure_throughput
 from blockdrop.recipes.presets import Preset, get_preset
 from blockdrop.recipes.report import write_report
-from blockdrop.recipes.selection import Point, select, val_points
+from blockdrop.recipes.selection import Point, describe, select, val_points
 from blockdrop.recipes import stages
 from blockdrop.recipes.stages import (Run, RunPaths, final_checkpoint, final_stage, stage_adapt,
                                       stage_baseline, stage_blockdrop, stage_full, stage_pretrain,
@@ -95,7 +96,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
               test_data: str | os.PathLike[str] | DataInfo, weights: str | os.PathLike[str] | None,
               out: str | os.PathLike[str], gammas: list[float] | None = None, seed: int = 0,
               device: str = "auto", progress: bool = True, resume: bool = False,
-              tolerance: float | None = None, speed_batch: int = 256, overwrite: bool = False,
+              tolerance: float | None = None, max_blocks: float | None = None,
+              speed_batch: int = 256, overwrite: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the recipe and write ``out/report.json`` (returned), ``out/report.md`` and plots.
 
@@ -110,6 +112,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         gammas: finetune penalties to sweep (default: the preset's).
         tolerance: accuracy the selected point may give up against the full network, on val
             (default: the preset's).
+        max_blocks: block budget of the selected point, a share of the K blocks on val (default:
+            the preset's; 1 keeps every point in the running).
         speed_batch: batch size of the measured speedup (test images, interleaved timing).
         resume / overwrite: an ``out`` that already holds a run is continued (``resume``: its
             finished stages are reused) or replaced (``overwrite``); otherwise IncompatibleError.
@@ -118,6 +122,9 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     p = get_preset(preset) if isinstance(preset, str) else preset
     gammas = list(gammas or p.gammas)
     tolerance = p.tolerance if tolerance is None else tolerance
+    if max_blocks is not None:
+        p = p.with_overrides(max_blocks=max_blocks)      # checked by Preset
+    max_blocks = p.max_blocks
     test = _data(test_data, "test", seed)
     run, pretrained, full_train = start_run(p, arch, train_data, weights, out, seed, device,
                                             progress, resume, overwrite, log)
@@ -133,13 +140,14 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     adapted = stage_adapt(run, pretrained)
     nb = adapted.num_blocks
     full = stage_full(run, pretrained)
-    adapted = stage_soup(run, adapted, full)
+    backbone = stage_soup(run, adapted, full)       # what BlockDrop executes
     full_val = run.timed("eval", lambda: stages.evaluate_on(run, full, val))
     points: list[Point] = []
     last = final_stage(run)
 
     def candidates(g: float, net: BlockDropNet, stage: str, path: Path) -> None:
-        pts = run.timed("eval", lambda: val_points(run, g, net, full_val, tolerance, stage, path))
+        pts = run.timed("eval", lambda: val_points(run, g, net, full_val, tolerance, stage, path,
+                                                       max_blocks))
         points.extend(pts)
         for q in pts:
             log(f"[gamma {g:g}{'' if stage == last else ', ' + stage}] threshold {q.threshold:g}: "
@@ -147,13 +155,13 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
                 f"(full network {100 * full_val.accuracy:.2f}%)")
 
     for g in gammas:
-        candidates(g, stage_blockdrop(run, adapted, g), last, final_checkpoint(run, g))
+        candidates(g, stage_blockdrop(run, backbone, g, adapted), last, final_checkpoint(run, g))
     if last == "finetune" and gammas:
         # the curriculum (its own gamma, the same for every finetune gamma) is a candidate too: the
         # stage is chosen on validation like the threshold
-        cl_path = paths.stage(gammas[0], "curriculum") / "last.safetensors"
+        cl_path = stages.curriculum_checkpoint(run, gammas[0])
         candidates(p.cl_gamma, load_blockdrop_net(cl_path, dev)[0], "curriculum", cl_path)  # type: ignore[arg-type]
-    chosen = select(points, full_val, tolerance)
+    chosen = select(points, full_val, tolerance, max_blocks)
     # the sweep: every gamma at the paper's threshold, and the chosen operating point
     shown = [q for q in points if (q.threshold == 0.5 and q.stage == last) or q is chosen]
     final = chosen.net
@@ -165,7 +173,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         for q in shown:
             for kind in ("first_k", "random_k"):
                 path = paths.baseline(kind, q.gamma, q.threshold, _tag(q, last))
-                baselines.append((kind, q, path, stage_baseline(run, adapted, kind, q.val.blocks_mean, path)))
+                baselines.append((kind, q, path, stage_baseline(run, backbone, kind, q.val.blocks_mean, path)))
 
     # ---- the test set, once
     log(f"[test] evaluating every model on {test.source}")
@@ -207,8 +215,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         "preset": p.name, "settings": p.to_dict(), "seed": seed, "commit": _commit(), "arch": arch,
         "train_data": full_train.source, "test_data": test.source, "weights": str(weights),
         "val": {"images": len(val.dataset), "full_accuracy": full_val.accuracy,  # type: ignore[arg-type]
-                "selection": f"fewest blocks within {100 * tolerance:g} points of the full network, "
-                             f"among the points that cost fewer FLOPs than it",
+                "selection": describe(tolerance, max_blocks), "tolerance": tolerance,
+                "max_blocks": max_blocks,
                 "points": [{"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage,
                             "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean,
                             "flops_mean": q.val.flops_mean}

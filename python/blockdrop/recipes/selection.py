@@ -11,7 +11,7 @@ from blockdrop.evaluate import EvalResult
 from blockdrop.recipes import stages
 from blockdrop.recipes.stages import Run
 
-__all__ = ["Point", "val_points", "select"]
+__all__ = ["Point", "val_points", "select", "describe"]
 
 
 @dataclass
@@ -28,21 +28,27 @@ class Point:
 
 
 def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
-                tolerance: float, stage: str = "finetune", checkpoint: Path | None = None) -> list[Point]:
+                tolerance: float, stage: str = "finetune", checkpoint: Path | None = None,
+                max_blocks: float | None = None) -> list[Point]:
     """The model at every preset threshold on the validation split, then ``threshold_refine``
-    bisections between the last threshold that :func:`select` could choose by its tolerance
-    (within ``tolerance`` of the full network and cheaper than it) and the next (a larger
-    threshold keeps fewer blocks)."""
+    bisections (a larger threshold keeps fewer blocks) where :func:`select` decides: between the
+    last threshold it could choose by its tolerance (within ``tolerance`` of the full network,
+    cheaper than it, inside the block budget ``max_blocks``) and the next; when no threshold is
+    within the tolerance inside the budget, between the last one over the budget and the next."""
     def at(t: float) -> Point:
         q = copy.copy(net)
         q.threshold = t
         return Point(gamma, t, q, stages.evaluate_on(run, q, run.val), stage, checkpoint)
 
     points = [at(t) for t in sorted(run.preset.thresholds)]
-    ok = lambda q: _saves_flops(q.val) and _within(q, full_val, tolerance)   # noqa: E731
+    fits = lambda q: _saves_flops(q.val) and _in_budget(q, max_blocks)   # noqa: E731
+    ok = lambda q: fits(q) and _within(q, full_val, tolerance)             # noqa: E731
+    over = lambda q: not _in_budget(q, max_blocks)                         # noqa: E731
     for _ in range(run.preset.threshold_refine):
         srt = sorted(points, key=lambda q: q.threshold)
         pairs = [(a, b) for a, b in zip(srt, srt[1:]) if ok(a) and not ok(b)]
+        if not pairs and not any(ok(q) for q in srt):
+            pairs = [(a, b) for a, b in zip(srt, srt[1:]) if over(a) and not over(b)]
         if not pairs:
             break
         a, b = pairs[-1]
@@ -50,16 +56,33 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
     return points
 
 
-def select(points: list[Point], full_val: EvalResult, tolerance: float) -> Point:
+def select(points: list[Point], full_val: EvalResult, tolerance: float,
+           max_blocks: float | None = None) -> Point:
     """The point with the fewest validation blocks whose validation accuracy is within
     ``tolerance`` of the full network's; when none is, the most accurate one. Only points that
     cost fewer FLOPs per image than the full network (policy network included) compete: one that
-    costs more is beaten by the full network itself. When no point saves FLOPs, all compete."""
+    costs more is beaten by the full network itself (when no point saves FLOPs, all compete).
+    With a block budget ``max_blocks`` (a share of the K blocks, on validation) only the points
+    inside it compete; when none is, the one with the fewest blocks is returned."""
     cheaper = [p for p in points if _saves_flops(p.val)] or points
-    ok = [p for p in cheaper if _within(p, full_val, tolerance)]
+    fits = [p for p in cheaper if _in_budget(p, max_blocks)]
+    if not fits:
+        return min(cheaper, key=lambda p: (p.val.blocks_mean, -p.val.accuracy))
+    ok = [p for p in fits if _within(p, full_val, tolerance)]
     if ok:
         return min(ok, key=lambda p: (p.val.blocks_mean, -p.val.accuracy))
-    return max(cheaper, key=lambda p: p.val.accuracy)
+    return max(fits, key=lambda p: p.val.accuracy)
+
+
+def describe(tolerance: float, max_blocks: float | None) -> str:
+    """The rule :func:`select` applies, in words (for reports)."""
+    budget = f", at most {100 * max_blocks:g}% of the blocks" if max_blocks is not None else ""
+    return (f"fewest blocks within {100 * tolerance:g} points of the full network (else the most "
+            f"accurate), among the points that cost fewer FLOPs than it{budget}")
+
+
+def _in_budget(p: Point, max_blocks: float | None) -> bool:
+    return max_blocks is None or p.val.blocks_mean <= max_blocks * p.val.num_blocks
 
 
 def _within(p: Point, full_val: EvalResult, tolerance: float) -> bool:

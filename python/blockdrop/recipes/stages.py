@@ -28,7 +28,8 @@ from blockdrop.supervised import ReplayTeacher, SupervisedConfig, train_supervis
 from blockdrop.train import Trainer, TrainConfig
 
 __all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "stage_pretrain", "stage_adapt",
-           "stage_full", "stage_soup", "stage_baseline", "stage_blockdrop", "final_checkpoint"]
+           "stage_full", "stage_soup", "stage_baseline", "stage_blockdrop", "curriculum_checkpoint",
+           "final_checkpoint"]
 
 
 @dataclass
@@ -262,19 +263,28 @@ def ft_schedule(steps: int, batches_per_epoch: int) -> tuple[int, int]:
     return epochs, math.ceil(steps / epochs)
 
 
-def stage_blockdrop(run: Run, adapted: nn.Module, gamma: float) -> BlockDropNet:
+def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
+                    adapted: nn.Module | None = None) -> BlockDropNet:
+    """The policy network's curriculum over ``backbone`` (frozen), then, with finetune steps, the
+    joint finetuning of both. With ``preset.cl_on_adapted`` the curriculum learns over ``adapted``
+    instead (the backbone before weight averaging; required then) and the learnt policy is put on
+    a copy of ``backbone``, which the finetune (if any) trains and the model executes; that model
+    is saved at :func:`curriculum_checkpoint`."""
     p = run.preset
     ft_dir, cl_dir = run.paths.stage(gamma, "finetune"), run.paths.stage(gamma, "curriculum")
-    done = ft_dir if ft_steps(run) else cl_dir
-    if run.resume and (done / "last.safetensors").is_file() and read_meta(done)["progress"]["done"]:
-        run.log(f"[gamma {gamma:g}] reusing {done}")
-        return load_blockdrop_net(done, run.device)[0]  # type: ignore[return-value]
-    backbone = copy.deepcopy(adapted)
+    if run.resume and _finished(run, gamma):
+        run.log(f"[gamma {gamma:g}] reusing {final_checkpoint(run, gamma)}")
+        return load_blockdrop_net(final_checkpoint(run, gamma), run.device)[0]  # type: ignore[return-value]
+    rebased = _rebased(run)
+    if rebased and adapted is None:
+        raise ValueError("cl_on_adapted: the curriculum learns over the backbone before averaging; "
+                         "pass it as adapted")
+    learn_on = copy.deepcopy(adapted if rebased else backbone)
     torch.manual_seed(run.seed)
-    pnet = make_policy_net(backbone.num_blocks, run.train.image_size)
+    pnet = make_policy_net(learn_on.num_blocks, run.train.image_size)
     if isinstance(pnet, CifarPolicyNet) and pnet.width != p.policy_width:
-        pnet = CifarPolicyNet(backbone.num_blocks, width=p.policy_width)
-    k = backbone.num_blocks
+        pnet = CifarPolicyNet(learn_on.num_blocks, width=p.policy_width)
+    k = learn_on.num_blocks
     meta = {**run.meta, "policy_spec": pnet.spec()}
     common = dict(batch_size=p.batch_size, seed=run.seed, progress=run.progress,
                   device=str(run.device), strategy=p.strategy, amp=p.amp, log_every=20)
@@ -283,9 +293,17 @@ def stage_blockdrop(run: Run, adapted: nn.Module, gamma: float) -> BlockDropNet:
     cl = TrainConfig(stage="curriculum", epochs=epochs, steps_per_epoch=p.cl_steps_per_epoch,
                      lr=p.cl_lr, gamma=p.cl_gamma if steps else gamma, cl_step=p.cl_step,
                      **{**common, "batch_size": p.cl_batch_size or p.batch_size})
-    run.log(f"[gamma {gamma:g}] curriculum: {epochs} epochs, {p.cl_step} more blocks per epoch")
+    run.log(f"[gamma {gamma:g}] curriculum: {epochs} epochs, {p.cl_step} more blocks per epoch"
+            f"{' (over the backbone before averaging)' if rebased else ''}")
     run.timed(f"curriculum_gamma{gamma:g}", lambda: Trainer(
-        cl, pnet, backbone, run.train, cl_dir, extra_meta=meta).fit(resume=run.resume))
+        cl, pnet, learn_on, run.train, cl_dir, extra_meta=meta).fit(resume=run.resume))
+    executed = learn_on
+    if rebased:
+        executed = copy.deepcopy(backbone)
+        run.log(f"[gamma {gamma:g}] the policy executes on the averaged backbone")
+        save_blockdrop_net(curriculum_checkpoint(run, gamma), BlockDropNet(pnet, executed),
+                           {**meta, "stage": "curriculum", "gamma": gamma,
+                            "policy_learnt_on": "the adapted backbone before averaging"})
     if steps:
         epochs, per_epoch = ft_schedule(steps, len(run.train.dataset) // p.batch_size)  # type: ignore[arg-type]
         ft = TrainConfig(stage="finetune", epochs=epochs, steps_per_epoch=per_epoch, lr=p.ft_lr,
@@ -294,9 +312,21 @@ def stage_blockdrop(run: Run, adapted: nn.Module, gamma: float) -> BlockDropNet:
         run.log(f"[gamma {gamma:g}] joint finetuning: {epochs * per_epoch} steps "
                 f"({epochs} epoch(s) of {per_epoch})")
         run.timed(f"finetune_gamma{gamma:g}", lambda: Trainer(
-            ft, pnet, backbone, run.train, ft_dir, extra_meta=meta,
-            teacher=adapted if p.ft_distill else None).fit(resume=run.resume))
-    return BlockDropNet(pnet, backbone, strategy="auto").to(run.device).eval()
+            ft, pnet, executed, run.train, ft_dir, extra_meta=meta,
+            teacher=backbone if p.ft_distill else None).fit(resume=run.resume))
+    return BlockDropNet(pnet, executed, strategy="auto").to(run.device).eval()
+
+
+def _rebased(run: Run) -> bool:
+    """Whether the curriculum learns over another backbone than the model executes on."""
+    return bool(run.preset.cl_on_adapted and run.preset.soup_full)
+
+
+def _finished(run: Run, gamma: float) -> bool:
+    path = final_checkpoint(run, gamma)
+    if path.name != "last.safetensors":        # written only once the curriculum has finished
+        return path.is_file()
+    return path.is_file() and bool(read_meta(path.parent)["progress"]["done"])
 
 
 def final_stage(run: Run) -> str:
@@ -304,5 +334,15 @@ def final_stage(run: Run) -> str:
     return "finetune" if ft_steps(run) else "curriculum"
 
 
+def curriculum_checkpoint(run: Run, gamma: float) -> Path:
+    """The curriculum's model: its trainer's last checkpoint, or with ``cl_on_adapted`` the learnt
+    policy on the averaged backbone."""
+    cl_dir = run.paths.stage(gamma, "curriculum")
+    return cl_dir / ("executed.safetensors" if _rebased(run) else "last.safetensors")
+
+
 def final_checkpoint(run: Run, gamma: float) -> Path:
-    return run.paths.stage(gamma, final_stage(run)) / "last.safetensors"
+    """Each gamma's model: the finetune's last checkpoint, or without one the curriculum's."""
+    if ft_steps(run):
+        return run.paths.stage(gamma, "finetune") / "last.safetensors"
+    return curriculum_checkpoint(run, gamma)
