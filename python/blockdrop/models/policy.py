@@ -64,6 +64,20 @@ class PolicyNet(nn.Module):
         """JSON-able constructor arguments (see :func:`policy_net_from_spec`)."""
         return {"kind": self.kind, "num_blocks": self.num_blocks}
 
+    @torch.no_grad()
+    def set_prior(self, keep: Tensor) -> "PolicyNet":
+        """Start from a static policy: the head's weights zeroed and its bias ``logit(keep)``, so
+        that ``forward`` returns ``keep [K]`` (probabilities in (0, 1)) for every image until
+        training moves it (e.g. :func:`blockdrop.drop_costs.keep_prior`). Returns ``self``."""
+        keep = torch.as_tensor(keep, dtype=torch.float32).flatten()
+        if keep.numel() != self.num_blocks:
+            raise ValueError(f"keep: expected {self.num_blocks} probabilities, got {keep.numel()}")
+        if not bool(((keep > 0) & (keep < 1)).all()):
+            raise ValueError("keep: expected probabilities strictly between 0 and 1")
+        self.fc.weight.zero_()
+        self.fc.bias.copy_(torch.logit(keep.double()).to(self.fc.bias))
+        return self
+
     def _init(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

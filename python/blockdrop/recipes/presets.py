@@ -9,7 +9,9 @@ deviation from ``official`` and the measurement behind it is in docs/TRAINING.md
 The recipe, stage by stage (steps are optimisation steps of ``batch_size`` images):
 
 1. **adapt** -- the pretrained backbone learns to tolerate dropped blocks: ``adapt_steps`` of
-   stochastic depth (each block of each image kept with probability ``adapt_keep``) through the
+   stochastic depth (each block of each image kept with probability ``adapt_keep``, or with
+   ``adapt_keep_prior = (lo, hi)`` with a probability linear in the rank of the pretrained
+   network's single-block drop cost, from ``lo`` for the cheapest to ``hi``) through the
    gather path, SGD with a cosine decay, loss blended with the pretrained network's soft targets
    (``adapt_distill``; with ``adapt_inplace`` the network's own full path is the teacher and is
    trained by cross-entropy in the same step);
@@ -17,7 +19,11 @@ The recipe, stage by stage (steps are optimisation steps of ``batch_size`` image
    weight by weight, with the full network finetuned alike (stage 4's, trained first; share
    ``soup_full`` of it; :mod:`blockdrop.averaging`);
 2. **curriculum** -- the policy network alone (backbone frozen), the last blocks freed first,
-   ``cl_step`` more every ``cl_steps_per_epoch`` steps; with ``cl_on_adapted`` over the adapted
+   ``cl_step`` more every ``cl_steps_per_epoch`` steps (``None``: every block from the first
+   step); with ``cl_prior`` the policy network starts as the static policy that drops the
+   blocks whose single drop costs least first (:mod:`blockdrop.drop_costs`, measured on
+   ``prior_images`` training images; keep-probabilities ``prior_keep``, cheapest .. dearest)
+   and REINFORCE learns per-image departures from it; with ``cl_on_adapted`` over the adapted
    backbone before averaging, the learnt policy then put on the averaged one;
 3. **finetune** -- policy and backbone jointly (Adam, lr x0.1 at 80%), the sampled sub-networks
    also distilled from the adapted full network (``ft_distill``);
@@ -52,11 +58,15 @@ class Preset:
     adapt_temperature: float = 4.0
     adapt_full_distill: float = 0.0           # in place: the pretrained network's soft targets in the full path's loss
     adapt_anchor: float = 0.0                 # > 0: weight decay toward the pretrained weights (L2-SP)
+    adapt_keep_prior: tuple[float, float] | None = None  # per-block keep, cheapest .. dearest block of the pretrained network (else adapt_keep)
     soup_full: float = 0.0                    # > 0: BlockDrop's backbone = the adapted one averaged with the full network finetuned alike, this share of the latter
     cl_on_adapted: bool = False               # with soup_full: the curriculum learns over the adapted backbone before averaging, the model executes on the average
     # 2. curriculum
     policy_width: int = 16                    # channels of the ResNet-8 policy net's first stage
-    cl_step: int = 1
+    cl_prior: bool = False                    # the policy starts as the static "cheapest blocks first" policy
+    prior_keep: tuple[float, float] = (0.3, 0.9)  # its keep-probabilities, cheapest .. dearest block
+    prior_images: int = 2000                  # training images the single-block drop costs are measured on
+    cl_step: int | None = 1                   # None: every block learned from the first step
     cl_steps_per_epoch: int | None = None     # None: whole epochs over the training set
     cl_epochs: int | None = None              # None: ceil(K / cl_step) + cl_extra_epochs
     cl_extra_epochs: int = 0
@@ -84,6 +94,15 @@ class Preset:
         if self.cl_on_adapted and not self.soup_full:
             raise ValueError("cl_on_adapted: the curriculum learns over the backbone before weight "
                              "averaging, so it needs soup_full > 0 (got 0)")
+        if self.adapt_keep_prior is not None and not 0 <= self.adapt_keep_prior[0] <= self.adapt_keep_prior[1] <= 1:
+            raise ValueError(f"adapt_keep_prior: expected 0 <= lo <= hi <= 1, got {self.adapt_keep_prior}")
+        lo, hi = self.prior_keep
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"prior_keep: expected 0 < lo <= hi < 1, got {self.prior_keep}")
+        if self.prior_images < 1:
+            raise ValueError(f"prior_images: expected >= 1, got {self.prior_images}")
+        if self.cl_step is not None and self.cl_step < 1:
+            raise ValueError(f"cl_step: expected >= 1 or None (every block learned at once), got {self.cl_step}")
         if self.max_blocks is not None and not 0 < self.max_blocks <= 1:
             raise ValueError(f"max_blocks: expected a share of the blocks in (0, 1], got {self.max_blocks}")
 

@@ -19,7 +19,8 @@ from blockdrop.averaging import average_weights
 from blockdrop.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_blockdrop_net, read_meta, save_blockdrop_net
-from blockdrop.data import DataInfo, make_loader
+from blockdrop.data import DataInfo, make_loader, take_subset
+from blockdrop.drop_costs import keep_prior, single_drop_costs
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluate import EvalResult, evaluate
 from blockdrop.models.policy import CifarPolicyNet, make_policy_net
@@ -158,15 +159,21 @@ def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
         run.log(f"[adapt] reusing {path}")
         return load_blockdrop_net(path)[0].backbone
     backbone = copy.deepcopy(pretrained)
+    meta: dict[str, Any] = {**run.meta, "stage": "adapt"}
     if p.adapt_steps:
-        run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep {p.adapt_keep}), "
+        keep: torch.Tensor | float = p.adapt_keep
+        if p.adapt_keep_prior is not None:
+            costs = run.timed("adapt_costs", lambda: _drop_costs(run, pretrained))
+            keep = keep_prior(costs, *p.adapt_keep_prior)
+            meta["adapt_keep"] = [round(float(q), 4) for q in keep]
+        run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep "
+                f"{p.adapt_keep if p.adapt_keep_prior is None else f'{p.adapt_keep_prior} by drop cost'}), "
                 f"distill {p.adapt_distill}{' in place' if p.adapt_inplace else ''}"
                 f"{f', anchor {p.adapt_anchor}' if p.adapt_anchor else ''}")
         run.timed("adapt", lambda: train_supervised(
-            backbone, run.train, drop_path_policy(p.adapt_keep, backbone.num_blocks),
+            backbone, run.train, drop_path_policy(keep, backbone.num_blocks),
             _adapt_config(run), run.device, teacher=_replayed(run, pretrained)))
-    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
-                       {**run.meta, "stage": "adapt"})
+    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone), meta)
     return backbone
 
 
@@ -286,14 +293,22 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
         pnet = CifarPolicyNet(learn_on.num_blocks, width=p.policy_width)
     k = learn_on.num_blocks
     meta = {**run.meta, "policy_spec": pnet.spec()}
+    if p.cl_prior:
+        costs = run.timed(f"costs_gamma{gamma:g}", lambda: _drop_costs(run, learn_on))
+        pnet.set_prior(keep_prior(costs, *p.prior_keep))
+        meta["drop_costs"] = [round(float(c), 6) for c in costs]
+        run.log(f"[gamma {gamma:g}] policy prior from single-block drop costs ({p.prior_images} "
+                f"training images): cheapest blocks {costs.argsort()[:6].tolist()}")
     common = dict(batch_size=p.batch_size, seed=run.seed, progress=run.progress,
                   device=str(run.device), strategy=p.strategy, amp=p.amp, log_every=20)
-    epochs = p.cl_epochs or (math.ceil(k / p.cl_step) + p.cl_extra_epochs)
+    cl_step = p.cl_step or k                   # None: every block learned from the first step
+    epochs = p.cl_epochs or (math.ceil(k / cl_step) + p.cl_extra_epochs)
     steps = ft_steps(run)
     cl = TrainConfig(stage="curriculum", epochs=epochs, steps_per_epoch=p.cl_steps_per_epoch,
-                     lr=p.cl_lr, gamma=p.cl_gamma if steps else gamma, cl_step=p.cl_step,
+                     lr=p.cl_lr, gamma=p.cl_gamma if steps else gamma, cl_step=cl_step,
                      **{**common, "batch_size": p.cl_batch_size or p.batch_size})
-    run.log(f"[gamma {gamma:g}] curriculum: {epochs} epochs, {p.cl_step} more blocks per epoch"
+    run.log(f"[gamma {gamma:g}] curriculum: {epochs} epochs, "
+            f"{'every block learned' if cl_step >= k else f'{cl_step} more blocks per epoch'}"
             f"{' (over the backbone before averaging)' if rebased else ''}")
     run.timed(f"curriculum_gamma{gamma:g}", lambda: Trainer(
         cl, pnet, learn_on, run.train, cl_dir, extra_meta=meta).fit(resume=run.resume))
@@ -315,6 +330,14 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
             ft, pnet, executed, run.train, ft_dir, extra_meta=meta,
             teacher=backbone if p.ft_distill else None).fit(resume=run.resume))
     return BlockDropNet(pnet, executed, strategy="auto").to(run.device).eval()
+
+
+def _drop_costs(run: Run, backbone: nn.Module) -> torch.Tensor:
+    """Single-block drop costs ``[K]`` of ``backbone`` on ``preset.prior_images`` training images
+    (never the validation split)."""
+    sub = take_subset(run.train, run.preset.prior_images, seed=run.seed + 1)
+    return single_drop_costs(backbone, make_loader(sub.dataset, 250, train=False), run.device,
+                             amp=run.preset.amp)
 
 
 def _rebased(run: Run) -> bool:
