@@ -296,74 +296,6 @@ def test_domain_proxy_script_evaluates_clean_and_reencoded_validation(tiny, tmp_
     assert (tmp_path / "p" / "proxy.json").is_file()
 
 
-def test_select_never_picks_a_point_dearer_than_the_full_network() -> None:
-    """The selection rule written out here: among the points that cost fewer FLOPs than the full
-    network (all of them if none does), the fewest blocks within the tolerance, else the most
-    accurate."""
-    from blockdrop.evaluate import EvalResult
-    from blockdrop.recipes.selection import Point, select
-
-    def pt(acc: float, blocks: float, flops: float) -> Point:
-        r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
-                       num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
-        return Point(1.0, blocks / 100, None, r)   # type: ignore[arg-type]
-
-    full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
-                      num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)
-    dear, ok, low = pt(0.899, 25.5, 103.0), pt(0.893, 24.0, 96.0), pt(0.87, 21.0, 85.0)
-    # within 0.5 points: only `dear`, which costs more than the full network -> the most accurate
-    # of the cheaper ones
-    assert select([dear, ok, low], full, 0.005) is ok
-    # within 1 point: `ok` has the fewest blocks among the cheaper ones
-    assert select([dear, ok, low], full, 0.01) is ok
-    assert select([dear, ok, low], full, 0.05) is low
-    # nothing is cheaper: every point competes again
-    assert select([dear, pt(0.85, 26.0, 101.0)], full, 0.005) is dear
-    # FLOPs unknown: accuracy alone
-    unknown = pt(0.899, 25.5, 0.0)
-    unknown.val.flops_mean = None
-    assert select([unknown, low], full, 0.005) is unknown
-
-
-def test_select_honours_the_block_budget() -> None:
-    """With max_blocks = s, only points with at most s x K validation blocks compete (then the
-    rule above); when none fits, the one with the fewest blocks. Points drawn at random, the rule
-    evaluated here by brute force over every point."""
-    import random
-    from blockdrop.evaluate import EvalResult
-    from blockdrop.recipes.selection import Point, select
-
-    def pt(acc: float, blocks: float, flops: float) -> Point:
-        r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
-                       num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
-        return Point(1.0, 0.5, None, r)   # type: ignore[arg-type]
-
-    full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
-                      num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)
-    rng = random.Random(7)
-    seen = set()
-    for _ in range(300):
-        pts = []
-        for _ in range(rng.randint(1, 6)):
-            b = rng.uniform(15, 27)
-            pts.append(pt(round(rng.uniform(0.85, 0.91), 4), b, b / 27 * 95 + rng.uniform(0, 9)))
-        tol, share = rng.choice([0.005, 0.01, 0.03]), rng.choice([0.7, 0.85, 1.0])
-        cheaper = [q for q in pts if q.val.flops_mean < 100.0] or pts
-        fits = [q for q in cheaper if q.val.blocks_mean <= share * 27]
-        good = [q for q in fits if q.val.accuracy >= 0.90 - tol]
-        if not fits:
-            want, case = min(cheaper, key=lambda q: q.val.blocks_mean), "none fits"
-        elif good:
-            want, case = min(good, key=lambda q: q.val.blocks_mean), "fewest within"
-        else:
-            want, case = max(fits, key=lambda q: q.val.accuracy), "most accurate"
-        seen.add(case)
-        assert select(pts, full, tol, share) is want
-    assert seen == {"none fits", "fewest within", "most accurate"}
-    a, b = pt(0.899, 24.5, 92.0), pt(0.88, 22.0, 85.0)
-    assert select([a, b], full, 0.005) is a and select([a, b], full, 0.005, 0.85) is b
-
-
 def test_reproduce_rejects_a_bad_block_budget(tiny, tmp_path) -> None:
     import subprocess
     import sys
@@ -377,34 +309,3 @@ def test_reproduce_rejects_a_bad_block_budget(tiny, tmp_path) -> None:
                         "--max-blocks", "0"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--max-blocks" in r.stderr and "(0, 1]" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
-
-
-def test_threshold_refinement_bisects_where_select_decides(monkeypatch) -> None:
-    """val_points bisects between the last threshold select could choose and the next; with no
-    threshold within the tolerance inside the block budget, at the budget's edge. Blocks and
-    accuracy fall linearly with the threshold here (blocks 27 - 20 t, accuracy 0.95 - 0.2 t)."""
-    from types import SimpleNamespace
-    from blockdrop.evaluate import EvalResult
-    from blockdrop.recipes import selection, stages
-
-    def fake_eval(run, net, data):
-        t = net.threshold
-        return EvalResult(n=100, accuracy=0.95 - 0.2 * t, blocks_mean=27 - 20 * t, blocks_std=0.0,
-                          num_blocks=27, num_policies=1, block_freq=[], flops_mean=90.0,
-                          full_flops=100.0)
-
-    monkeypatch.setattr(stages, "evaluate_on", fake_eval)
-    run = SimpleNamespace(preset=SimpleNamespace(thresholds=(0.2, 0.4, 0.6), threshold_refine=2),
-                          val=None)
-    net = SimpleNamespace(threshold=0.5)
-    full = SimpleNamespace(accuracy=0.90)
-    # tolerance 0.035: ok iff t <= 0.425 -> bisect (0.4, 0.6) then (0.4, 0.5)
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.035)]
-    assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
-    # budget 0.7 of 27 (18.9 blocks: t >= 0.405) and tolerance 0.005 (t <= 0.225): nothing is
-    # chosen by tolerance inside the budget -> bisect at the budget's edge, (0.4, 0.6) then (0.4, 0.5)
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.005, max_blocks=0.7)]
-    assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
-    # budget 0.9 (24.3 blocks: t >= 0.135) and tolerance 0.005: 0.2 is chosen -> (0.2, 0.4), (0.2, 0.3)
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.005, max_blocks=0.9)]
-    assert got == [0.2, 0.4, 0.6, 0.3, 0.25]
