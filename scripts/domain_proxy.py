@@ -35,7 +35,8 @@ from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import atomic_write_text
 from blockdrop.data import ImageArrayDataset, load_dataset, split_train_val
 from blockdrop.recipes.reproduce import start_run
-from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_blockdrop, stage_full, stage_soup
+from blockdrop.recipes.policy_stage import stage_blockdrop
+from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_full, stage_soup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe_variant import variant_parser, variant_preset  # noqa: E402
@@ -87,14 +88,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backbone = stage_soup(run, adapted, full)      # what BlockDrop executes
     if p.soup_full:
         res["souped_every_block"] = both(BlockDropNet(BaselinePolicy("full", nb), backbone).eval())
-    net = stage_blockdrop(run, backbone, a.gamma if a.gamma is not None else p.gammas[0],
-                          adapted)
     res["points"] = []
-    for t in sorted(p.thresholds):
-        q = copy.copy(net)
-        q.threshold = t
-        res["points"].append({"threshold": t, **both(q)})
-        print(res["points"][-1], flush=True)
+    for draw in range(p.cl_draws):
+        net = stage_blockdrop(run, backbone, a.gamma if a.gamma is not None else p.gammas[0],
+                              adapted, draw)
+        for t in sorted(p.thresholds):
+            q = copy.copy(net)
+            q.threshold = t
+            res["points"].append({"threshold": t, **({"draw": draw} if draw else {}), **both(q)})
+            print(res["points"][-1], flush=True)
     res["seconds"], res["stage_seconds"] = time.time() - t0, run.seconds
     atomic_write_text(run.paths.out / "proxy.json", json.dumps(res, indent=1) + "\n")
     print(json.dumps(res))

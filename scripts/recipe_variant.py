@@ -27,7 +27,8 @@ from blockdrop.errors import BlockDropError
 from blockdrop.recipes.presets import Preset, get_preset
 from blockdrop.recipes.reproduce import start_run
 from blockdrop.recipes.selection import val_points
-from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_blockdrop, stage_full, stage_soup
+from blockdrop.recipes.policy_stage import stage_blockdrop
+from blockdrop.recipes.stages import evaluate_on, stage_adapt, stage_full, stage_soup
 
 
 def _override(text: str, names: set[str]) -> tuple[str, Any]:
@@ -89,10 +90,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference = full_val or adapted_val          # the tolerance of the threshold bisection
     res["gammas"] = {}
     for g in p.gammas:
-        net = stage_blockdrop(run, backbone, g, adapted)
-        pts = val_points(run, g, net, reference, p.tolerance, max_blocks=p.max_blocks)
-        res["gammas"][str(g)] = [{"threshold": q.threshold, "accuracy": q.val.accuracy,
-                                  "blocks_mean": q.val.blocks_mean} for q in pts]
+        res["gammas"][str(g)] = []
+        for draw in range(p.cl_draws):
+            net = stage_blockdrop(run, backbone, g, adapted, draw)
+            pts = val_points(run, g, net, reference, p.tolerance, max_blocks=p.max_blocks, draw=draw)
+            res["gammas"][str(g)] += [{"draw": draw, "threshold": q.threshold, "accuracy": q.val.accuracy,
+                                       "blocks_mean": q.val.blocks_mean} for q in pts]
     res["seconds"] = time.time() - t0
     res["stage_seconds"] = run.seconds
     atomic_write_text(run.paths.out / "variant.json", json.dumps(res, indent=1) + "\n")

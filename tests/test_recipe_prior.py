@@ -68,3 +68,29 @@ def test_reproduce_with_the_drop_cost_prior(tiny: dict[str, Path], tmp_path: Pat
     assert moved <= steps * TINY.cl_lr * 1.01, moved
     assert any("policy prior from single-block drop costs" in line for line in logs), logs
     assert any("every block learned" in line for line in logs), logs
+
+
+def test_policy_draws_are_candidates_and_resume(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """cl_draws = 2: two policies from seeds 0 and 1 over the same backbone, both evaluated on
+    validation at every threshold; the report names the chosen draw; resume reuses both."""
+    from blockdrop.recipes import reproduce as rep
+    p = dataclasses.replace(TINY, cl_draws=2)
+    out = tmp_path / "draws"
+    report = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
+                           device="cpu", progress=False, speed_batch=4, log=lambda s: None)
+    d0 = load_blockdrop_net(out / "gamma1" / "curriculum" / "last.safetensors")[0]
+    d1 = load_blockdrop_net(out / "gamma1" / "curriculum_draw1" / "last.safetensors")[0]
+    assert read_meta(out / "gamma1" / "curriculum_draw1")["config"]["seed"] == 1
+    assert not torch.equal(d0.policy_net.stem[0].weight, d1.policy_net.stem[0].weight)
+    for k, t in d0.backbone.state_dict().items():          # one backbone, frozen in both
+        assert torch.equal(t, d1.backbone.state_dict()[k]), k
+    draws = {(q["draw"], q["threshold"]) for q in report["val"]["points"]}
+    assert {(0, 0.4), (0, 0.5), (1, 0.4), (1, 0.5)} <= draws
+    assert report["draw"] in (0, 1)
+    chosen = [r for r in report["results"] if r.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["draw"] == report["draw"]
+    logs: list[str] = []
+    again = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
+                          device="cpu", progress=False, speed_batch=4, resume=True, log=logs.append)
+    assert any(line.startswith("[gamma 1, draw 1] reusing") for line in logs), logs
+    assert again["accuracy"] == report["accuracy"] and again["draw"] == report["draw"]

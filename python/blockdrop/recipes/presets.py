@@ -73,6 +73,7 @@ class Preset:
     cl_batch_size: int | None = None          # None: batch_size
     cl_lr: float = 1e-3
     cl_gamma: float = 1.0
+    cl_draws: int = 1                         # policies trained per gamma (seeds seed .. seed + n - 1), each a validation candidate
     # 3. finetune
     ft_steps: int | None = None               # None: ft_epochs whole epochs
     ft_epochs: int = 1
@@ -99,6 +100,8 @@ class Preset:
         lo, hi = self.prior_keep
         if not 0 < lo <= hi < 1:
             raise ValueError(f"prior_keep: expected 0 < lo <= hi < 1, got {self.prior_keep}")
+        if self.cl_draws < 1:
+            raise ValueError(f"cl_draws: expected >= 1, got {self.cl_draws}")
         if self.prior_images < 1:
             raise ValueError(f"prior_images: expected >= 1, got {self.prior_images}")
         if self.cl_step is not None and self.cl_step < 1:

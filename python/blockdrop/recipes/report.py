@@ -52,6 +52,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
         va, t = row.get("val_accuracy"), row.get("threshold")
         cl_only = row.get("stage") == "curriculum" and r["settings"].get("ft_steps") != 0
         name = (_NAMES.get(row["method"], row["method"]) + (", curriculum only" if cl_only else "")
+                + (f", draw {row['draw']}" if row.get("draw") else "")
                 + (" (chosen)" if row.get("chosen") else ""))
         lines.append(
             f"| {name} | {'' if g is None else f'{g:g}'} | {'' if t is None else f'{t:g}'} | "

@@ -39,9 +39,10 @@ from blockdrop.recipes.presets import Preset, get_preset
 from blockdrop.recipes.report import write_report
 from blockdrop.recipes.selection import Point, describe, select, val_points
 from blockdrop.recipes import stages
-from blockdrop.recipes.stages import (Run, RunPaths, final_checkpoint, final_stage, stage_adapt,
-                                      stage_baseline, stage_blockdrop, stage_full, stage_pretrain,
-                                      stage_soup)
+from blockdrop.recipes.policy_stage import (curriculum_checkpoint, final_checkpoint, final_stage,
+                                            stage_blockdrop)
+from blockdrop.recipes.stages import (Run, RunPaths, stage_adapt, stage_baseline, stage_full,
+                                      stage_pretrain, stage_soup)
 from blockdrop.runtime import resolve_device
 from blockdrop.stats import accuracy_se, paired_difference
 
@@ -145,28 +146,32 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     points: list[Point] = []
     last = final_stage(run)
 
-    def candidates(g: float, net: BlockDropNet, stage: str, path: Path) -> None:
+    def candidates(g: float, net: BlockDropNet, stage: str, path: Path, draw: int = 0) -> None:
         pts = run.timed("eval", lambda: val_points(run, g, net, full_val, tolerance, stage, path,
-                                                       max_blocks))
+                                                       max_blocks, draw))
         points.extend(pts)
         for q in pts:
-            log(f"[gamma {g:g}{'' if stage == last else ', ' + stage}] threshold {q.threshold:g}: "
-                f"val {100 * q.val.accuracy:.2f}% at {q.val.blocks_mean:.2f} blocks "
-                f"(full network {100 * full_val.accuracy:.2f}%)")
+            log(f"[gamma {g:g}{'' if stage == last else ', ' + stage}{f', draw {draw}' if draw else ''}] "
+                f"threshold {q.threshold:g}: val {100 * q.val.accuracy:.2f}% at "
+                f"{q.val.blocks_mean:.2f} blocks (full network {100 * full_val.accuracy:.2f}%)")
 
     for g in gammas:
-        candidates(g, stage_blockdrop(run, backbone, g, adapted), last, final_checkpoint(run, g))
+        for draw in range(p.cl_draws):
+            candidates(g, stage_blockdrop(run, backbone, g, adapted, draw), last,
+                       final_checkpoint(run, g, draw), draw)
     if last == "finetune" and gammas:
         # the curriculum (its own gamma, the same for every finetune gamma) is a candidate too: the
         # stage is chosen on validation like the threshold
-        cl_path = stages.curriculum_checkpoint(run, gammas[0])
+        cl_path = curriculum_checkpoint(run, gammas[0])
         candidates(p.cl_gamma, load_blockdrop_net(cl_path, dev)[0], "curriculum", cl_path)  # type: ignore[arg-type]
     chosen = select(points, full_val, tolerance, max_blocks)
     # the sweep: every gamma at the paper's threshold, and the chosen operating point
-    shown = [q for q in points if (q.threshold == 0.5 and q.stage == last) or q is chosen]
+    shown = [q for q in points if (q.threshold == 0.5 and q.stage == last and q.draw == 0)
+             or q is chosen]
     final = chosen.net
     final_path = save_blockdrop_net(paths.out / "blockdrop.safetensors", final, {
         **run.meta, "stage": "blockdrop", "gamma": chosen.gamma, "trained_by": chosen.stage,
+        "draw": chosen.draw,
         "val_accuracy": chosen.val.accuracy, "val_blocks": chosen.val.blocks_mean})
     baselines: list[tuple[str, Point, Path, BlockDropNet]] = []
     if p.first_random_k:
@@ -183,7 +188,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     for q in shown:
         tests[id(q)] = run.timed("eval", lambda: stages.evaluate_on(run, q.net, test))
         rows.append(_entry("blockdrop", tests[id(q)], gamma=q.gamma, threshold=q.threshold,
-                           stage=q.stage, chosen=q is chosen, val_accuracy=q.val.accuracy,
+                           stage=q.stage, draw=q.draw, chosen=q is chosen, val_accuracy=q.val.accuracy,
                            val_blocks=q.val.blocks_mean,
                            checkpoint=str(final_path if q is chosen else q.checkpoint)))
     for kind, q, path, net in baselines:
@@ -204,7 +209,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         "accuracy_se": _se(res), "full_accuracy_se": _se(full_test),
         "vs_full": {"test": _paired(res, full_test), "val": _paired(chosen.val, full_val)},
         "gamma": chosen.gamma, "threshold": chosen.threshold,
-        "stage": chosen.stage,
+        "stage": chosen.stage, "draw": chosen.draw,
         "measured_speedup": speed["speedup"], "speed_batch": speed_batch,
         # the plain network at its fastest chunk size of the batch (a fair CPU baseline)
         "measured_speedup_vs_best_plain": speed.get("speedup_vs_best_plain"),
@@ -218,6 +223,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
                 "selection": describe(tolerance, max_blocks), "tolerance": tolerance,
                 "max_blocks": max_blocks,
                 "points": [{"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage,
+                            "draw": q.draw,
                             "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean,
                             "flops_mean": q.val.flops_mean}
                            for q in points]},

@@ -25,11 +25,12 @@ class Point:
     val: EvalResult
     stage: str = "finetune"
     checkpoint: Path | None = None
+    draw: int = 0                     # which of the preset's policy draws (seeds) trained it
 
 
 def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
                 tolerance: float, stage: str = "finetune", checkpoint: Path | None = None,
-                max_blocks: float | None = None) -> list[Point]:
+                max_blocks: float | None = None, draw: int = 0) -> list[Point]:
     """The model at every preset threshold on the validation split, then ``threshold_refine``
     bisections (a larger threshold keeps fewer blocks) where :func:`select` decides: between the
     last threshold it could choose by its tolerance (within ``tolerance`` of the full network,
@@ -38,7 +39,7 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
     def at(t: float) -> Point:
         q = copy.copy(net)
         q.threshold = t
-        return Point(gamma, t, q, stages.evaluate_on(run, q, run.val), stage, checkpoint)
+        return Point(gamma, t, q, stages.evaluate_on(run, q, run.val), stage, checkpoint, draw)
 
     points = [at(t) for t in sorted(run.preset.thresholds)]
     fits = lambda q: _saves_flops(q.val) and _in_budget(q, max_blocks)   # noqa: E731

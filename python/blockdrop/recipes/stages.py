@@ -1,7 +1,9 @@
-"""The stages of ``blockdrop reproduce`` (see :mod:`blockdrop.recipes.presets`): where each
-writes its model (:class:`RunPaths`), what they share (:class:`Run`), and the stages themselves.
-Every stage saves a ``blockdrop.load``-able checkpoint; with ``run.resume`` a finished stage is
-loaded instead of run again."""
+"""The backbone stages of ``blockdrop reproduce`` (see :mod:`blockdrop.recipes.presets`): where
+each writes its model (:class:`RunPaths`), what they share (:class:`Run`), and the stages that train
+a backbone (pretrain, adapt, the full network and the fixed-policy baselines, the weight average).
+The policy stages are in :mod:`blockdrop.recipes.policy_stage`. Every stage saves a
+``blockdrop.load``-able checkpoint; with ``run.resume`` a finished stage is loaded instead of run
+again."""
 from __future__ import annotations
 
 import copy
@@ -18,19 +20,16 @@ from torch import nn
 from blockdrop.averaging import average_weights
 from blockdrop.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
 from blockdrop.blockdrop_net import BlockDropNet
-from blockdrop.checkpoint import load_blockdrop_net, read_meta, save_blockdrop_net
+from blockdrop.checkpoint import load_blockdrop_net, save_blockdrop_net
 from blockdrop.data import DataInfo, make_loader, take_subset
 from blockdrop.drop_costs import keep_prior, single_drop_costs
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluate import EvalResult, evaluate
-from blockdrop.models.policy import CifarPolicyNet, make_policy_net
 from blockdrop.recipes.presets import Preset
 from blockdrop.supervised import ReplayTeacher, SupervisedConfig, train_supervised
-from blockdrop.train import Trainer, TrainConfig
 
-__all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "stage_pretrain", "stage_adapt",
-           "stage_full", "stage_soup", "stage_baseline", "stage_blockdrop", "curriculum_checkpoint",
-           "final_checkpoint"]
+__all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "ft_schedule", "drop_costs",
+           "stage_pretrain", "stage_adapt", "stage_full", "stage_soup", "stage_baseline"]
 
 
 @dataclass
@@ -94,6 +93,7 @@ class Run:
     log: Callable[[str], None]
     seconds: dict[str, float] = field(default_factory=dict)
     replay: ReplayTeacher | None = None     # the pretrained teacher's recording (adapt -> full)
+    cache: dict[Any, Any] = field(default_factory=dict)   # measurements shared by stages (drop costs)
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
         t = time.time()
@@ -163,7 +163,7 @@ def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
     if p.adapt_steps:
         keep: torch.Tensor | float = p.adapt_keep
         if p.adapt_keep_prior is not None:
-            costs = run.timed("adapt_costs", lambda: _drop_costs(run, pretrained))
+            costs = drop_costs(run, pretrained)
             keep = keep_prior(costs, *p.adapt_keep_prior)
             meta["adapt_keep"] = [round(float(q), 4) for q in keep]
         run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep "
@@ -270,102 +270,12 @@ def ft_schedule(steps: int, batches_per_epoch: int) -> tuple[int, int]:
     return epochs, math.ceil(steps / epochs)
 
 
-def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
-                    adapted: nn.Module | None = None) -> BlockDropNet:
-    """The policy network's curriculum over ``backbone`` (frozen), then, with finetune steps, the
-    joint finetuning of both. With ``preset.cl_on_adapted`` the curriculum learns over ``adapted``
-    instead (the backbone before weight averaging; required then) and the learnt policy is put on
-    a copy of ``backbone``, which the finetune (if any) trains and the model executes; that model
-    is saved at :func:`curriculum_checkpoint`."""
-    p = run.preset
-    ft_dir, cl_dir = run.paths.stage(gamma, "finetune"), run.paths.stage(gamma, "curriculum")
-    if run.resume and _finished(run, gamma):
-        run.log(f"[gamma {gamma:g}] reusing {final_checkpoint(run, gamma)}")
-        return load_blockdrop_net(final_checkpoint(run, gamma), run.device)[0]  # type: ignore[return-value]
-    rebased = _rebased(run)
-    if rebased and adapted is None:
-        raise ValueError("cl_on_adapted: the curriculum learns over the backbone before averaging; "
-                         "pass it as adapted")
-    learn_on = copy.deepcopy(adapted if rebased else backbone)
-    torch.manual_seed(run.seed)
-    pnet = make_policy_net(learn_on.num_blocks, run.train.image_size)
-    if isinstance(pnet, CifarPolicyNet) and pnet.width != p.policy_width:
-        pnet = CifarPolicyNet(learn_on.num_blocks, width=p.policy_width)
-    k = learn_on.num_blocks
-    meta = {**run.meta, "policy_spec": pnet.spec()}
-    if p.cl_prior:
-        costs = run.timed(f"costs_gamma{gamma:g}", lambda: _drop_costs(run, learn_on))
-        pnet.set_prior(keep_prior(costs, *p.prior_keep))
-        meta["drop_costs"] = [round(float(c), 6) for c in costs]
-        run.log(f"[gamma {gamma:g}] policy prior from single-block drop costs ({p.prior_images} "
-                f"training images): cheapest blocks {costs.argsort()[:6].tolist()}")
-    common = dict(batch_size=p.batch_size, seed=run.seed, progress=run.progress,
-                  device=str(run.device), strategy=p.strategy, amp=p.amp, log_every=20)
-    cl_step = p.cl_step or k                   # None: every block learned from the first step
-    epochs = p.cl_epochs or (math.ceil(k / cl_step) + p.cl_extra_epochs)
-    steps = ft_steps(run)
-    cl = TrainConfig(stage="curriculum", epochs=epochs, steps_per_epoch=p.cl_steps_per_epoch,
-                     lr=p.cl_lr, gamma=p.cl_gamma if steps else gamma, cl_step=cl_step,
-                     **{**common, "batch_size": p.cl_batch_size or p.batch_size})
-    run.log(f"[gamma {gamma:g}] curriculum: {epochs} epochs, "
-            f"{'every block learned' if cl_step >= k else f'{cl_step} more blocks per epoch'}"
-            f"{' (over the backbone before averaging)' if rebased else ''}")
-    run.timed(f"curriculum_gamma{gamma:g}", lambda: Trainer(
-        cl, pnet, learn_on, run.train, cl_dir, extra_meta=meta).fit(resume=run.resume))
-    executed = learn_on
-    if rebased:
-        executed = copy.deepcopy(backbone)
-        run.log(f"[gamma {gamma:g}] the policy executes on the averaged backbone")
-        save_blockdrop_net(curriculum_checkpoint(run, gamma), BlockDropNet(pnet, executed),
-                           {**meta, "stage": "curriculum", "gamma": gamma,
-                            "policy_learnt_on": "the adapted backbone before averaging"})
-    if steps:
-        epochs, per_epoch = ft_schedule(steps, len(run.train.dataset) // p.batch_size)  # type: ignore[arg-type]
-        ft = TrainConfig(stage="finetune", epochs=epochs, steps_per_epoch=per_epoch, lr=p.ft_lr,
-                         gamma=gamma, bn=p.ft_bn, baseline_eval=p.ft_baseline_eval,
-                         distill=p.ft_distill, **common)
-        run.log(f"[gamma {gamma:g}] joint finetuning: {epochs * per_epoch} steps "
-                f"({epochs} epoch(s) of {per_epoch})")
-        run.timed(f"finetune_gamma{gamma:g}", lambda: Trainer(
-            ft, pnet, executed, run.train, ft_dir, extra_meta=meta,
-            teacher=backbone if p.ft_distill else None).fit(resume=run.resume))
-    return BlockDropNet(pnet, executed, strategy="auto").to(run.device).eval()
-
-
-def _drop_costs(run: Run, backbone: nn.Module) -> torch.Tensor:
+def drop_costs(run: Run, backbone: nn.Module) -> torch.Tensor:
     """Single-block drop costs ``[K]`` of ``backbone`` on ``preset.prior_images`` training images
-    (never the validation split)."""
-    sub = take_subset(run.train, run.preset.prior_images, seed=run.seed + 1)
-    return single_drop_costs(backbone, make_loader(sub.dataset, 250, train=False), run.device,
-                             amp=run.preset.amp)
-
-
-def _rebased(run: Run) -> bool:
-    """Whether the curriculum learns over another backbone than the model executes on."""
-    return bool(run.preset.cl_on_adapted and run.preset.soup_full)
-
-
-def _finished(run: Run, gamma: float) -> bool:
-    path = final_checkpoint(run, gamma)
-    if path.name != "last.safetensors":        # written only once the curriculum has finished
-        return path.is_file()
-    return path.is_file() and bool(read_meta(path.parent)["progress"]["done"])
-
-
-def final_stage(run: Run) -> str:
-    """The last training stage of each gamma's model ("finetune", or "curriculum" without one)."""
-    return "finetune" if ft_steps(run) else "curriculum"
-
-
-def curriculum_checkpoint(run: Run, gamma: float) -> Path:
-    """The curriculum's model: its trainer's last checkpoint, or with ``cl_on_adapted`` the learnt
-    policy on the averaged backbone."""
-    cl_dir = run.paths.stage(gamma, "curriculum")
-    return cl_dir / ("executed.safetensors" if _rebased(run) else "last.safetensors")
-
-
-def final_checkpoint(run: Run, gamma: float) -> Path:
-    """Each gamma's model: the finetune's last checkpoint, or without one the curriculum's."""
-    if ft_steps(run):
-        return run.paths.stage(gamma, "finetune") / "last.safetensors"
-    return curriculum_checkpoint(run, gamma)
+    (never the validation split); measured once per backbone object and run."""
+    key = ("drop_costs", id(backbone))
+    if key not in run.cache:
+        sub = take_subset(run.train, run.preset.prior_images, seed=run.seed + 1)
+        run.cache[key] = run.timed("costs", lambda: single_drop_costs(
+            backbone, make_loader(sub.dataset, 250, train=False), run.device, amp=run.preset.amp))
+    return run.cache[key]
