@@ -14,9 +14,10 @@ from torch import nn
 
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_blockdrop_net, read_meta, save_blockdrop_net
-from blockdrop.drop_costs import keep_prior
+from blockdrop.data import make_loader, take_subset
+from blockdrop.drop_costs import keep_prior, single_drop_costs
 from blockdrop.models.policy import CifarPolicyNet, make_policy_net
-from blockdrop.recipes.stages import Run, drop_costs, ft_schedule, ft_steps
+from blockdrop.recipes.stages import Run, ft_schedule, ft_steps
 from blockdrop.train import Trainer, TrainConfig
 
 __all__ = ["stage_blockdrop", "final_stage", "curriculum_checkpoint", "final_checkpoint"]
@@ -31,7 +32,8 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
     """The policy network's curriculum over ``backbone`` (frozen), then, with finetune steps, the
     joint finetuning of both; draw ``draw`` trains with seed ``run.seed + draw``. With
     ``preset.cl_prior`` the policy network starts as the static policy of the backbone's
-    single-block drop costs (:func:`drop_costs`). With ``preset.cl_on_adapted`` the curriculum
+    single-block drop costs (:mod:`blockdrop.drop_costs`, measured on ``preset.prior_images``
+    training images). With ``preset.cl_on_adapted`` the curriculum
     learns over ``adapted`` instead (the backbone before weight averaging; required then) and the
     learnt policy is put on a copy of ``backbone``, which the finetune (if any) trains and the
     model executes; that model is saved at :func:`curriculum_checkpoint`."""
@@ -54,7 +56,7 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
     k = learn_on.num_blocks
     meta = {**run.meta, "policy_spec": pnet.spec(), "draw": draw}
     if p.cl_prior:
-        costs = drop_costs(run, adapted if rebased else backbone)
+        costs = _drop_costs(run, adapted if rebased else backbone)
         pnet.set_prior(keep_prior(costs, *p.prior_keep))
         meta["drop_costs"] = [round(float(c), 6) for c in costs]
         run.log(f"{tag} policy prior from single-block drop costs ({p.prior_images} "
@@ -90,6 +92,17 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
             ft, pnet, executed, run.train, ft_dir, extra_meta=meta,
             teacher=backbone if p.ft_distill else None).fit(resume=run.resume))
     return BlockDropNet(pnet, executed, strategy="auto").to(run.device).eval()
+
+
+def _drop_costs(run: Run, backbone: nn.Module) -> torch.Tensor:
+    """Single-block drop costs ``[K]`` of ``backbone`` on ``preset.prior_images`` training images
+    (never the validation split); measured once per backbone object and run."""
+    key = ("drop_costs", id(backbone))
+    if key not in run.cache:
+        sub = take_subset(run.train, run.preset.prior_images, seed=run.seed + 1)
+        run.cache[key] = run.timed("costs", lambda: single_drop_costs(
+            backbone, make_loader(sub.dataset, 250, train=False), run.device, amp=run.preset.amp))
+    return run.cache[key]
 
 
 def _rebased(run: Run) -> bool:

@@ -9,9 +9,7 @@ deviation from ``official`` and the measurement behind it is in docs/TRAINING.md
 The recipe, stage by stage (steps are optimisation steps of ``batch_size`` images):
 
 1. **adapt** -- the pretrained backbone learns to tolerate dropped blocks: ``adapt_steps`` of
-   stochastic depth (each block of each image kept with probability ``adapt_keep``, or with
-   ``adapt_keep_prior = (lo, hi)`` with a probability linear in the rank of the pretrained
-   network's single-block drop cost, from ``lo`` for the cheapest to ``hi``) through the
+   stochastic depth (each block of each image kept with probability ``adapt_keep``) through the
    gather path, SGD with a cosine decay, loss blended with the pretrained network's soft targets
    (``adapt_distill``; with ``adapt_inplace`` the network's own full path is the teacher and is
    trained by cross-entropy in the same step);
@@ -58,7 +56,6 @@ class Preset:
     adapt_temperature: float = 4.0
     adapt_full_distill: float = 0.0           # in place: the pretrained network's soft targets in the full path's loss
     adapt_anchor: float = 0.0                 # > 0: weight decay toward the pretrained weights (L2-SP)
-    adapt_keep_prior: tuple[float, float] | None = None  # per-block keep, cheapest .. dearest block of the pretrained network (else adapt_keep)
     soup_full: float = 0.0                    # > 0: BlockDrop's backbone = the adapted one averaged with the full network finetuned alike, this share of the latter
     cl_on_adapted: bool = False               # with soup_full: the curriculum learns over the adapted backbone before averaging, the model executes on the average
     # 2. curriculum
@@ -90,13 +87,12 @@ class Preset:
     first_random_k: bool = True               # FirstK / RandomK (the full network always runs)
     strategy: str = "gather"
     amp: str = "bf16"                         # training precision (runtime.AMP_MODES)
+    speed_repeats: int = 5                    # interleaved rounds of the measured speedup
 
     def __post_init__(self) -> None:
         if self.cl_on_adapted and not self.soup_full:
             raise ValueError("cl_on_adapted: the curriculum learns over the backbone before weight "
                              "averaging, so it needs soup_full > 0 (got 0)")
-        if self.adapt_keep_prior is not None and not 0 <= self.adapt_keep_prior[0] <= self.adapt_keep_prior[1] <= 1:
-            raise ValueError(f"adapt_keep_prior: expected 0 <= lo <= hi <= 1, got {self.adapt_keep_prior}")
         lo, hi = self.prior_keep
         if not 0 < lo <= hi < 1:
             raise ValueError(f"prior_keep: expected 0 < lo <= hi < 1, got {self.prior_keep}")
@@ -128,9 +124,10 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
         adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7, soup_full=0.25,
-        cl_step=3, cl_steps_per_epoch=25, cl_extra_epochs=10, cl_lr=3e-3, cl_gamma=1.0,
-        ft_steps=0, gammas=(1.0,), first_random_k=False, tolerance=0.005,
-        thresholds=(0.3, 0.35, 0.4, 0.45, 0.5)),
+        cl_prior=True, prior_keep=(0.3, 0.9), prior_images=1000, cl_step=None,
+        cl_steps_per_epoch=25, cl_extra_epochs=9, cl_lr=3e-3, cl_gamma=2.0, cl_draws=2,
+        ft_steps=0, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
+        thresholds=(0.45, 0.5, 0.55, 0.6), threshold_refine=1, speed_repeats=3),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",
         adapt_steps=1500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=1.0, adapt_inplace=True,

@@ -196,7 +196,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
                            threshold=q.threshold, stage=q.stage, k=q.val.blocks_mean,
                            checkpoint=str(path)))
     batches = _speed_batches(test, speed_batch)
-    speed = run.timed("speed", lambda: measure_throughput(final, batches, dev, repeats=5,
+    speed = run.timed("speed", lambda: measure_throughput(final, batches, dev, repeats=p.speed_repeats,
                                                                 plain_chunks=(128, 64, 32)))
     res = tests[id(chosen)]
     report = {

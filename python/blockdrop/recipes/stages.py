@@ -21,15 +21,14 @@ from blockdrop.averaging import average_weights
 from blockdrop.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_blockdrop_net, save_blockdrop_net
-from blockdrop.data import DataInfo, make_loader, take_subset
-from blockdrop.drop_costs import keep_prior, single_drop_costs
+from blockdrop.data import DataInfo, make_loader
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluate import EvalResult, evaluate
 from blockdrop.recipes.presets import Preset
 from blockdrop.supervised import ReplayTeacher, SupervisedConfig, train_supervised
 
-__all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "ft_schedule", "drop_costs",
-           "stage_pretrain", "stage_adapt", "stage_full", "stage_soup", "stage_baseline"]
+__all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "ft_schedule", "stage_pretrain",
+           "stage_adapt", "stage_full", "stage_soup", "stage_baseline"]
 
 
 @dataclass
@@ -159,21 +158,15 @@ def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
         run.log(f"[adapt] reusing {path}")
         return load_blockdrop_net(path)[0].backbone
     backbone = copy.deepcopy(pretrained)
-    meta: dict[str, Any] = {**run.meta, "stage": "adapt"}
     if p.adapt_steps:
-        keep: torch.Tensor | float = p.adapt_keep
-        if p.adapt_keep_prior is not None:
-            costs = drop_costs(run, pretrained)
-            keep = keep_prior(costs, *p.adapt_keep_prior)
-            meta["adapt_keep"] = [round(float(q), 4) for q in keep]
-        run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep "
-                f"{p.adapt_keep if p.adapt_keep_prior is None else f'{p.adapt_keep_prior} by drop cost'}), "
+        run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep {p.adapt_keep}), "
                 f"distill {p.adapt_distill}{' in place' if p.adapt_inplace else ''}"
                 f"{f', anchor {p.adapt_anchor}' if p.adapt_anchor else ''}")
         run.timed("adapt", lambda: train_supervised(
-            backbone, run.train, drop_path_policy(keep, backbone.num_blocks),
+            backbone, run.train, drop_path_policy(p.adapt_keep, backbone.num_blocks),
             _adapt_config(run), run.device, teacher=_replayed(run, pretrained)))
-    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone), meta)
+    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
+                       {**run.meta, "stage": "adapt"})
     return backbone
 
 
@@ -268,14 +261,3 @@ def ft_schedule(steps: int, batches_per_epoch: int) -> tuple[int, int]:
         raise ValueError(f"steps ({steps}) and batches per epoch ({batches_per_epoch}) must be >= 1")
     epochs = math.ceil(steps / batches_per_epoch)
     return epochs, math.ceil(steps / epochs)
-
-
-def drop_costs(run: Run, backbone: nn.Module) -> torch.Tensor:
-    """Single-block drop costs ``[K]`` of ``backbone`` on ``preset.prior_images`` training images
-    (never the validation split); measured once per backbone object and run."""
-    key = ("drop_costs", id(backbone))
-    if key not in run.cache:
-        sub = take_subset(run.train, run.preset.prior_images, seed=run.seed + 1)
-        run.cache[key] = run.timed("costs", lambda: single_drop_costs(
-            backbone, make_loader(sub.dataset, 250, train=False), run.device, amp=run.preset.amp))
-    return run.cache[key]
