@@ -231,7 +231,7 @@ def test_recipe_variant_script_reports_validation_only(tiny, tmp_path) -> None:
     spec.loader.exec_module(mod)
     sets = ["n_val=12", "batch_size=8", "adapt_steps=30", "adapt_lr=0.05", "adapt_distill=0.5",
             "cl_step=2", "cl_steps_per_epoch=1", "cl_extra_epochs=0", "thresholds=[0.4, 0.5]",
-            "amp=off"]
+            "gammas=[1.0]", "cl_draws=1", "amp=off"]
     out = tmp_path / "variant"
     res = mod.main(["--arch", "resnet8", "--train-data", str(tiny["train"]), "--weights",
                     str(tiny["weights"]), "--out", str(out), "--full"]
@@ -268,7 +268,7 @@ def test_domain_proxy_script_evaluates_clean_and_reencoded_validation(tiny, tmp_
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     sets = ["n_val=12", "batch_size=8", "adapt_steps=3", "cl_step=2", "cl_steps_per_epoch=1",
-            "cl_extra_epochs=0", "thresholds=[0.5]", "amp=off"]
+            "cl_extra_epochs=0", "thresholds=[0.5]", "cl_draws=1", "amp=off"]
     res = mod.main(["--arch", "resnet8", "--train-data", str(tiny["train"]), "--weights",
                     str(tiny["weights"]), "--out", str(tmp_path / "p"), "--quality", "10"]
                    + [a for s in sets for a in ("--set", s)])
