@@ -130,3 +130,15 @@ def test_unwritable_out_and_debug_shows_the_traceback(files: dict[str, Path], tm
     r = run_cli("eval", str(files["root"] / "garbage.safetensors"), "--data", str(files["data"]),
                 "--device", "cpu", "--debug")
     assert r.returncode == 1 and "Traceback" in r.stderr and "FileFormatError" in r.stderr
+
+
+def test_reproduce_with_fewer_training_images_than_the_validation_split(files: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    """12 training images against quick's 5,000 held out: one line naming --train-data's data,
+    nothing written."""
+    r = run_cli("reproduce", "--preset", "quick", "--arch", "resnet8", "--train-data",
+                str(files["data"]), "--test-data", str(files["data"]), "--weights",
+                str(files["weights"]), "--out", str(tmp_path / "o"), "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "train_data" in r.stderr and "holds 12 images" in r.stderr and "5000" in r.stderr
+    assert not any((tmp_path / "o").glob("*")) if (tmp_path / "o").exists() else True

@@ -58,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"blockdrop {cmd}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
-    except (BlockDropError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as e:
+    except (BlockDropError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:   # ValueError: the library's bad-input convention
         if args.debug:
             raise
         print(f"blockdrop {cmd}: error: {e}", file=sys.stderr)

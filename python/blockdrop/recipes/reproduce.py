@@ -81,6 +81,11 @@ def start_run(p: Preset, arch: str, train_data: str | os.PathLike[str] | DataInf
     paths = RunPaths(Path(out))
     paths.claim(resume, overwrite)
     full_train = _data(train_data, "train", seed)
+    n = len(full_train.dataset)  # type: ignore[arg-type]
+    if n <= p.n_val:
+        raise IncompatibleError(f"train_data: {full_train.source} holds {n} images; preset "
+                                f"{p.name!r} holds {p.n_val} of them out for validation and "
+                                f"needs more to train on")
     train, val = split_train_val(full_train, p.n_val, seed=seed)
     torch.manual_seed(seed)                    # a backbone trained from scratch starts the same
     pretrained, spec = load_backbone(weights, arch, train.num_classes)
