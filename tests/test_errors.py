@@ -142,3 +142,11 @@ def test_reproduce_with_fewer_training_images_than_the_validation_split(files: d
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "train_data" in r.stderr and "holds 12 images" in r.stderr and "5000" in r.stderr
     assert not any((tmp_path / "o").glob("*")) if (tmp_path / "o").exists() else True
+
+
+@pytest.mark.parametrize("arch,expect", [("resnet999", "not a torchvision ResNet"),
+                                         ("timm-nothing", "not a timm model name")])
+def test_bench_with_an_unknown_architecture(arch: str, expect: str) -> None:
+    r = run_cli("bench", "--arch", arch, "--batch-size", "2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"arch: '{arch.removeprefix('timm-')}'" in r.stderr and expect in r.stderr

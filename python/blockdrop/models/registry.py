@@ -47,10 +47,17 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
         return cifar_resnet(int(spec["depth"]), int(spec["num_classes"]))
     if kind == "torchvision":
         import torchvision
+        names = [n for n in dir(torchvision.models) if n.startswith(("resnet", "resnext", "wide_resnet"))
+                 and callable(getattr(torchvision.models, n))]
+        if spec["arch"] not in names:
+            raise ValueError(f"arch: {spec['arch']!r} is not a torchvision ResNet "
+                             f"(one of {', '.join(sorted(names))}; CIFAR depths are 6n+2)")
         ctor = getattr(torchvision.models, spec["arch"])
         return from_torchvision(ctor(weights=None, num_classes=int(spec["num_classes"])))
     if kind == "timm":
         import timm
+        if not timm.is_model(spec["arch"]):
+            raise ValueError(f"arch: {spec['arch']!r} is not a timm model name")
         return from_timm(timm.create_model(spec["arch"], pretrained=False,
                                            num_classes=int(spec["num_classes"])))
     if kind == "official_cifar":
