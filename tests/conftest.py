@@ -34,3 +34,14 @@ def shared_data() -> Path:
     if root is None:
         pytest.skip("shared data not found: set BLOCKDROP_DATA or place it at ../shared/data")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe_data(tmp_path_factory) -> dict[str, Path]:
+    """A 3-class 16x16 ImageFolder (train 48 / test 12 images) and a ResNet-8 ``.th``: the data the
+    recipe tests run ``blockdrop reproduce`` on."""
+    from _helpers import tiny_image_folder, write_cifar_weights
+    root = tmp_path_factory.mktemp("tiny")
+    return {"train": tiny_image_folder(root / "train", n_per_class=16),
+            "test": tiny_image_folder(root / "test", n_per_class=4),
+            "weights": write_cifar_weights(root / "r8.th")}

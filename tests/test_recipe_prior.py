@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers import tiny_image_folder, write_cifar_weights
 from blockdrop.checkpoint import load_blockdrop_net, read_meta
 from blockdrop.data import load_dataset, make_loader, split_train_val, take_subset
 from blockdrop.drop_costs import keep_prior, single_drop_costs
@@ -22,11 +21,8 @@ TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_prior")
-    return {"train": tiny_image_folder(root / "train", n_per_class=16),
-            "test": tiny_image_folder(root / "test", n_per_class=4),
-            "weights": write_cifar_weights(root / "r8.th")}
+def tiny(tiny_recipe_data: dict[str, Path]) -> dict[str, Path]:
+    return tiny_recipe_data
 
 
 def _subset_loader(train_path: Path, n: int, seed: int = 0):

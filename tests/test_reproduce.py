@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import blockdrop
-from _helpers import tiny_image_folder, write_cifar_weights
 from blockdrop.recipes.presets import PRESETS, Preset, get_preset
 from blockdrop.recipes.report import REPORT_KEYS
 
@@ -20,12 +19,8 @@ TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    """A 3-class 16x16 ImageFolder (train 48 / test 12 images) and a ResNet-8 ``.th``."""
-    root = tmp_path_factory.mktemp("tiny")
-    return {"train": tiny_image_folder(root / "train", n_per_class=16),
-            "test": tiny_image_folder(root / "test", n_per_class=4),
-            "weights": write_cifar_weights(root / "r8.th")}
+def tiny(tiny_recipe_data: dict[str, Path]) -> dict[str, Path]:
+    return tiny_recipe_data
 
 
 def test_ft_schedule_makes_the_requested_steps() -> None:
