@@ -53,6 +53,7 @@ def test_config_defaults_are_the_official_settings() -> None:
     f = TrainConfig(stage="finetune")
     assert (f.lr, f.beta, f.gamma, f.bn, f.lr_decay_at, f.lr_decay) == (1e-4, 0.0, 5.0, "train", 0.8, 0.1)
     assert (f.baseline_eval, f.distill) == (False, 0.0)
+    assert (c.batch_size, f.batch_size) == (2048, 256)     # official CIFAR batch sizes
     with pytest.raises(ValueError):
         TrainConfig(stage="pretrain")
     with pytest.raises(ValueError):

@@ -57,7 +57,7 @@ class TrainConfig:
     stage: str = "curriculum"            # "curriculum" | "finetune"
     epochs: int = 10
     steps_per_epoch: int | None = None   # cap on batches per epoch (None: whole dataset)
-    batch_size: int = 256                # per process
+    batch_size: int | None = None        # per process: 2048 curriculum (official CIFAR), 256 finetune
     lr: float | None = None              # 1e-3 curriculum, 1e-4 finetune
     lr_decay_at: float | None = None     # lr x lr_decay from this fraction of all steps on:
     lr_decay: float = 0.1                #   never in the curriculum, 0.8 (epoch 1600/2000) finetune
@@ -87,6 +87,8 @@ class TrainConfig:
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
         cl = self.stage == "curriculum"
+        if self.batch_size is None:
+            self.batch_size = 2048 if cl else 256
         if self.lr is None:
             self.lr = 1e-3 if cl else 1e-4
         if self.gamma is None:

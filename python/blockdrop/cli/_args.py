@@ -11,6 +11,7 @@ import torch
 
 from blockdrop.engine import STRATEGIES
 from blockdrop.runtime import AMP_MODES
+from blockdrop.train import TrainConfig
 
 __all__ = ["positive_int", "nonneg_int", "pos_float", "nonneg_float", "alpha", "fraction", "share", "thresholds",
            "add_runtime", "add_data", "add_training", "setup_threads", "STRATEGIES", "AMP_MODES"]
@@ -102,47 +103,51 @@ def add_data(p: argparse.ArgumentParser, val: bool = True) -> None:
 
 
 def add_training(p: argparse.ArgumentParser, stage: str) -> None:
-    """Training options (defaults: the official BlockDrop settings, from TrainConfig)."""
+    """Training options. Every default is :class:`~blockdrop.train.TrainConfig`'s (the official
+    BlockDrop settings): options left unset stay None and the config resolves them."""
     cl = stage == "curriculum"
+    d = TrainConfig(stage=stage)            # the defaults, for the help texts only
     g = p.add_argument_group("training (defaults: the official BlockDrop settings)")
     g.add_argument("--out", required=True, metavar="DIR", help="checkpoints and metrics.csv go here")
     g.add_argument("--epochs", type=positive_int, default=None,
                    help="default: curriculum K/cl_step + 5, finetune 10")
     g.add_argument("--steps-per-epoch", type=positive_int, default=None,
                    help="cap on batches per epoch (default: whole dataset)")
-    g.add_argument("--batch-size", type=positive_int, default=2048 if cl else 256,
-                   help=f"per process (default {2048 if cl else 256}, the official setting)")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"per process (default {d.batch_size}, the official setting)")
     g.add_argument("--lr", type=pos_float, default=None,
-                   help=f"Adam learning rate (default {'1e-3' if cl else '1e-4'})")
+                   help=f"Adam learning rate (default {d.lr:g})")
     if not cl:
         g.add_argument("--lr-decay-at", type=fraction, default=None,
-                       help="lr x0.1 from this fraction of the steps on (default 0.8)")
-    g.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+                       help=f"lr x{d.lr_decay:g} from this fraction of the steps on (default {d.lr_decay_at:g})")
+    g.add_argument("--weight-decay", type=nonneg_float, default=None,
+                   help=f"(default {d.weight_decay:g})")
     g.add_argument("--gamma", type=nonneg_float, default=None,
-                   help=f"penalty for a wrong prediction (default {1 if cl else 5})")
-    g.add_argument("--alpha", type=alpha, default=0.8, help="exploration bound (default 0.8)")
+                   help=f"penalty for a wrong prediction (default {d.gamma:g})")
+    g.add_argument("--alpha", type=alpha, default=None, help=f"exploration bound (default {d.alpha:g})")
     g.add_argument("--beta", type=nonneg_float, default=None,
-                   help=f"entropy bonus (default {0.1 if cl else 0.0})")
+                   help=f"entropy bonus (default {d.beta:g})")
     if cl:
-        g.add_argument("--cl-step", type=positive_int, default=1,
-                       help="blocks added to the learned set per epoch (default 1)")
+        g.add_argument("--cl-step", type=positive_int, default=None,
+                       help=f"blocks added to the learned set per epoch (default {d.cl_step})")
     else:
-        g.add_argument("--bn", choices=("train", "frozen"), default="train",
-                       help="BatchNorm in the backbone: batch statistics (default, official) or "
-                            "frozen running statistics")
-        g.add_argument("--baseline-eval", action="store_true",
+        g.add_argument("--bn", choices=("train", "frozen"), default=None,
+                       help=f"BatchNorm in the backbone: batch statistics (train, official) or "
+                            f"frozen running statistics (default {d.bn})")
+        g.add_argument("--baseline-eval", action="store_true", default=None,
                        help="self-critical baseline with the backbone in eval mode (official: train mode)")
-        g.add_argument("--distill", type=fraction, default=0.0,
-                       help="weight of the starting backbone's soft targets (default 0: plain CE)")
-    g.add_argument("--strategy", choices=STRATEGIES, default="gather",
-                   help="engine strategy for the backbone (default gather)")
-    g.add_argument("--amp", choices=AMP_MODES, default="auto",
+        g.add_argument("--distill", type=fraction, default=None,
+                       help=f"weight of the starting backbone's soft targets (default {d.distill:g}: plain CE)")
+    g.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help=f"engine strategy for the backbone (default {d.strategy})")
+    g.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision: auto (fp16 + loss scaling on CUDA, off on CPU), off, "
-                        "bf16 (no loss scaling; fast on CPUs with AVX512-BF16/AMX), fp16")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+                        f"bf16 (no loss scaling; fast on CPUs with AVX512-BF16/AMX), fp16 (default {d.amp})")
+    g.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels_last memory format")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh even if OUT holds another run's checkpoint")
-    g.add_argument("--ckpt-every", type=nonneg_int, default=0,
+    g.add_argument("--ckpt-every", type=nonneg_int, default=None,
                    help="also checkpoint every N steps (default: end of each epoch)")
-    g.add_argument("--log-every", type=positive_int, default=10)
+    g.add_argument("--log-every", type=positive_int, default=None, help=f"(default {d.log_every})")

@@ -38,20 +38,18 @@ def register(sub: Any) -> None:
     f.set_defaults(func=lambda p, a: run(p, a, "finetune"))
 
 
+#: TrainConfig fields a ``train``/``finetune`` command line sets (option name = field name).
+_FIELDS = ("steps_per_epoch", "batch_size", "lr", "weight_decay", "lr_decay_at", "gamma", "alpha",
+           "beta", "cl_step", "strategy", "bn", "baseline_eval", "distill", "amp", "channels_last",
+           "seed", "workers", "ckpt_every", "log_every", "device")
+
+
 def train_config(args: argparse.Namespace, stage: str, epochs: int) -> TrainConfig:
-    """The :class:`~blockdrop.train.TrainConfig` of a parsed ``train``/``finetune`` command line
-    (options left unset take the config's official defaults)."""
-    return TrainConfig(stage=stage, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
-                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       lr_decay_at=getattr(args, "lr_decay_at", None),
-                       gamma=args.gamma, alpha=args.alpha, beta=args.beta,
-                       cl_step=getattr(args, "cl_step", 1), strategy=args.strategy,
-                       bn=getattr(args, "bn", "train"),
-                       baseline_eval=getattr(args, "baseline_eval", False),
-                       distill=getattr(args, "distill", 0.0), amp=args.amp,
-                       channels_last=args.channels_last, seed=args.seed,
-                       workers=args.workers, ckpt_every=args.ckpt_every, log_every=args.log_every,
-                       progress=not args.no_progress, device=args.device)
+    """The :class:`~blockdrop.train.TrainConfig` of a parsed ``train``/``finetune`` command line:
+    the options given, every other field at the config's own (official) default -- the CLI
+    defines no defaults of its own."""
+    given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
+    return TrainConfig(stage=stage, epochs=epochs, progress=not args.no_progress, **given)
 
 
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -107,8 +105,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -
         torch.manual_seed(args.seed)
         pnet = make_policy_net(backbone.num_blocks, train.image_size)
     k = backbone.num_blocks
-    epochs = args.epochs or (math.ceil(k / args.cl_step) + 5 if stage == "curriculum" else 10)
-    cfg = train_config(args, stage, epochs)
+    cfg = train_config(args, stage, 1)
+    cfg.epochs = args.epochs or (math.ceil(k / cfg.cl_step) + 5 if stage == "curriculum" else 10)
+    epochs = cfg.epochs
     teacher = copy.deepcopy(backbone).eval() if cfg.distill else None   # the starting backbone
     meta = {"backbone_spec": spec, "policy_spec": pnet.spec(), "classes": train.classes,
             "image_size": train.image_size, "data": train.source}
