@@ -125,8 +125,8 @@ PRESETS: dict[str, Preset] = {
         name="quick", summary="ResNet-56 in <= 15 minutes on 2 CPU cores",
         adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7, soup_full=0.25,
         cl_prior=True, prior_keep=(0.3, 0.9), prior_images=1000, cl_step=None,
-        cl_steps_per_epoch=25, cl_extra_epochs=9, cl_lr=3e-3, cl_gamma=2.0, cl_draws=2,
-        ft_steps=0, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
+        cl_steps_per_epoch=25, cl_extra_epochs=4, cl_lr=3e-3, cl_gamma=2.0, cl_draws=2,
+        ft_steps=100, ft_distill=0.7, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
         thresholds=(0.45, 0.5, 0.55, 0.6), threshold_refine=1, speed_repeats=3),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",
