@@ -168,6 +168,29 @@ def test_soup_full_starts_blockdrop_from_the_weight_average(tiny, tmp_path) -> N
     assert any(line.startswith("[soup] reusing") for line in logs), logs
 
 
+def test_soup_averages_with_the_full_network_before_its_finetune_steps(tiny, tmp_path) -> None:
+    """With finetune steps the full baseline trains past the adapt stage's point; the soup takes
+    it as it was there (baselines/full_adapt), not the final baseline (float64 reference); with
+    ft_cl_candidate off the curriculum's policy is no validation candidate."""
+    from blockdrop.checkpoint import load_blockdrop_net
+    from blockdrop.recipes import reproduce as rep
+    p = TINY.with_overrides(soup_full=0.3, gammas=(1.0,), ft_steps=2, first_random_k=False,
+                            ft_cl_candidate=False)
+    out = tmp_path / "soupft"
+    report = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
+                  device="cpu", progress=False, speed_batch=4)
+    sa = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.state_dict()
+    mid = load_blockdrop_net(out / "baselines" / "full_adapt.safetensors")[0].backbone.state_dict()
+    end = load_blockdrop_net(out / "baselines" / "full.safetensors")[0].backbone.state_dict()
+    souped = load_blockdrop_net(out / "adapt" / "souped.safetensors")[0].backbone.state_dict()
+    assert not torch.equal(mid["conv1.weight"], end["conv1.weight"])
+    for k, t in sa.items():
+        ref = t.double() * 0.7 + mid[k].double() * 0.3 if t.is_floating_point() else t
+        torch.testing.assert_close(souped[k].double(), ref.double(), rtol=1e-6, atol=1e-7, msg=k)
+    # ft_cl_candidate=False: only the finetuned policies compete on validation
+    assert {q["stage"] for q in report["val"]["points"]} == {"finetune"}
+
+
 def test_cl_on_adapted_learns_over_the_adapted_backbone_and_executes_on_the_average(tiny, tmp_path) -> None:
     """cl_on_adapted: the curriculum's trainer holds the adapted backbone (tensor for tensor as the
     adapt stage saved it), the reported model carries that trainer's policy on the weight average

@@ -78,6 +78,7 @@ class Preset:
     ft_distill: float = 0.0
     ft_bn: str = "train"
     ft_baseline_eval: bool = False
+    ft_cl_candidate: bool = True              # with finetune steps, the curriculum's policy (draw 0) is a validation candidate too
     gammas: tuple[float, ...] = (5.0,)        # the penalties swept (finetune; curriculum if no finetune)
     thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)  # keep if p >= t
     threshold_refine: int = 2                 # bisections at the tolerance boundary (on val)
@@ -126,7 +127,7 @@ PRESETS: dict[str, Preset] = {
         adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7, soup_full=0.25,
         cl_prior=True, prior_keep=(0.3, 0.9), prior_images=1000, cl_step=None,
         cl_steps_per_epoch=25, cl_extra_epochs=4, cl_lr=3e-3, cl_gamma=2.0, cl_draws=2,
-        ft_steps=100, ft_distill=0.7, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
+        ft_steps=100, ft_distill=0.7, ft_cl_candidate=False, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
         thresholds=(0.45, 0.5, 0.55, 0.6), threshold_refine=1, speed_repeats=3),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",

@@ -164,7 +164,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         for draw in range(p.cl_draws):
             candidates(g, stage_blockdrop(run, backbone, g, adapted, draw), last,
                        final_checkpoint(run, g, draw), draw)
-    if last == "finetune" and gammas:
+    if last == "finetune" and gammas and p.ft_cl_candidate:
         # the curriculum (its own gamma, the same for every finetune gamma) is a candidate too: the
         # stage is chosen on validation like the threshold
         cl_path = curriculum_checkpoint(run, gammas[0])

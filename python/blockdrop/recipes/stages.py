@@ -70,6 +70,10 @@ class RunPaths:
     def full(self) -> Path:
         return self.out / "baselines" / "full.safetensors"
 
+    def full_adapt(self) -> Path:
+        """The full network after the adapt stage's steps only (written when finetune steps follow)."""
+        return self.out / "baselines" / "full_adapt.safetensors"
+
     def baseline(self, kind: str, gamma: float, threshold: float, tag: str = "") -> Path:
         return self.out / "baselines" / f"{kind}_gamma{gamma:g}_t{threshold:g}{tag}.safetensors"
 
@@ -196,6 +200,8 @@ def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
                     f"{teacher.hits - hits} of {p.adapt_steps} steps")
     steps = ft_steps(run)
     if steps:
+        save_blockdrop_net(run.paths.full_adapt(), BlockDropNet(BaselinePolicy("full", nb), backbone),
+                           {**run.meta, "stage": "baseline_full_adapt"})
         run.log(f"[baseline full] {steps} steps as the finetune stage, every block")
         teacher = copy.deepcopy(backbone).eval()
         run.timed("baseline_full", lambda: train_supervised(
@@ -208,8 +214,9 @@ def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
 
 def stage_soup(run: Run, adapted: nn.Module, full: BlockDropNet | None) -> nn.Module:
     """The backbone BlockDrop starts from: ``adapted`` itself, or with ``preset.soup_full`` > 0
-    ``(1 - s) * adapted + s * full.backbone`` weight by weight (``full``: the full network
-    finetuned alike, required then)."""
+    ``(1 - s) * adapted + s * full`` weight by weight, ``full`` being the full network finetuned
+    alike (:func:`stage_full`, required then) at the point of training ``adapted`` is at: after the
+    adapt stage's steps, before any finetune steps (:meth:`RunPaths.full_adapt`)."""
     s = run.preset.soup_full
     if not s:
         return adapted
@@ -219,8 +226,15 @@ def stage_soup(run: Run, adapted: nn.Module, full: BlockDropNet | None) -> nn.Mo
     if run.resume and path.is_file():
         run.log(f"[soup] reusing {path}")
         return load_blockdrop_net(path)[0].backbone
-    run.log(f"[soup] BlockDrop's backbone: {1 - s:g} x adapted + {s:g} x the full network finetuned alike")
-    souped = average_weights(adapted, full.backbone, s)
+    partner = full.backbone
+    if ft_steps(run):
+        if not run.paths.full_adapt().is_file():
+            raise ValueError(f"soup_full: {run.paths.full_adapt()} (the full network after the adapt "
+                             f"stage's steps) is missing; rerun the full baseline (without --resume)")
+        partner = load_blockdrop_net(run.paths.full_adapt(), run.device)[0].backbone
+    run.log(f"[soup] BlockDrop's backbone: {1 - s:g} x adapted + {s:g} x the full network finetuned "
+            f"alike (after the adapt stage's steps)")
+    souped = average_weights(adapted, partner, s)
     save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", souped.num_blocks), souped),
                        {**run.meta, "stage": "soup"})
     return souped
