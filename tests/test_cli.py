@@ -135,10 +135,12 @@ def test_parser_defaults_are_the_official_settings() -> None:
                      "curriculum", 5)
     assert (a.batch_size, a.lr, a.beta, a.alpha, a.cl_step, a.gamma, a.lr_decay_at) == (
         2048, 1e-3, 0.1, 0.8, 1, 1.0, None)
+    assert a.epochs == 5 + 5                      # official: one block freed per epoch, K = 5
     f = train_config(p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c"]),
                      "finetune", 5)
     assert (f.batch_size, f.lr, f.beta, f.bn, f.strategy, f.gamma, f.lr_decay_at) == (
         256, 1e-4, 0.0, "train", "gather", 5.0, 0.8)
+    assert f.epochs == 10
     g = train_config(p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c",
                                    "--gamma", "2", "--bn", "frozen", "--lr-decay-at", "0.5"]),
                      "finetune", 5)

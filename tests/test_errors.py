@@ -141,7 +141,7 @@ def test_reproduce_with_fewer_training_images_than_the_validation_split(files: d
                 str(files["weights"]), "--out", str(tmp_path / "o"), "--no-progress")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "train_data" in r.stderr and "holds 12 images" in r.stderr and "5000" in r.stderr
-    assert not any((tmp_path / "o").glob("*")) if (tmp_path / "o").exists() else True
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
 @pytest.mark.parametrize("arch,expect", [("resnet999", "not a torchvision ResNet"),

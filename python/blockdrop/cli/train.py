@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -38,18 +39,16 @@ def register(sub: Any) -> None:
     f.set_defaults(func=lambda p, a: run(p, a, "finetune"))
 
 
-#: TrainConfig fields a ``train``/``finetune`` command line sets (option name = field name).
-_FIELDS = ("steps_per_epoch", "batch_size", "lr", "weight_decay", "lr_decay_at", "gamma", "alpha",
-           "beta", "cl_step", "strategy", "bn", "baseline_eval", "distill", "amp", "channels_last",
-           "seed", "workers", "ckpt_every", "log_every", "device")
-
-
-def train_config(args: argparse.Namespace, stage: str, epochs: int) -> TrainConfig:
-    """The :class:`~blockdrop.train.TrainConfig` of a parsed ``train``/``finetune`` command line:
-    the options given, every other field at the config's own (official) default -- the CLI
-    defines no defaults of its own."""
-    given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
-    return TrainConfig(stage=stage, epochs=epochs, progress=not args.no_progress, **given)
+def train_config(args: argparse.Namespace, stage: str, num_blocks: int) -> TrainConfig:
+    """The :class:`~blockdrop.train.TrainConfig` of a parsed ``train``/``finetune`` command line for
+    a backbone of ``num_blocks`` blocks: the options given (an option sets the field of its name),
+    every other field at the config's own (official) default -- the CLI defines none of its own.
+    Epochs, unless given: curriculum ``ceil(K / cl_step) + 5``, finetune 10."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name not in ("stage", "epochs", "progress") and getattr(args, f.name, None) is not None}
+    cfg = TrainConfig(stage=stage, progress=not args.no_progress, **given)
+    epochs = args.epochs or (math.ceil(num_blocks / cfg.cl_step) + 5 if stage == "curriculum" else 10)
+    return dataclasses.replace(cfg, epochs=epochs)
 
 
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -105,8 +104,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -
         torch.manual_seed(args.seed)
         pnet = make_policy_net(backbone.num_blocks, train.image_size)
     k = backbone.num_blocks
-    cfg = train_config(args, stage, 1)
-    cfg.epochs = args.epochs or (math.ceil(k / cfg.cl_step) + 5 if stage == "curriculum" else 10)
+    cfg = train_config(args, stage, k)
     epochs = cfg.epochs
     teacher = copy.deepcopy(backbone).eval() if cfg.distill else None   # the starting backbone
     meta = {"backbone_spec": spec, "policy_spec": pnet.spec(), "classes": train.classes,

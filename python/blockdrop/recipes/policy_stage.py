@@ -98,11 +98,11 @@ def _drop_costs(run: Run, backbone: nn.Module) -> torch.Tensor:
     """Single-block drop costs ``[K]`` of ``backbone`` on ``preset.prior_images`` training images
     (never the validation split); measured once per backbone object and run."""
     key = ("drop_costs", id(backbone))
-    if key not in run.cache:
+    if key not in run.cache:       # the entry holds the backbone, so its id is never reused
         sub = take_subset(run.train, run.preset.prior_images, seed=run.seed + 1)
-        run.cache[key] = run.timed("costs", lambda: single_drop_costs(
-            backbone, make_loader(sub.dataset, 250, train=False), run.device, amp=run.preset.amp))
-    return run.cache[key]
+        run.cache[key] = (backbone, run.timed("costs", lambda: single_drop_costs(
+            backbone, make_loader(sub.dataset, 250, train=False), run.device, amp=run.preset.amp)))
+    return run.cache[key][1]
 
 
 def _rebased(run: Run) -> bool:
