@@ -138,13 +138,14 @@ def test_parser_defaults_are_the_official_settings() -> None:
     assert a.epochs == 5 + 5                      # official: one block freed per epoch, K = 5
     f = train_config(p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c"]),
                      "finetune", 5)
-    assert (f.batch_size, f.lr, f.beta, f.bn, f.strategy, f.gamma, f.lr_decay_at) == (
-        256, 1e-4, 0.0, "train", "gather", 5.0, 0.8)
+    assert (f.batch_size, f.lr, f.beta, f.bn, f.strategy, f.gamma, f.lr_decay_at, f.backbone_on) == (
+        256, 1e-4, 0.0, "train", "gather", 5.0, 0.8, "sample")
     assert f.epochs == 10
     g = train_config(p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c",
-                                   "--gamma", "2", "--bn", "frozen", "--lr-decay-at", "0.5"]),
+                                   "--gamma", "2", "--bn", "frozen", "--lr-decay-at", "0.5",
+                                   "--backbone-on", "greedy"]),
                      "finetune", 5)
-    assert (g.gamma, g.bn, g.lr_decay_at) == (2.0, "frozen", 0.5)
+    assert (g.gamma, g.bn, g.lr_decay_at, g.backbone_on) == (2.0, "frozen", 0.5, "greedy")
 
 
 def test_eval_thresholds_give_a_budget_curve_from_one_checkpoint(tmp_path: Path, tiny, capsys) -> None:

@@ -14,8 +14,8 @@ from blockdrop.recipes.presets import PRESETS, Preset, get_preset
 from blockdrop.recipes.report import REPORT_KEYS
 
 TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2, adapt_distill=0.5, cl_step=2,
-              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=6, ft_distill=0.5, gammas=(1.0, 5.0),
-              thresholds=(0.4, 0.5), amp="off")
+              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=6, ft_distill=0.5, ft_alpha=0.9,
+              ft_backbone_on="greedy", gammas=(1.0, 5.0), thresholds=(0.4, 0.5), amp="off")
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,15 @@ def test_presets_are_complete_and_named() -> None:
     # the authors' schedule: no adaptation, no distillation, whole-epoch curriculum of 5000 epochs
     # at batch 2048 with gamma 1, finetune 2000 epochs at batch 256 with gamma 5, masked forward
     assert (off.adapt_steps, off.ft_distill, off.cl_epochs, off.cl_batch_size, off.cl_gamma,
-            off.cl_steps_per_epoch, off.ft_epochs, off.batch_size, off.gammas, off.strategy) == (
-        0, 0.0, 5000, 2048, 1.0, None, 2000, 256, (5.0,), "masked")
+            off.cl_steps_per_epoch, off.ft_epochs, off.batch_size, off.gammas, off.strategy,
+            off.ft_alpha, off.ft_backbone_on) == (
+        0, 0.0, 5000, 2048, 1.0, None, 2000, 256, (5.0,), "masked", 0.8, "sample")
     with pytest.raises(ValueError, match="preset"):
         get_preset("fast")
+    with pytest.raises(ValueError, match="ft_backbone_on"):
+        off.with_overrides(ft_backbone_on="both")
+    with pytest.raises(ValueError, match="ft_alpha"):
+        off.with_overrides(ft_alpha=0.3)
 
 
 def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
@@ -68,7 +73,10 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     # the finetune makes the preset's steps although they exceed one epoch (36 images / 8 = 4)
     from blockdrop.checkpoint import read_meta
     for g in TINY.gammas:
-        assert read_meta(out / f"gamma{g:g}" / "finetune")["progress"]["global_step"] == TINY.ft_steps
+        meta = read_meta(out / f"gamma{g:g}" / "finetune")
+        assert meta["progress"]["global_step"] == TINY.ft_steps
+        # the preset's joint-stage settings reach the trainer
+        assert (meta["config"]["backbone_on"], meta["config"]["alpha"]) == ("greedy", 0.9)
     assert on_disk == json.loads(json.dumps(report))
     for key in REPORT_KEYS:
         assert key in report, key

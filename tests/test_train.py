@@ -173,6 +173,50 @@ def test_finetune_trains_policy_and_backbone_through_gather(tmp_path: Path, monk
     assert last["split"] == "val" and 0 <= last["acc"] <= 1
 
 
+def _reference_logits(bb: torch.nn.Module, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
+    """Plain per-image execution: block k runs where ``policy[i, k]`` is 1, its shortcut elsewhere."""
+    out = []
+    for i in range(x.shape[0]):
+        h = bb.stem(x[i:i + 1])
+        for k, block in enumerate(bb.blocks):
+            h = block.full(h) if policy[i, k] else block.shortcut(h)
+        out.append(bb.head(h))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("backbone_on", ["greedy", "sample"])
+def test_finetune_backbone_learns_on_the_chosen_pass(backbone_on: str) -> None:
+    from blockdrop.train_step import BlockDropStep as _Step
+    pnet, bb = make_models(seed=3)
+    torch.nn.init.normal_(pnet.fc.weight, std=0.5)         # per-image policies
+    bb = bb.double()
+    x, y = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.arange(8) % 3
+    step = _Step(pnet.double(), bb, cfg(stage="finetune", bn="frozen", backbone_on=backbone_on,
+                                        amp="off")).train()
+    step.generator = torch.Generator().manual_seed(0)
+    loss, _ = step(x, y, None)
+    loss.backward()
+    def grads() -> dict[str, torch.Tensor]:
+        return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in bb.named_parameters()}
+
+    got = grads()
+    with torch.no_grad():
+        probs = pnet(x)
+    greedy = probs >= 0.5
+    assert 0 < greedy.sum() < greedy.numel() and len({tuple(r.tolist()) for r in greedy}) > 1
+    bb.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(_reference_logits(bb, x, greedy), y).backward()
+    want = grads()
+    same = all(torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-7) for n in want)   # the loss is float32
+    # greedy: exactly the thresholded (executed) sub-network's gradient; sample: another one
+    assert same == (backbone_on == "greedy")
+
+
+def test_config_rejects_an_unknown_backbone_pass() -> None:
+    with pytest.raises(ValueError, match="backbone_on"):
+        cfg(stage="finetune", backbone_on="both")
+
+
 def test_finetune_bn_train_updates_running_stats(tmp_path: Path) -> None:
     pnet, bb = make_models()
     before = snapshot(bb)

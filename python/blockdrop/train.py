@@ -64,6 +64,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     gamma: float | None = None           # penalty for a wrong prediction: 1 curriculum, 5 finetune
     alpha: float = 0.8                   # exploration bound
+    backbone_on: str = "sample"          # finetune: the backbone learns on the "sample" (official)
+                                         #   or the "greedy" (thresholded, executed) sub-network
     beta: float | None = None            # entropy bonus: 0.1 curriculum, 0 finetune
     cl_step: int = 1                     # blocks added to the learned set per curriculum epoch
     strategy: str = "gather"             # engine strategy for the backbone
@@ -86,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"stage must be 'curriculum' or 'finetune', not {self.stage!r}")
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
+        if self.backbone_on not in ("sample", "greedy"):
+            raise ValueError(f"backbone_on must be 'sample' or 'greedy', not {self.backbone_on!r}")
         cl = self.stage == "curriculum"
         if self.batch_size is None:
             self.batch_size = 2048 if cl else 256

@@ -65,19 +65,23 @@ class BlockDropStep(nn.Module):
             sample, greedy = rl.apply_curriculum(sample, mask), rl.apply_curriculum(greedy, mask)
         # official: the baseline pass runs in the backbone's training mode (BN batch statistics)
         mode = eval_mode(bb) if cfg.baseline_eval else nullcontext()
-        with torch.no_grad(), mode, self._autocast(x):
+        # the backbone learns on one of the two passes (finetune only): the sampled one (official)
+        # or the thresholded one, the sub-network that eval executes
+        on_greedy = self.finetune and cfg.backbone_on == "greedy"
+        with (nullcontext() if on_greedy else torch.no_grad()), mode, self._autocast(x):
             logits_g = dynamic_forward(bb, x, greedy, strategy=cfg.strategy)
-        grad_ctx = nullcontext() if self.finetune else torch.no_grad()
+        grad_ctx = nullcontext() if self.finetune and not on_greedy else torch.no_grad()
         with grad_ctx, self._autocast(x):
             logits_s = dynamic_forward(bb, x, sample, strategy=cfg.strategy)
         correct_s = logits_s.detach().argmax(1) == y
-        correct_g = logits_g.argmax(1) == y
+        correct_g = logits_g.detach().argmax(1) == y
         r_s = rl.reward(correct_s, sample, float(cfg.gamma))
         r_g = rl.reward(correct_g, greedy, float(cfg.gamma))
         logp = rl.log_prob(pb, sample, mask)
         ent = rl.entropy(pb) if cfg.beta else None
         loss_pg = rl.policy_gradient_loss(logp, r_s - r_g, ent, float(cfg.beta or 0.0))
-        loss = loss_pg + self._backbone_loss(x, logits_s, y) if self.finetune else loss_pg
+        trained = logits_g if on_greedy else logits_s
+        loss = loss_pg + self._backbone_loss(x, trained, y) if self.finetune else loss_pg
         stats = torch.stack([loss_pg.detach(), r_s.mean(), r_g.mean(), correct_g.float().mean(),
                              greedy.sum(1).mean(), sample.sum(1).mean()])
         return loss, stats

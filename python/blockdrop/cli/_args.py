@@ -138,6 +138,9 @@ def add_training(p: argparse.ArgumentParser, stage: str) -> None:
                        help="self-critical baseline with the backbone in eval mode (official: train mode)")
         g.add_argument("--distill", type=fraction, default=None,
                        help=f"weight of the starting backbone's soft targets (default {d.distill:g}: plain CE)")
+        g.add_argument("--backbone-on", choices=("sample", "greedy"), default=None,
+                       help=f"the backbone learns on the sampled sub-network (official) or the "
+                            f"thresholded one that evaluation runs (default {d.backbone_on})")
     g.add_argument("--strategy", choices=STRATEGIES, default=None,
                    help=f"engine strategy for the backbone (default {d.strategy})")
     g.add_argument("--amp", choices=AMP_MODES, default=None,

@@ -85,7 +85,8 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
         epochs, per_epoch = ft_schedule(steps, len(run.train.dataset) // p.batch_size)  # type: ignore[arg-type]
         ft = TrainConfig(stage="finetune", epochs=epochs, steps_per_epoch=per_epoch, lr=p.ft_lr,
                          gamma=gamma, bn=p.ft_bn, baseline_eval=p.ft_baseline_eval,
-                         distill=p.ft_distill, **common)
+                         distill=p.ft_distill, alpha=p.ft_alpha,
+                         backbone_on=p.ft_backbone_on, **common)
         run.log(f"{tag} joint finetuning: {epochs * per_epoch} steps "
                 f"({epochs} epoch(s) of {per_epoch})")
         run.timed(f"finetune_gamma{gamma:g}", lambda: Trainer(

@@ -23,8 +23,10 @@ The recipe, stage by stage (steps are optimisation steps of ``batch_size`` image
    ``prior_images`` training images; keep-probabilities ``prior_keep``, cheapest .. dearest)
    and REINFORCE learns per-image departures from it; with ``cl_on_adapted`` over the adapted
    backbone before averaging, the learnt policy then put on the averaged one;
-3. **finetune** -- policy and backbone jointly (Adam, lr x0.1 at 80%), the sampled sub-networks
-   also distilled from the adapted full network (``ft_distill``);
+3. **finetune** -- policy and backbone jointly (Adam, lr x0.1 at 80%), the backbone's loss on
+   the sampled sub-networks (official) or, with ``ft_backbone_on="greedy"``, on the thresholded
+   ones that evaluation executes; that loss also distilled from the adapted full network
+   (``ft_distill``);
 4. **baselines** -- the full network finetuned alike (from the pretrained weights: stage 1's
    steps, optimiser and loss, then stage 3's, every block for every image); FirstK and RandomK at
    BlockDrop's validation block counts, finetuned from the adapted backbone like stage 3.
@@ -77,6 +79,8 @@ class Preset:
     ft_lr: float = 1e-4
     ft_distill: float = 0.0
     ft_bn: str = "train"
+    ft_alpha: float = 0.8                     # exploration bound of the joint stage's sampled policies
+    ft_backbone_on: str = "sample"            # the backbone's loss on the sampled (official) or the thresholded sub-network
     ft_baseline_eval: bool = False
     ft_cl_candidate: bool = True              # with finetune steps, the curriculum's policy (draw 0) is a validation candidate too
     gammas: tuple[float, ...] = (5.0,)        # the penalties swept (finetune; curriculum if no finetune)
@@ -103,6 +107,10 @@ class Preset:
             raise ValueError(f"prior_images: expected >= 1, got {self.prior_images}")
         if self.cl_step is not None and self.cl_step < 1:
             raise ValueError(f"cl_step: expected >= 1 or None (every block learned at once), got {self.cl_step}")
+        if self.ft_backbone_on not in ("sample", "greedy"):
+            raise ValueError(f"ft_backbone_on: expected 'sample' or 'greedy', got {self.ft_backbone_on!r}")
+        if not 0.5 <= self.ft_alpha <= 1.0:
+            raise ValueError(f"ft_alpha: expected an exploration bound in [0.5, 1], got {self.ft_alpha}")
         if self.max_blocks is not None and not 0 < self.max_blocks <= 1:
             raise ValueError(f"max_blocks: expected a share of the blocks in (0, 1], got {self.max_blocks}")
 
@@ -127,7 +135,7 @@ PRESETS: dict[str, Preset] = {
         adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7, soup_full=0.25,
         cl_prior=True, prior_keep=(0.3, 0.9), prior_images=1000, cl_step=None,
         cl_steps_per_epoch=25, cl_extra_epochs=4, cl_lr=3e-3, cl_gamma=2.0, cl_draws=2,
-        ft_steps=100, ft_distill=0.7, ft_cl_candidate=False, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
+        ft_steps=100, ft_distill=0.7, ft_backbone_on="greedy", ft_cl_candidate=False, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
         thresholds=(0.45, 0.5, 0.55, 0.6), threshold_refine=1, speed_repeats=3),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",
