@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["points"] = []
     for draw in range(p.cl_draws):
         net = stage_blockdrop(run, backbone, a.gamma if a.gamma is not None else p.gammas[0],
-                              adapted, draw)
+                              adapted, draw, full.backbone if full is not None else None)
         for t in sorted(p.thresholds):
             q = copy.copy(net)
             q.threshold = t

@@ -335,3 +335,34 @@ def test_reproduce_rejects_a_bad_block_budget(tiny, tmp_path) -> None:
                         "--max-blocks", "0"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--max-blocks" in r.stderr and "(0, 1]" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("teacher", ["backbone", "full"])
+def test_finetune_distils_from_the_preset_teacher(tiny, tmp_path, monkeypatch, teacher: str) -> None:
+    """ft_teacher: the joint stage's soft targets come from the backbone it starts from (as the
+    adapt stage saved it) or from the full network finetuned alike (as saved), tensor for tensor."""
+    from blockdrop.checkpoint import load_blockdrop_net
+    from blockdrop.recipes import policy_stage
+    from blockdrop.recipes import reproduce as rep
+    seen: list[dict[str, torch.Tensor]] = []
+    real = policy_stage.Trainer
+
+    def spy(cfg, *a, teacher=None, **kw):
+        if cfg.stage == "finetune":
+            seen.append({k: v.detach().clone() for k, v in teacher.state_dict().items()})
+        return real(cfg, *a, teacher=teacher, **kw)
+
+    monkeypatch.setattr(policy_stage, "Trainer", spy)
+    p = TINY.with_overrides(gammas=(1.0,), first_random_k=False, ft_teacher=teacher)
+    out = tmp_path / teacher
+    rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, device="cpu",
+                  progress=False, speed_batch=4)
+    want = load_blockdrop_net(out / ("baselines/full.safetensors" if teacher == "full"
+                                     else "adapt/backbone.safetensors"))[0].backbone.state_dict()
+    other = load_blockdrop_net(out / ("adapt/backbone.safetensors" if teacher == "full"
+                                      else "baselines/full.safetensors"))[0].backbone.state_dict()
+    assert len(seen) == 1 and not torch.equal(want["conv1.weight"], other["conv1.weight"])
+    for k, t in want.items():
+        assert torch.equal(seen[0][k], t), k
+    with pytest.raises(ValueError, match="ft_teacher"):
+        TINY.with_overrides(ft_teacher="pretrained")

@@ -28,7 +28,8 @@ def _stage_dir(run: Run, gamma: float, stage: str, draw: int) -> Path:
 
 
 def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
-                    adapted: nn.Module | None = None, draw: int = 0) -> BlockDropNet:
+                    adapted: nn.Module | None = None, draw: int = 0,
+                    full: nn.Module | None = None) -> BlockDropNet:
     """The policy network's curriculum over ``backbone`` (frozen), then, with finetune steps, the
     joint finetuning of both; draw ``draw`` trains with seed ``run.seed + draw``. With
     ``preset.cl_prior`` the policy network starts as the static policy of the backbone's
@@ -36,7 +37,9 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
     training images). With ``preset.cl_on_adapted`` the curriculum
     learns over ``adapted`` instead (the backbone before weight averaging; required then) and the
     learnt policy is put on a copy of ``backbone``, which the finetune (if any) trains and the
-    model executes; that model is saved at :func:`curriculum_checkpoint`."""
+    model executes; that model is saved at :func:`curriculum_checkpoint`. The finetune's teacher
+    (``preset.ft_distill``) is ``backbone`` as it starts, or with ``preset.ft_teacher == "full"``
+    the backbone ``full`` (the full network finetuned alike; required then)."""
     p = run.preset
     ft_dir, cl_dir = _stage_dir(run, gamma, "finetune", draw), _stage_dir(run, gamma, "curriculum", draw)
     tag = f"[gamma {gamma:g}{f', draw {draw}' if draw else ''}]"
@@ -44,6 +47,9 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
         run.log(f"{tag} reusing {final_checkpoint(run, gamma, draw)}")
         return load_blockdrop_net(final_checkpoint(run, gamma, draw), run.device)[0]  # type: ignore[return-value]
     rebased = _rebased(run)
+    if p.ft_distill and p.ft_teacher == "full" and full is None:
+        raise ValueError("ft_teacher='full': the finetune distils from the full network finetuned "
+                         "alike; pass it as full")
     if rebased and adapted is None:
         raise ValueError("cl_on_adapted: the curriculum learns over the backbone before averaging; "
                          "pass it as adapted")
@@ -91,7 +97,8 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
                 f"({epochs} epoch(s) of {per_epoch})")
         run.timed(f"finetune_gamma{gamma:g}", lambda: Trainer(
             ft, pnet, executed, run.train, ft_dir, extra_meta=meta,
-            teacher=backbone if p.ft_distill else None).fit(resume=run.resume))
+            teacher=(full if p.ft_teacher == "full" else backbone) if p.ft_distill else None
+        ).fit(resume=run.resume))
     return BlockDropNet(pnet, executed, strategy="auto").to(run.device).eval()
 
 

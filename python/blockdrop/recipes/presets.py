@@ -81,6 +81,7 @@ class Preset:
     ft_bn: str = "train"
     ft_alpha: float = 0.8                     # exploration bound of the joint stage's sampled policies
     ft_backbone_on: str = "sample"            # the backbone's loss on the sampled (official) or the thresholded sub-network
+    ft_teacher: str = "backbone"              # ft_distill's teacher: the backbone as it starts, or the "full" network finetuned alike
     ft_baseline_eval: bool = False
     ft_cl_candidate: bool = True              # with finetune steps, the curriculum's policy (draw 0) is a validation candidate too
     gammas: tuple[float, ...] = (5.0,)        # the penalties swept (finetune; curriculum if no finetune)
@@ -109,6 +110,8 @@ class Preset:
             raise ValueError(f"cl_step: expected >= 1 or None (every block learned at once), got {self.cl_step}")
         if self.ft_backbone_on not in ("sample", "greedy"):
             raise ValueError(f"ft_backbone_on: expected 'sample' or 'greedy', got {self.ft_backbone_on!r}")
+        if self.ft_teacher not in ("backbone", "full"):
+            raise ValueError(f"ft_teacher: expected 'backbone' or 'full', got {self.ft_teacher!r}")
         if not 0.5 <= self.ft_alpha <= 1.0:
             raise ValueError(f"ft_alpha: expected an exploration bound in [0.5, 1], got {self.ft_alpha}")
         if self.max_blocks is not None and not 0 < self.max_blocks <= 1:
@@ -135,7 +138,7 @@ PRESETS: dict[str, Preset] = {
         adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7, soup_full=0.25,
         cl_prior=True, prior_keep=(0.3, 0.9), prior_images=1000, cl_step=None,
         cl_steps_per_epoch=25, cl_extra_epochs=4, cl_lr=3e-3, cl_gamma=2.0, cl_draws=2,
-        ft_steps=100, ft_distill=0.7, ft_backbone_on="greedy", ft_cl_candidate=False, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
+        ft_steps=100, ft_lr=3e-4, ft_distill=0.7, ft_backbone_on="greedy", ft_cl_candidate=False, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
         thresholds=(0.45, 0.5, 0.55, 0.6), threshold_refine=1, speed_repeats=3),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",

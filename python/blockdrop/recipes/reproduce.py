@@ -162,7 +162,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
 
     for g in gammas:
         for draw in range(p.cl_draws):
-            candidates(g, stage_blockdrop(run, backbone, g, adapted, draw), last,
+            candidates(g, stage_blockdrop(run, backbone, g, adapted, draw, full.backbone), last,
                        final_checkpoint(run, g, draw), draw)
     if last == "finetune" and gammas and p.ft_cl_candidate:
         # the curriculum (its own gamma, the same for every finetune gamma) is a candidate too: the
