@@ -184,6 +184,11 @@ def _reference_logits(bb: torch.nn.Module, x: torch.Tensor, policy: torch.Tensor
     return torch.cat(out)
 
 
+def _grads(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient (zeros where none reached it)."""
+    return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in m.named_parameters()}
+
+
 @pytest.mark.parametrize("backbone_on", ["greedy", "sample"])
 def test_finetune_backbone_learns_on_the_chosen_pass(backbone_on: str) -> None:
     from blockdrop.train_step import BlockDropStep as _Step
@@ -196,17 +201,14 @@ def test_finetune_backbone_learns_on_the_chosen_pass(backbone_on: str) -> None:
     step.generator = torch.Generator().manual_seed(0)
     loss, _ = step(x, y, None)
     loss.backward()
-    def grads() -> dict[str, torch.Tensor]:
-        return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in bb.named_parameters()}
-
-    got = grads()
+    got = _grads(bb)
     with torch.no_grad():
         probs = pnet(x)
     greedy = probs >= 0.5
     assert 0 < greedy.sum() < greedy.numel() and len({tuple(r.tolist()) for r in greedy}) > 1
     bb.zero_grad(set_to_none=True)
     torch.nn.functional.cross_entropy(_reference_logits(bb, x, greedy), y).backward()
-    want = grads()
+    want = _grads(bb)
     same = all(torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-7) for n in want)   # the loss is float32
     # greedy: exactly the thresholded (executed) sub-network's gradient; sample: another one
     assert same == (backbone_on == "greedy")

@@ -46,7 +46,10 @@ from blockdrop.runtime import DistInfo, amp_dtype, eval_mode, interrupt_at_step_
 from blockdrop.train_state import TrainState
 from blockdrop.train_step import BlockDropStep, ForcedOn, stats_dict
 
-__all__ = ["TrainConfig", "Trainer"]
+__all__ = ["TrainConfig", "Trainer", "BACKBONE_PASSES"]
+
+#: The passes the backbone can learn on in finetuning (``TrainConfig.backbone_on``).
+BACKBONE_PASSES = ("sample", "greedy")
 
 
 @dataclass
@@ -88,7 +91,7 @@ class TrainConfig:
             raise ValueError(f"stage must be 'curriculum' or 'finetune', not {self.stage!r}")
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
-        if self.backbone_on not in ("sample", "greedy"):
+        if self.backbone_on not in BACKBONE_PASSES:
             raise ValueError(f"backbone_on must be 'sample' or 'greedy', not {self.backbone_on!r}")
         cl = self.stage == "curriculum"
         if self.batch_size is None:

@@ -11,7 +11,7 @@ import torch
 
 from blockdrop.engine import STRATEGIES
 from blockdrop.runtime import AMP_MODES
-from blockdrop.train import TrainConfig
+from blockdrop.train import BACKBONE_PASSES, TrainConfig
 
 __all__ = ["positive_int", "nonneg_int", "pos_float", "nonneg_float", "alpha", "fraction", "share", "thresholds",
            "add_runtime", "add_data", "add_training", "setup_threads", "STRATEGIES", "AMP_MODES"]
@@ -138,7 +138,7 @@ def add_training(p: argparse.ArgumentParser, stage: str) -> None:
                        help="self-critical baseline with the backbone in eval mode (official: train mode)")
         g.add_argument("--distill", type=fraction, default=None,
                        help=f"weight of the starting backbone's soft targets (default {d.distill:g}: plain CE)")
-        g.add_argument("--backbone-on", choices=("sample", "greedy"), default=None,
+        g.add_argument("--backbone-on", choices=BACKBONE_PASSES, default=None,
                        help=f"the backbone learns on the sampled sub-network (official) or the "
                             f"thresholded one that evaluation runs (default {d.backbone_on})")
     g.add_argument("--strategy", choices=STRATEGIES, default=None,

@@ -36,6 +36,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from blockdrop.train import BACKBONE_PASSES
+
 __all__ = ["Preset", "PRESETS", "get_preset"]
 
 
@@ -108,7 +110,7 @@ class Preset:
             raise ValueError(f"prior_images: expected >= 1, got {self.prior_images}")
         if self.cl_step is not None and self.cl_step < 1:
             raise ValueError(f"cl_step: expected >= 1 or None (every block learned at once), got {self.cl_step}")
-        if self.ft_backbone_on not in ("sample", "greedy"):
+        if self.ft_backbone_on not in BACKBONE_PASSES:
             raise ValueError(f"ft_backbone_on: expected 'sample' or 'greedy', got {self.ft_backbone_on!r}")
         if self.ft_teacher not in ("backbone", "full"):
             raise ValueError(f"ft_teacher: expected 'backbone' or 'full', got {self.ft_teacher!r}")
@@ -138,7 +140,8 @@ PRESETS: dict[str, Preset] = {
         adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.7, soup_full=0.25,
         cl_prior=True, prior_keep=(0.3, 0.9), prior_images=1000, cl_step=None,
         cl_steps_per_epoch=25, cl_extra_epochs=4, cl_lr=3e-3, cl_gamma=2.0, cl_draws=2,
-        ft_steps=100, ft_lr=3e-4, ft_distill=0.7, ft_backbone_on="greedy", ft_cl_candidate=False, gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
+        ft_steps=100, ft_lr=3e-4, ft_distill=0.7, ft_backbone_on="greedy", ft_cl_candidate=False,
+        gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
         thresholds=(0.45, 0.5, 0.55, 0.6), threshold_refine=1, speed_repeats=3),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",
