@@ -337,6 +337,27 @@ def test_reproduce_rejects_a_bad_block_budget(tiny, tmp_path) -> None:
     assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
 
 
+def test_reproduce_rejects_a_budget_rule_without_a_budget(tiny, tmp_path) -> None:
+    import subprocess
+    import sys
+    from blockdrop.recipes import reproduce as rep
+    assert TINY.max_blocks is None
+    with pytest.raises(ValueError, match="select_rule 'budget'.*max_blocks"):
+        rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], tmp_path / "o",
+                      device="cpu", progress=False, select_rule="budget")
+    with pytest.raises(ValueError, match="select_rule: expected one of tolerance, budget"):
+        rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], tmp_path / "o",
+                      device="cpu", progress=False, select_rule="most")
+    base = [sys.executable, "-m", "blockdrop", "reproduce", "--arch", "resnet8", "--train-data",
+            str(tiny["train"]), "--test-data", str(tiny["test"]), "--weights", str(tiny["weights"]),
+            "--out", str(tmp_path / "c"), "--preset", "official"]
+    for extra, want in ((["--select", "most"], "--select"),
+                        (["--select", "budget"], "max_blocks")):
+        r = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and want in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
+
+
 @pytest.mark.parametrize("teacher", ["backbone", "full"])
 def test_finetune_distils_from_the_preset_teacher(tiny, tmp_path, monkeypatch, teacher: str) -> None:
     """ft_teacher: the joint stage's soft targets come from the backbone it starts from (as the

@@ -101,3 +101,79 @@ def test_threshold_refinement_bisects_where_select_decides(monkeypatch) -> None:
     # budget 0.9 (24.3 blocks: t >= 0.135) and tolerance 0.005: 0.2 is chosen -> (0.2, 0.4), (0.2, 0.3)
     got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.005, max_blocks=0.9)]
     assert got == [0.2, 0.4, 0.6, 0.3, 0.25]
+
+
+def test_budget_rule_takes_each_models_edge_then_the_most_accurate() -> None:
+    """Rule "budget": per trained model (gamma, stage, draw) the point with the most validation
+    blocks inside the budget, then the most accurate of those; brute force over random points."""
+    import random
+    import pytest
+    from blockdrop.evaluate import EvalResult
+    from blockdrop.recipes.selection import Point, select
+
+    def pt(acc: float, blocks: float, draw: int, flops: float) -> Point:
+        r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
+                       num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
+        return Point(2.0, 0.5, None, r, draw=draw)   # type: ignore[arg-type]
+
+    full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
+                      num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)
+    rng = random.Random(11)
+    for _ in range(300):
+        share = rng.choice([0.7, 0.845, 1.0])
+        pts = [pt(round(rng.uniform(0.85, 0.92), 3), rng.uniform(15, 27), rng.randint(0, 2),
+                  rng.uniform(60, 99)) for _ in range(rng.randint(1, 8))]
+        fits = [q for q in pts if q.val.blocks_mean <= share * 27]
+        if not fits:
+            want = min(pts, key=lambda q: q.val.blocks_mean)
+        else:
+            edges = [max((q for q in fits if q.draw == d), key=lambda q: q.val.blocks_mean)
+                     for d in sorted({q.draw for q in fits})]
+            want = max(edges, key=lambda q: q.val.accuracy)
+        # ties of accuracy between draws are possible (3 decimals): then more blocks wins
+        tied = [q for q in edges if q.val.accuracy == want.val.accuracy] if fits else [want]
+        want = max(tied, key=lambda q: q.val.blocks_mean)
+        assert select(pts, full, 0.0, share, rule="budget") is want
+    # the more accurate point of one draw loses to that draw's point nearer the budget
+    a, b, c = pt(0.91, 22.0, 0, 90.0), pt(0.90, 22.8, 0, 92.0), pt(0.905, 22.5, 1, 91.0)
+    assert select([a, b, c], full, 0.0, 0.845, rule="budget") is c
+    assert select([a, b], full, 0.0, 0.845, rule="budget") is b
+    assert select([a, b], full, 0.0, 0.845) is a          # "tolerance": the fewest blocks within 0
+    with pytest.raises(ValueError, match="max_blocks"):
+        select([a], full, 0.0, None, rule="budget")
+    with pytest.raises(ValueError, match="rule"):
+        select([a], full, 0.0, 0.8, rule="most")
+
+
+def test_budget_rule_bisects_at_the_budget_edge(monkeypatch) -> None:
+    """With rule "budget" val_points always refines between the last threshold over the budget and
+    the next, whatever the tolerance says (blocks 27 - 20 t, accuracy 0.95 - 0.2 t)."""
+    from types import SimpleNamespace
+    from blockdrop.evaluate import EvalResult
+    from blockdrop.recipes import selection, stages
+
+    def fake_eval(run, net, data):
+        t = net.threshold
+        return EvalResult(n=100, accuracy=0.95 - 0.2 * t, blocks_mean=27 - 20 * t, blocks_std=0.0,
+                          num_blocks=27, num_policies=1, block_freq=[], flops_mean=90.0,
+                          full_flops=100.0)
+
+    monkeypatch.setattr(stages, "evaluate_on", fake_eval)
+    run = SimpleNamespace(preset=SimpleNamespace(thresholds=(0.2, 0.4, 0.6), threshold_refine=2),
+                          val=None)
+    net = SimpleNamespace(threshold=0.5)
+    full = SimpleNamespace(accuracy=0.90)
+    # budget 0.9 (24.3 blocks: t >= 0.135): every threshold is inside; within tolerance 0.05 means
+    # t <= 0.5, which rule "tolerance" refines at (0.4, 0.6) then (0.5, 0.6); "budget" at the
+    # budget's edge, which no pair of thresholds straddles: nothing
+    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.9)]
+    assert got == [0.2, 0.4, 0.6, 0.5, 0.55]
+    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.9,
+                                                     rule="budget")]
+    assert got == [0.2, 0.4, 0.6]
+    # budget 0.7 (18.9 blocks: t >= 0.405): (0.4, 0.6) then (0.4, 0.5), the edge at 0.405
+    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.7,
+                                                     rule="budget")]
+    assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
+    pts = selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.7, rule="budget")
+    assert selection.select(pts, full, 0.05, 0.7, rule="budget").threshold == 0.45

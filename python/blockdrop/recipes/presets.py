@@ -38,7 +38,13 @@ from typing import Any
 
 from blockdrop.train import BACKBONE_PASSES
 
-__all__ = ["Preset", "PRESETS", "get_preset"]
+__all__ = ["Preset", "PRESETS", "SELECT_RULES", "get_preset"]
+
+#: How the reported operating point is chosen on validation (blockdrop.recipes.selection):
+#: "tolerance", the fewest blocks within ``tolerance`` of the full network (else the most
+#: accurate); "budget", each trained model at the most blocks inside ``max_blocks``, then the
+#: most accurate of those.
+SELECT_RULES = ("tolerance", "budget")
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class Preset:
     threshold_refine: int = 2                 # bisections at the tolerance boundary (on val)
     tolerance: float = 0.01                   # val accuracy the chosen point may give up
     max_blocks: float | None = None           # block budget: the chosen point keeps at most this share of the K blocks (val)
+    select_rule: str = "tolerance"            # SELECT_RULES
     # 4. baselines
     first_random_k: bool = True               # FirstK / RandomK (the full network always runs)
     strategy: str = "gather"
@@ -118,6 +125,10 @@ class Preset:
             raise ValueError(f"ft_alpha: expected an exploration bound in [0.5, 1], got {self.ft_alpha}")
         if self.max_blocks is not None and not 0 < self.max_blocks <= 1:
             raise ValueError(f"max_blocks: expected a share of the blocks in (0, 1], got {self.max_blocks}")
+        if self.select_rule not in SELECT_RULES:
+            raise ValueError(f"select_rule: expected one of {', '.join(SELECT_RULES)}, got {self.select_rule!r}")
+        if self.select_rule == "budget" and self.max_blocks is None:
+            raise ValueError("select_rule 'budget': expected a block budget max_blocks, got None")
 
     def with_overrides(self, **kw: Any) -> "Preset":
         """A copy with some fields replaced (unknown names raise TypeError)."""
@@ -141,8 +152,8 @@ PRESETS: dict[str, Preset] = {
         cl_prior=True, prior_keep=(0.3, 0.9), prior_images=1000, cl_step=None,
         cl_steps_per_epoch=25, cl_extra_epochs=4, cl_lr=3e-3, cl_gamma=2.0, cl_draws=2,
         ft_steps=100, ft_lr=3e-4, ft_distill=0.7, ft_backbone_on="greedy", ft_cl_candidate=False,
-        gammas=(2.0,), first_random_k=False, tolerance=0.0, max_blocks=0.84,
-        thresholds=(0.45, 0.5, 0.55, 0.6), threshold_refine=1, speed_repeats=3),
+        gammas=(2.0,), first_random_k=False, select_rule="budget", max_blocks=0.845,
+        thresholds=(0.45, 0.5, 0.55, 0.6), threshold_refine=2, speed_repeats=3),
     "cpu": Preset(
         name="cpu", summary="ResNet-56 in <= 90 minutes per gamma on 2 CPU cores",
         adapt_steps=1500, adapt_keep=0.7, adapt_lr=0.01, adapt_distill=1.0, adapt_inplace=True,

@@ -103,7 +103,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
               out: str | os.PathLike[str], gammas: list[float] | None = None, seed: int = 0,
               device: str = "auto", progress: bool = True, resume: bool = False,
               tolerance: float | None = None, max_blocks: float | None = None,
-              speed_batch: int = 256, overwrite: bool = False,
+              select_rule: str | None = None, speed_batch: int = 256, overwrite: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the recipe and write ``out/report.json`` (returned), ``out/report.md`` and plots.
 
@@ -120,6 +120,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
             (default: the preset's).
         max_blocks: block budget of the selected point, a share of the K blocks on val (default:
             the preset's; 1 keeps every point in the running).
+        select_rule: how the operating point is chosen on val, one of
+            :data:`~blockdrop.recipes.presets.SELECT_RULES` (default: the preset's).
         speed_batch: batch size of the measured speedup (test images, interleaved timing).
         resume / overwrite: an ``out`` that already holds a run is continued (``resume``: its
             finished stages are reused) or replaced (``overwrite``); otherwise IncompatibleError.
@@ -128,9 +130,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     p = get_preset(preset) if isinstance(preset, str) else preset
     gammas = list(gammas or p.gammas)
     tolerance = p.tolerance if tolerance is None else tolerance
-    if max_blocks is not None:
-        p = p.with_overrides(max_blocks=max_blocks)      # checked by Preset
-    max_blocks = p.max_blocks
+    p = p.with_overrides(max_blocks=max_blocks, select_rule=select_rule)   # checked by Preset
+    max_blocks, rule = p.max_blocks, p.select_rule
     test = _data(test_data, "test", seed)
     run, pretrained, full_train = start_run(p, arch, train_data, weights, out, seed, device,
                                             progress, resume, overwrite, log)
@@ -153,7 +154,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
 
     def candidates(g: float, net: BlockDropNet, stage: str, path: Path, draw: int = 0) -> None:
         pts = run.timed("eval", lambda: val_points(run, g, net, full_val, tolerance, stage, path,
-                                                       max_blocks, draw))
+                                                       max_blocks, draw, rule))
         points.extend(pts)
         for q in pts:
             log(f"[gamma {g:g}{'' if stage == last else ', ' + stage}{f', draw {draw}' if draw else ''}] "
@@ -169,7 +170,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         # stage is chosen on validation like the threshold
         cl_path = curriculum_checkpoint(run, gammas[0])
         candidates(p.cl_gamma, load_blockdrop_net(cl_path, dev)[0], "curriculum", cl_path)  # type: ignore[arg-type]
-    chosen = select(points, full_val, tolerance, max_blocks)
+    chosen = select(points, full_val, tolerance, max_blocks, rule)
     # the sweep: every gamma at the paper's threshold, and the chosen operating point
     shown = [q for q in points if (q.threshold == 0.5 and q.stage == last and q.draw == 0)
              or q is chosen]
@@ -225,7 +226,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         "preset": p.name, "settings": p.to_dict(), "seed": seed, "commit": _commit(), "arch": arch,
         "train_data": full_train.source, "test_data": test.source, "weights": str(weights),
         "val": {"images": len(val.dataset), "full_accuracy": full_val.accuracy,  # type: ignore[arg-type]
-                "selection": describe(tolerance, max_blocks), "tolerance": tolerance,
+                "selection": describe(tolerance, max_blocks, rule), "select_rule": rule,
+                "tolerance": tolerance,
                 "max_blocks": max_blocks,
                 "points": [{"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage,
                             "draw": q.draw,

@@ -9,6 +9,7 @@ from pathlib import Path
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.evaluate import EvalResult
 from blockdrop.recipes import stages
+from blockdrop.recipes.presets import SELECT_RULES
 from blockdrop.recipes.stages import Run
 
 __all__ = ["Point", "val_points", "select", "describe"]
@@ -30,12 +31,16 @@ class Point:
 
 def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
                 tolerance: float, stage: str = "finetune", checkpoint: Path | None = None,
-                max_blocks: float | None = None, draw: int = 0) -> list[Point]:
+                max_blocks: float | None = None, draw: int = 0,
+                rule: str = "tolerance") -> list[Point]:
     """The model at every preset threshold on the validation split, then ``threshold_refine``
-    bisections (a larger threshold keeps fewer blocks) where :func:`select` decides: between the
-    last threshold it could choose by its tolerance (within ``tolerance`` of the full network,
-    cheaper than it, inside the block budget ``max_blocks``) and the next; when no threshold is
-    within the tolerance inside the budget, between the last one over the budget and the next."""
+    bisections (a larger threshold keeps fewer blocks) where :func:`select` decides. Rule
+    "tolerance": between the last threshold it could choose by its tolerance (within ``tolerance``
+    of the full network, cheaper than it, inside the block budget ``max_blocks``) and the next;
+    when no threshold is within the tolerance inside the budget (and always with rule "budget"),
+    between the last one over the budget and the next."""
+    _check_rule(rule, max_blocks)
+
     def at(t: float) -> Point:
         q = copy.copy(net)
         q.threshold = t
@@ -47,8 +52,10 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
     over = lambda q: not _in_budget(q, max_blocks)                         # noqa: E731
     for _ in range(run.preset.threshold_refine):
         srt = sorted(points, key=lambda q: q.threshold)
-        pairs = [(a, b) for a, b in zip(srt, srt[1:]) if ok(a) and not ok(b)]
-        if not pairs and not any(ok(q) for q in srt):
+        pairs: list[tuple[Point, Point]] = []
+        if rule == "tolerance":
+            pairs = [(a, b) for a, b in zip(srt, srt[1:]) if ok(a) and not ok(b)]
+        if not pairs and (rule == "budget" or not any(ok(q) for q in srt)):
             pairs = [(a, b) for a, b in zip(srt, srt[1:]) if over(a) and not over(b)]
         if not pairs:
             break
@@ -58,28 +65,53 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
 
 
 def select(points: list[Point], full_val: EvalResult, tolerance: float,
-           max_blocks: float | None = None) -> Point:
-    """The point with the fewest validation blocks whose validation accuracy is within
-    ``tolerance`` of the full network's; when none is, the most accurate one. Only points that
-    cost fewer FLOPs per image than the full network (policy network included) compete: one that
-    costs more is beaten by the full network itself (when no point saves FLOPs, all compete).
-    With a block budget ``max_blocks`` (a share of the K blocks, on validation) only the points
-    inside it compete; when none is, the one with the fewest blocks is returned."""
+           max_blocks: float | None = None, rule: str = "tolerance") -> Point:
+    """Rule "tolerance": the point with the fewest validation blocks whose validation accuracy is
+    within ``tolerance`` of the full network's; when none is, the most accurate one. Rule
+    "budget" (needs ``max_blocks``): of each trained model (gamma, stage, draw) the point with the
+    most validation blocks inside the budget, then the most accurate of those (ties: more
+    blocks). Only points that cost fewer FLOPs per image than the full network (policy network
+    included) compete: one that costs more is beaten by the full network itself (when no point
+    saves FLOPs, all compete). With a block budget ``max_blocks`` (a share of the K blocks, on
+    validation) only the points inside it compete; when none is, the one with the fewest blocks
+    is returned."""
+    _check_rule(rule, max_blocks)
     cheaper = [p for p in points if _saves_flops(p.val)] or points
     fits = [p for p in cheaper if _in_budget(p, max_blocks)]
     if not fits:
         return min(cheaper, key=lambda p: (p.val.blocks_mean, -p.val.accuracy))
+    if rule == "budget":
+        edge: dict[tuple[float, str, int], Point] = {}      # per trained model
+        for p in fits:
+            key = (p.gamma, p.stage, p.draw)
+            if key not in edge or _blocks_first(p) > _blocks_first(edge[key]):
+                edge[key] = p
+        return max(edge.values(), key=lambda p: (p.val.accuracy, p.val.blocks_mean))
     ok = [p for p in fits if _within(p, full_val, tolerance)]
     if ok:
         return min(ok, key=lambda p: (p.val.blocks_mean, -p.val.accuracy))
     return max(fits, key=lambda p: p.val.accuracy)
 
 
-def describe(tolerance: float, max_blocks: float | None) -> str:
+def describe(tolerance: float, max_blocks: float | None, rule: str = "tolerance") -> str:
     """The rule :func:`select` applies, in words (for reports)."""
     budget = f", at most {100 * max_blocks:g}% of the blocks" if max_blocks is not None else ""
+    if rule == "budget":
+        return ("each trained model at the most blocks inside the budget, then the most accurate of "
+                f"those, among the points that cost fewer FLOPs than the full network{budget}")
     return (f"fewest blocks within {100 * tolerance:g} points of the full network (else the most "
             f"accurate), among the points that cost fewer FLOPs than it{budget}")
+
+
+def _blocks_first(p: Point) -> tuple[float, float]:
+    return p.val.blocks_mean, p.val.accuracy
+
+
+def _check_rule(rule: str, max_blocks: float | None) -> None:
+    if rule not in SELECT_RULES:
+        raise ValueError(f"rule: expected one of {', '.join(SELECT_RULES)}, got {rule!r}")
+    if rule == "budget" and max_blocks is None:
+        raise ValueError("rule 'budget': expected a block budget max_blocks, got None")
 
 
 def _in_budget(p: Point, max_blocks: float | None) -> bool:
