@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for draw in range(p.cl_draws):
             net = stage_blockdrop(run, backbone, g, adapted, draw,
                                   full.backbone if full is not None else None)
-            pts = val_points(run, g, net, reference, p.tolerance, max_blocks=p.max_blocks, draw=draw,
-                             rule=p.select_rule)
+            pts = val_points(run, g, net, reference, p.tolerance, max_blocks=p.max_blocks,
+                             draw=draw, rule=p.select_rule)
             res["gammas"][str(g)] += [{"draw": draw, "threshold": q.threshold, "accuracy": q.val.accuracy,
                                        "blocks_mean": q.val.blocks_mean} for q in pts]
     res["seconds"] = time.time() - t0

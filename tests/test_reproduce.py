@@ -352,7 +352,7 @@ def test_reproduce_rejects_a_budget_rule_without_a_budget(tiny, tmp_path) -> Non
             str(tiny["train"]), "--test-data", str(tiny["test"]), "--weights", str(tiny["weights"]),
             "--out", str(tmp_path / "c"), "--preset", "official"]
     for extra, want in ((["--select", "most"], "--select"),
-                        (["--select", "budget"], "max_blocks")):
+                        (["--select", "budget"], "--select budget: needs a block budget, --max-blocks")):
         r = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and want in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()

@@ -104,44 +104,58 @@ def test_threshold_refinement_bisects_where_select_decides(monkeypatch) -> None:
 
 
 def test_budget_rule_takes_each_models_edge_then_the_most_accurate() -> None:
-    """Rule "budget": per trained model (gamma, stage, draw) the point with the most validation
-    blocks inside the budget, then the most accurate of those; brute force over random points."""
+    """Rule "budget": among the points cheaper than the full network (all if none is) and inside
+    the budget, per trained model (gamma, stage, draw) the one with the most validation blocks
+    (ties: more accurate), then the most accurate of those (ties: more blocks); none inside: the
+    fewest blocks. Brute force over random points with repeated blocks and accuracies."""
     import random
     import pytest
     from blockdrop.evaluate import EvalResult
     from blockdrop.recipes.selection import Point, select
 
-    def pt(acc: float, blocks: float, draw: int, flops: float) -> Point:
+    def pt(acc: float, blocks: float, model: tuple[float, str, int], flops: float) -> Point:
         r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
                        num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
-        return Point(2.0, 0.5, None, r, draw=draw)   # type: ignore[arg-type]
+        return Point(model[0], 0.5, None, r, stage=model[1], draw=model[2])   # type: ignore[arg-type]
 
     full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
                       num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)
+    models = [(g, st, d) for g in (2.0, 5.0) for st in ("finetune", "curriculum") for d in (0, 1)]
     rng = random.Random(11)
-    for _ in range(300):
+    cases = set()
+    for _ in range(500):
         share = rng.choice([0.7, 0.845, 1.0])
-        pts = [pt(round(rng.uniform(0.85, 0.92), 3), rng.uniform(15, 27), rng.randint(0, 2),
-                  rng.uniform(60, 99)) for _ in range(rng.randint(1, 8))]
-        fits = [q for q in pts if q.val.blocks_mean <= share * 27]
+        pts = [pt(rng.choice([0.88, 0.89, 0.9, 0.91]), float(rng.randint(16, 27)),
+                  rng.choice(models[:rng.randint(1, len(models))]), rng.uniform(60, 104))
+               for _ in range(rng.randint(1, 10))]
+        cheaper = [q for q in pts if q.val.flops_mean < 100.0] or pts
+        fits = [q for q in cheaper if q.val.blocks_mean <= share * 27]
         if not fits:
-            want = min(pts, key=lambda q: q.val.blocks_mean)
+            want, case = min(cheaper, key=lambda q: (q.val.blocks_mean, -q.val.accuracy)), "none"
         else:
-            edges = [max((q for q in fits if q.draw == d), key=lambda q: q.val.blocks_mean)
-                     for d in sorted({q.draw for q in fits})]
-            want = max(edges, key=lambda q: q.val.accuracy)
-        # ties of accuracy between draws are possible (3 decimals): then more blocks wins
-        tied = [q for q in edges if q.val.accuracy == want.val.accuracy] if fits else [want]
-        want = max(tied, key=lambda q: q.val.blocks_mean)
-        assert select(pts, full, 0.0, share, rule="budget") is want
+            keys = {(q.gamma, q.stage, q.draw) for q in fits}
+            edges = [max((q for q in fits if (q.gamma, q.stage, q.draw) == k),
+                         key=lambda q: (q.val.blocks_mean, q.val.accuracy)) for k in keys]
+            want = max(edges, key=lambda q: (q.val.accuracy, q.val.blocks_mean))
+            case = "several models" if len(keys) > 1 else "one model"
+        cases.add(case)
+        got = select(pts, full, 0.0, share, rule="budget")
+        # equal (blocks, accuracy) pairs may tie: the chosen point must rank equal to the wanted
+        assert (got.val.blocks_mean, got.val.accuracy) == (want.val.blocks_mean, want.val.accuracy)
+        assert got in (fits or cheaper)
+    assert cases == {"none", "one model", "several models"}
     # the more accurate point of one draw loses to that draw's point nearer the budget
-    a, b, c = pt(0.91, 22.0, 0, 90.0), pt(0.90, 22.8, 0, 92.0), pt(0.905, 22.5, 1, 91.0)
+    one, two = (2.0, "finetune", 0), (2.0, "finetune", 1)
+    a, b, c = pt(0.91, 22.0, one, 90.0), pt(0.90, 22.8, one, 92.0), pt(0.905, 22.5, two, 91.0)
     assert select([a, b, c], full, 0.0, 0.845, rule="budget") is c
     assert select([a, b], full, 0.0, 0.845, rule="budget") is b
     assert select([a, b], full, 0.0, 0.845) is a          # "tolerance": the fewest blocks within 0
-    with pytest.raises(ValueError, match="max_blocks"):
+    # a point dearer than the full network does not compete even inside the budget
+    dear = pt(0.92, 22.9, two, 101.0)
+    assert select([a, b, dear], full, 0.0, 0.9, rule="budget") is b
+    with pytest.raises(ValueError, match="select_rule 'budget'.*max_blocks"):
         select([a], full, 0.0, None, rule="budget")
-    with pytest.raises(ValueError, match="rule"):
+    with pytest.raises(ValueError, match="select_rule: expected one of tolerance, budget"):
         select([a], full, 0.0, 0.8, rule="most")
 
 
@@ -177,3 +191,15 @@ def test_budget_rule_bisects_at_the_budget_edge(monkeypatch) -> None:
     assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
     pts = selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.7, rule="budget")
     assert selection.select(pts, full, 0.05, 0.7, rule="budget").threshold == 0.45
+
+    # inside the budget but dearer than the full network does not compete either: with FLOPs
+    # 130 - 100 t (cheaper iff t > 0.3) and budget 0.9, the edge is FLOPs': (0.2, 0.4), (0.2, 0.3)
+    def dear_eval(run, net, data):
+        r = fake_eval(run, net, data)
+        r.flops_mean = 130.0 - 100.0 * net.threshold
+        return r
+
+    monkeypatch.setattr(stages, "evaluate_on", dear_eval)
+    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.9,
+                                                     rule="budget")]
+    assert got == [0.2, 0.4, 0.6, 0.3, 0.35]

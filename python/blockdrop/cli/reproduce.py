@@ -24,15 +24,15 @@ def register(sub: Any) -> None:
     r.add_argument("--gamma", type=nonneg_float, nargs="+", default=None,
                    help="finetune penalties to sweep (default: the preset's)")
     r.add_argument("--tolerance", type=fraction, default=None, metavar="T",
-                   help="with --select tolerance: validation accuracy the chosen point may give up "
-                        "against the full network (default: the preset's)")
+                   help="with --select tolerance: validation accuracy the chosen point may give "
+                        "up against the full network (default: the preset's)")
     r.add_argument("--max-blocks", type=share, default=None, metavar="S",
                    help="block budget of the chosen point, a share of the blocks in (0, 1] "
                         "(default: the preset's; 1: none)")
     r.add_argument("--select", choices=SELECT_RULES, default=None, dest="select_rule",
-                   help="how the operating point is chosen on validation: tolerance (the fewest blocks "
-                        "within --tolerance of the full network) or budget (each policy at the most "
-                        "blocks inside --max-blocks, then the most accurate; needs a budget) "
+                   help="how the operating point is chosen on validation: tolerance (the fewest "
+                        "blocks within --tolerance of the full network) or budget (each policy at "
+                        "the most blocks inside --max-blocks, then the most accurate) "
                         "(default: the preset's)")
     r.add_argument("--resume", action="store_true", help="reuse the stages already in OUT")
     r.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT")
@@ -41,7 +41,12 @@ def register(sub: Any) -> None:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from blockdrop.recipes.presets import get_preset
     from blockdrop.recipes.reproduce import reproduce
+    budget = args.max_blocks if args.max_blocks is not None else get_preset(args.preset).max_blocks
+    if args.select_rule == "budget" and budget is None:
+        parser.error(f"--select budget: needs a block budget, --max-blocks S (preset "
+                     f"{args.preset} sets none)")
     setup_threads(args)
     reproduce(args.preset, arch=args.arch, train_data=args.train_data, test_data=args.test_data,
               weights=args.weights, out=args.out, gammas=args.gamma, seed=args.seed,

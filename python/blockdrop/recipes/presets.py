@@ -38,13 +38,22 @@ from typing import Any
 
 from blockdrop.train import BACKBONE_PASSES
 
-__all__ = ["Preset", "PRESETS", "SELECT_RULES", "get_preset"]
+__all__ = ["Preset", "PRESETS", "SELECT_RULES", "check_select_rule", "get_preset"]
 
 #: How the reported operating point is chosen on validation (blockdrop.recipes.selection):
 #: "tolerance", the fewest blocks within ``tolerance`` of the full network (else the most
 #: accurate); "budget", each trained model at the most blocks inside ``max_blocks``, then the
 #: most accurate of those.
 SELECT_RULES = ("tolerance", "budget")
+
+
+def check_select_rule(rule: str, max_blocks: float | None) -> None:
+    """ValueError unless ``rule`` is one of :data:`SELECT_RULES` with what it needs ("budget":
+    a block budget ``max_blocks``)."""
+    if rule not in SELECT_RULES:
+        raise ValueError(f"select_rule: expected one of {', '.join(SELECT_RULES)}, got {rule!r}")
+    if rule == "budget" and max_blocks is None:
+        raise ValueError("select_rule 'budget': expected a block budget max_blocks, got None")
 
 
 @dataclass(frozen=True)
@@ -125,10 +134,7 @@ class Preset:
             raise ValueError(f"ft_alpha: expected an exploration bound in [0.5, 1], got {self.ft_alpha}")
         if self.max_blocks is not None and not 0 < self.max_blocks <= 1:
             raise ValueError(f"max_blocks: expected a share of the blocks in (0, 1], got {self.max_blocks}")
-        if self.select_rule not in SELECT_RULES:
-            raise ValueError(f"select_rule: expected one of {', '.join(SELECT_RULES)}, got {self.select_rule!r}")
-        if self.select_rule == "budget" and self.max_blocks is None:
-            raise ValueError("select_rule 'budget': expected a block budget max_blocks, got None")
+        check_select_rule(self.select_rule, self.max_blocks)
 
     def with_overrides(self, **kw: Any) -> "Preset":
         """A copy with some fields replaced (unknown names raise TypeError)."""

@@ -227,7 +227,7 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
         "train_data": full_train.source, "test_data": test.source, "weights": str(weights),
         "val": {"images": len(val.dataset), "full_accuracy": full_val.accuracy,  # type: ignore[arg-type]
                 "selection": describe(tolerance, max_blocks, rule), "select_rule": rule,
-                "tolerance": tolerance,
+                "tolerance": tolerance if rule == "tolerance" else None,    # unused by "budget"
                 "max_blocks": max_blocks,
                 "points": [{"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage,
                             "draw": q.draw,

@@ -9,7 +9,7 @@ from pathlib import Path
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.evaluate import EvalResult
 from blockdrop.recipes import stages
-from blockdrop.recipes.presets import SELECT_RULES
+from blockdrop.recipes.presets import check_select_rule
 from blockdrop.recipes.stages import Run
 
 __all__ = ["Point", "val_points", "select", "describe"]
@@ -37,9 +37,11 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
     bisections (a larger threshold keeps fewer blocks) where :func:`select` decides. Rule
     "tolerance": between the last threshold it could choose by its tolerance (within ``tolerance``
     of the full network, cheaper than it, inside the block budget ``max_blocks``) and the next;
-    when no threshold is within the tolerance inside the budget (and always with rule "budget"),
-    between the last one over the budget and the next."""
-    _check_rule(rule, max_blocks)
+    when no threshold is within the tolerance inside the budget, between the last one over the
+    budget and the next. Rule "budget": between the last threshold that cannot compete (over the
+    budget, or dearer than the full network) and the next. Only inside the preset's grid: when
+    every threshold competes, or none does, nothing is refined."""
+    check_select_rule(rule, max_blocks)
 
     def at(t: float) -> Point:
         q = copy.copy(net)
@@ -52,11 +54,12 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
     over = lambda q: not _in_budget(q, max_blocks)                         # noqa: E731
     for _ in range(run.preset.threshold_refine):
         srt = sorted(points, key=lambda q: q.threshold)
-        pairs: list[tuple[Point, Point]] = []
-        if rule == "tolerance":
+        if rule == "budget":
+            pairs = [(a, b) for a, b in zip(srt, srt[1:]) if not fits(a) and fits(b)]
+        else:
             pairs = [(a, b) for a, b in zip(srt, srt[1:]) if ok(a) and not ok(b)]
-        if not pairs and (rule == "budget" or not any(ok(q) for q in srt)):
-            pairs = [(a, b) for a, b in zip(srt, srt[1:]) if over(a) and not over(b)]
+            if not pairs and not any(ok(q) for q in srt):
+                pairs = [(a, b) for a, b in zip(srt, srt[1:]) if over(a) and not over(b)]
         if not pairs:
             break
         a, b = pairs[-1]
@@ -75,7 +78,7 @@ def select(points: list[Point], full_val: EvalResult, tolerance: float,
     saves FLOPs, all compete). With a block budget ``max_blocks`` (a share of the K blocks, on
     validation) only the points inside it compete; when none is, the one with the fewest blocks
     is returned."""
-    _check_rule(rule, max_blocks)
+    check_select_rule(rule, max_blocks)
     cheaper = [p for p in points if _saves_flops(p.val)] or points
     fits = [p for p in cheaper if _in_budget(p, max_blocks)]
     if not fits:
@@ -95,23 +98,18 @@ def select(points: list[Point], full_val: EvalResult, tolerance: float,
 
 def describe(tolerance: float, max_blocks: float | None, rule: str = "tolerance") -> str:
     """The rule :func:`select` applies, in words (for reports)."""
+    check_select_rule(rule, max_blocks)
     budget = f", at most {100 * max_blocks:g}% of the blocks" if max_blocks is not None else ""
     if rule == "budget":
-        return ("each trained model at the most blocks inside the budget, then the most accurate of "
-                f"those, among the points that cost fewer FLOPs than the full network{budget}")
+        return ("each trained model at the most blocks inside the budget, then the most accurate "
+                f"of those, among the points that cost fewer FLOPs than the full network{budget}")
     return (f"fewest blocks within {100 * tolerance:g} points of the full network (else the most "
             f"accurate), among the points that cost fewer FLOPs than it{budget}")
 
 
 def _blocks_first(p: Point) -> tuple[float, float]:
+    """Rank of a point within one trained model under rule "budget": blocks, then accuracy."""
     return p.val.blocks_mean, p.val.accuracy
-
-
-def _check_rule(rule: str, max_blocks: float | None) -> None:
-    if rule not in SELECT_RULES:
-        raise ValueError(f"rule: expected one of {', '.join(SELECT_RULES)}, got {rule!r}")
-    if rule == "budget" and max_blocks is None:
-        raise ValueError("rule 'budget': expected a block budget max_blocks, got None")
 
 
 def _in_budget(p: Point, max_blocks: float | None) -> bool:
