@@ -76,21 +76,8 @@ def test_threshold_refinement_bisects_where_select_decides(monkeypatch) -> None:
     """val_points bisects between the last threshold select could choose and the next; with no
     threshold within the tolerance inside the block budget, at the budget's edge. Blocks and
     accuracy fall linearly with the threshold here (blocks 27 - 20 t, accuracy 0.95 - 0.2 t)."""
-    from types import SimpleNamespace
-    from blockdrop.evaluate import EvalResult
-    from blockdrop.recipes import selection, stages
-
-    def fake_eval(run, net, data):
-        t = net.threshold
-        return EvalResult(n=100, accuracy=0.95 - 0.2 * t, blocks_mean=27 - 20 * t, blocks_std=0.0,
-                          num_blocks=27, num_policies=1, block_freq=[], flops_mean=90.0,
-                          full_flops=100.0)
-
-    monkeypatch.setattr(stages, "evaluate_on", fake_eval)
-    run = SimpleNamespace(preset=SimpleNamespace(thresholds=(0.2, 0.4, 0.6), threshold_refine=2),
-                          val=None)
-    net = SimpleNamespace(threshold=0.5)
-    full = SimpleNamespace(accuracy=0.90)
+    from blockdrop.recipes import selection
+    run, net, full = _linear_model(monkeypatch)
     # tolerance 0.035: ok iff t <= 0.425 -> bisect (0.4, 0.6) then (0.4, 0.5)
     got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.035)]
     assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
@@ -162,21 +149,8 @@ def test_budget_rule_takes_each_models_edge_then_the_most_accurate() -> None:
 def test_budget_rule_bisects_at_the_budget_edge(monkeypatch) -> None:
     """With rule "budget" val_points always refines between the last threshold over the budget and
     the next, whatever the tolerance says (blocks 27 - 20 t, accuracy 0.95 - 0.2 t)."""
-    from types import SimpleNamespace
-    from blockdrop.evaluate import EvalResult
-    from blockdrop.recipes import selection, stages
-
-    def fake_eval(run, net, data):
-        t = net.threshold
-        return EvalResult(n=100, accuracy=0.95 - 0.2 * t, blocks_mean=27 - 20 * t, blocks_std=0.0,
-                          num_blocks=27, num_policies=1, block_freq=[], flops_mean=90.0,
-                          full_flops=100.0)
-
-    monkeypatch.setattr(stages, "evaluate_on", fake_eval)
-    run = SimpleNamespace(preset=SimpleNamespace(thresholds=(0.2, 0.4, 0.6), threshold_refine=2),
-                          val=None)
-    net = SimpleNamespace(threshold=0.5)
-    full = SimpleNamespace(accuracy=0.90)
+    from blockdrop.recipes import selection
+    run, net, full = _linear_model(monkeypatch)
     # budget 0.9 (24.3 blocks: t >= 0.135): every threshold is inside; within tolerance 0.05 means
     # t <= 0.5, which rule "tolerance" refines at (0.4, 0.6) then (0.5, 0.6); "budget" at the
     # budget's edge, which no pair of thresholds straddles: nothing
@@ -193,13 +167,28 @@ def test_budget_rule_bisects_at_the_budget_edge(monkeypatch) -> None:
     assert selection.select(pts, full, 0.05, 0.7, rule="budget").threshold == 0.45
 
     # inside the budget but dearer than the full network does not compete either: with FLOPs
-    # 130 - 100 t (cheaper iff t > 0.3) and budget 0.9, the edge is FLOPs': (0.2, 0.4), (0.2, 0.3)
-    def dear_eval(run, net, data):
-        r = fake_eval(run, net, data)
-        r.flops_mean = 130.0 - 100.0 * net.threshold
-        return r
-
-    monkeypatch.setattr(stages, "evaluate_on", dear_eval)
+    # 130 - 100 t (cheaper iff t > 0.3) and budget 0.9 the edge is the FLOPs': (0.2, 0.4), (0.3, 0.4)
+    run, net, full = _linear_model(monkeypatch, flops=lambda t: 130.0 - 100.0 * t)
     got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.9,
                                                      rule="budget")]
     assert got == [0.2, 0.4, 0.6, 0.3, 0.35]
+
+
+def _linear_model(monkeypatch, flops=lambda t: 90.0):
+    """A model whose validation result is linear in the threshold t: blocks 27 - 20 t, accuracy
+    0.95 - 0.2 t, FLOPs ``flops(t)`` of the full network's 100; grid (0.2, 0.4, 0.6), two
+    bisections. Returns (run, net, full network's validation result)."""
+    from types import SimpleNamespace
+    from blockdrop.evaluate import EvalResult
+    from blockdrop.recipes import stages
+
+    def fake_eval(run, net, data):
+        t = net.threshold
+        return EvalResult(n=100, accuracy=0.95 - 0.2 * t, blocks_mean=27 - 20 * t, blocks_std=0.0,
+                          num_blocks=27, num_policies=1, block_freq=[], flops_mean=flops(t),
+                          full_flops=100.0)
+
+    monkeypatch.setattr(stages, "evaluate_on", fake_eval)
+    run = SimpleNamespace(preset=SimpleNamespace(thresholds=(0.2, 0.4, 0.6), threshold_refine=2),
+                          val=None)
+    return run, SimpleNamespace(threshold=0.5), SimpleNamespace(accuracy=0.90)
