@@ -74,10 +74,12 @@ def policy(kind: str, n: int, k: int, seed: int = 2) -> torch.Tensor:
     raise AssertionError(kind)
 
 
-def oracle(model: torch.nn.Module, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
-    """Per-image oracle from the blocks' own modules, independent of the engine."""
+def oracle(model: torch.nn.Module, x: torch.Tensor, policy: torch.Tensor,
+           grad: bool = False) -> torch.Tensor:
+    """Per-image oracle from the blocks' own modules, independent of the engine (differentiable
+    with ``grad``)."""
     outs = []
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         for n in range(x.shape[0]):
             h = model.stem(x[n : n + 1])
             for k, view in enumerate(model.blocks):

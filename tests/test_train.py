@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers import subprocess_env, tiny_image_folder, write_cifar_weights
+from _helpers import oracle, subprocess_env, tiny_image_folder, write_cifar_weights
 from blockdrop.checkpoint import load_checkpoint, save_checkpoint
 from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
 from blockdrop.models import cifar_resnet
@@ -173,17 +173,6 @@ def test_finetune_trains_policy_and_backbone_through_gather(tmp_path: Path, monk
     assert last["split"] == "val" and 0 <= last["acc"] <= 1
 
 
-def _reference_logits(bb: torch.nn.Module, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
-    """Plain per-image execution: block k runs where ``policy[i, k]`` is 1, its shortcut elsewhere."""
-    out = []
-    for i in range(x.shape[0]):
-        h = bb.stem(x[i:i + 1])
-        for k, block in enumerate(bb.blocks):
-            h = block.full(h) if policy[i, k] else block.shortcut(h)
-        out.append(bb.head(h))
-    return torch.cat(out)
-
-
 def _grads(m: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter's gradient (zeros where none reached it)."""
     return {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in m.named_parameters()}
@@ -207,7 +196,7 @@ def test_finetune_backbone_learns_on_the_chosen_pass(backbone_on: str) -> None:
     greedy = probs >= 0.5
     assert 0 < greedy.sum() < greedy.numel() and len({tuple(r.tolist()) for r in greedy}) > 1
     bb.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(_reference_logits(bb, x, greedy), y).backward()
+    torch.nn.functional.cross_entropy(oracle(bb, x, greedy, grad=True), y).backward()
     want = _grads(bb)
     same = all(torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-7) for n in want)   # the loss is float32
     # greedy: exactly the thresholded (executed) sub-network's gradient; sample: another one

@@ -92,7 +92,8 @@ class TrainConfig:
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
         if self.backbone_on not in BACKBONE_PASSES:
-            raise ValueError(f"backbone_on must be 'sample' or 'greedy', not {self.backbone_on!r}")
+            raise ValueError(f"backbone_on must be {' or '.join(map(repr, BACKBONE_PASSES))}, "
+                             f"not {self.backbone_on!r}")
         cl = self.stage == "curriculum"
         if self.batch_size is None:
             self.batch_size = 2048 if cl else 256

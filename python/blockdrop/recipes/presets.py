@@ -127,7 +127,8 @@ class Preset:
         if self.cl_step is not None and self.cl_step < 1:
             raise ValueError(f"cl_step: expected >= 1 or None (every block learned at once), got {self.cl_step}")
         if self.ft_backbone_on not in BACKBONE_PASSES:
-            raise ValueError(f"ft_backbone_on: expected 'sample' or 'greedy', got {self.ft_backbone_on!r}")
+            raise ValueError(f"ft_backbone_on: expected {' or '.join(map(repr, BACKBONE_PASSES))}, "
+                             f"got {self.ft_backbone_on!r}")
         if self.ft_teacher not in ("backbone", "full"):
             raise ValueError(f"ft_teacher: expected 'backbone' or 'full', got {self.ft_teacher!r}")
         if not 0.5 <= self.ft_alpha <= 1.0:

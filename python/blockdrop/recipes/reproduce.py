@@ -129,9 +129,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     t_start = time.time()
     p = get_preset(preset) if isinstance(preset, str) else preset
     gammas = list(gammas or p.gammas)
-    tolerance = p.tolerance if tolerance is None else tolerance
-    p = p.with_overrides(max_blocks=max_blocks, select_rule=select_rule)   # checked by Preset
-    max_blocks, rule = p.max_blocks, p.select_rule
+    p = p.with_overrides(tolerance=tolerance, max_blocks=max_blocks, select_rule=select_rule)
+    tolerance, max_blocks, rule = p.tolerance, p.max_blocks, p.select_rule    # checked by Preset
     test = _data(test_data, "test", seed)
     run, pretrained, full_train = start_run(p, arch, train_data, weights, out, seed, device,
                                             progress, resume, overwrite, log)
