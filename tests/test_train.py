@@ -1,6 +1,7 @@
 """Trainer: curriculum masking, frozen backbone, finetuning, checkpoints, exact resume, DDP."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -201,6 +202,39 @@ def test_finetune_backbone_learns_on_the_chosen_pass(backbone_on: str) -> None:
     same = all(torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-7) for n in want)   # the loss is float32
     # greedy: exactly the thresholded (executed) sub-network's gradient; sample: another one
     assert same == (backbone_on == "greedy")
+
+
+def test_finetune_greedy_pass_in_eval_mode_trains_through_running_statistics() -> None:
+    """bn="train" with baseline_eval: the self-critical pass -- here the one the backbone learns
+    on -- runs with BatchNorm in eval mode, so its gradient is the per-image one through the
+    running statistics that the step leaves (the train-mode sampled pass, which updates them in
+    place, must not run between that pass's forward and its backward), and the sampled pass adds
+    no gradient of its own."""
+    from blockdrop.train_step import BlockDropStep as _Step
+    pnet, bb = make_models(seed=4)
+    torch.nn.init.normal_(pnet.fc.weight, std=0.5)
+    bb = bb.double()
+    for m in bb.modules():                                  # running statistics away from 0 / 1
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    before = bb.bn1.running_mean.clone()
+    x, y = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.arange(8) % 3
+    step = _Step(pnet.double(), bb, cfg(stage="finetune", bn="train", baseline_eval=True,
+                                        backbone_on="greedy", amp="off")).train()
+    step.generator = torch.Generator().manual_seed(0)
+    loss, _ = step(x, y, None)
+    loss.backward()
+    got = _grads(bb)
+    ref = copy.deepcopy(bb).eval()                          # the statistics the step's train-mode pass left
+    assert not torch.equal(ref.bn1.running_mean, before)   # ... which did move them
+    with torch.no_grad():
+        greedy = pnet(x) >= 0.5
+    assert 0 < greedy.sum() < greedy.numel()
+    torch.nn.functional.cross_entropy(oracle(ref, x, greedy, grad=True), y).backward()
+    want = _grads(ref)
+    assert all(torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-7) for n in want)
+    assert any(float(w.abs().max()) > 0 for w in want.values())
 
 
 def test_config_rejects_an_unknown_backbone_pass() -> None:

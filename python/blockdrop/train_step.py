@@ -68,11 +68,23 @@ class BlockDropStep(nn.Module):
         # the backbone learns on one of the two passes (finetune only): the sampled one (official)
         # or the thresholded one, the sub-network that eval executes
         on_greedy = self.finetune and cfg.backbone_on == "greedy"
-        with (nullcontext() if on_greedy else torch.no_grad()), mode, self._autocast(x):
-            logits_g = dynamic_forward(bb, x, greedy, strategy=cfg.strategy)
-        grad_ctx = nullcontext() if self.finetune and not on_greedy else torch.no_grad()
-        with grad_ctx, self._autocast(x):
-            logits_s = dynamic_forward(bb, x, sample, strategy=cfg.strategy)
+
+        def greedy_pass() -> Tensor:
+            with (nullcontext() if on_greedy else torch.no_grad()), mode, self._autocast(x):
+                return dynamic_forward(bb, x, greedy, strategy=cfg.strategy)
+
+        def sampled_pass() -> Tensor:
+            with (nullcontext() if self.finetune and not on_greedy else torch.no_grad()), self._autocast(x):
+                return dynamic_forward(bb, x, sample, strategy=cfg.strategy)
+
+        # An eval-mode pass that trains reads the running statistics again in its backward, and a
+        # later train-mode pass updates them in place (unseen by autograd): it then runs last.
+        if on_greedy and cfg.baseline_eval:
+            logits_s = sampled_pass()
+            logits_g = greedy_pass()
+        else:
+            logits_g = greedy_pass()
+            logits_s = sampled_pass()
         correct_s = logits_s.detach().argmax(1) == y
         correct_g = logits_g.detach().argmax(1) == y
         r_s = rl.reward(correct_s, sample, float(cfg.gamma))
