@@ -158,7 +158,7 @@ PRESETS: dict[str, Preset] = {
         adapt_steps=400, adapt_keep=0.8, adapt_lr=0.01, adapt_distill=0.4, soup_full=0.25,
         cl_prior=True, prior_keep=(0.3, 0.9), prior_images=1000, cl_step=None,
         cl_steps_per_epoch=25, cl_extra_epochs=4, cl_lr=3e-3, cl_gamma=2.0, cl_draws=2,
-        ft_steps=100, ft_lr=3e-4, ft_distill=0.7, ft_backbone_on="greedy", ft_cl_candidate=False,
+        ft_steps=100, ft_lr=3e-4, ft_distill=0.4, ft_backbone_on="greedy", ft_cl_candidate=False,
         gammas=(2.0,), first_random_k=False, select_rule="budget", max_blocks=0.845,
         thresholds=(0.55, 0.6, 0.65, 0.7), threshold_refine=2, speed_repeats=3),
     "cpu": Preset(
