@@ -4,7 +4,7 @@ peer written here), a prepared case with its correctness check against ``masked`
 lists -- one place, fed to both ``run.py`` and the pytest-benchmark suites.
 
 Nothing here edits the library; it only calls its public API (``blockdrop.dynamic_forward``,
-``blockdrop.accounting.ideal_speedup``, ``blockdrop_ext.*``).
+``blockdrop.evaluation.accounting.ideal_speedup``, ``blockdrop_ext.*``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from torch import Tensor
 
 import blockdrop_ext
 from blockdrop import dynamic_forward, models
-from blockdrop.accounting import ideal_speedup
+from blockdrop.evaluation.accounting import ideal_speedup
 from opbench import OP_SIZES_CPU, OP_SIZES_GPU, OPS
 
 #: Strategies compared, in the order they are reported. ``full`` is the plain network (every block).

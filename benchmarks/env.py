@@ -26,7 +26,7 @@ CPU_CLOCK = os.environ.get("BLOCKDROP_BENCH_CLOCK", "process")
 
 
 def clock(device: str) -> str:
-    """The :func:`blockdrop.timing.interleaved` clock for ``device``."""
+    """The :func:`blockdrop.evaluation.timing.interleaved` clock for ``device``."""
     return "wall" if device == "cuda" else ("process" if CPU_CLOCK == "process" else "wall")
 
 

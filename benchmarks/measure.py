@@ -1,12 +1,12 @@
 """One case measured: every strategy (or op implementation) checked against the reference first,
-then timed in interleaved, rotated rounds with :func:`blockdrop.timing.interleaved` on the
+then timed in interleaved, rotated rounds with :func:`blockdrop.evaluation.timing.interleaved` on the
 benchmarks' clock (:mod:`env`); medians, spreads, speedups, peak memory."""
 from __future__ import annotations
 
 import time
 
-from blockdrop.memory import peak_memory
-from blockdrop.timing import interleaved
+from blockdrop.evaluation.memory import peak_memory
+from blockdrop.evaluation.timing import interleaved
 
 import opbench
 from cases import Case, Prepared

@@ -11,7 +11,7 @@ from torch import Tensor
 
 import blockdrop_ext
 from blockdrop_ext.reference import downsample_a as downsample_a_reference
-from blockdrop.timing import interleaved, sync
+from blockdrop.evaluation.timing import interleaved, sync
 from env import clock
 
 __all__ = ["OPS", "OP_IMPLS", "OP_SIZES_CPU", "OP_SIZES_GPU", "OpPayload", "op_payload", "check_op",

@@ -138,7 +138,7 @@ def render_markdown(data: dict) -> str:
                  f"{env['date']}; malloc thresholds: {data['settings']['malloc']}. "
                  f"{data['settings'].get('note', '')}")
     lines += ["", "Realized speedup = median time of `full` (the plain network) / median time of the strategy, "
-              "over interleaved rounds (`reps`); ideal = FLOPs(full) / FLOPs(executed) (blockdrop.accounting). "
+              "over interleaved rounds (`reps`); ideal = FLOPs(full) / FLOPs(executed) (blockdrop.evaluation.accounting). "
               "`auto, fastest rounds` = min(full) / min(auto) / ideal; `spread` = IQR / median of auto's rounds. "
               "`auto→` is the strategy auto chose. Blank: not run (loop only at batch <= 16).", ""]
     cases = data["cases"]
@@ -169,7 +169,7 @@ def render_markdown(data: dict) -> str:
                          + f" | {vs} | {best_ri(c, 'auto'):.2f} | {st['auto']['spread']:.2f} |")
         if any(c["strategies"]["full"].get("peak_mib") is not None for c in cases):
             lines += ["", "## Memory: peak allocated during the call (MiB, above weights and input; "
-                      "CPU: profiler allocation events, see blockdrop.memory)", "",
+                      "CPU: profiler allocation events, see blockdrop.evaluation.memory)", "",
                       "| model | batch | policy mix | " + " | ".join(STRATEGY_ORDER) + " |",
                       "|---|---|---|" + "---|" * len(STRATEGY_ORDER)]
             for c in cases:

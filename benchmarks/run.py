@@ -13,7 +13,7 @@ process re-executes itself with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ se
 checked against ``masked`` first (that call is also the warm-up), then timed in rounds, every round
 calling every strategy once in a rotated order; the median of the rounds is reported. GPU calls
 synchronize inside the timed region. Realized speedup = median(full) / median(strategy); ideal =
-FLOPs(full) / FLOPs(executed) from blockdrop.accounting.
+FLOPs(full) / FLOPs(executed) from blockdrop.evaluation.accounting.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ per-block index_select -> block -> index_copy_, benchmarks/cases.py) on CIFAR Re
 
 One group per case (model, device, dtype, layout, batch, mix); one row per strategy. Each strategy's
 logits are checked against masked's before it is timed. extra_info: machine, dtype, layout, batch,
-policy mix, ideal speedup (blockdrop.accounting), strategy, the relative error vs masked, and --
+policy mix, ideal speedup (blockdrop.evaluation.accounting), strategy, the relative error vs masked, and --
 ``full`` runs first in each group -- the realized speedup over full and realized/ideal.
 
 Cases: ``cases.model_cases`` -- on CPU the "pytest" subset (a few minutes: R110 and R56 at batch

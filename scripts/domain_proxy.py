@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from blockdrop.baselines import BaselinePolicy
+from blockdrop.training.baselines import BaselinePolicy
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import atomic_write_text
 from blockdrop.data import ImageArrayDataset, load_dataset, split_train_val

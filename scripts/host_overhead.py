@@ -22,7 +22,7 @@ import torch
 
 import blockdrop
 from blockdrop.models.base import BlockView, Chain, ResNetBackbone
-from blockdrop.timing import interleaved
+from blockdrop.evaluation.timing import interleaved
 
 
 class TrivialBackbone(ResNetBackbone):
@@ -46,7 +46,7 @@ class TrivialBackbone(ResNetBackbone):
 
 
 def per_block_overhead_us(fns: dict, rounds: int, k: int, device: str = "cpu") -> dict:
-    """Every callable timed once per round, interleaved (blockdrop.timing); returns, per strategy,
+    """Every callable timed once per round, interleaved (blockdrop.evaluation.timing); returns, per strategy,
     the median over rounds of (its time - full's time in the same round) / k, in microseconds."""
     t = interleaved(fns, rounds=rounds, warmup=5, device=device)
     full = t["full"].samples

@@ -2,7 +2,7 @@
 report re-evaluated on the run's test set (and the chosen BlockDrop model and the full network
 on its validation split), then each model minus the full network and the chosen BlockDrop model
 minus its FirstK / RandomK baselines, on the same images (standard error, 95% interval, exact
-McNemar p). Reports written since ``blockdrop.stats`` existed hold the BlockDrop - full part.
+McNemar p). Reports written since ``blockdrop.evaluation.stats`` existed hold the BlockDrop - full part.
 
     python scripts/paired_stats.py runs/quick8 [--train-data T --test-data V] -> runs/quick8/paired.json
 """
@@ -19,8 +19,8 @@ import blockdrop
 from blockdrop.checkpoint import atomic_write_text
 from blockdrop.errors import BlockDropError
 from blockdrop.data import load_dataset, make_loader, split_train_val
-from blockdrop.evaluate import evaluate
-from blockdrop.stats import paired_difference
+from blockdrop.evaluation.evaluate import evaluate
+from blockdrop.evaluation.stats import paired_difference
 
 
 def _source(s: str) -> str:

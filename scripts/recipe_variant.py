@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from blockdrop.baselines import BaselinePolicy
+from blockdrop.training.baselines import BaselinePolicy
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import atomic_write_text
 from blockdrop.errors import BlockDropError

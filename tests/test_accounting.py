@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import blockdrop
 from blockdrop import models
-from blockdrop.accounting import block_flops
+from blockdrop.evaluation.accounting import block_flops
 
 
 

@@ -1,4 +1,4 @@
-"""blockdrop.averaging against a float64 average computed here, tensor by tensor, and the
+"""blockdrop.training.averaging against a float64 average computed here, tensor by tensor, and the
 averaged network's eval-mode outputs against a network built from that average by hand."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from blockdrop.averaging import average_weights
+from blockdrop.training.averaging import average_weights
 from blockdrop.models import cifar_resnet
 
 

@@ -151,7 +151,7 @@ def test_parser_defaults_are_the_official_settings() -> None:
 def test_eval_thresholds_give_a_budget_curve_from_one_checkpoint(tmp_path: Path, tiny, capsys) -> None:
     """`eval --thresholds`: each row equals the checkpoint evaluated with policy p >= t, computed
     here with the policy net and the masked (official) forward."""
-    from blockdrop.baselines import BaselinePolicy  # noqa: F401  (checkpoint kinds are known)
+    from blockdrop.training.baselines import BaselinePolicy  # noqa: F401  (checkpoint kinds are known)
     from blockdrop.checkpoint import load_blockdrop_net
     from blockdrop.data import load_dataset
     from blockdrop.engine import dynamic_forward

@@ -1,4 +1,4 @@
-"""blockdrop.drop_costs and PolicyNet.set_prior against plain-PyTorch references: each block's
+"""blockdrop.training.drop_costs and PolicyNet.set_prior against plain-PyTorch references: each block's
 drop cost from the engine-independent per-image oracle in float64."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blockdrop.drop_costs import keep_prior, single_drop_costs
+from blockdrop.training.drop_costs import keep_prior, single_drop_costs
 from blockdrop.models.policy import CifarPolicyNet, ImageNetPolicyNet
 
 from _helpers import cifar, oracle, tv

@@ -26,7 +26,7 @@ def test_inference_peak_memory_within_full(name: str, n: int, kind: str, device:
     allocator) <= 1.10 x the full network's at the same batch, for every strategy that skips work.
     ``dense`` (keep 0.9) is gather's worst case: nearly every row is gathered into a second copy
     of the activation unless that copy is freed after the block's first layer."""
-    from blockdrop.memory import peak_memory
+    from blockdrop.evaluation.memory import peak_memory
 
     model = _model(name) if device == "cpu" else copy.deepcopy(_model(name)).to(device)
     x = _inputs(name, n).to(device)
@@ -47,7 +47,7 @@ def test_inference_peak_memory_formats_and_dtypes(variant: str) -> None:
     """The memory bound also holds for channels_last (resnet50), bf16 weights and bf16 autocast
     (cifar20: bf16 convolutions are slow on CPU), with gather's worst case keep 0.9, and
     prototypes for group."""
-    from blockdrop.memory import peak_memory
+    from blockdrop.evaluation.memory import peak_memory
 
     name, n = ("resnet50", 8) if variant == "channels_last" else ("cifar20", 8)
     model = copy.deepcopy(_model(name))
@@ -69,7 +69,7 @@ def test_inference_peak_memory_formats_and_dtypes(variant: str) -> None:
 
 
 def test_peak_memory_counts_live_bytes() -> None:
-    from blockdrop.memory import peak_memory
+    from blockdrop.evaluation.memory import peak_memory
 
     def fn():
         a = torch.empty(1000, 250)  # 1 MB

@@ -11,7 +11,7 @@ import torch
 
 from blockdrop.checkpoint import load_blockdrop_net, read_meta
 from blockdrop.data import load_dataset, make_loader, split_train_val, take_subset
-from blockdrop.drop_costs import keep_prior, single_drop_costs
+from blockdrop.training.drop_costs import keep_prior, single_drop_costs
 from blockdrop.recipes.presets import Preset
 
 TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2, adapt_distill=0.5,

@@ -126,7 +126,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     # the final checkpoint reproduces the reported test accuracy
     net = blockdrop.load(report["checkpoint"])
     from blockdrop.data import load_dataset, make_loader
-    from blockdrop.evaluate import evaluate
+    from blockdrop.evaluation.evaluate import evaluate
     res = evaluate(net, make_loader(load_dataset(tiny["test"], "test").dataset, 5, train=False),
                    full=False, flops=False, progress=False)
     assert res.accuracy == pytest.approx(report["accuracy"])

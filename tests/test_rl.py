@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli
 
-from blockdrop import rl
+from blockdrop.training import rl
 
 
 

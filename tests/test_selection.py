@@ -8,7 +8,7 @@ def test_select_never_picks_a_point_dearer_than_the_full_network() -> None:
     """The selection rule written out here: among the points that cost fewer FLOPs than the full
     network (all of them if none does), the fewest blocks within the tolerance, else the most
     accurate."""
-    from blockdrop.evaluate import EvalResult
+    from blockdrop.evaluation.evaluate import EvalResult
     from blockdrop.recipes.selection import Point, select
 
     def pt(acc: float, blocks: float, flops: float) -> Point:
@@ -38,7 +38,7 @@ def test_select_honours_the_block_budget() -> None:
     rule above); when none fits, the one with the fewest blocks. Points drawn at random, the rule
     evaluated here by brute force over every point."""
     import random
-    from blockdrop.evaluate import EvalResult
+    from blockdrop.evaluation.evaluate import EvalResult
     from blockdrop.recipes.selection import Point, select
 
     def pt(acc: float, blocks: float, flops: float) -> Point:
@@ -97,7 +97,7 @@ def test_budget_rule_takes_each_models_edge_then_the_most_accurate() -> None:
     fewest blocks. Brute force over random points with repeated blocks and accuracies."""
     import random
     import pytest
-    from blockdrop.evaluate import EvalResult
+    from blockdrop.evaluation.evaluate import EvalResult
     from blockdrop.recipes.selection import Point, select
 
     def pt(acc: float, blocks: float, model: tuple[float, str, int], flops: float) -> Point:
@@ -179,7 +179,7 @@ def _linear_model(monkeypatch, flops=lambda t: 90.0):
     0.95 - 0.2 t, FLOPs ``flops(t)`` of the full network's 100; grid (0.2, 0.4, 0.6), two
     bisections. Returns (run, net, full network's validation result)."""
     from types import SimpleNamespace
-    from blockdrop.evaluate import EvalResult
+    from blockdrop.evaluation.evaluate import EvalResult
     from blockdrop.recipes import stages
 
     def fake_eval(run, net, data):

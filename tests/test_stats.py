@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from blockdrop.stats import accuracy_se, mcnemar_p, paired_difference
+from blockdrop.evaluation.stats import accuracy_se, mcnemar_p, paired_difference
 
 
 def _pair(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

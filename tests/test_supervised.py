@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
 from blockdrop.models import cifar_resnet
-from blockdrop.baselines import (BaselinePolicy, drop_path_policy, first_k_policy, full_policy,
+from blockdrop.training.baselines import (BaselinePolicy, drop_path_policy, first_k_policy, full_policy,
                                  random_k_policy)
-from blockdrop.supervised import ReplayTeacher, SupervisedConfig, train_supervised
+from blockdrop.training.supervised import ReplayTeacher, SupervisedConfig, train_supervised
 
 
 def toy_data(n: int = 32, size: int = 16, classes: int = 3) -> DataInfo:

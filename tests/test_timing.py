@@ -8,8 +8,8 @@ import pytest
 
 import torch
 
-from blockdrop.evaluate import measure_throughput
-from blockdrop.timing import Timing, interleaved
+from blockdrop.evaluation.evaluate import measure_throughput
+from blockdrop.evaluation.timing import Timing, interleaved
 
 
 def test_rounds_are_interleaved_and_rotated() -> None:

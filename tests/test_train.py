@@ -15,7 +15,7 @@ from blockdrop.checkpoint import load_checkpoint, save_checkpoint
 from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
 from blockdrop.models import cifar_resnet
 from blockdrop.models.policy import CifarPolicyNet
-from blockdrop.train import Trainer, TrainConfig
+from blockdrop.training.trainer import Trainer, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_trainer_applies_the_lr_schedule(tmp_path: Path) -> None:
 
 def test_finetune_baseline_pass_mode(tmp_path: Path, monkeypatch) -> None:
     """Official: the self-critical pass runs with BN in train mode; baseline_eval runs it in eval."""
-    import blockdrop.train_step as train_mod
+    import blockdrop.training.train_step as train_mod
     modes: list[bool] = []
     real = train_mod.dynamic_forward
 
@@ -102,7 +102,7 @@ def test_finetune_baseline_pass_mode(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_finetune_distillation_loss_matches_formula(tmp_path: Path) -> None:
-    from blockdrop.train_step import BlockDropStep as _Step
+    from blockdrop.training.train_step import BlockDropStep as _Step
     pnet, bb = make_models()
     teacher = cifar_resnet(14, num_classes=3).eval()
     c = cfg(stage="finetune", bn="frozen", distill=0.25, temperature=3.0)
@@ -151,7 +151,7 @@ def test_curriculum_entropy_bonus_reaches_every_block_as_officially(tmp_path: Pa
 
 
 def test_finetune_trains_policy_and_backbone_through_gather(tmp_path: Path, monkeypatch) -> None:
-    import blockdrop.train_step as train_mod
+    import blockdrop.training.train_step as train_mod
     seen: list[str] = []
     real = train_mod.dynamic_forward
 
@@ -181,7 +181,7 @@ def _grads(m: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("backbone_on", ["greedy", "sample"])
 def test_finetune_backbone_learns_on_the_chosen_pass(backbone_on: str) -> None:
-    from blockdrop.train_step import BlockDropStep as _Step
+    from blockdrop.training.train_step import BlockDropStep as _Step
     pnet, bb = make_models(seed=3)
     torch.nn.init.normal_(pnet.fc.weight, std=0.5)         # per-image policies
     bb = bb.double()
@@ -210,7 +210,7 @@ def test_finetune_greedy_pass_in_eval_mode_trains_through_running_statistics() -
     running statistics that the step leaves (the train-mode sampled pass, which updates them in
     place, must not run between that pass's forward and its backward), and the sampled pass adds
     no gradient of its own."""
-    from blockdrop.train_step import BlockDropStep as _Step
+    from blockdrop.training.train_step import BlockDropStep as _Step
     pnet, bb = make_models(seed=4)
     torch.nn.init.normal_(pnet.fc.weight, std=0.5)
     bb = bb.double()
@@ -336,7 +336,7 @@ def test_ddp_two_cpu_processes_gloo(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["curriculum", "finetune", "policy_net", "full", "first_k", "random_k"])
 def test_blockdrop_load_round_trips_every_checkpoint_kind(tmp_path: Path, kind: str) -> None:
     import blockdrop
-    from blockdrop.baselines import BaselinePolicy
+    from blockdrop.training.baselines import BaselinePolicy
     from blockdrop.blockdrop_net import BlockDropNet
     from blockdrop.checkpoint import backbone_spec, save_blockdrop_net
     pnet, bb = make_models(seed=3)

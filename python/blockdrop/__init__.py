@@ -10,7 +10,7 @@
 __version__ = "0.2.0"
 
 from . import interop, models
-from .accounting import flops, ideal_speedup
+from .evaluation.accounting import flops, ideal_speedup
 from .blockdrop_net import BlockDropNet
 from .checkpoint import load
 from .engine import dynamic_forward

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from blockdrop.engine import dynamic_forward
-from blockdrop.rl import sample_policy, threshold_policy
+from blockdrop.training.rl import sample_policy, threshold_policy
 
 __all__ = ["BlockDropNet"]
 

@@ -45,7 +45,7 @@ frees each block's gathered rows after the block's first layer (the model's resi
 :class:`~blockdrop.models.Chain` objects, run with ``residual_consume``) and merges in place, so a mixed
 block holds ``h`` plus ``F``'s intermediates on the executed rows only; ``group`` runs the stem per
 group, so one group's activations are alive at a time. ``tests/test_engine.py`` checks
-``peak <= 1.10 x full`` with :func:`blockdrop.memory.peak_memory`.
+``peak <= 1.10 x full`` with :func:`blockdrop.evaluation.memory.peak_memory`.
 
 ``torch.compile``: compiling ``dynamic_forward`` or a :class:`~blockdrop.BlockDropNet` traces the
 masked path (and, for a BlockDropNet, the policy network) into graphs; the data-dependent

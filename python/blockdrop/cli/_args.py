@@ -1,5 +1,5 @@
 """Argument types and option groups shared by the commands. Options that a config dataclass
-defaults (:class:`blockdrop.train.TrainConfig`) default to None here, so that the dataclass is the
+defaults (:class:`blockdrop.training.trainer.TrainConfig`) default to None here, so that the dataclass is the
 one place where a default lives."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from blockdrop.engine import STRATEGIES
 from blockdrop.runtime import AMP_MODES
-from blockdrop.train import BACKBONE_PASSES, TrainConfig
+from blockdrop.training.trainer import BACKBONE_PASSES, TrainConfig
 
 __all__ = ["positive_int", "nonneg_int", "pos_float", "nonneg_float", "alpha", "fraction", "share", "thresholds",
            "add_runtime", "add_data", "add_training", "setup_threads", "STRATEGIES", "AMP_MODES"]
@@ -103,7 +103,7 @@ def add_data(p: argparse.ArgumentParser, val: bool = True) -> None:
 
 
 def add_training(p: argparse.ArgumentParser, stage: str) -> None:
-    """Training options. Every default is :class:`~blockdrop.train.TrainConfig`'s (the official
+    """Training options. Every default is :class:`~blockdrop.training.trainer.TrainConfig`'s (the official
     BlockDrop settings): options left unset stay None and the config resolves them."""
     cl = stage == "curriculum"
     d = TrainConfig(stage=stage)            # the defaults, for the help texts only

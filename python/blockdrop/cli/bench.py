@@ -1,5 +1,5 @@
 """``blockdrop bench``: ``dynamic_forward`` strategies against the plain network on random iid
-policies, timed interleaved (:mod:`blockdrop.timing`)."""
+policies, timed interleaved (:mod:`blockdrop.evaluation.timing`)."""
 from __future__ import annotations
 
 import argparse
@@ -33,11 +33,11 @@ def register(sub: Any) -> None:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from blockdrop.accounting import ideal_speedup
+    from blockdrop.evaluation.accounting import ideal_speedup
     from blockdrop.checkpoint import load_backbone, load_blockdrop_net
     from blockdrop.engine import dynamic_forward
     from blockdrop.runtime import resolve_device
-    from blockdrop.timing import interleaved
+    from blockdrop.evaluation.timing import interleaved
     setup_threads(args)
     device = resolve_device(args.device)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]

@@ -62,8 +62,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from blockdrop.checkpoint import atomic_write_text, load_blockdrop_net
     from blockdrop.data import load_dataset, make_loader, take_subset, with_normalization
     import torch
-    from blockdrop.evaluate import evaluate, format_table, format_threshold_table, measure_throughput
-    from blockdrop.plots import write_eval_figures
+    from blockdrop.evaluation.evaluate import evaluate, format_table, format_threshold_table, measure_throughput
+    from blockdrop.evaluation.plots import write_eval_figures
     from blockdrop.runtime import resolve_device
     setup_threads(args)
     device = resolve_device(args.device)
@@ -130,7 +130,7 @@ def _distinct(labels: list[str], per: int) -> list[str]:
 
 def _vs_first(results: list[tuple[str, Any]]) -> dict[int, Any]:
     """Each result after the first minus the first, paired over the same images (index -> a
-    :class:`~blockdrop.stats.PairedDifference`)."""
-    from blockdrop.stats import paired_difference
+    :class:`~blockdrop.evaluation.stats.PairedDifference`)."""
+    from blockdrop.evaluation.stats import paired_difference
     return {i: paired_difference(r.correct, results[0][1].correct)
             for i, (_, r) in enumerate(results) if i}

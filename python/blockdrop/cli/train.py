@@ -13,7 +13,7 @@ import torch
 
 from blockdrop.cli._args import add_data, add_runtime, add_training, setup_threads
 from blockdrop.errors import IncompatibleError
-from blockdrop.train import TrainConfig
+from blockdrop.training.trainer import TrainConfig
 
 __all__ = ["register", "train_config"]
 
@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
 
 
 def train_config(args: argparse.Namespace, stage: str, num_blocks: int) -> TrainConfig:
-    """The :class:`~blockdrop.train.TrainConfig` of a parsed ``train``/``finetune`` command line for
+    """The :class:`~blockdrop.training.trainer.TrainConfig` of a parsed ``train``/``finetune`` command line for
     a backbone of ``num_blocks`` blocks: the options given (an option sets the field of its name),
     every other field at the config's own (official) default -- the CLI defines none of its own.
     Epochs, unless given: curriculum ``ceil(K / cl_step) + 5``, finetune 10."""
@@ -69,7 +69,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -
     from blockdrop.data import load_dataset
     from blockdrop.models.policy import make_policy_net
     from blockdrop.runtime import init_distributed
-    from blockdrop.train import Trainer
+    from blockdrop.training.trainer import Trainer
 
     if stage == "finetune" and args.init and (args.weights or args.arch):
         parser.error("--init already holds the backbone; drop --weights/--arch")

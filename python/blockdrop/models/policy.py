@@ -68,7 +68,7 @@ class PolicyNet(nn.Module):
     def set_prior(self, keep: Tensor) -> "PolicyNet":
         """Start from a static policy: the head's weights zeroed and its bias ``logit(keep)``, so
         that ``forward`` returns ``keep [K]`` (probabilities in (0, 1)) for every image until
-        training moves it (e.g. :func:`blockdrop.drop_costs.keep_prior`). Returns ``self``."""
+        training moves it (e.g. :func:`blockdrop.training.drop_costs.keep_prior`). Returns ``self``."""
         keep = torch.as_tensor(keep, dtype=torch.float32).flatten()
         if keep.numel() != self.num_blocks:
             raise ValueError(f"keep: expected {self.num_blocks} probabilities, got {keep.numel()}")

@@ -5,7 +5,7 @@ A backbone spec is ``{"kind": ..., ...}`` with kinds ``cifar`` (``depth``, ``num
 ``torchvision`` and ``timm`` (``arch``, ``num_classes``), ``official_cifar`` and
 ``official_imagenet`` (``layers``, ``num_classes``; the official BlockDrop networks). A policy
 spec is the policy module's own ``spec()``: ``cifar``/``imagenet`` (:mod:`.policy`), the
-fixed baselines (:mod:`blockdrop.baselines`) and ``official32``/``official224``.
+fixed baselines (:mod:`blockdrop.training.baselines`) and ``official32``/``official224``.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
 
 def build_policy(spec: dict[str, Any]) -> nn.Module:
     """A freshly initialised policy module from its ``spec()``."""
-    from blockdrop.baselines import BASELINE_KINDS, BaselinePolicy
+    from blockdrop.training.baselines import BASELINE_KINDS, BaselinePolicy
     from blockdrop.interop.official_models import OfficialPolicy32, OfficialPolicy224
     from .policy import policy_net_from_spec
     kind = spec.get("kind")

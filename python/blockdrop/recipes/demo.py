@@ -23,7 +23,7 @@ import torch
 
 from blockdrop.checkpoint import atomic_write_text, load_blockdrop_net
 from blockdrop.data import digits_dataset, make_loader
-from blockdrop.evaluate import evaluate
+from blockdrop.evaluation.evaluate import evaluate
 from blockdrop.recipes.presets import Preset
 from blockdrop.recipes.reproduce import reproduce
 

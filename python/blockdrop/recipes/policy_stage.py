@@ -15,10 +15,10 @@ from torch import nn
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_blockdrop_net, read_meta, save_blockdrop_net
 from blockdrop.data import make_loader, take_subset
-from blockdrop.drop_costs import keep_prior, single_drop_costs
+from blockdrop.training.drop_costs import keep_prior, single_drop_costs
 from blockdrop.models.policy import CifarPolicyNet, make_policy_net
 from blockdrop.recipes.stages import Run, ft_schedule, ft_steps
-from blockdrop.train import Trainer, TrainConfig
+from blockdrop.training.trainer import Trainer, TrainConfig
 
 __all__ = ["stage_blockdrop", "final_stage", "curriculum_checkpoint", "final_checkpoint"]
 
@@ -33,7 +33,7 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float,
     """The policy network's curriculum over ``backbone`` (frozen), then, with finetune steps, the
     joint finetuning of both; draw ``draw`` trains with seed ``run.seed + draw``. With
     ``preset.cl_prior`` the policy network starts as the static policy of the backbone's
-    single-block drop costs (:mod:`blockdrop.drop_costs`, measured on ``preset.prior_images``
+    single-block drop costs (:mod:`blockdrop.training.drop_costs`, measured on ``preset.prior_images``
     training images). With ``preset.cl_on_adapted`` the curriculum
     learns over ``adapted`` instead (the backbone before weight averaging; required then) and the
     learnt policy is put on a copy of ``backbone``, which the finetune (if any) trains and the

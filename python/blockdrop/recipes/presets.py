@@ -15,11 +15,11 @@ The recipe, stage by stage (steps are optimisation steps of ``batch_size`` image
    trained by cross-entropy in the same step);
    With ``soup_full`` > 0 the backbone the next stages start from is the adapted one averaged,
    weight by weight, with the full network finetuned alike (stage 4's, trained first; share
-   ``soup_full`` of it; :mod:`blockdrop.averaging`);
+   ``soup_full`` of it; :mod:`blockdrop.training.averaging`);
 2. **curriculum** -- the policy network alone (backbone frozen), the last blocks freed first,
    ``cl_step`` more every ``cl_steps_per_epoch`` steps (``None``: every block from the first
    step); with ``cl_prior`` the policy network starts as the static policy that drops the
-   blocks whose single drop costs least first (:mod:`blockdrop.drop_costs`, measured on
+   blocks whose single drop costs least first (:mod:`blockdrop.training.drop_costs`, measured on
    ``prior_images`` training images; keep-probabilities ``prior_keep``, cheapest .. dearest)
    and REINFORCE learns per-image departures from it; with ``cl_on_adapted`` over the adapted
    backbone before averaging, the learnt policy then put on the averaged one;
@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from blockdrop.train import BACKBONE_PASSES
+from blockdrop.training.trainer import BACKBONE_PASSES
 
 __all__ = ["Preset", "PRESETS", "SELECT_RULES", "check_select_rule", "get_preset"]
 

@@ -10,8 +10,8 @@ import torch
 
 from blockdrop.checkpoint import atomic_write_text
 from blockdrop.data import DataInfo, denormalize
-from blockdrop.evaluate import EvalResult
-from blockdrop.plots import plot_block_usage, plot_policy_grid, plot_tradeoff
+from blockdrop.evaluation.evaluate import EvalResult
+from blockdrop.evaluation.plots import plot_block_usage, plot_policy_grid, plot_tradeoff
 
 __all__ = ["REPORT_KEYS", "write_report", "summary_markdown"]
 

@@ -34,7 +34,7 @@ from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_backbone, load_blockdrop_net, save_blockdrop_net
 from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val
 from blockdrop.errors import IncompatibleError
-from blockdrop.evaluate import EvalResult, measure_throughput
+from blockdrop.evaluation.evaluate import EvalResult, measure_throughput
 from blockdrop.recipes.presets import Preset, get_preset
 from blockdrop.recipes.report import write_report
 from blockdrop.recipes.selection import Point, describe, select, val_points
@@ -44,7 +44,7 @@ from blockdrop.recipes.policy_stage import (curriculum_checkpoint, final_checkpo
 from blockdrop.recipes.stages import (Run, RunPaths, stage_adapt, stage_baseline, stage_full,
                                       stage_pretrain, stage_soup)
 from blockdrop.runtime import resolve_device
-from blockdrop.stats import accuracy_se, paired_difference
+from blockdrop.evaluation.stats import accuracy_se, paired_difference
 
 __all__ = ["reproduce", "start_run", "RunPaths"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blockdrop.blockdrop_net import BlockDropNet
-from blockdrop.evaluate import EvalResult
+from blockdrop.evaluation.evaluate import EvalResult
 from blockdrop.recipes import stages
 from blockdrop.recipes.presets import check_select_rule
 from blockdrop.recipes.stages import Run

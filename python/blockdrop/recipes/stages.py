@@ -17,15 +17,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from blockdrop.averaging import average_weights
-from blockdrop.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
+from blockdrop.training.averaging import average_weights
+from blockdrop.training.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_blockdrop_net, save_blockdrop_net
 from blockdrop.data import DataInfo, make_loader
 from blockdrop.errors import IncompatibleError
-from blockdrop.evaluate import EvalResult, evaluate
+from blockdrop.evaluation.evaluate import EvalResult, evaluate
 from blockdrop.recipes.presets import Preset
-from blockdrop.supervised import ReplayTeacher, SupervisedConfig, train_supervised
+from blockdrop.training.supervised import ReplayTeacher, SupervisedConfig, train_supervised
 
 __all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "ft_schedule", "stage_pretrain",
            "stage_adapt", "stage_full", "stage_soup", "stage_baseline"]

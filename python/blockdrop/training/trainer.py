@@ -39,12 +39,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from blockdrop import rl
+from blockdrop.training import rl
 from blockdrop.data import DataInfo, make_loader, set_loader_epoch
-from blockdrop.metrics import MetricsLog
+from blockdrop.training.metrics import MetricsLog
 from blockdrop.runtime import DistInfo, amp_dtype, eval_mode, interrupt_at_step_end, resolve_device
-from blockdrop.train_state import TrainState
-from blockdrop.train_step import BlockDropStep, ForcedOn, stats_dict
+from blockdrop.training.train_state import TrainState
+from blockdrop.training.train_step import BlockDropStep, ForcedOn, stats_dict
 
 __all__ = ["TrainConfig", "Trainer", "BACKBONE_PASSES"]
 
@@ -356,7 +356,7 @@ class Trainer:
     def validate(self, epoch: int, learned: int, elapsed: float) -> dict[str, Any]:
         """Accuracy / blocks of the thresholded policy on ``val_data`` (rank 0)."""
         from blockdrop.blockdrop_net import BlockDropNet
-        from blockdrop.evaluate import evaluate
+        from blockdrop.evaluation.evaluate import evaluate
         assert self.val_data is not None
         mask = self.curriculum_mask(epoch)
         pnet = self.policy_net if mask is None else ForcedOn(self.policy_net, mask)

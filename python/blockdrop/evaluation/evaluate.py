@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from blockdrop.accounting import flops as count_flops
+from blockdrop.evaluation.accounting import flops as count_flops
 from blockdrop.runtime import amp_autocast
-from blockdrop.timing import interleaved
+from blockdrop.evaluation.timing import interleaved
 
 __all__ = ["EvalResult", "evaluate", "measure_throughput", "format_table", "format_threshold_table"]
 

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .engine import _as_backbone, _check_policy_values_host
-from .models.base import ResNetBackbone
-from .runtime import eval_mode
+from blockdrop.engine import _as_backbone, _check_policy_values_host
+from blockdrop.models.base import ResNetBackbone
+from blockdrop.runtime import eval_mode
 
 __all__ = ["BlockFlops", "block_flops", "flops", "ideal_speedup"]
 

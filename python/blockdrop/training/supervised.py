@@ -1,7 +1,7 @@
 """Supervised training of a backbone under a block policy.
 
 One loop serves four jobs that differ only in which blocks each image runs (the samplers of
-:mod:`blockdrop.baselines`): the full network (the fair baseline, finetuned like BlockDrop),
+:mod:`blockdrop.training.baselines`): the full network (the fair baseline, finetuned like BlockDrop),
 stochastic depth / drop-path (so that the backbone learns to tolerate dropped blocks), FirstK and
 RandomK (the fixed-policy baselines, finetuned alike).
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blockdrop.baselines import PolicySampler
+from blockdrop.training.baselines import PolicySampler
 from blockdrop.data import DataInfo, make_loader, set_loader_epoch
 from blockdrop.engine import dynamic_forward
 from blockdrop.runtime import amp_autocast, amp_dtype

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blockdrop import rl
+from blockdrop.training import rl
 from blockdrop.engine import dynamic_forward
 from blockdrop.runtime import amp_autocast, eval_mode
 
 if TYPE_CHECKING:
-    from blockdrop.train import TrainConfig
+    from blockdrop.training.trainer import TrainConfig
 
 __all__ = ["BlockDropStep", "ForcedOn", "STAT_NAMES", "stats_dict"]
 
