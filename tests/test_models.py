@@ -167,3 +167,34 @@ def test_chain_composes_and_rejects_non_callables() -> None:
         models.Chain()
     with pytest.raises(ValueError, match="steps"):
         models.Chain(torch.relu, 3)
+
+
+def test_as_backbone_caches_the_wrapper_without_touching_the_user_module() -> None:
+    """A torchvision ResNet is wrapped once (the same wrapper on the next call, sharing its
+    weights and later changes to its layers), nothing is set on the user's module, and the cache
+    entry dies with the module."""
+    import gc
+    import weakref
+
+    import torchvision
+
+    from blockdrop.models import as_backbone
+    from blockdrop.models.wrap import _WRAPPERS   # the cache itself, observed by its own test
+
+    m = torchvision.models.resnet18(num_classes=3).eval()
+    attrs = set(vars(m))
+    w = as_backbone(m)
+    assert as_backbone(m) is w and as_backbone(torch.nn.DataParallel(m)) is w
+    assert set(vars(m)) == attrs
+    assert next(w.parameters()).data_ptr() == m.conv1.weight.data_ptr()
+    m.fc = torch.nn.Linear(512, 5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(w(x), m(x))
+    ref = weakref.ref(m)
+    n = len(_WRAPPERS)
+    del m, w
+    gc.collect()
+    assert ref() is None and len(_WRAPPERS) == n - 1
+    with pytest.raises(ValueError, match="model: expected"):
+        as_backbone(torch.nn.Linear(2, 2))

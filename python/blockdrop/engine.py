@@ -74,8 +74,10 @@ from torch import Tensor
 import blockdrop_ext
 
 from .models.base import ResNetBackbone
+from .models.wrap import as_backbone
 
-__all__ = ["STRATEGIES", "AUTO_MIN_GROUP_SIZE", "choose_strategy", "dynamic_forward", "validate_inputs"]
+__all__ = ["STRATEGIES", "AUTO_MIN_GROUP_SIZE", "check_policy_values", "choose_strategy", "dynamic_forward",
+           "validate_inputs"]
 
 STRATEGIES = ("auto", "masked", "loop", "gather", "group")
 
@@ -90,52 +92,9 @@ AUTO_MIN_GROUP_SIZE = 32
 # validation
 
 
-def _unwrap(model: Any) -> Any:
-    """The module inside DistributedDataParallel / DataParallel (``.module``) and
-    ``torch.compile`` (``._orig_mod``) wrappers, however nested."""
-    while True:
-        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _as_backbone(model: Any) -> ResNetBackbone:
-    model = _unwrap(model)
-    if isinstance(model, ResNetBackbone):
-        return model
-    cached = getattr(model, "_blockdrop_backbone", None)   # one wrapper per user module
-    if isinstance(cached, ResNetBackbone):
-        return cached
-    wrapped: ResNetBackbone | None = None
-    try:  # a bare torchvision ResNet is wrapped on the fly (shares its weights)
-        import torchvision
-
-        if isinstance(model, torchvision.models.ResNet):
-            from .models.torchvision import from_torchvision
-
-            wrapped = from_torchvision(model)
-    except ImportError:  # pragma: no cover
-        pass
-    if wrapped is None:
-        from .models.timm import from_timm, is_timm_resnet
-
-        if is_timm_resnet(model):
-            wrapped = from_timm(model)
-    if wrapped is None:
-        raise ValueError(
-            "model: expected a blockdrop.models.ResNetBackbone (cifar_resnet, load_cifar_resnet, "
-            "from_torchvision, from_timm), a torchvision or timm ResNet (optionally inside "
-            f"DDP/DataParallel/torch.compile), got {type(model).__name__}"
-        )
-    object.__setattr__(model, "_blockdrop_backbone", wrapped)   # not a submodule: no cycle
-    return wrapped
-
-
-def _check_policy_values_host(policy: Tensor) -> None:
-    """Raise ValueError if a (CPU) policy holds anything but 0 and 1 (NaN included)."""
+def check_policy_values(policy: Tensor) -> None:
+    """Raise ValueError naming ``policy`` if a CPU policy ``[N, K]`` holds anything but 0 and 1
+    (NaN included); bool policies pass without a scan."""
     if policy.dtype == torch.bool:
         return
     bad = ~((policy == 0) | (policy == 1))
@@ -151,7 +110,7 @@ def validate_inputs(model: Any, x: Tensor, policy: Tensor) -> ResNetBackbone:
     the backbone. Values of a CPU policy are checked here; those of a CUDA policy in the plan (one
     sync) so as not to add a device->host synchronisation. Raises ValueError naming the argument.
     """
-    model = _as_backbone(model)
+    model = as_backbone(model)
     if not isinstance(x, Tensor):
         raise ValueError(f"x: expected a torch.Tensor [N, C, H, W], got {type(x).__name__}")
     if x.dim() != 4:
@@ -184,7 +143,7 @@ def validate_inputs(model: Any, x: Tensor, policy: Tensor) -> ResNetBackbone:
     if policy.device != x.device:
         raise ValueError(f"policy: expected device {x.device} (that of x), got {policy.device}")
     if policy.device.type == "cpu":
-        _check_policy_values_host(policy)
+        check_policy_values(policy)
     return model
 
 
@@ -214,7 +173,7 @@ def _masked(model: ResNetBackbone, x: Tensor, policy: Tensor) -> Tensor:
     if policy.device.type != "cpu" and policy.dtype != torch.bool:
         bad = ~((policy == 0) | (policy == 1))
         if bool(bad.any()):  # the one sync of this strategy
-            _check_policy_values_host(policy.cpu())
+            check_policy_values(policy.cpu())
     mask = (policy.detach() != 0).view(policy.shape[0], policy.shape[1], 1, 1)
     h = model.stem(x)
     for k, block in enumerate(model.blocks):
@@ -231,7 +190,7 @@ def _masked(model: ResNetBackbone, x: Tensor, policy: Tensor) -> Tensor:
 
 def _loop(model: ResNetBackbone, x: Tensor, policy: Tensor) -> Tensor:
     host = policy.detach().cpu()  # the one sync of this strategy
-    _check_policy_values_host(host)
+    check_policy_values(host)
     keep = (host != 0).tolist()
     outs = []
     for n in range(x.shape[0]):

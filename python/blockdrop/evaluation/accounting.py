@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from blockdrop.engine import _as_backbone, _check_policy_values_host
+from blockdrop.engine import check_policy_values
+from blockdrop.models.wrap import as_backbone
 from blockdrop.models.base import ResNetBackbone
 from blockdrop.runtime import eval_mode
 
@@ -64,7 +65,7 @@ def block_flops(model: Any, input_size: tuple[int, int, int] | None = None) -> B
     of each block's residual and shortcut. ``input_size = (C, H, W)``, default the model's
     ``default_input_size`` ((3, 32, 32) for CIFAR, (3, 224, 224) for torchvision)."""
     key = model  # cache on the user's module (a torchvision ResNet is wrapped anew each call)
-    model = _as_backbone(model)
+    model = as_backbone(model)
     size = tuple(input_size) if input_size is not None else tuple(model.default_input_size)
     if len(size) != 3:
         raise ValueError(f"input_size: expected (C, H, W), got {input_size!r}")
@@ -102,7 +103,7 @@ def _validate_policy(model: ResNetBackbone, policy: Tensor) -> Tensor:
             f"policy: expected a tensor [N, K] with K = model.num_blocks = {model.num_blocks}, got {shape}"
         )
     host = policy.detach().cpu()
-    _check_policy_values_host(host)
+    check_policy_values(host)
     return (host != 0).to(torch.float64)
 
 
@@ -127,7 +128,7 @@ def flops(
         ``Tensor[N]`` float64 on the CPU: FLOPs per image.
     """
     parts = block_flops(model, input_size)
-    model = _as_backbone(model)
+    model = as_backbone(model)
     keep = _validate_policy(model, policy)
     residual = torch.tensor(parts.residual, dtype=torch.float64)
     per_image = parts.stem_head + sum(parts.shortcut) + keep @ residual

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from blockdrop.engine import _as_backbone
+from blockdrop.models.wrap import as_backbone
 from blockdrop.runtime import amp_autocast, eval_mode
 
 __all__ = ["single_drop_costs", "keep_prior"]
@@ -47,7 +47,7 @@ def single_drop_costs(model: torch.nn.Module, batches: Iterable[Tensor | tuple[T
     Returns ``cost[k]`` = mean over the images of ``KL(softmax(full(x)) || softmax(full(x) with
     block k replaced by its shortcut))``; ValueError when ``batches`` holds no image.
     """
-    bb = _as_backbone(model)
+    bb = as_backbone(model)
     device = torch.device(device)
     total = torch.zeros(bb.num_blocks, dtype=torch.float64)
     seen = 0
