@@ -130,21 +130,26 @@ def test_python_dash_m_help() -> None:
 
 def test_parser_defaults_are_the_official_settings() -> None:
     from blockdrop.cli import train_config
+    from blockdrop.training.config import resolve_schedule
     p = build_parser()
     a = train_config(p.parse_args(["train", "--data", "d", "--out", "o", "--arch", "resnet32"]),
-                     "curriculum", 5)
+                     "curriculum")
     assert (a.batch_size, a.lr, a.beta, a.alpha, a.cl_step, a.gamma, a.lr_decay_at) == (
         2048, 1e-3, 0.1, 0.8, 1, 1.0, None)
-    assert a.epochs == 5 + 5                      # official: one block freed per epoch, K = 5
+    # the config's one rule (the trainer resolves it): one block freed per epoch, then 5 more
+    assert resolve_schedule(a, 5, 10).epochs == 5 + 5
+    e = train_config(p.parse_args(["train", "--data", "d", "--out", "o", "--arch", "resnet32",
+                                   "--extra-epochs", "2", "--cl-step", "2"]), "curriculum")
+    assert resolve_schedule(e, 5, 10).epochs == 3 + 2
     f = train_config(p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c"]),
-                     "finetune", 5)
+                     "finetune")
     assert (f.batch_size, f.lr, f.beta, f.bn, f.strategy, f.gamma, f.lr_decay_at, f.backbone_on) == (
         256, 1e-4, 0.0, "train", "gather", 5.0, 0.8, "sample")
-    assert f.epochs == 10
+    assert resolve_schedule(f, 5, 10).epochs == 10
     g = train_config(p.parse_args(["finetune", "--data", "d", "--out", "o", "--init", "c",
                                    "--gamma", "2", "--bn", "frozen", "--lr-decay-at", "0.5",
                                    "--backbone-on", "greedy"]),
-                     "finetune", 5)
+                     "finetune")
     assert (g.gamma, g.bn, g.lr_decay_at, g.backbone_on) == (2.0, "frozen", 0.5, "greedy")
 
 

@@ -2,6 +2,7 @@
 test set is evaluated once, resume reuses the stages, and the checkpoints load back."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -10,12 +11,20 @@ import pytest
 import torch
 
 import blockdrop
-from blockdrop.recipes.presets import PRESETS, Preset, get_preset
+from blockdrop.recipes.config import (AdaptConfig, BaselinesConfig, CurriculumConfig, EvalConfig,
+                                      Preset, SelectionConfig)
+from blockdrop.recipes.presets import PRESETS, get_preset
 from blockdrop.recipes.report import REPORT_KEYS
+from blockdrop.training.config import TrainConfig
 
-TINY = Preset(name="tiny", summary="test", n_val=12, batch_size=8, adapt_steps=2, adapt_distill=0.5, cl_step=2,
-              cl_steps_per_epoch=1, cl_extra_epochs=0, ft_steps=6, ft_distill=0.5, ft_alpha=0.9,
-              ft_backbone_on="greedy", gammas=(1.0, 5.0), thresholds=(0.4, 0.5), amp="off")
+_TINY = {"batch_size": 8, "amp": "off"}
+TINY = Preset(name="tiny", summary="test", n_val=12, gammas=(1.0, 5.0),
+              adapt=AdaptConfig(steps=2, distill=0.5, **_TINY),
+              curriculum=CurriculumConfig(cl_step=2, steps_per_epoch=1, extra_epochs=0, **_TINY),
+              finetune=TrainConfig(stage="finetune", steps=6, distill=0.5, alpha=0.9,
+                                   backbone_on="greedy", **_TINY),
+              selection=SelectionConfig(thresholds=(0.4, 0.5)), evaluation=EvalConfig(speed_batch=4))
+NO_BASELINES = BaselinesConfig(first_random_k=False)
 
 
 @pytest.fixture(scope="module")
@@ -23,33 +32,36 @@ def tiny(tiny_recipe_data: dict[str, Path]) -> dict[str, Path]:
     return tiny_recipe_data
 
 
-def test_ft_schedule_makes_the_requested_steps() -> None:
-    from blockdrop.recipes.stages import ft_schedule
-    assert ft_schedule(500, 351) == (2, 250)
-    assert ft_schedule(100, 351) == (1, 100)
-    assert ft_schedule(7, 3) == (3, 3)        # 9 >= 7, the fewest epochs of at most 3
+def test_split_steps_makes_the_requested_steps() -> None:
+    from blockdrop.training.config import split_steps
+    assert split_steps(500, 351) == (2, 250)
+    assert split_steps(100, 351) == (1, 100)
+    assert split_steps(7, 3) == (3, 3)        # 9 >= 7, the fewest epochs of at most 3
     for steps, nb in [(1, 1), (13, 5), (351, 351), (352, 351), (1000, 7)]:
-        e, s = ft_schedule(steps, nb)
+        e, s = split_steps(steps, nb)
         assert s <= nb and steps <= e * s < steps + e
     with pytest.raises(ValueError, match="steps"):
-        ft_schedule(0, 5)
+        split_steps(0, 5)
 
 
 def test_presets_are_complete_and_named() -> None:
     assert set(PRESETS) == {"quick", "cpu", "gpu", "official"}
     off = get_preset("official")
+    cl, ft = off.curriculum, off.finetune
+    assert ft is not None
     # the authors' schedule: no adaptation, no distillation, whole-epoch curriculum of 5000 epochs
     # at batch 2048 with gamma 1, finetune 2000 epochs at batch 256 with gamma 5, masked forward
-    assert (off.adapt_steps, off.ft_distill, off.cl_epochs, off.cl_batch_size, off.cl_gamma,
-            off.cl_steps_per_epoch, off.ft_epochs, off.batch_size, off.gammas, off.strategy,
-            off.ft_alpha, off.ft_backbone_on) == (
-        0, 0.0, 5000, 2048, 1.0, None, 2000, 256, (5.0,), "masked", 0.8, "sample")
+    assert (off.adapt, ft.distill, cl.epochs, cl.batch_size, cl.gamma, cl.steps_per_epoch,
+            ft.epochs, ft.batch_size, off.gammas, cl.strategy, ft.strategy, ft.alpha,
+            ft.backbone_on, cl.lr, ft.lr) == (
+        None, 0.0, 5000, 2048, 1.0, None, 2000, 256, (5.0,), "masked", "masked", 0.8, "sample",
+        1e-3, 1e-4)
     with pytest.raises(ValueError, match="preset"):
         get_preset("fast")
-    with pytest.raises(ValueError, match="ft_backbone_on"):
-        off.with_overrides(ft_backbone_on="both")
-    with pytest.raises(ValueError, match="ft_alpha"):
-        off.with_overrides(ft_alpha=0.3)
+    with pytest.raises(ValueError, match="backbone_on"):
+        TrainConfig(stage="finetune", backbone_on="both")
+    with pytest.raises(ValueError, match="alpha"):
+        TrainConfig(stage="finetune", alpha=0.3)
 
 
 def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
@@ -66,7 +78,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     out = tmp_path / "run"
     logs: list[str] = []
     report = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                           device="cpu", progress=False, speed_batch=4, log=logs.append)
+                           device="cpu", progress=False, log=logs.append)
     on_disk = json.loads((out / "report.json").read_text())
     # the full baseline sees the adapt stage's batches: the pretrained teacher runs once per step
     assert any("replayed from the adapt stage: 2 of 2 steps" in line for line in logs), logs
@@ -74,7 +86,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     from blockdrop.checkpoint import read_meta
     for g in TINY.gammas:
         meta = read_meta(out / f"gamma{g:g}" / "finetune")
-        assert meta["progress"]["global_step"] == TINY.ft_steps
+        assert meta["progress"]["global_step"] == TINY.finetune.steps
         # the preset's joint-stage settings reach the trainer
         assert (meta["config"]["backbone_on"], meta["config"]["alpha"]) == ("greedy", 0.9)
     assert on_disk == json.loads(json.dumps(report))
@@ -92,9 +104,9 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     assert (chosen[0]["gamma"], chosen[0]["threshold"]) == (report["gamma"], report["threshold"])
     pts = report["val"]["points"]
     # every threshold of each finetuned gamma, and of the curriculum (a candidate stage), on validation
-    for stage, g in [("finetune", 1.0), ("finetune", 5.0), ("curriculum", TINY.cl_gamma)]:
+    for stage, g in [("finetune", 1.0), ("finetune", 5.0), ("curriculum", TINY.curriculum.gamma)]:
         ts = {q["threshold"] for q in pts if q["stage"] == stage and q["gamma"] == g}
-        assert set(TINY.thresholds) <= ts, (stage, g, ts)
+        assert set(TINY.selection.thresholds) <= ts, (stage, g, ts)
     assert {q["stage"] for q in pts} == {"finetune", "curriculum"}
     assert report["stage"] == chosen[0]["stage"]
     full_val = report["val"]["full_accuracy"]
@@ -147,7 +159,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     # resume: no stage runs again, same numbers
     logs.clear()
     again = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                          device="cpu", progress=False, speed_batch=4, resume=True, log=logs.append)
+                          device="cpu", progress=False, resume=True, log=logs.append)
     assert sum("reusing" in line for line in logs) == 1 + 1 + 2 + len(base)
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
 
@@ -157,11 +169,12 @@ def test_soup_full_starts_blockdrop_from_the_weight_average(tiny, tmp_path) -> N
     network finetuned alike, each tensor as computed here in float64 from the two checkpoints."""
     from blockdrop.checkpoint import load_blockdrop_net
     from blockdrop.recipes import reproduce as rep
-    p = TINY.with_overrides(soup_full=0.3, gammas=(1.0,), ft_steps=0, first_random_k=False)
+    p = TINY.replace(adapt=dataclasses.replace(TINY.adapt, soup=0.3), gammas=(1.0,), finetune=None,
+                     baselines=NO_BASELINES)
     out = tmp_path / "soup"
     logs: list[str] = []
     report = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                           device="cpu", progress=False, speed_batch=4, log=logs.append)
+                           device="cpu", progress=False, log=logs.append)
     sa = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.state_dict()
     sf = load_blockdrop_net(out / "baselines" / "full.safetensors")[0].backbone.state_dict()
     final = blockdrop.load(report["checkpoint"]).backbone.state_dict()
@@ -172,21 +185,22 @@ def test_soup_full_starts_blockdrop_from_the_weight_average(tiny, tmp_path) -> N
     assert any("[soup]" in line for line in logs)
     logs.clear()
     rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, device="cpu",
-                  progress=False, speed_batch=4, resume=True, log=logs.append)
+                  progress=False, resume=True, log=logs.append)
     assert any(line.startswith("[soup] reusing") for line in logs), logs
 
 
 def test_soup_averages_with_the_full_network_before_its_finetune_steps(tiny, tmp_path) -> None:
     """With finetune steps the full baseline trains past the adapt stage's point; the soup takes
     it as it was there (baselines/full_adapt), not the final baseline (float64 reference); with
-    ft_cl_candidate off the curriculum's policy is no validation candidate."""
+    selection.include_curriculum off the curriculum's policy is no validation candidate."""
     from blockdrop.checkpoint import load_blockdrop_net
     from blockdrop.recipes import reproduce as rep
-    p = TINY.with_overrides(soup_full=0.3, gammas=(1.0,), ft_steps=2, first_random_k=False,
-                            ft_cl_candidate=False)
+    p = TINY.replace(adapt=dataclasses.replace(TINY.adapt, soup=0.3), gammas=(1.0,),
+                     finetune=dataclasses.replace(TINY.finetune, steps=2), baselines=NO_BASELINES,
+                     selection=dataclasses.replace(TINY.selection, include_curriculum=False))
     out = tmp_path / "soupft"
     report = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                  device="cpu", progress=False, speed_batch=4)
+                           device="cpu", progress=False)
     sa = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.state_dict()
     mid = load_blockdrop_net(out / "baselines" / "full_adapt.safetensors")[0].backbone.state_dict()
     end = load_blockdrop_net(out / "baselines" / "full.safetensors")[0].backbone.state_dict()
@@ -195,173 +209,37 @@ def test_soup_averages_with_the_full_network_before_its_finetune_steps(tiny, tmp
     for k, t in sa.items():
         ref = t.double() * 0.7 + mid[k].double() * 0.3 if t.is_floating_point() else t
         torch.testing.assert_close(souped[k].double(), ref.double(), rtol=1e-6, atol=1e-7, msg=k)
-    # ft_cl_candidate=False: only the finetuned policies compete on validation
+    # include_curriculum=False: only the finetuned policies compete on validation
     assert {q["stage"] for q in report["val"]["points"]} == {"finetune"}
 
 
-def test_cl_on_adapted_learns_over_the_adapted_backbone_and_executes_on_the_average(tiny, tmp_path) -> None:
-    """cl_on_adapted: the curriculum's trainer holds the adapted backbone (tensor for tensor as the
-    adapt stage saved it), the reported model carries that trainer's policy on the weight average
-    (float64 reference); without the flag the trainer holds the average itself."""
-    from blockdrop.checkpoint import load_blockdrop_net
-    from blockdrop.recipes import reproduce as rep
-    base = TINY.with_overrides(soup_full=0.3, gammas=(1.0,), ft_steps=0, first_random_k=False)
-    with pytest.raises(ValueError, match="cl_on_adapted.*soup_full"):
-        TINY.with_overrides(cl_on_adapted=True)
-    runs: dict[bool, tuple] = {}
-    for flag in (False, True):
-        out = tmp_path / f"swap{int(flag)}"
-        logs: list[str] = []
-        runs[flag] = (out, logs, rep.reproduce(base.with_overrides(cl_on_adapted=flag), "resnet8",
-                                               tiny["train"], tiny["test"], tiny["weights"], out,
-                                               device="cpu", progress=False, speed_batch=4,
-                                               log=logs.append))
-    out, logs, report = runs[True]
-    sa = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.state_dict()
-    sf = load_blockdrop_net(out / "baselines" / "full.safetensors")[0].backbone.state_dict()
-    trainer = load_blockdrop_net(out / "gamma1" / "curriculum" / "last.safetensors")[0]
-    final = blockdrop.load(report["checkpoint"])
-    for k, t in sa.items():
-        torch.testing.assert_close(trainer.backbone.state_dict()[k], t, rtol=0, atol=0, msg=k)
-        ref = t.double() * 0.7 + sf[k].double() * 0.3 if t.is_floating_point() else t
-        torch.testing.assert_close(final.backbone.state_dict()[k].double(), ref.double(),
-                                   rtol=1e-6, atol=1e-7, msg=k)
-    for k, t in trainer.policy_net.state_dict().items():
-        torch.testing.assert_close(final.policy_net.state_dict()[k], t, rtol=0, atol=0, msg=k)
-    # the two backbones differ, so the trainer's holding the adapted one says what it learnt over
-    assert not torch.equal(final.backbone.state_dict()["conv1.weight"], sa["conv1.weight"])
-    own = load_blockdrop_net(runs[False][0] / "gamma1" / "curriculum" / "last.safetensors")[0]
-    assert torch.equal(own.backbone.state_dict()["conv1.weight"], final.backbone.state_dict()["conv1.weight"])
-    # every validation point's checkpoint is the executed model, not the trainer's
-    executed = out / "gamma1" / "curriculum" / "executed.safetensors"
-    assert all(r["checkpoint"] in (str(executed), report["checkpoint"])
-               for r in report["results"] if r["method"] == "blockdrop")
-    assert any("before averaging" in line for line in logs)
-    logs.clear()
-    again = rep.reproduce(base.with_overrides(cl_on_adapted=True), "resnet8", tiny["train"],
-                          tiny["test"], tiny["weights"], out, device="cpu", progress=False,
-                          speed_batch=4, resume=True, log=logs.append)
-    assert any(line.startswith("[gamma 1] reusing") and "executed" in line for line in logs), logs
-    assert again["accuracy"] == report["accuracy"] and again["blocks_mean"] == report["blocks_mean"]
-
-
-def test_recipe_variant_script_reports_validation_only(tiny, tmp_path) -> None:
-    """scripts/recipe_variant.py runs the preset's stages with overrides and reports validation
-    accuracies: the adapted backbone's equals a plain forward over the validation split."""
-    import importlib.util
-    from blockdrop.checkpoint import load_blockdrop_net
-    from blockdrop.data import load_dataset, make_loader, split_train_val
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("recipe_variant", root / "scripts" / "recipe_variant.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sets = ["n_val=12", "batch_size=8", "adapt_steps=30", "adapt_lr=0.05", "adapt_distill=0.5",
-            "cl_step=2", "cl_steps_per_epoch=1", "cl_extra_epochs=0", "thresholds=[0.4, 0.5]",
-            "gammas=[1.0]", "cl_draws=1", "amp=off"]
-    out = tmp_path / "variant"
-    res = mod.main(["--arch", "resnet8", "--train-data", str(tiny["train"]), "--weights",
-                    str(tiny["weights"]), "--out", str(out), "--full"]
-                   + [a for s in sets for a in ("--set", s)])
-    assert json.loads((out / "variant.json").read_text()) == json.loads(json.dumps(res))
-    assert res["overrides"] == sets and list(res["gammas"]) == ["1.0"]
-    assert {q["threshold"] for q in res["gammas"]["1.0"]} >= {0.4, 0.5}
-    backbone = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.eval()
-    _, val = split_train_val(load_dataset(tiny["train"], "train", seed=0), 12, seed=0)
-    hits = n = 0
-    with torch.no_grad():
-        for x, y in make_loader(val.dataset, 5, train=False):
-            hits += int((backbone(x).argmax(1) == y).sum())
-            n += len(y)
-    # trained off chance (a constant prediction scores exactly 4 of the 12 stratified images)
-    assert n == 12 and hits != 4 and res["adapted_val"] == pytest.approx(hits / n)
-    with pytest.raises(SystemExit, match="--set"):
-        mod.main(["--arch", "resnet8", "--train-data", str(tiny["train"]), "--weights",
-                  str(tiny["weights"]), "--out", str(tmp_path / "x"), "--set", "adapt_stps=1"])
-
-
-def test_domain_proxy_script_evaluates_clean_and_reencoded_validation(tiny, tmp_path) -> None:
-    """scripts/domain_proxy.py adapts on re-encoded training images and evaluates the held-out
-    validation images as they are (C) and re-encoded (D): the pretrained network's accuracies on
-    both equal plain forwards over images re-encoded here with PIL."""
-    import importlib.util
-    import io
-    import numpy as np
-    from PIL import Image
-    from blockdrop.checkpoint import load_backbone
-    from blockdrop.data import load_dataset, split_train_val
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("domain_proxy", root / "scripts" / "domain_proxy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sets = ["n_val=12", "batch_size=8", "adapt_steps=3", "cl_step=2", "cl_steps_per_epoch=1",
-            "cl_extra_epochs=0", "thresholds=[0.5]", "cl_draws=1", "amp=off"]
-    res = mod.main(["--arch", "resnet8", "--train-data", str(tiny["train"]), "--weights",
-                    str(tiny["weights"]), "--out", str(tmp_path / "p"), "--quality", "10"]
-                   + [a for s in sets for a in ("--set", s)])
-    _, val = split_train_val(load_dataset(tiny["train"], "train", seed=0), 12, seed=0)
-    ds = val.dataset
-    net = load_backbone(tiny["weights"], "resnet8", 3)[0].eval()
-
-    def acc(images: torch.Tensor) -> float:
-        x = torch.stack([ds.transform(im, None) for im in images])
-        with torch.no_grad():
-            return float((net(x).argmax(1) == ds.labels).float().mean())
-
-    def jpeg(im: torch.Tensor) -> torch.Tensor:
-        buf = io.BytesIO()
-        Image.fromarray(im.numpy()).save(buf, "JPEG", quality=10)
-        return torch.from_numpy(np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
-
-    d_images = torch.stack([jpeg(im) for im in ds.images])
-    # the two accuracies alone could agree by chance on 12 images: the images themselves must not
-    assert (d_images.float() - ds.images.float()).abs().mean() > 1.0
-    assert torch.equal(mod.reencode(ds.images, 10), d_images)
-    assert res["pretrained"]["C"] == pytest.approx(acc(ds.images))
-    assert res["pretrained"]["D"] == pytest.approx(acc(d_images))
-    assert [q["threshold"] for q in res["points"]] == [0.5]
-    assert (tmp_path / "p" / "proxy.json").is_file()
-
-
-def test_reproduce_rejects_a_bad_block_budget(tiny, tmp_path) -> None:
+def test_reproduce_rejects_bad_settings(tiny, tmp_path) -> None:
+    """A bad setting is a ValueError naming it, in the library and (one line, exit 2, nothing
+    written) on the command line."""
     import subprocess
     import sys
-    from blockdrop.recipes import reproduce as rep
     with pytest.raises(ValueError, match="max_blocks"):
-        rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], tmp_path / "o",
-                      device="cpu", progress=False, max_blocks=1.5)
-    r = subprocess.run([sys.executable, "-m", "blockdrop", "reproduce", "--arch", "resnet8",
-                        "--train-data", str(tiny["train"]), "--test-data", str(tiny["test"]),
-                        "--weights", str(tiny["weights"]), "--out", str(tmp_path / "c"),
-                        "--max-blocks", "0"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--max-blocks" in r.stderr and "(0, 1]" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
-
-
-def test_reproduce_rejects_a_budget_rule_without_a_budget(tiny, tmp_path) -> None:
-    import subprocess
-    import sys
-    from blockdrop.recipes import reproduce as rep
-    assert TINY.max_blocks is None
-    with pytest.raises(ValueError, match="select_rule 'budget'.*max_blocks"):
-        rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], tmp_path / "o",
-                      device="cpu", progress=False, select_rule="budget")
-    with pytest.raises(ValueError, match="select_rule: expected one of tolerance, budget"):
-        rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], tmp_path / "o",
-                      device="cpu", progress=False, select_rule="most")
+        SelectionConfig(max_blocks=1.5)
+    with pytest.raises(ValueError, match="rule 'budget'.*max_blocks"):
+        SelectionConfig(rule="budget")
+    with pytest.raises(ValueError, match="rule: expected one of tolerance, budget"):
+        SelectionConfig(rule="most")
     base = [sys.executable, "-m", "blockdrop", "reproduce", "--arch", "resnet8", "--train-data",
             str(tiny["train"]), "--test-data", str(tiny["test"]), "--weights", str(tiny["weights"]),
             "--out", str(tmp_path / "c"), "--preset", "official"]
-    for extra, want in ((["--select", "most"], "--select"),
-                        (["--select", "budget"], "--select budget: needs a block budget, --max-blocks")):
+    for extra, want in ((["--set", "selection.max_blocks=0"], "max_blocks"),
+                        (["--set", "selection.rule=budget"], "max_blocks"),
+                        (["--set", "selection.rule=most"], "rule"),
+                        (["--set", "adapt.steps=3"], "adapt does not run"),
+                        (["--set", "curriculum.stps=1"], "unknown setting 'stps'")):
         r = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and want in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("teacher", ["backbone", "full"])
-def test_finetune_distils_from_the_preset_teacher(tiny, tmp_path, monkeypatch, teacher: str) -> None:
-    """ft_teacher: the joint stage's soft targets come from the backbone it starts from (as the
-    adapt stage saved it) or from the full network finetuned alike (as saved), tensor for tensor."""
+def test_finetune_distils_from_the_backbone_it_starts_from(tiny, tmp_path, monkeypatch) -> None:
+    """The joint stage's soft targets come from the backbone BlockDrop starts from (as the adapt
+    stage saved it), tensor for tensor, not from the full network finetuned alike."""
     from blockdrop.checkpoint import load_blockdrop_net
     from blockdrop.recipes import policy_stage
     from blockdrop.recipes import reproduce as rep
@@ -374,16 +252,12 @@ def test_finetune_distils_from_the_preset_teacher(tiny, tmp_path, monkeypatch, t
         return real(cfg, *a, teacher=teacher, **kw)
 
     monkeypatch.setattr(policy_stage, "Trainer", spy)
-    p = TINY.with_overrides(gammas=(1.0,), first_random_k=False, ft_teacher=teacher)
-    out = tmp_path / teacher
+    p = TINY.replace(gammas=(1.0,), baselines=NO_BASELINES)
+    out = tmp_path / "teacher"
     rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, device="cpu",
-                  progress=False, speed_batch=4)
-    want = load_blockdrop_net(out / ("baselines/full.safetensors" if teacher == "full"
-                                     else "adapt/backbone.safetensors"))[0].backbone.state_dict()
-    other = load_blockdrop_net(out / ("adapt/backbone.safetensors" if teacher == "full"
-                                      else "baselines/full.safetensors"))[0].backbone.state_dict()
+                  progress=False)
+    want = load_blockdrop_net(out / "adapt/backbone.safetensors")[0].backbone.state_dict()
+    other = load_blockdrop_net(out / "baselines/full.safetensors")[0].backbone.state_dict()
     assert len(seen) == 1 and not torch.equal(want["conv1.weight"], other["conv1.weight"])
     for k, t in want.items():
         assert torch.equal(seen[0][k], t), k
-    with pytest.raises(ValueError, match="ft_teacher"):
-        TINY.with_overrides(ft_teacher="pretrained")

@@ -21,16 +21,16 @@ def test_select_never_picks_a_point_dearer_than_the_full_network() -> None:
     dear, ok, low = pt(0.899, 25.5, 103.0), pt(0.893, 24.0, 96.0), pt(0.87, 21.0, 85.0)
     # within 0.5 points: only `dear`, which costs more than the full network -> the most accurate
     # of the cheaper ones
-    assert select([dear, ok, low], full, 0.005) is ok
+    assert select([dear, ok, low], full, _sel(0.005)) is ok
     # within 1 point: `ok` has the fewest blocks among the cheaper ones
-    assert select([dear, ok, low], full, 0.01) is ok
-    assert select([dear, ok, low], full, 0.05) is low
+    assert select([dear, ok, low], full, _sel(0.01)) is ok
+    assert select([dear, ok, low], full, _sel(0.05)) is low
     # nothing is cheaper: every point competes again
-    assert select([dear, pt(0.85, 26.0, 101.0)], full, 0.005) is dear
+    assert select([dear, pt(0.85, 26.0, 101.0)], full, _sel(0.005)) is dear
     # FLOPs unknown: accuracy alone
     unknown = pt(0.899, 25.5, 0.0)
     unknown.val.flops_mean = None
-    assert select([unknown, low], full, 0.005) is unknown
+    assert select([unknown, low], full, _sel(0.005)) is unknown
 
 
 def test_select_honours_the_block_budget() -> None:
@@ -66,10 +66,10 @@ def test_select_honours_the_block_budget() -> None:
         else:
             want, case = max(fits, key=lambda q: q.val.accuracy), "most accurate"
         seen.add(case)
-        assert select(pts, full, tol, share) is want
+        assert select(pts, full, _sel(tol, share)) is want
     assert seen == {"none fits", "fewest within", "most accurate"}
     a, b = pt(0.899, 24.5, 92.0), pt(0.88, 22.0, 85.0)
-    assert select([a, b], full, 0.005) is a and select([a, b], full, 0.005, 0.85) is b
+    assert select([a, b], full, _sel(0.005)) is a and select([a, b], full, _sel(0.005, 0.85)) is b
 
 
 def test_threshold_refinement_bisects_where_select_decides(monkeypatch) -> None:
@@ -79,14 +79,14 @@ def test_threshold_refinement_bisects_where_select_decides(monkeypatch) -> None:
     from blockdrop.recipes import selection
     run, net, full = _linear_model(monkeypatch)
     # tolerance 0.035: ok iff t <= 0.425 -> bisect (0.4, 0.6) then (0.4, 0.5)
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.035)]
+    got = [q.threshold for q in selection.val_points(_at(run, 0.035), 1.0, net, full)]
     assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
     # budget 0.7 of 27 (18.9 blocks: t >= 0.405) and tolerance 0.005 (t <= 0.225): nothing is
     # chosen by tolerance inside the budget -> bisect at the budget's edge, (0.4, 0.6) then (0.4, 0.5)
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.005, max_blocks=0.7)]
+    got = [q.threshold for q in selection.val_points(_at(run, 0.005, max_blocks=0.7), 1.0, net, full)]
     assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
     # budget 0.9 (24.3 blocks: t >= 0.135) and tolerance 0.005: 0.2 is chosen -> (0.2, 0.4), (0.2, 0.3)
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.005, max_blocks=0.9)]
+    got = [q.threshold for q in selection.val_points(_at(run, 0.005, max_blocks=0.9), 1.0, net, full)]
     assert got == [0.2, 0.4, 0.6, 0.3, 0.25]
 
 
@@ -126,7 +126,7 @@ def test_budget_rule_takes_each_models_edge_then_the_most_accurate() -> None:
             want = max(edges, key=lambda q: (q.val.accuracy, q.val.blocks_mean))
             case = "several models" if len(keys) > 1 else "one model"
         cases.add(case)
-        got = select(pts, full, 0.0, share, rule="budget")
+        got = select(pts, full, _sel(0.0, share, rule="budget"))
         # equal (blocks, accuracy) pairs may tie: the chosen point must rank equal to the wanted
         assert (got.val.blocks_mean, got.val.accuracy) == (want.val.blocks_mean, want.val.accuracy)
         assert got in (fits or cheaper)
@@ -134,16 +134,16 @@ def test_budget_rule_takes_each_models_edge_then_the_most_accurate() -> None:
     # the more accurate point of one draw loses to that draw's point nearer the budget
     one, two = (2.0, "finetune", 0), (2.0, "finetune", 1)
     a, b, c = pt(0.91, 22.0, one, 90.0), pt(0.90, 22.8, one, 92.0), pt(0.905, 22.5, two, 91.0)
-    assert select([a, b, c], full, 0.0, 0.845, rule="budget") is c
-    assert select([a, b], full, 0.0, 0.845, rule="budget") is b
-    assert select([a, b], full, 0.0, 0.845) is a          # "tolerance": the fewest blocks within 0
+    assert select([a, b, c], full, _sel(0.0, 0.845, rule="budget")) is c
+    assert select([a, b], full, _sel(0.0, 0.845, rule="budget")) is b
+    assert select([a, b], full, _sel(0.0, 0.845)) is a          # "tolerance": the fewest blocks within 0
     # a point dearer than the full network does not compete even inside the budget
     dear = pt(0.92, 22.9, two, 101.0)
-    assert select([a, b, dear], full, 0.0, 0.9, rule="budget") is b
-    with pytest.raises(ValueError, match="select_rule 'budget'.*max_blocks"):
-        select([a], full, 0.0, None, rule="budget")
-    with pytest.raises(ValueError, match="select_rule: expected one of tolerance, budget"):
-        select([a], full, 0.0, 0.8, rule="most")
+    assert select([a, b, dear], full, _sel(0.0, 0.9, rule="budget")) is b
+    with pytest.raises(ValueError, match="rule 'budget'.*max_blocks"):
+        select([a], full, _sel(0.0, None, rule="budget"))
+    with pytest.raises(ValueError, match="rule: expected one of tolerance, budget"):
+        select([a], full, _sel(0.0, 0.8, rule="most"))
 
 
 def test_budget_rule_bisects_at_the_budget_edge(monkeypatch) -> None:
@@ -154,23 +154,23 @@ def test_budget_rule_bisects_at_the_budget_edge(monkeypatch) -> None:
     # budget 0.9 (24.3 blocks: t >= 0.135): every threshold is inside; within tolerance 0.05 means
     # t <= 0.5, which rule "tolerance" refines at (0.4, 0.6) then (0.5, 0.6); "budget" at the
     # budget's edge, which no pair of thresholds straddles: nothing
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.9)]
+    got = [q.threshold for q in selection.val_points(_at(run, 0.05, max_blocks=0.9), 1.0, net, full)]
     assert got == [0.2, 0.4, 0.6, 0.5, 0.55]
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.9,
-                                                     rule="budget")]
+    got = [q.threshold for q in selection.val_points(_at(run, 0.05, max_blocks=0.9,
+                                                     rule="budget"), 1.0, net, full)]
     assert got == [0.2, 0.4, 0.6]
     # budget 0.7 (18.9 blocks: t >= 0.405): (0.4, 0.6) then (0.4, 0.5), the edge at 0.405
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.7,
-                                                     rule="budget")]
+    got = [q.threshold for q in selection.val_points(_at(run, 0.05, max_blocks=0.7,
+                                                     rule="budget"), 1.0, net, full)]
     assert got == [0.2, 0.4, 0.6, 0.5, 0.45]
-    pts = selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.7, rule="budget")
-    assert selection.select(pts, full, 0.05, 0.7, rule="budget").threshold == 0.45
+    pts = selection.val_points(_at(run, 0.05, max_blocks=0.7, rule="budget"), 1.0, net, full)
+    assert selection.select(pts, full, _sel(0.05, 0.7, rule="budget")).threshold == 0.45
 
     # inside the budget but dearer than the full network does not compete either: with FLOPs
     # 130 - 100 t (cheaper iff t > 0.3) and budget 0.9 the edge is the FLOPs': (0.2, 0.4), (0.3, 0.4)
     run, net, full = _linear_model(monkeypatch, flops=lambda t: 130.0 - 100.0 * t)
-    got = [q.threshold for q in selection.val_points(run, 1.0, net, full, 0.05, max_blocks=0.9,
-                                                     rule="budget")]
+    got = [q.threshold for q in selection.val_points(_at(run, 0.05, max_blocks=0.9,
+                                                     rule="budget"), 1.0, net, full)]
     assert got == [0.2, 0.4, 0.6, 0.3, 0.35]
 
 
@@ -189,6 +189,19 @@ def _linear_model(monkeypatch, flops=lambda t: 90.0):
                           full_flops=100.0)
 
     monkeypatch.setattr(stages, "evaluate_on", fake_eval)
-    run = SimpleNamespace(preset=SimpleNamespace(thresholds=(0.2, 0.4, 0.6), threshold_refine=2),
-                          val=None)
+    run = SimpleNamespace(preset=SimpleNamespace(selection=_sel(0.01)), val=None)
     return run, SimpleNamespace(threshold=0.5), SimpleNamespace(accuracy=0.90)
+
+
+def _sel(tolerance: float, max_blocks: float | None = None, rule: str = "tolerance"):
+    """A SelectionConfig on the grid (0.2, 0.4, 0.6) with two bisections."""
+    from blockdrop.recipes.config import SelectionConfig
+    return SelectionConfig(tolerance=tolerance, max_blocks=max_blocks, rule=rule,
+                           thresholds=(0.2, 0.4, 0.6), refine=2)
+
+
+def _at(run, tolerance: float, max_blocks: float | None = None, rule: str = "tolerance"):
+    """``run`` with the selection settings ``_sel(...)``."""
+    from types import SimpleNamespace
+    return SimpleNamespace(preset=SimpleNamespace(selection=_sel(tolerance, max_blocks, rule)),
+                           val=run.val)

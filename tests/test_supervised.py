@@ -75,39 +75,6 @@ def test_train_supervised_full_policy_is_plain_sgd() -> None:
         torch.testing.assert_close(a, b, msg=k, rtol=1e-4, atol=1e-6)
 
 
-def test_anchor_is_weight_decay_toward_the_starting_weights() -> None:
-    """``anchor`` (L2-SP) against plain PyTorch: SGD on cross-entropy + anchor / 2 * ||w - w0||^2
-    (w0 the weights at the start, no weight decay toward zero), three steps of the cosine decay."""
-    import math
-    torch.manual_seed(1)
-    net = cifar_resnet(8, num_classes=3)
-    ref = cifar_resnet(8, num_classes=3)
-    ref.load_state_dict(net.state_dict())
-    w0 = [p.detach().clone() for p in ref.parameters()]
-    data, steps, anchor = toy_data(), 3, 0.7
-    cfg = SupervisedConfig(steps=steps, batch_size=8, lr=0.2, bn="frozen", progress=False,
-                           anchor=anchor)
-    train_supervised(net, data, full_policy(net.num_blocks), cfg)
-    from blockdrop.data import make_loader, set_loader_epoch
-    loader = make_loader(data.dataset, 8, train=True, seed=0)
-    set_loader_epoch(loader, 0)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.2, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    ref.eval()
-    for _, (x, y) in zip(range(steps), loader):
-        penalty = sum(((p - p0) ** 2).sum() for p, p0 in zip(ref.parameters(), w0))
-        opt.zero_grad()
-        (F.cross_entropy(ref(x), y) + 0.5 * anchor * penalty).backward()
-        opt.step()
-        sched.step()
-    for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=k, rtol=1e-4, atol=1e-6)
-    moved = max(float((p.detach() - p0).abs().max()) for p, p0 in zip(net.parameters(), w0))
-    assert moved > 1e-3                       # the steps did move the weights
-    with pytest.raises(ValueError, match="anchor"):
-        SupervisedConfig(steps=1, anchor=-1.0)
-
-
 def test_train_supervised_dropped_blocks_get_no_gradient_and_distillation_needs_teacher() -> None:
     torch.manual_seed(0)
     net = cifar_resnet(14, num_classes=3)
@@ -139,8 +106,7 @@ def test_baseline_policy_module_replays_and_round_trips() -> None:
         BaselinePolicy("first_k", 6)
 
 
-@pytest.mark.parametrize("full_distill", [0.0, 0.5])
-def test_inplace_distillation_step_matches_a_plain_pytorch_reference(full_distill: float) -> None:
+def test_inplace_distillation_step_matches_a_plain_pytorch_reference() -> None:
     """inplace + distill 1: loss = CE(full network) + T^2 KL(full.detach() || sub-network); one
     SGD step equals the same step computed with plain modules (sub-network = the first k blocks,
     the rest shortcuts only)."""
@@ -150,11 +116,8 @@ def test_inplace_distillation_step_matches_a_plain_pytorch_reference(full_distil
     ref.load_state_dict(net.state_dict())
     data = toy_data()
     cfg = SupervisedConfig(steps=1, batch_size=8, lr=0.05, bn="frozen", progress=False,
-                           weight_decay=0.0, distill=1.0, inplace=True, temperature=2.0,
-                           full_distill=full_distill, teacher_temperature=3.0)
-    torch.manual_seed(5)
-    teacher = cifar_resnet(14, num_classes=3).eval()
-    train_supervised(net, data, first_k_policy(2, net.num_blocks), cfg, teacher=teacher)
+                           weight_decay=0.0, distill=1.0, inplace=True, temperature=2.0)
+    train_supervised(net, data, first_k_policy(2, net.num_blocks), cfg)
     from blockdrop.data import make_loader, set_loader_epoch
     loader = make_loader(data.dataset, 8, train=True, seed=0)
     set_loader_epoch(loader, 0)
@@ -172,13 +135,7 @@ def test_inplace_distillation_step_matches_a_plain_pytorch_reference(full_distil
     q = torch.softmax(full.detach() / 2.0, 1)
     kl = (q * (q.log() - torch.log_softmax(sub(x) / 2.0, 1))).sum(1).mean() * 4.0
     opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    full_loss = F.cross_entropy(full, y)
-    if full_distill:   # the full path also learns the frozen teacher's soft targets (T = 3)
-        with torch.no_grad():
-            qt = torch.softmax(teacher(x) / 3.0, 1)
-        kd_t = (qt * (qt.log() - torch.log_softmax(full / 3.0, 1))).sum(1).mean() * 9.0
-        full_loss = (1 - full_distill) * full_loss + full_distill * kd_t
-    (full_loss + kl).backward()
+    (F.cross_entropy(full, y) + kl).backward()
     opt.step()
     for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k, rtol=1e-4, atol=1e-6)

@@ -394,3 +394,50 @@ def test_best_checkpoint_is_the_most_accurate_validated_epoch(tmp_path: Path, mo
     _, last = load_checkpoint(tmp_path / "last.safetensors")
     assert best["progress"]["epoch"] == 2 and best["history"][-1]["acc"] == 0.8   # after epoch 1
     assert last["progress"]["epoch"] == 4
+
+
+def test_the_schedule_has_one_rule() -> None:
+    """resolve_schedule: the curriculum learns every block (ceil(K / cl_step) epochs) and then
+    extra_epochs more; cl_step None frees all at once; finetuning defaults to 10 epochs; steps
+    gives exactly that many steps in the fewest even epochs. The CLI and the recipe both reach
+    it through the Trainer (written out by hand here)."""
+    from blockdrop.training.config import resolve_schedule
+    for k, step, extra in [(27, 3, 2), (27, 1, 5), (54, 4, 0), (15, None, 4)]:
+        r = resolve_schedule(TrainConfig(stage="curriculum", cl_step=step, extra_epochs=extra), k, 50)
+        want = -(-k // (step or k)) + extra
+        assert (r.epochs, r.cl_step, r.steps_per_epoch) == (want, step or k, None)
+    assert resolve_schedule(TrainConfig(stage="finetune"), 27, 50).epochs == 10
+    assert resolve_schedule(TrainConfig(stage="curriculum", epochs=7), 27, 50).epochs == 7
+    r = resolve_schedule(TrainConfig(stage="finetune", steps=130), 27, 50)
+    assert (r.epochs, r.steps_per_epoch, r.steps) == (3, 44, None)
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(stage="finetune", steps=10, epochs=2)
+    with pytest.raises(ValueError, match="cl_step"):
+        TrainConfig(cl_step=0)
+
+
+def test_trainer_makes_exactly_the_configured_steps(tmp_path: Path) -> None:
+    pnet, bb = make_models()
+    tr = Trainer(cfg(stage="finetune", epochs=None, steps_per_epoch=None, steps=5, bn="frozen"),
+                 pnet, bb, tiny_data(), tmp_path)
+    tr.fit()
+    # 5 steps over epochs of at most len(loader) batches, split evenly
+    assert tr.global_step == tr.cfg.epochs * tr.cfg.steps_per_epoch >= 5
+    assert tr.global_step < 5 + tr.cfg.epochs
+
+
+def test_progress_writes_plain_lines_to_a_log(capsys) -> None:
+    """Not a terminal: a line every tenth of the run (no carriage returns), the postfix in it."""
+    from blockdrop.training.loop import progress
+    bar = progress(40, "backbone", True)
+    for i in range(40):
+        bar.set_postfix(acc=f"{i:d}")
+        bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and len(lines) == 10
+    assert lines[0].startswith("backbone: 4/40 (10%") and lines[-1].startswith("backbone: 40/40 (100%")
+    assert lines[-1].endswith("acc 39")
+    progress(40, "off", False).update(40)
+    assert capsys.readouterr().err == ""

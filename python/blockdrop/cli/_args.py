@@ -1,5 +1,5 @@
 """Argument types and option groups shared by the commands. Options that a config dataclass
-defaults (:class:`blockdrop.training.trainer.TrainConfig`) default to None here, so that the dataclass is the
+defaults (:class:`blockdrop.training.config.TrainConfig`) default to None here, so that the dataclass is the
 one place where a default lives."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from blockdrop.engine import STRATEGIES
 from blockdrop.runtime import AMP_MODES
-from blockdrop.training.trainer import BACKBONE_PASSES, TrainConfig
+from blockdrop.training.config import BACKBONE_PASSES, TrainConfig
 
 __all__ = ["positive_int", "nonneg_int", "pos_float", "nonneg_float", "alpha", "fraction", "share", "thresholds",
            "add_runtime", "add_data", "add_training", "setup_threads", "STRATEGIES", "AMP_MODES"]
@@ -103,14 +103,18 @@ def add_data(p: argparse.ArgumentParser, val: bool = True) -> None:
 
 
 def add_training(p: argparse.ArgumentParser, stage: str) -> None:
-    """Training options. Every default is :class:`~blockdrop.training.trainer.TrainConfig`'s (the official
+    """Training options. Every default is :class:`~blockdrop.training.config.TrainConfig`'s (the official
     BlockDrop settings): options left unset stay None and the config resolves them."""
     cl = stage == "curriculum"
     d = TrainConfig(stage=stage)            # the defaults, for the help texts only
     g = p.add_argument_group("training (defaults: the official BlockDrop settings)")
     g.add_argument("--out", required=True, metavar="DIR", help="checkpoints and metrics.csv go here")
     g.add_argument("--epochs", type=positive_int, default=None,
-                   help="default: curriculum K/cl_step + 5, finetune 10")
+                   help=("default: every block learned, then --extra-epochs more "
+                         f"(ceil(K / cl_step) + {d.extra_epochs})") if cl else "default: 10")
+    if cl:
+        g.add_argument("--extra-epochs", type=nonneg_int, default=None,
+                       help=f"epochs once every block is learned (default {d.extra_epochs})")
     g.add_argument("--steps-per-epoch", type=positive_int, default=None,
                    help="cap on batches per epoch (default: whole dataset)")
     g.add_argument("--batch-size", type=positive_int, default=None,

@@ -1,39 +1,36 @@
 """``blockdrop reproduce``: the recipe from a pretrained ResNet to a report (library code in
-:mod:`blockdrop.recipes.reproduce`)."""
+:mod:`blockdrop.recipes.reproduce`; settings in :mod:`blockdrop.recipes.config`)."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from blockdrop.cli._args import add_runtime, fraction, nonneg_float, setup_threads, share
+from blockdrop.cli._args import add_runtime, nonneg_float, setup_threads
 
 __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    from blockdrop.recipes.presets import PRESETS, SELECT_RULES
+    from blockdrop.recipes.presets import PRESETS
     r = sub.add_parser("reproduce", help="the whole recipe: BlockDrop vs fair baselines, report.json")
     r.add_argument("--preset", default="quick", choices=tuple(PRESETS),
                    help="budget: quick (15 min, 2 CPU cores), cpu (90 min), gpu, official")
-    r.add_argument("--arch", required=True, help="backbone architecture, e.g. resnet56")
-    r.add_argument("--train-data", required=True, metavar="PATH",
+    r.add_argument("--config", metavar="FILE",
+                   help="settings from a YAML file (--print-config's form; whole, or partial over "
+                        "--preset or its own 'preset:' key) or a run's report.json")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   dest="overrides", help="override one setting, e.g. --set adapt.steps=200 "
+                                          "--set selection.rule=budget (VALUE in YAML syntax)")
+    r.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings as YAML and exit")
+    r.add_argument("--arch", help="backbone architecture, e.g. resnet56")
+    r.add_argument("--train-data", metavar="PATH",
                    help="training data (the validation split is held out of it)")
-    r.add_argument("--test-data", required=True, metavar="PATH", help="test data, evaluated once")
-    r.add_argument("--weights", required=True, metavar="FILE", help="pretrained backbone")
-    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--test-data", metavar="PATH", help="test data, evaluated once")
+    r.add_argument("--weights", metavar="FILE", help="pretrained backbone")
+    r.add_argument("--out", metavar="DIR")
     r.add_argument("--gamma", type=nonneg_float, nargs="+", default=None,
                    help="finetune penalties to sweep (default: the preset's)")
-    r.add_argument("--tolerance", type=fraction, default=None, metavar="T",
-                   help="with --select tolerance: validation accuracy the chosen point may give "
-                        "up against the full network (default: the preset's)")
-    r.add_argument("--max-blocks", type=share, default=None, metavar="S",
-                   help="block budget of the chosen point, a share of the blocks in (0, 1] "
-                        "(default: the preset's; 1: none)")
-    r.add_argument("--select", choices=SELECT_RULES, default=None, dest="select_rule",
-                   help="how the operating point is chosen on validation: tolerance (the fewest "
-                        "blocks within --tolerance of the full network) or budget (each policy at "
-                        "the most blocks inside --max-blocks, then the most accurate) "
-                        "(default: the preset's)")
     r.add_argument("--resume", action="store_true", help="reuse the stages already in OUT")
     r.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT")
     add_runtime(r)
@@ -41,16 +38,27 @@ def register(sub: Any) -> None:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from blockdrop.recipes.config import apply_overrides, dump_config, load_config
     from blockdrop.recipes.presets import get_preset
     from blockdrop.recipes.reproduce import reproduce
-    budget = args.max_blocks if args.max_blocks is not None else get_preset(args.preset).max_blocks
-    if args.select_rule == "budget" and budget is None:
-        parser.error(f"--select budget: needs a block budget, --max-blocks S (preset "
-                     f"{args.preset} sets none)")
+    preset = get_preset(args.preset)
+    try:
+        if args.config:
+            preset = load_config(args.config, base=preset)
+        preset = apply_overrides(preset, args.overrides)
+    except ValueError as e:          # a bad setting: one line naming it, exit 2
+        parser.error(f"{'--config ' + args.config + ': ' if args.config else ''}{e}")
+    if args.gamma:
+        preset = preset.replace(gammas=tuple(args.gamma))
+    if args.print_config:
+        print(dump_config(preset), end="")
+        return 0
+    missing = [f"--{n.replace('_', '-')}" for n in ("arch", "train_data", "test_data", "weights", "out")
+               if getattr(args, n) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     setup_threads(args)
-    reproduce(args.preset, arch=args.arch, train_data=args.train_data, test_data=args.test_data,
-              weights=args.weights, out=args.out, gammas=args.gamma, seed=args.seed,
-              device=args.device, progress=not args.no_progress, resume=args.resume,
-              overwrite=args.overwrite, tolerance=args.tolerance, max_blocks=args.max_blocks,
-              select_rule=args.select_rule)
+    reproduce(preset, arch=args.arch, train_data=args.train_data, test_data=args.test_data,
+              weights=args.weights, out=args.out, seed=args.seed, device=args.device,
+              progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)
     return 0

@@ -5,7 +5,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import torch
 
 from blockdrop.cli._args import add_data, add_runtime, add_training, setup_threads
 from blockdrop.errors import IncompatibleError
-from blockdrop.training.trainer import TrainConfig
+from blockdrop.training.config import TrainConfig
 
 __all__ = ["register", "train_config"]
 
@@ -39,16 +38,14 @@ def register(sub: Any) -> None:
     f.set_defaults(func=lambda p, a: run(p, a, "finetune"))
 
 
-def train_config(args: argparse.Namespace, stage: str, num_blocks: int) -> TrainConfig:
-    """The :class:`~blockdrop.training.trainer.TrainConfig` of a parsed ``train``/``finetune`` command line for
-    a backbone of ``num_blocks`` blocks: the options given (an option sets the field of its name),
-    every other field at the config's own (official) default -- the CLI defines none of its own.
-    Epochs, unless given: curriculum ``ceil(K / cl_step) + 5``, finetune 10."""
+def train_config(args: argparse.Namespace, stage: str) -> TrainConfig:
+    """The :class:`~blockdrop.training.config.TrainConfig` of a parsed ``train``/``finetune``
+    command line: the options given (an option sets the field of its name), every other field at
+    the config's own (official) default -- the CLI defines none of its own (the epochs, unless
+    given, follow the config's one rule, resolved by the trainer)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-             if f.name not in ("stage", "epochs", "progress") and getattr(args, f.name, None) is not None}
-    cfg = TrainConfig(stage=stage, progress=not args.no_progress, **given)
-    epochs = args.epochs or (math.ceil(num_blocks / cfg.cl_step) + 5 if stage == "curriculum" else 10)
-    return dataclasses.replace(cfg, epochs=epochs)
+             if f.name not in ("stage", "progress") and getattr(args, f.name, None) is not None}
+    return TrainConfig(stage=stage, progress=not args.no_progress, **given)
 
 
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -104,12 +101,12 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -
         torch.manual_seed(args.seed)
         pnet = make_policy_net(backbone.num_blocks, train.image_size)
     k = backbone.num_blocks
-    cfg = train_config(args, stage, k)
-    epochs = cfg.epochs
+    cfg = train_config(args, stage)
     teacher = copy.deepcopy(backbone).eval() if cfg.distill else None   # the starting backbone
     meta = {"backbone_spec": spec, "policy_spec": pnet.spec(), "classes": train.classes,
             "image_size": train.image_size, "data": train.source}
     trainer = Trainer(cfg, pnet, backbone, train, out, val, dist_info, meta, teacher=teacher)
+    epochs = trainer.cfg.epochs
     if dist_info.is_main:
         print(f"[{stage}] {train.source}: {len(train.dataset)} images, {train.num_classes} classes; "  # type: ignore[arg-type]
               f"backbone {spec}, K={k}; {epochs} epochs x {trainer.batches_per_epoch} steps "

@@ -3,7 +3,7 @@
 Two shapes, as in BlockDrop (Wu et al., CVPR 2018):
 
 * :class:`CifarPolicyNet` - a ResNet-8 (stem + 3 BasicBlocks, 16/32/64 channels) on the full
-  32x32 image;
+  32x32 image (or, cheaper, on the image average-pooled by ``pool``, with ``width`` channels);
 * :class:`ImageNetPolicyNet` - a ResNet-10 (7x7 stem + 4 BasicBlocks, 64..512 channels) on the
   image average-pooled to 112x112.
 
@@ -88,14 +88,17 @@ class PolicyNet(nn.Module):
 
 
 class CifarPolicyNet(PolicyNet):
-    """ResNet-8 on the full 32x32 image: ``[N,3,32,32] -> probs [N, num_blocks]``."""
+    """ResNet-8 (``width``/2x/4x channels) on the 32x32 image average-pooled by ``pool`` (1: the
+    full image; 2: 16x16, a quarter of the FLOPs): ``[N,3,32,32] -> probs [N, num_blocks]``."""
 
     kind = "cifar"
 
-    def __init__(self, num_blocks: int, width: int = 16) -> None:
+    def __init__(self, num_blocks: int, width: int = 16, pool: int = 1) -> None:
         super().__init__()
+        if width < 1 or pool < 1:
+            raise ValueError(f"width and pool: expected >= 1, got {width}, {pool}")
         self.num_blocks = int(num_blocks)
-        self.width = int(width)
+        self.width, self.pool = int(width), int(pool)
         w = self.width
         self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w),
                                   nn.ReLU(inplace=True))
@@ -105,11 +108,13 @@ class CifarPolicyNet(PolicyNet):
         self._init()
 
     def features(self, x: Tensor) -> Tensor:
-        """``[N,3,H,W] -> [N, 4*width]`` (global average pool)."""
+        """``[N,3,H,W] -> [N, 4*width]`` (average-pooled by ``pool`` first; global average pool)."""
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool)
         return self.layers(self.stem(x)).mean(dim=(2, 3))
 
     def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "width": self.width}
+        return {**super().spec(), "width": self.width, "pool": self.pool}
 
 
 class ImageNetPolicyNet(PolicyNet):
@@ -144,10 +149,11 @@ class ImageNetPolicyNet(PolicyNet):
         return {**super().spec(), "resolution": self.resolution}
 
 
-def make_policy_net(num_blocks: int, image_size: int) -> PolicyNet:
-    """The paper's choice: ResNet-8 for images up to 64 px, ResNet-10 at 112 px above that."""
+def make_policy_net(num_blocks: int, image_size: int, width: int = 16, pool: int = 1) -> PolicyNet:
+    """The paper's choice: ResNet-8 for images up to 64 px (``width`` channels, on the image
+    average-pooled by ``pool``), ResNet-10 at 112 px above that (``width``/``pool`` unused)."""
     if image_size <= 64:
-        return CifarPolicyNet(num_blocks)
+        return CifarPolicyNet(num_blocks, width=width, pool=pool)
     return ImageNetPolicyNet(num_blocks)
 
 

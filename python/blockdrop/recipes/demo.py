@@ -24,27 +24,34 @@ import torch
 from blockdrop.checkpoint import atomic_write_text, load_blockdrop_net
 from blockdrop.data import digits_dataset, make_loader
 from blockdrop.evaluation.evaluate import evaluate
-from blockdrop.recipes.presets import Preset
+from blockdrop.recipes.config import AdaptConfig, CurriculumConfig, Preset, SelectionConfig
 from blockdrop.recipes.reproduce import reproduce
+from blockdrop.training.config import TrainConfig
 
 __all__ = ["DEMO", "DEMO_SMOKE", "run_demo"]
 
 DEMO = Preset(
     name="demo", summary="digits, ResNet-20 from scratch, a few minutes on one CPU core",
-    n_val=300, batch_size=64, pretrain_steps=1000, pretrain_keep=0.5, policy_width=8,
-    adapt_steps=0, cl_step=3, cl_steps_per_epoch=15, cl_extra_epochs=2, cl_gamma=1.0,
-    ft_steps=150, ft_lr=1e-4, gammas=(1.0, 3.0), thresholds=(0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6),
-    amp="off")
+    n_val=300, gammas=(1.0, 3.0),
+    pretrain=AdaptConfig(steps=1000, keep=0.5, lr=0.1, batch_size=64, amp="off"),
+    curriculum=CurriculumConfig(width=8, cl_step=3, steps_per_epoch=15, extra_epochs=2, gamma=1.0,
+                                batch_size=64, amp="off"),
+    finetune=TrainConfig(stage="finetune", steps=150, lr=1e-4, batch_size=64, amp="off"))
 
 #: Tiny settings for tests (`blockdrop demo --quick`): every stage runs, nothing is learned well.
-DEMO_SMOKE = DEMO.with_overrides(name="demo-smoke", pretrain_steps=4, cl_steps_per_epoch=1,
-                                 cl_extra_epochs=0, ft_steps=2, gammas=(1.0,), thresholds=(0.5,))
+DEMO_SMOKE = DEMO.replace(
+    name="demo-smoke", gammas=(1.0,),
+    pretrain=AdaptConfig(steps=4, keep=0.5, lr=0.1, batch_size=64, amp="off"),
+    curriculum=CurriculumConfig(width=8, cl_step=3, steps_per_epoch=1, extra_epochs=0, gamma=1.0,
+                                batch_size=64, amp="off"),
+    finetune=TrainConfig(stage="finetune", steps=2, lr=1e-4, batch_size=64, amp="off"),
+    selection=SelectionConfig(thresholds=(0.5,)))
 
 
 def _policy_digest(report: dict[str, Any], test: Any) -> str:
     net = load_blockdrop_net(report["checkpoint"])[0]
-    res = evaluate(net, make_loader(test.dataset, 500, train=False), full=False, flops=False,
-                   progress=False)
+    res = evaluate(net, make_loader(test.dataset, DEMO.evaluation.batch_size, train=False),
+                   full=False, flops=False, progress=False)
     assert res.policies is not None
     return hashlib.sha1(res.policies.numpy().tobytes()).hexdigest()
 

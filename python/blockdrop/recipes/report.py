@@ -32,7 +32,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
              f"({r['val']['selection']}); seed {r['seed']}, commit {r['commit']}, "
              f"{r['minutes']:.1f} minutes on {r['device']} ({r['threads']} threads).", "",
              f"**Result**: BlockDrop (gamma {r['gamma']:g}"
-             f"{', curriculum only' if r.get('stage') == 'curriculum' and r['settings'].get('ft_steps') != 0 else ''}) "
+             f"{', curriculum only' if _cl_only(r, r.get('stage')) else ''}) "
              f"{100 * r['accuracy']:.2f}% with "
              f"{r['blocks_mean']:.2f} +- {r['blocks_std']:.2f} of {r['num_blocks']} blocks "
              f"({100 * r['blocks_mean'] / r['num_blocks']:.0f}%), {r['flops_mean']:.3e} FLOPs/image "
@@ -50,7 +50,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
     for row in r["results"]:
         g = row.get("gamma")
         va, t = row.get("val_accuracy"), row.get("threshold")
-        cl_only = row.get("stage") == "curriculum" and r["settings"].get("ft_steps") != 0
+        cl_only = _cl_only(r, row.get("stage"))
         name = (_NAMES.get(row["method"], row["method"]) + (", curriculum only" if cl_only else "")
                 + (f", draw {row['draw']}" if row.get("draw") else "")
                 + (" (chosen)" if row.get("chosen") else ""))
@@ -62,6 +62,11 @@ def summary_markdown(report: dict[str, Any]) -> str:
     lines += ["", "Minutes per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                    r["stage_minutes"].items()), ""]
     return "\n".join(lines)
+
+
+def _cl_only(report: dict[str, Any], stage: str | None) -> bool:
+    """A curriculum model in a run that also finetunes (its curriculum-only candidate)."""
+    return stage == "curriculum" and report["config"].get("finetune") is not None
 
 
 def _uncertainty(r: dict[str, Any]) -> list[str]:
@@ -92,8 +97,7 @@ def write_report(out: Path, report: dict[str, Any], final_net: Any, final: EvalR
     full = None
     for row in report["results"]:
         pt = {"accuracy": row["accuracy"], "flops": row["flops_mean"],
-              "label": (f"g={row['gamma']:g}" + (" cl" if row.get("stage") == "curriculum"
-                                                 and report["settings"].get("ft_steps") != 0 else "")
+              "label": (f"g={row['gamma']:g}" + (" cl" if _cl_only(report, row.get("stage")) else "")
                         if row["method"] == "blockdrop" else "")}
         if row["method"] == "full":
             full = pt

@@ -9,7 +9,7 @@ from pathlib import Path
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.evaluation.evaluate import EvalResult
 from blockdrop.recipes import stages
-from blockdrop.recipes.presets import check_select_rule
+from blockdrop.recipes.config import SelectionConfig
 from blockdrop.recipes.stages import Run
 
 __all__ = ["Point", "val_points", "select", "describe"]
@@ -30,29 +30,29 @@ class Point:
 
 
 def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
-                tolerance: float, stage: str = "finetune", checkpoint: Path | None = None,
-                max_blocks: float | None = None, draw: int = 0,
-                rule: str = "tolerance") -> list[Point]:
-    """The model at every preset threshold on the validation split, then ``threshold_refine``
-    bisections (a larger threshold keeps fewer blocks) where :func:`select` decides. Rule
+               stage: str = "finetune", checkpoint: Path | None = None,
+               draw: int = 0) -> list[Point]:
+    """The model at every threshold of ``run.preset.selection`` on the validation split, then
+    its ``refine`` bisections (a larger threshold keeps fewer blocks) where :func:`select` decides. Rule
     "tolerance": between the last threshold it could choose by its tolerance (within ``tolerance``
     of the full network, cheaper than it, inside the block budget ``max_blocks``) and the next;
     when no threshold is within the tolerance inside the budget, between the last one over the
     budget and the next. Rule "budget": between the last threshold that cannot compete (over the
     budget, or dearer than the full network) and the next. Only inside the preset's grid: when
     every threshold competes, or none does, nothing is refined."""
-    check_select_rule(rule, max_blocks)
+    cfg = run.preset.selection
+    rule, tolerance, max_blocks = cfg.rule, cfg.tolerance, cfg.max_blocks
 
     def at(t: float) -> Point:
         q = copy.copy(net)
         q.threshold = t
         return Point(gamma, t, q, stages.evaluate_on(run, q, run.val), stage, checkpoint, draw)
 
-    points = [at(t) for t in sorted(run.preset.thresholds)]
+    points = [at(t) for t in sorted(cfg.thresholds)]
     fits = lambda q: _saves_flops(q.val) and _in_budget(q, max_blocks)   # noqa: E731
     ok = lambda q: fits(q) and _within(q, full_val, tolerance)             # noqa: E731
     over = lambda q: not _in_budget(q, max_blocks)                         # noqa: E731
-    for _ in range(run.preset.threshold_refine):
+    for _ in range(cfg.refine):
         srt = sorted(points, key=lambda q: q.threshold)
         if rule == "budget":
             pairs = [(a, b) for a, b in zip(srt, srt[1:]) if not fits(a) and fits(b)]
@@ -67,8 +67,7 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
     return points
 
 
-def select(points: list[Point], full_val: EvalResult, tolerance: float,
-           max_blocks: float | None = None, rule: str = "tolerance") -> Point:
+def select(points: list[Point], full_val: EvalResult, cfg: SelectionConfig) -> Point:
     """Rule "tolerance": the point with the fewest validation blocks whose validation accuracy is
     within ``tolerance`` of the full network's; when none is, the most accurate one. Rule
     "budget" (needs ``max_blocks``): of each trained model (gamma, stage, draw) the point with the
@@ -78,7 +77,7 @@ def select(points: list[Point], full_val: EvalResult, tolerance: float,
     saves FLOPs, all compete). With a block budget ``max_blocks`` (a share of the K blocks, on
     validation) only the points inside it compete; when none is, the one with the fewest blocks
     is returned."""
-    check_select_rule(rule, max_blocks)
+    rule, tolerance, max_blocks = cfg.rule, cfg.tolerance, cfg.max_blocks
     cheaper = [p for p in points if _saves_flops(p.val)] or points
     fits = [p for p in cheaper if _in_budget(p, max_blocks)]
     if not fits:
@@ -96,9 +95,9 @@ def select(points: list[Point], full_val: EvalResult, tolerance: float,
     return max(fits, key=lambda p: p.val.accuracy)
 
 
-def describe(tolerance: float, max_blocks: float | None, rule: str = "tolerance") -> str:
+def describe(cfg: SelectionConfig) -> str:
     """The rule :func:`select` applies, in words (for reports)."""
-    check_select_rule(rule, max_blocks)
+    rule, tolerance, max_blocks = cfg.rule, cfg.tolerance, cfg.max_blocks
     budget = f", at most {100 * max_blocks:g}% of the blocks" if max_blocks is not None else ""
     if rule == "budget":
         return ("each trained model at the most blocks inside the budget, then the most accurate "

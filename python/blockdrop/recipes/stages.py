@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +17,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from blockdrop.training.averaging import average_weights
-from blockdrop.training.baselines import BaselinePolicy, drop_path_policy, first_k_policy, full_policy, random_k_policy
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_blockdrop_net, save_blockdrop_net
 from blockdrop.data import DataInfo, make_loader
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluation.evaluate import EvalResult, evaluate
-from blockdrop.recipes.presets import Preset
-from blockdrop.training.supervised import ReplayTeacher, SupervisedConfig, train_supervised
+from blockdrop.recipes.config import Preset
+from blockdrop.training.averaging import average_weights
+from blockdrop.training.baselines import (BaselinePolicy, PolicySampler, drop_path_policy,
+                                          first_k_policy, full_policy, random_k_policy)
+from blockdrop.training.config import SupervisedConfig, TrainConfig
+from blockdrop.training.supervised import ReplayTeacher, train_supervised
 
-__all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "ft_schedule", "stage_pretrain",
+__all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "supervised_alike", "stage_pretrain",
            "stage_adapt", "stage_full", "stage_soup", "stage_baseline"]
 
 
@@ -53,7 +55,6 @@ class RunPaths:
             raise IncompatibleError(f"out: {self.out} already holds a run ({present[0].name}); "
                                     f"resume it (--resume) or replace it (--overwrite)")
         if overwrite:
-            import shutil
             for q in present:
                 shutil.rmtree(q) if q.is_dir() else q.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -105,36 +106,68 @@ class Run:
         return out
 
 
+    def stage_config(self, cfg: Any, seed_offset: int = 0) -> Any:
+        """A stage's config with the run's settings written in (seed, progress; the device for
+        the policy trainer)."""
+        kw: dict[str, Any] = {"seed": self.seed + seed_offset, "progress": self.progress}
+        if isinstance(cfg, TrainConfig):
+            kw["device"] = str(self.device)
+        return dataclasses.replace(cfg, **kw)
+
+
 def evaluate_on(run: Run, net: BlockDropNet, data: DataInfo) -> EvalResult:
-    loader = make_loader(data.dataset, 500, train=False)
+    """``net``'s accuracy, blocks and FLOPs on ``data`` (every image, the preset's eval batch)."""
+    loader = make_loader(data.dataset, run.preset.evaluation.batch_size, train=False)
     return evaluate(net, loader, run.device, full=False, flops=True, progress=False)
 
 
-def _ft_config(run: Run, steps: int, distill: float) -> SupervisedConfig:
-    """Stage 3's backbone optimiser as a supervised run: Adam, the same lr and loss. (The joint
-    stage decays its lr x0.1 at 80%; the supervised loop decays it by a cosine -- stated in
-    docs/TRAINING.md.)"""
-    p = run.preset
-    return SupervisedConfig(steps=steps, batch_size=p.batch_size, lr=p.ft_lr, optimizer="adam",
-                            weight_decay=0.0, distill=distill, bn=p.ft_bn, strategy=p.strategy,
-                            amp=p.amp, seed=run.seed, progress=run.progress)
+def ft_steps(run: Run) -> int:
+    """The joint finetuning's optimisation steps (0 without one), for the baselines trained alike."""
+    ft = run.preset.finetune
+    if ft is None:
+        return 0
+    if ft.steps is not None:
+        return ft.steps
+    batches = len(run.train.dataset) // int(ft.batch_size or 1)  # type: ignore[arg-type]
+    return int(ft.epochs or 10) * min(batches, ft.steps_per_epoch or batches)
+
+
+def supervised_alike(run: Run, steps: int) -> SupervisedConfig:
+    """Stage 3's backbone optimiser as a supervised run: Adam, the same lr, batch, loss, BN and
+    precision. (The joint stage decays its lr x0.1 at 80%; the supervised loop by a cosine.)"""
+    ft = run.preset.finetune
+    assert ft is not None
+    return run.stage_config(SupervisedConfig(
+        steps=steps, batch_size=int(ft.batch_size or 1), lr=float(ft.lr or 0), optimizer="adam",
+        weight_decay=ft.weight_decay, distill=ft.distill, temperature=ft.temperature, bn=ft.bn,
+        strategy=ft.strategy, amp=ft.amp))
+
+
+def _train_fixed(run: Run, backbone: nn.Module, sampler: PolicySampler, cfg: SupervisedConfig,
+                 timer: str, teacher: nn.Module | None) -> None:
+    run.timed(timer, lambda: train_supervised(backbone, run.train, sampler, cfg, run.device,
+                                              teacher=teacher))
+
+
+def _save_full_path(run: Run, path: Path, backbone: nn.Module, stage: str) -> None:
+    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
+                       {**run.meta, "stage": stage})
 
 
 def stage_pretrain(run: Run, backbone: nn.Module) -> nn.Module:
-    """No pretrained weights: train ``backbone`` from scratch (SGD 0.1, cosine, stochastic depth)."""
-    path, p = run.paths.pretrained(), run.preset
+    """No pretrained weights: train ``backbone`` from scratch (``preset.pretrain``: stochastic
+    depth at its ``keep``)."""
+    path, cfg = run.paths.pretrained(), run.preset.pretrain
     if run.resume and path.is_file():
         run.log(f"[pretrain] reusing {path}")
         return load_blockdrop_net(path, run.device)[0].backbone
-    if not p.pretrain_steps:
-        raise ValueError(f"weights: preset {p.name!r} needs pretrained weights (it has no pretrain stage)")
-    run.log(f"[pretrain] {p.pretrain_steps} steps from scratch (stochastic depth, keep {p.pretrain_keep})")
-    cfg = SupervisedConfig(steps=p.pretrain_steps, batch_size=p.batch_size, lr=0.1, amp=p.amp,
-                           seed=run.seed, progress=run.progress)
-    run.timed("pretrain", lambda: train_supervised(
-        backbone, run.train, drop_path_policy(p.pretrain_keep, backbone.num_blocks), cfg, run.device))
-    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
-                       {**run.meta, "stage": "pretrain"})
+    if cfg is None:
+        raise ValueError(f"weights: preset {run.preset.name!r} needs pretrained weights (it has no "
+                         f"pretrain stage)")
+    run.log(f"[pretrain] {cfg.steps} steps from scratch (stochastic depth, keep {cfg.keep})")
+    _train_fixed(run, backbone, drop_path_policy(cfg.keep, backbone.num_blocks),
+                 run.stage_config(cfg), "pretrain", None)
+    _save_full_path(run, path, backbone, "pretrain")
     return backbone
 
 
@@ -147,81 +180,64 @@ def _replayed(run: Run, teacher: nn.Module) -> ReplayTeacher:
     return run.replay
 
 
-def _adapt_config(run: Run) -> SupervisedConfig:
-    p = run.preset
-    return SupervisedConfig(steps=max(1, p.adapt_steps), batch_size=p.batch_size, lr=p.adapt_lr,
-                            distill=p.adapt_distill, inplace=p.adapt_inplace,
-                            temperature=p.adapt_temperature, full_distill=p.adapt_full_distill,
-                            anchor=p.adapt_anchor, strategy="gather",
-                            amp=p.amp, seed=run.seed, progress=run.progress)
-
-
 def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
-    path, p = run.paths.adapted(), run.preset
+    """A copy of ``pretrained`` trained under stochastic depth (``preset.adapt``; without it the
+    copy as it is), distilled from ``pretrained``."""
+    path, cfg = run.paths.adapted(), run.preset.adapt
     if run.resume and path.is_file():
         run.log(f"[adapt] reusing {path}")
         return load_blockdrop_net(path)[0].backbone
     backbone = copy.deepcopy(pretrained)
-    if p.adapt_steps:
-        run.log(f"[adapt] {p.adapt_steps} steps of stochastic depth (keep {p.adapt_keep}), "
-                f"distill {p.adapt_distill}{' in place' if p.adapt_inplace else ''}"
-                f"{f', anchor {p.adapt_anchor}' if p.adapt_anchor else ''}")
-        run.timed("adapt", lambda: train_supervised(
-            backbone, run.train, drop_path_policy(p.adapt_keep, backbone.num_blocks),
-            _adapt_config(run), run.device, teacher=_replayed(run, pretrained)))
-    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
-                       {**run.meta, "stage": "adapt"})
+    if cfg is not None:
+        run.log(f"[adapt] {cfg.steps} steps of stochastic depth (keep {cfg.keep}), "
+                f"distill {cfg.distill}{' in place' if cfg.inplace else ''}")
+        _train_fixed(run, backbone, drop_path_policy(cfg.keep, backbone.num_blocks),
+                     run.stage_config(cfg), "adapt", _replayed(run, pretrained))
+    _save_full_path(run, path, backbone, "adapt")
     return backbone
 
 
 def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
     """The full network finetuned alike: from the pretrained weights, the adapt stage's steps,
     optimiser and loss, then the finetune stage's -- every block, every image."""
-    path, p = run.paths.full(), run.preset
+    path, cfg = run.paths.full(), run.preset.adapt
     if run.resume and path.is_file():
         run.log(f"[baseline full] reusing {path}")
         return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
     backbone = copy.deepcopy(pretrained)
     nb = backbone.num_blocks
-    if p.adapt_steps:
-        # in-place adaptation trains the full path by its own share of the loss (its
-        # distillation term into itself would be zero): that is the full baseline's loss
-        cfg = _adapt_config(run)
-        if p.adapt_inplace:   # the full path's loss: CE, blended with the pretrained soft targets
-            cfg = dataclasses.replace(cfg, inplace=False, distill=p.adapt_full_distill,
-                                      temperature=cfg.teacher_temperature, full_distill=0.0)
-        run.log(f"[baseline full] {p.adapt_steps} steps as the adapt stage, every block")
+    if cfg is not None:
+        # in place, the adapt stage trains the full path by plain cross-entropy: so does this one
+        full_cfg = run.stage_config(dataclasses.replace(cfg, inplace=False, distill=0.0)
+                                    if cfg.inplace else cfg)
+        run.log(f"[baseline full] {cfg.steps} steps as the adapt stage, every block")
         teacher = _replayed(run, pretrained)
         hits = teacher.hits
-        run.timed("baseline_full", lambda: train_supervised(
-            backbone, run.train, full_policy(nb), cfg, run.device, teacher=teacher))
-        if cfg.distill or cfg.full_distill:
+        _train_fixed(run, backbone, full_policy(nb), full_cfg, "baseline_full", teacher)
+        if full_cfg.distill:
             run.log(f"[baseline full] teacher outputs replayed from the adapt stage: "
-                    f"{teacher.hits - hits} of {p.adapt_steps} steps")
+                    f"{teacher.hits - hits} of {cfg.steps} steps")
     steps = ft_steps(run)
     if steps:
-        save_blockdrop_net(run.paths.full_adapt(), BlockDropNet(BaselinePolicy("full", nb), backbone),
-                           {**run.meta, "stage": "baseline_full_adapt"})
+        _save_full_path(run, run.paths.full_adapt(), backbone, "baseline_full_adapt")
         run.log(f"[baseline full] {steps} steps as the finetune stage, every block")
-        teacher = copy.deepcopy(backbone).eval()
-        run.timed("baseline_full", lambda: train_supervised(
-            backbone, run.train, full_policy(nb), _ft_config(run, steps, p.ft_distill), run.device,
-            teacher=teacher))
+        _train_fixed(run, backbone, full_policy(nb), supervised_alike(run, steps), "baseline_full",
+                     copy.deepcopy(backbone).eval())
     net = BlockDropNet(BaselinePolicy("full", nb), backbone, strategy="auto")
     save_blockdrop_net(path, net, {**run.meta, "stage": "baseline_full"})
     return net.to(run.device).eval()
 
 
 def stage_soup(run: Run, adapted: nn.Module, full: BlockDropNet | None) -> nn.Module:
-    """The backbone BlockDrop starts from: ``adapted`` itself, or with ``preset.soup_full`` > 0
+    """The backbone BlockDrop starts from: ``adapted`` itself, or with ``adapt.soup`` = s > 0
     ``(1 - s) * adapted + s * full`` weight by weight, ``full`` being the full network finetuned
     alike (:func:`stage_full`, required then) at the point of training ``adapted`` is at: after the
     adapt stage's steps, before any finetune steps (:meth:`RunPaths.full_adapt`)."""
-    s = run.preset.soup_full
+    s = run.preset.adapt.soup if run.preset.adapt is not None else 0.0
     if not s:
         return adapted
     if full is None:
-        raise ValueError(f"soup_full: {s} averages with the full network finetuned alike; train it first")
+        raise ValueError(f"adapt.soup: {s} averages with the full network finetuned alike; train it first")
     path = run.paths.souped()
     if run.resume and path.is_file():
         run.log(f"[soup] reusing {path}")
@@ -229,14 +245,13 @@ def stage_soup(run: Run, adapted: nn.Module, full: BlockDropNet | None) -> nn.Mo
     partner = full.backbone
     if ft_steps(run):
         if not run.paths.full_adapt().is_file():
-            raise ValueError(f"soup_full: {run.paths.full_adapt()} (the full network after the adapt "
+            raise ValueError(f"adapt.soup: {run.paths.full_adapt()} (the full network after the adapt "
                              f"stage's steps) is missing; rerun the full baseline (without --resume)")
         partner = load_blockdrop_net(run.paths.full_adapt(), run.device)[0].backbone
     run.log(f"[soup] BlockDrop's backbone: {1 - s:g} x adapted + {s:g} x the full network finetuned "
             f"alike (after the adapt stage's steps)")
     souped = average_weights(adapted, partner, s)
-    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", souped.num_blocks), souped),
-                       {**run.meta, "stage": "soup"})
+    _save_full_path(run, path, souped, "soup")
     return souped
 
 
@@ -246,32 +261,13 @@ def stage_baseline(run: Run, adapted: nn.Module, kind: str, k: float, path: Path
     if run.resume and path.is_file():
         run.log(f"[baseline {kind}] reusing {path}")
         return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
-    p, nb = run.preset, adapted.num_blocks
+    nb = adapted.num_blocks
     backbone = copy.deepcopy(adapted)
     sampler = first_k_policy(k, nb) if kind == "first_k" else random_k_policy(k, nb)
     steps = ft_steps(run)
     if steps:
         run.log(f"[baseline {kind}] k = {k:.2f}: {steps} finetune steps")
-        run.timed(f"baseline_{kind}", lambda: train_supervised(
-            backbone, run.train, sampler, _ft_config(run, steps, p.ft_distill), run.device,
-            teacher=adapted))
+        _train_fixed(run, backbone, sampler, supervised_alike(run, steps), f"baseline_{kind}", adapted)
     net = BlockDropNet(BaselinePolicy(kind, nb, k=k, seed=run.seed), backbone, strategy="auto")
     save_blockdrop_net(path, net, {**run.meta, "stage": f"baseline_{kind}"})
     return net.to(run.device).eval()
-
-
-def ft_steps(run: Run) -> int:
-    p = run.preset
-    if p.ft_steps is not None:
-        return p.ft_steps
-    return p.ft_epochs * (len(run.train.dataset) // p.batch_size)  # type: ignore[arg-type]
-
-
-def ft_schedule(steps: int, batches_per_epoch: int) -> tuple[int, int]:
-    """(epochs, steps per epoch) that make ``steps`` optimisation steps when an epoch holds at most
-    ``batches_per_epoch`` batches: the fewest epochs, split evenly (the total is ``steps`` rounded
-    up to a multiple of the epochs, at most ``epochs - 1`` more)."""
-    if steps < 1 or batches_per_epoch < 1:
-        raise ValueError(f"steps ({steps}) and batches per epoch ({batches_per_epoch}) must be >= 1")
-    epochs = math.ceil(steps / batches_per_epoch)
-    return epochs, math.ceil(steps / epochs)

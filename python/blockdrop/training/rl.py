@@ -16,10 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["reward", "bound_probs", "sample_policy", "threshold_policy", "log_prob", "entropy",
+__all__ = ["ALPHA", "reward", "bound_probs", "sample_policy", "threshold_policy", "log_prob", "entropy",
            "curriculum_mask", "apply_curriculum", "policy_gradient_loss", "num_learned_blocks"]
 
 _EPS = 1e-7
+#: The official exploration bound.
+ALPHA = 0.8
 
 
 def reward(correct: Tensor, policy: Tensor, gamma: float) -> Tensor:
@@ -33,7 +35,7 @@ def reward(correct: Tensor, policy: Tensor, gamma: float) -> Tensor:
     return torch.where(correct, 1.0 - usage * usage, torch.full_like(usage, -float(gamma)))
 
 
-def bound_probs(probs: Tensor, alpha: float = 0.8) -> Tensor:
+def bound_probs(probs: Tensor, alpha: float = ALPHA) -> Tensor:
     """Exploration bound ``alpha*p + (1-alpha)*(1-p)``: ``[N, K] -> [N, K]``, inside
     ``[1-alpha, alpha]`` for alpha in [0.5, 1]."""
     return alpha * probs + (1.0 - alpha) * (1.0 - probs)

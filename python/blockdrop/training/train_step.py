@@ -7,15 +7,15 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blockdrop.training import rl
 from blockdrop.engine import dynamic_forward
 from blockdrop.runtime import amp_autocast, eval_mode
+from blockdrop.training import rl
+from blockdrop.training.losses import distillation_loss
 
 if TYPE_CHECKING:
-    from blockdrop.training.trainer import TrainConfig
+    from blockdrop.training.config import TrainConfig
 
 __all__ = ["BlockDropStep", "ForcedOn", "STAT_NAMES", "stats_dict"]
 
@@ -42,15 +42,12 @@ class BlockDropStep(nn.Module):
         return amp_autocast(x.device, self.cfg.amp)
 
     def _backbone_loss(self, x: Tensor, logits: Tensor, y: Tensor) -> Tensor:
-        """Cross-entropy of the sampled sub-network, blended with the teacher's soft targets."""
-        ce = F.cross_entropy(logits.float(), y)
-        d, t = self.cfg.distill, self.cfg.temperature
-        if not d:
-            return ce
-        with torch.no_grad(), self._autocast(x):
-            soft = F.softmax(self._teacher[0](x).float() / t, 1)
-        kd = F.kl_div(F.log_softmax(logits.float() / t, 1), soft, reduction="batchmean") * (t * t)
-        return (1.0 - d) * ce + d * kd
+        """Cross-entropy of the trained sub-network, blended with the teacher's soft targets."""
+        teacher_logits = None
+        if self.cfg.distill:
+            with torch.no_grad(), self._autocast(x):
+                teacher_logits = self._teacher[0](x).float()
+        return distillation_loss(logits, y, teacher_logits, self.cfg.distill, self.cfg.temperature)
 
     def forward(self, x: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """``x [N,3,H,W]``, ``y [N]``, curriculum ``mask [K]`` (None: all blocks learned) ->

@@ -25,13 +25,13 @@ reward the model would get at test time.
 
 Also: CPU or CUDA, AMP (float16 + GradScaler) on CUDA, DDP under ``torchrun`` (NCCL on CUDA, gloo
 on CPU), atomic checkpoints with every RNG state so that ``resume`` after a kill reproduces an
-uninterrupted run exactly, tqdm progress, CSV metrics (TensorBoard when installed).
+uninterrupted run exactly, progress output (training.loop.progress), CSV metrics (TensorBoard
+when installed).
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,92 +39,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from blockdrop.data import DataInfo, make_loader
+from blockdrop.runtime import DistInfo, eval_mode, interrupt_at_step_end, resolve_device
 from blockdrop.training import rl
-from blockdrop.data import DataInfo, make_loader, set_loader_epoch
+from blockdrop.training.config import TrainConfig, resolve_schedule
+from blockdrop.training.loop import Optimization, epoch_batches, progress
 from blockdrop.training.metrics import MetricsLog
-from blockdrop.runtime import DistInfo, amp_dtype, eval_mode, interrupt_at_step_end, resolve_device
 from blockdrop.training.train_state import TrainState
 from blockdrop.training.train_step import BlockDropStep, ForcedOn, stats_dict
 
-__all__ = ["TrainConfig", "Trainer", "BACKBONE_PASSES"]
-
-#: The passes the backbone can learn on in finetuning (``TrainConfig.backbone_on``).
-BACKBONE_PASSES = ("sample", "greedy")
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one stage.  Every default is the official BlockDrop setting
-    (Tushar-N/blockdrop ``cl_training.py`` / ``finetune.py``); ``None`` means "the stage's
-    official value", resolved in ``__post_init__``."""
-    stage: str = "curriculum"            # "curriculum" | "finetune"
-    epochs: int = 10
-    steps_per_epoch: int | None = None   # cap on batches per epoch (None: whole dataset)
-    batch_size: int | None = None        # per process: 2048 curriculum (official CIFAR), 256 finetune
-    lr: float | None = None              # 1e-3 curriculum, 1e-4 finetune
-    lr_decay_at: float | None = None     # lr x lr_decay from this fraction of all steps on:
-    lr_decay: float = 0.1                #   never in the curriculum, 0.8 (epoch 1600/2000) finetune
-    weight_decay: float = 0.0
-    gamma: float | None = None           # penalty for a wrong prediction: 1 curriculum, 5 finetune
-    alpha: float = 0.8                   # exploration bound
-    backbone_on: str = "sample"          # finetune: the backbone learns on the "sample" (official)
-                                         #   or the "greedy" (thresholded, executed) sub-network
-    beta: float | None = None            # entropy bonus: 0.1 curriculum, 0 finetune
-    cl_step: int = 1                     # blocks added to the learned set per curriculum epoch
-    strategy: str = "gather"             # engine strategy for the backbone
-    bn: str = "train"                    # finetune BatchNorm: "train" (official) | "frozen"
-    baseline_eval: bool = False          # self-critical pass in eval mode (official: train mode)
-    distill: float = 0.0                 # finetune: weight of the teacher's soft targets in the
-    temperature: float = 4.0             #   backbone loss, (1-d)*CE + d*T^2*KL (0: official CE)
-    amp: str = "auto"                    # runtime.AMP_MODES: auto (fp16 + GradScaler on CUDA,
-                                         #   off on CPU) | off | bf16 | fp16
-    channels_last: bool = False          # models and batches in channels_last memory format
-    seed: int = 0
-    workers: int = 0
-    ckpt_every: int = 0                  # also checkpoint every N steps (0: end of epoch only)
-    log_every: int = 10
-    progress: bool = True
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.stage not in ("curriculum", "finetune"):
-            raise ValueError(f"stage must be 'curriculum' or 'finetune', not {self.stage!r}")
-        if self.bn not in ("frozen", "train"):
-            raise ValueError(f"bn must be 'frozen' or 'train', not {self.bn!r}")
-        if self.backbone_on not in BACKBONE_PASSES:
-            raise ValueError(f"backbone_on must be {' or '.join(map(repr, BACKBONE_PASSES))}, "
-                             f"not {self.backbone_on!r}")
-        cl = self.stage == "curriculum"
-        if self.batch_size is None:
-            self.batch_size = 2048 if cl else 256
-        if self.lr is None:
-            self.lr = 1e-3 if cl else 1e-4
-        if self.gamma is None:
-            self.gamma = 1.0 if cl else 5.0
-        if self.beta is None:
-            self.beta = 0.1 if cl else 0.0
-        if self.lr_decay_at is None and not cl:
-            self.lr_decay_at = 0.8
-        if self.epochs < 1 or self.batch_size < 1 or self.cl_step < 1:
-            raise ValueError("epochs, batch_size and cl_step must be >= 1")
-        if not 0.5 <= self.alpha <= 1.0:
-            raise ValueError("alpha must be in [0.5, 1]")
-        if not 0.0 <= self.distill <= 1.0 or self.temperature <= 0:
-            raise ValueError("distill must be in [0, 1] and temperature > 0")
-        if self.distill and cl:
-            raise ValueError("distill applies to the finetune stage (the curriculum trains no backbone)")
-        amp_dtype(torch.device("cpu"), self.amp)   # validates the mode
-        if self.lr_decay_at is not None and not 0.0 <= self.lr_decay_at <= 1.0:
-            raise ValueError("lr_decay_at must be a fraction of the run in [0, 1]")
-
-    def lr_at(self, step: int, total_steps: int) -> float:
-        """Learning rate of optimisation step ``step`` (0-based) of ``total_steps``: a single
-        step decay, as the official ``LrScheduler`` (``lr * 0.1 ** (epoch // 1600)``)."""
-        base = float(self.lr or 0.0)
-        if self.lr_decay_at is not None and step >= self.lr_decay_at * total_steps:
-            return base * self.lr_decay
-        return base
-
+__all__ = ["TrainConfig", "Trainer"]
 
 # --------------------------------------------------------------------------- trainer
 
@@ -132,7 +56,9 @@ class Trainer:
     """Runs one stage (curriculum or finetune) with checkpoints and exact resume.
 
     Args:
-        cfg: the stage's :class:`TrainConfig`.
+        cfg: the stage's :class:`TrainConfig`; its schedule is resolved here for the backbone's
+            ``K`` and the data's batches per epoch (``self.cfg``, the resolved copy:
+            :func:`~blockdrop.training.config.resolve_schedule`).
         policy_net: ``x [N,3,H,W] -> probs [N,K]``.
         backbone: a ``blockdrop.models.ResNetBackbone`` with ``num_blocks == K``.
         train_data / val_data: from :mod:`blockdrop.data`.
@@ -170,9 +96,9 @@ class Trainer:
         for p in backbone.parameters():
             p.requires_grad_(finetune)
         params = [p for p in self.step_module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=float(cfg.lr or 0), weight_decay=cfg.weight_decay)
-        fp16 = amp_dtype(self.device, cfg.amp) == torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.opt = Optimization(torch.optim.Adam(params, lr=float(cfg.lr or 0),
+                                                 weight_decay=cfg.weight_decay), self.device, cfg.amp)
+        self.optimizer, self.scaler = self.opt.optimizer, self.opt.scaler
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
         self.step_module.generator = self.generator
@@ -188,8 +114,9 @@ class Trainer:
         if nb == 0:
             raise ValueError(f"dataset of {len(train_data.dataset)} images is smaller than one "  # type: ignore
                              f"batch ({cfg.batch_size} x {self.dist.world_size} processes)")
+        cfg = self.cfg = self.step_module.cfg = resolve_schedule(cfg, self.num_blocks, nb)
         self.batches_per_epoch = min(nb, cfg.steps_per_epoch or nb)
-        self.total_steps = cfg.epochs * self.batches_per_epoch
+        self.total_steps = int(cfg.epochs or 0) * self.batches_per_epoch
         self.state = TrainState(policy_net, backbone, self.optimizer, self.scaler, self.generator,
                                 self.device)
         self.metrics = MetricsLog(self.out_dir, enabled=self.dist.is_main)
@@ -268,11 +195,8 @@ class Trainer:
         lr = self.cfg.lr_at(self.global_step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
         loss, stats = self.model(x, y, mask)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.opt.step(loss)
         return stats.detach()
 
     def fit(self, resume: bool = False,
@@ -290,26 +214,22 @@ class Trainer:
 
     def _fit(self, resume: bool, on_step: Callable[["Trainer"], None] | None,
              interrupted: Callable[[], bool]) -> dict[str, Any]:
-        from tqdm.auto import tqdm
         if resume:
             self.resume()
         cfg, main = self.cfg, self.dist.is_main
         self.out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         last: dict[str, Any] = {}
-        while self.epoch < cfg.epochs:
+        while self.epoch < int(cfg.epochs or 0):
             epoch = self.epoch
             mask = self.curriculum_mask(epoch)
             learned = self.num_blocks if mask is None else int(mask.sum())
             self.step_module.train()
-            set_loader_epoch(self.loader, epoch, self.batch)
-            it = iter(self.loader)
-            bar = tqdm(total=self.batches_per_epoch, initial=self.batch, leave=False,
-                       desc=f"{cfg.stage} {epoch + 1}/{cfg.epochs}",
-                       disable=not (main and cfg.progress), dynamic_ncols=True)
+            batches = epoch_batches(self.loader, epoch, self.batch, self.batches_per_epoch - self.batch)
+            bar = progress(self.batches_per_epoch, f"{cfg.stage} {epoch + 1}/{cfg.epochs}",
+                           main and cfg.progress, initial=self.batch)
             acc_stats, n_acc = None, 0
-            while self.batch < self.batches_per_epoch:
-                x, y = next(it)
+            for x, y in batches:
                 x = x.to(self.device, non_blocking=True)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -340,7 +260,6 @@ class Trainer:
                 if on_step is not None:
                     on_step(self)
             bar.close()
-            del it
             if self.val_data is not None and main:
                 last = self.validate(epoch, learned, time.time() - t0)
             self.epoch, self.batch = epoch + 1, 0
