@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,14 +199,47 @@ def preset_to_dict(p: Preset) -> dict[str, Any]:
 
 
 def _coerce(cls: Any, name: str, value: Any, where: str) -> Any:
-    """``value`` for field ``name`` of ``cls`` (YAML lists become the field's tuples)."""
+    """``value`` as field ``name`` of ``cls`` expects it (its type hint: int, float, bool, str,
+    tuples of them, optionally None); ValueError naming ``where.name`` otherwise. YAML lists
+    become tuples, ints become floats where a float is expected, and strings that YAML 1.1 leaves
+    unparsed (``1e-3``) become numbers."""
     hint = typing.get_type_hints(cls)[name]
-    if isinstance(value, list) and "tuple" in str(hint):
-        return tuple(value)
-    if isinstance(value, int) and not isinstance(value, bool) and "float" in str(hint) \
-            and "int" not in str(hint):
-        return float(value)
-    return value
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = typing.get_args(hint) if union else (hint,)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError(f"{where}.{name}: expected a value, got null")
+    kind = next(a for a in args if a is not type(None))
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}.{name}: expected a list, got {value!r}")
+        elem = typing.get_args(kind)[0]
+        return tuple(_scalar(elem, v, f"{where}.{name}") for v in value)
+    return _scalar(kind, value, f"{where}.{name}")
+
+
+def _scalar(kind: Any, value: Any, what: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:                     # pragma: no cover - every config field is one of the above
+        return value
+    raise ValueError(f"{what}: expected {kind.__name__}, got {value!r}")
 
 
 def _build(cls: Any, data: Any, where: str) -> Any:
@@ -269,16 +303,17 @@ def load_config(path: str | os.PathLike[str], base: Preset | None = None) -> Pre
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config: {path} does not exist")
+    import yaml
     text = path.read_text()
     try:
         if path.suffix == ".json":
             data = json.loads(text)
             data = data.get("config", data) if isinstance(data, dict) else data
         else:
-            import yaml
             data = yaml.safe_load(text)
-    except (json.JSONDecodeError, ValueError) as e:
-        raise FileFormatError(f"config: {path} is not valid {path.suffix or 'YAML'}: {e}") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise FileFormatError(path, f"a {kind} config", str(e).splitlines()[0]) from None
     if isinstance(data, dict) and "preset" in data:
         base = get_preset(str(data["preset"]))
     return preset_from_dict(data, base)
