@@ -99,11 +99,12 @@ def tol(ref: torch.Tensor) -> float:
 
 
 def tiny_image_folder(root: Path, classes: tuple[str, ...] = ("red", "green", "blue"),
-                      n_per_class: int = 8, size: int = 16, learnable: bool = True) -> Path:
+                      n_per_class: int = 8, size: int = 16, learnable: bool = True,
+                      seed: int = 0) -> Path:
     """A small ImageFolder tree ``root/<class>/<i>.png`` (with ``learnable``, the dominant colour
-    channel is the class)."""
+    channel is the class; ``seed`` draws the pixels)."""
     from PIL import Image
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for ci, c in enumerate(classes):
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):

@@ -38,10 +38,13 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_recipe_data(tmp_path_factory) -> dict[str, Path]:
-    """A 3-class 16x16 ImageFolder (train 48 / test 12 images) and a ResNet-8 ``.th``: the data the
-    recipe tests run ``blockdrop reproduce`` on."""
+    """A 3-class 16x16 ImageFolder (train 48 / val 9 / test 12 images), a ResNet-8 ``.th`` and a
+    second one (another member of the family, ``family``): the data the recipe tests run
+    ``blockdrop reproduce`` on."""
     from _helpers import tiny_image_folder, write_cifar_weights
     root = tmp_path_factory.mktemp("tiny")
     return {"train": tiny_image_folder(root / "train", n_per_class=16),
-            "test": tiny_image_folder(root / "test", n_per_class=4),
-            "weights": write_cifar_weights(root / "r8.th")}
+            "val": tiny_image_folder(root / "val", n_per_class=3, seed=1),
+            "test": tiny_image_folder(root / "test", n_per_class=4, seed=2),
+            "weights": write_cifar_weights(root / "r8.th"),
+            "family": write_cifar_weights(root / "r8b.th", seed=1)}

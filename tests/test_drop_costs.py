@@ -80,3 +80,52 @@ def test_set_prior_makes_the_policy_static(net: torch.nn.Module) -> None:
         net.set_prior(torch.full((net.num_blocks,), 1.0))
     with pytest.raises(ValueError, match="keep"):
         net.set_prior(torch.full((net.num_blocks + 1,), 0.5))
+
+
+def test_greedy_drop_order_matches_a_brute_force_search() -> None:
+    """StaticK's choice on a tiny network against a brute-force greedy search written here: at
+    each step every remaining block is dropped in turn from the network without the blocks
+    chosen so far (a plain forward over the model's own modules), the prediction compared with
+    the full network's by KL in float64, and the cheapest block taken."""
+    from blockdrop.models import cifar_resnet
+    from blockdrop.training.drop_costs import drop_costs, greedy_drop_order
+    torch.manual_seed(3)
+    net = cifar_resnet(20, num_classes=5).eval()
+    for m in net.modules():            # random BN statistics: blocks that matter unequally
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.2, 1.5)
+    xs = [torch.randn(6, 3, 16, 16) for _ in range(3)]
+    blocks = [b for layer in (net.layer1, net.layer2, net.layer3) for b in layer]
+
+    def logits(x: torch.Tensor, drop: set[int]) -> torch.Tensor:
+        h = torch.relu(net.bn1(net.conv1(x)))
+        for i, b in enumerate(blocks):
+            h = b.shortcut(h) if i in drop else b(h)
+        return net.linear(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+    def cost(drop: set[int]) -> float:
+        tot, n = 0.0, 0
+        with torch.no_grad():
+            for x in xs:
+                p = torch.log_softmax(logits(x, set()).double(), 1)
+                q = torch.log_softmax(logits(x, drop).double(), 1)
+                tot += float((p.exp() * (p - q)).sum())
+                n += x.shape[0]
+        return tot / n
+
+    want: list[int] = []
+    for _ in range(5):
+        cands = {k: cost(set(want) | {k}) for k in range(len(blocks)) if k not in want}
+        want.append(min(cands, key=lambda k: (cands[k], k)))
+    assert greedy_drop_order(net, xs, 5) == want
+    assert len(set(want)) == 5 and want != sorted(want)      # not simply the first or last blocks
+    c = drop_costs(net, xs, want[:2])
+    assert torch.isinf(c[want[:2]]).all()
+    ref = cost(set(want[:2]) | {want[2]})
+    assert float(c[want[2]]) == pytest.approx(ref, rel=1e-4, abs=1e-7)
+    with pytest.raises(ValueError, match="drops"):
+        greedy_drop_order(net, xs, 10)
+    with pytest.raises(ValueError, match="dropped"):
+        drop_costs(net, xs, [9])

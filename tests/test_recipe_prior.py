@@ -19,7 +19,7 @@ CL = CurriculumConfig(prior=True, prior_keep=(0.2, 0.8), prior_images=20, cl_ste
                       steps_per_epoch=1, extra_epochs=1, lr=1e-3, batch_size=8, amp="off")
 TINY = Preset(name="tiny", summary="test", n_val=12, gammas=(1.0,),
               adapt=AdaptConfig(steps=2, distill=0.5, batch_size=8, amp="off"), curriculum=CL,
-              finetune=None, baselines=BaselinesConfig(first_random_k=False),
+              finetune=None, baselines=BaselinesConfig(first_random_k=False, static_k=()),
               selection=SelectionConfig(thresholds=(0.4, 0.5)), evaluation=EvalConfig(speed_batch=4))
 
 

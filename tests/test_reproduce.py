@@ -21,10 +21,12 @@ _TINY = {"batch_size": 8, "amp": "off"}
 TINY = Preset(name="tiny", summary="test", n_val=12, gammas=(1.0, 5.0),
               adapt=AdaptConfig(steps=2, distill=0.5, **_TINY),
               curriculum=CurriculumConfig(cl_step=2, steps_per_epoch=1, extra_epochs=0, **_TINY),
-              finetune=TrainConfig(stage="finetune", steps=6, distill=0.5, alpha=0.9,
+              finetune=TrainConfig(stage="finetune", steps=8, distill=0.5, alpha=0.9,
                                    backbone_on="greedy", **_TINY),
-              selection=SelectionConfig(thresholds=(0.4, 0.5)), evaluation=EvalConfig(speed_batch=4))
-NO_BASELINES = BaselinesConfig(first_random_k=False)
+              selection=SelectionConfig(thresholds=(0.4, 0.5)),
+              baselines=BaselinesConfig(static_k=(0, -1), static_images=20),
+              evaluation=EvalConfig(speed_batch=4, chunks=(2,), speed_repeats=1))
+NO_BASELINES = BaselinesConfig(first_random_k=False, static_k=())
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +67,14 @@ def test_presets_are_complete_and_named() -> None:
 
 
 def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    """The clean protocol: every choice on the validation set given (--val-data), all of the
+    training data trains, the test set is read only by the final evaluation -- it is garbage on
+    disk until then -- and its use is counted in the ledger."""
+    import shutil
     from blockdrop.recipes import reproduce as rep
-    evaluated: list[str] = []
     from blockdrop.recipes import stages
+    monkeypatch.setenv("BLOCKDROP_TEST_LEDGER", str(tmp_path / "ledger.json"))
+    evaluated: list[str] = []
     real = stages.evaluate_on
 
     def spy(run, net, data):
@@ -75,14 +82,28 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
         return real(run, net, data)
 
     monkeypatch.setattr(stages, "evaluate_on", spy)
+    test = tmp_path / "test.tar.gz"
+    test.write_bytes(b"not yet a dataset")        # any read before the final evaluation fails
+    archive = shutil.make_archive(str(tmp_path / "real_test"), "gztar", tiny["test"].parent, "test")
+    real_load = rep.load_test
+
+    def swap_in(run, data):
+        shutil.copyfile(archive, test)
+        return real_load(run, data)
+
+    monkeypatch.setattr(rep, "load_test", swap_in)
     out = tmp_path / "run"
     logs: list[str] = []
-    report = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                           device="cpu", progress=False, log=logs.append)
+    report = rep.reproduce(TINY, "resnet8", tiny["train"], test, tiny["weights"], out,
+                           device="cpu", progress=False, log=logs.append, val_data=tiny["val"],
+                           family_weights=[tiny["family"]])
     on_disk = json.loads((out / "report.json").read_text())
     # the full baseline sees the adapt stage's batches: the pretrained teacher runs once per step
     assert any("replayed from the adapt stage: 2 of 2 steps" in line for line in logs), logs
-    # the finetune makes the preset's steps although they exceed one epoch (36 images / 8 = 4)
+    # every choice on the validation set given; all 48 training images train
+    assert report["val"]["images"] == 9 and "held out" not in report["train_data"]
+    assert report["test_set"]["uses"] == 1 and report["test_images"] == 12
+    # the finetune makes the preset's steps although they exceed one epoch (48 images / 8 = 6)
     from blockdrop.checkpoint import read_meta
     for g in TINY.gammas:
         meta = read_meta(out / f"gamma{g:g}" / "finetune")
@@ -123,14 +144,36 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     base = [r for r in rows if r["method"] in ("first_k", "random_k")]
     assert len(base) == 2 * len(bd)
     for r in base:
-        match = [b for b in bd if b["gamma"] == r["gamma"] and b["threshold"] == r["threshold"]]
+        match = [b for b in bd if (b["gamma"], b["threshold"], b["stage"]) ==
+                 (r["gamma"], r["threshold"], r["stage"])]
         assert r["k"] == pytest.approx(match[0]["val_blocks"])
     assert blockdrop.load(report["checkpoint"]).threshold == report["threshold"]
     # the test set: once per model, after every validation evaluation
-    n_test = sum(1 for s in evaluated if "test" in s and "held out" not in s)
+    assert set(evaluated) == {report["val_data"], report["test_data"]}
+    n_test = evaluated.count(report["test_data"])
     assert n_test == len(report["results"])
-    first_test = next(i for i, s in enumerate(evaluated) if "held out" not in s)
-    assert all("held out" not in s for s in evaluated[first_test:])
+    first_test = evaluated.index(report["test_data"])
+    assert set(evaluated[first_test:]) == {report["test_data"]}
+    # every model on the same axes: measured time (one thread, its best chunk) and FLOPs
+    from blockdrop.recipes.report import ROW_KEYS
+    for r in rows:
+        assert all(k in r for k in ROW_KEYS), r
+        assert r["best_chunk"] in (2, 4) and r["ms_per_image"] > 0
+        assert r["ms_per_image"] == min(r["ms_by_chunk"].values())
+        assert r["measured_speedup_best_vs_best"] == pytest.approx(rows[0]["ms_per_image"] / r["ms_per_image"])
+    assert report["minutes_blockdrop"] <= report["minutes_total"]
+    # StaticK at the chosen point's validation blocks (rounded) and one block fewer, the same
+    # blocks dropped for every image; the smaller family member finetuned like the full network
+    static = [r for r in rows if r["method"] == "static_k"]
+    cb = chosen[0]["val_blocks"]
+    assert sorted(r["k"] for r in static) == sorted({min(3, max(1, round(cb) + off)) for off in (0, -1)})
+    for r in static:
+        net = blockdrop.load(r["checkpoint"])
+        pol = net.policy(torch.zeros(2, 3, 16, 16))
+        assert pol.sum(1).tolist() == [r["k"]] * 2 and r["blocks_mean"] == r["k"]
+        assert [i for i in range(3) if pol[0, i] == 0] == sorted(r["dropped"])
+    fam = [r for r in rows if r["method"] == "family"]
+    assert len(fam) == 1 and "r8b.th" in fam[0]["name"] and fam[0]["blocks_mean"] == 3
     for name in ("report.md", "tradeoff.png", "block_usage.png", "policy_grid.png"):
         assert (out / name).stat().st_size > 0
     md = (out / "report.md").read_text()
@@ -150,18 +193,26 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     vs = report["vs_full"]["test"]
     assert (vs["a_only"], vs["b_only"], vs["n"]) == (int((a & ~b).sum()), int((b & ~a).sum()), 12)
     assert vs["diff"] == pytest.approx(report["accuracy"] - report["full_accuracy"])
-    assert report["vs_full"]["val"]["n"] == TINY.n_val
+    assert report["vs_full"]["val"]["n"] == 9
     assert report["accuracy_se"] == pytest.approx((res.accuracy * (1 - res.accuracy) / 12) ** 0.5)
     assert "BlockDrop - full network, on the same images" in md
     # every stage's model loads
     for r in report["results"]:
         assert blockdrop.load(r["checkpoint"]).backbone.num_blocks == 3
-    # resume: no stage runs again, same numbers
+    # resume: no stage runs again, same numbers; the test set's second use is counted
     logs.clear()
-    again = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                          device="cpu", progress=False, resume=True, log=logs.append)
-    assert sum("reusing" in line for line in logs) == 1 + 1 + 2 + len(base)
+    again = rep.reproduce(TINY, "resnet8", tiny["train"], test, tiny["weights"], out,
+                          device="cpu", progress=False, resume=True, log=logs.append,
+                          val_data=tiny["val"], family_weights=[tiny["family"]])
+    assert sum("reusing" in line for line in logs) == 1 + 1 + 2 + len(base) + len(static) + 1
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
+    assert again["test_set"]["uses"] == 2
+    # resuming with other settings is refused, naming the setting
+    from blockdrop.errors import IncompatibleError
+    with pytest.raises(IncompatibleError, match="adapt.steps: 2 -> 3"):
+        rep.reproduce(TINY.replace(adapt=dataclasses.replace(TINY.adapt, steps=3)), "resnet8",
+                      tiny["train"], test, tiny["weights"], out, device="cpu", progress=False,
+                      resume=True, val_data=tiny["val"])
 
 
 def test_soup_full_starts_blockdrop_from_the_weight_average(tiny, tmp_path) -> None:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from blockdrop.errors import FileFormatError
 from blockdrop.models.registry import backbone_spec, build_backbone, build_policy, parse_arch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_text", "backbone_spec",
+__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_write_text", "backbone_spec",
            "build_backbone", "load_backbone", "load_blockdrop_net", "save_blockdrop_net", "load",
            "read_meta", "optimizer_to_tensors",
            "optimizer_from_tensors", "prefixed", "unprefixed", "parse_arch"]
@@ -40,21 +40,28 @@ def _remove_stale_temps(path: Path) -> None:
         q.unlink(missing_ok=True)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file + :func:`os.replace`."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, flushed and fsynced,
+    then :func:`os.replace` (a kill leaves the old file or the new one, never a torn one; its
+    temporary file is removed by the next write of ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor],
@@ -74,17 +81,7 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor],
     # its own ``.tmpXXXXXX`` beside the target, which a kill would leave behind unrecognised.
     blob = serialize(cpu, metadata={"blockdrop": doc})
     del cpu
-    _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, blob)
     atomic_write_text(path.with_suffix(".json"), doc + "\n")
     return path
 

@@ -25,8 +25,14 @@ def register(sub: Any) -> None:
                    help="print the resolved settings as YAML and exit")
     r.add_argument("--arch", help="backbone architecture, e.g. resnet56")
     r.add_argument("--train-data", metavar="PATH",
-                   help="training data (the validation split is held out of it)")
-    r.add_argument("--test-data", metavar="PATH", help="test data, evaluated once")
+                   help="training data (all of it trains when --val-data is given; else the "
+                        "preset's n_val images are held out of it for every choice)")
+    r.add_argument("--val-data", metavar="PATH",
+                   help="a validation set of its own, for every choice (recommended when the "
+                        "pretrained backbone saw all of --train-data)")
+    r.add_argument("--test-data", metavar="PATH",
+                   help="test data, read once after every choice and counted in the test ledger; "
+                        "without it the run stops at the choices (OUT/validation.json)")
     r.add_argument("--weights", metavar="FILE", help="pretrained backbone")
     r.add_argument("--out", metavar="DIR")
     r.add_argument("--gamma", type=nonneg_float, nargs="+", default=None,
@@ -53,12 +59,13 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(preset), end="")
         return 0
-    missing = [f"--{n.replace('_', '-')}" for n in ("arch", "train_data", "test_data", "weights", "out")
+    missing = [f"--{n.replace('_', '-')}" for n in ("arch", "train_data", "weights", "out")
                if getattr(args, n) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     setup_threads(args)
     reproduce(preset, arch=args.arch, train_data=args.train_data, test_data=args.test_data,
-              weights=args.weights, out=args.out, seed=args.seed, device=args.device,
-              progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)
+              val_data=args.val_data, weights=args.weights, out=args.out, seed=args.seed,
+              device=args.device, progress=not args.no_progress, resume=args.resume,
+              overwrite=args.overwrite)
     return 0

@@ -44,29 +44,38 @@ def plot_acc_vs_flops(points: Sequence[dict], path: str | os.PathLike[str],
 
 
 def plot_tradeoff(series: dict[str, Sequence[dict]], path: str | os.PathLike[str],
-                  full: dict | None = None, title: str = "Accuracy vs FLOPs") -> Path:
-    """Several methods on the same axes: ``series = {name: [{"accuracy", "flops", "label"?}]}``
-    (accuracy in [0, 1]), each drawn as a line through its points sorted by FLOPs; ``full`` = the
-    full network's ``{"accuracy", "flops"}`` (a star)."""
+                  full: dict | None = None, title: str = "Accuracy vs FLOPs",
+                  axes: Sequence[str] = ("flops",)) -> Path:
+    """Several methods on the same axes: ``series = {name: [{"accuracy", "flops",
+    "ms_per_image"?, "label"?}]}`` (accuracy in [0, 1]), each drawn as a line through its points
+    sorted along x; ``full`` = the full network's point (a star). One panel per entry of ``axes``
+    ("ms_per_image": measured time, "flops"), side by side."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for (name, pts), marker in zip(series.items(), "osD^v<>"):
-        srt = sorted(pts, key=lambda p: p["flops"])
-        ax.plot([p["flops"] for p in srt], [100 * p["accuracy"] for p in srt], marker=marker,
+    fig, axs = plt.subplots(1, len(axes), figsize=(6 * len(axes), 4.2), squeeze=False)
+    for ax, key in zip(axs[0], axes):
+        _draw(ax, series, full, key)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+_XLABELS = {"flops": "FLOPs / image", "ms_per_image": "measured ms / image (each at its fastest chunk)"}
+
+
+def _draw(ax: Any, series: dict[str, Sequence[dict]], full: dict | None, x: str) -> None:
+    for (name, pts), marker in zip(series.items(), "osD^v<>ph"):
+        srt = sorted(pts, key=lambda p: p[x])
+        ax.plot([p[x] for p in srt], [100 * p["accuracy"] for p in srt], marker=marker,
                 linestyle="-", label=name)
         for p in srt:
             if p.get("label"):
-                ax.annotate(str(p["label"]), (p["flops"], 100 * p["accuracy"]),
+                ax.annotate(str(p["label"]), (p[x], 100 * p["accuracy"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=7)
     if full:
-        ax.plot(full["flops"], 100 * full["accuracy"], "*", markersize=14, color="k",
-                label="full network")
-    ax.set_xlabel("FLOPs / image")
+        ax.plot(full[x], 100 * full["accuracy"], "*", markersize=14, color="k", label="full network")
+    ax.set_xlabel(_XLABELS.get(x, x))
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def plot_block_usage(freq: Sequence[float] | Tensor, path: str | os.PathLike[str],

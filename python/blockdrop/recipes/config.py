@@ -119,9 +119,19 @@ class SelectionConfig:
 
 @dataclass(kw_only=True)
 class BaselinesConfig:
-    """The baselines besides the full network (which always runs): FirstK and RandomK at
-    BlockDrop's validation block counts."""
+    """What a user would pick instead of BlockDrop, each trained with the same budget and data
+    (the full network always runs; the smaller networks of the family run when their weights are
+    given). FirstK and RandomK at each shown point's validation block count; StaticK (static
+    layer pruning: the same blocks dropped for every image, greedily by their measured drop cost
+    on ``static_images`` training images) at BlockDrop's chosen validation block count, rounded,
+    plus each of ``static_k`` (offsets in blocks; empty: none)."""
     first_random_k: bool = True
+    static_k: tuple[int, ...] = (0, -3)
+    static_images: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.static_images < 1:
+            raise ValueError(f"static_images: expected >= 1, got {self.static_images}")
 
 
 @dataclass(kw_only=True)

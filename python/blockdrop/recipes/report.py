@@ -13,52 +13,60 @@ from blockdrop.data import DataInfo, denormalize
 from blockdrop.evaluation.evaluate import EvalResult
 from blockdrop.evaluation.plots import plot_block_usage, plot_policy_grid, plot_tradeoff
 
-__all__ = ["REPORT_KEYS", "write_report", "summary_markdown"]
+__all__ = ["REPORT_KEYS", "ROW_KEYS", "write_report", "summary_markdown"]
 
 #: Keys every report.json holds (tests check them).
 REPORT_KEYS = ("checkpoint", "accuracy", "blocks_mean", "blocks_std", "flops_mean", "full_accuracy",
-               "accuracy_se", "full_accuracy_se", "vs_full", "minutes", "preset", "seed", "commit",
-               "results")
+               "accuracy_se", "full_accuracy_se", "vs_full", "minutes", "minutes_total",
+               "minutes_blockdrop", "measured_speedup_best_vs_best", "ms_per_image", "timing",
+               "test_set", "config", "preset", "seed", "commit", "results")
+#: Keys every row of ``results`` holds: one row per model, BlockDrop and every baseline.
+ROW_KEYS = ("method", "name", "accuracy", "blocks_mean", "flops_mean", "ms_per_image",
+            "best_chunk", "measured_speedup_best_vs_best", "checkpoint")
 
-_NAMES = {"full": "full network", "blockdrop": "BlockDrop", "first_k": "FirstK", "random_k": "RandomK"}
+_NAMES = {"full": "full network", "blockdrop": "BlockDrop", "first_k": "FirstK", "random_k": "RandomK",
+          "static_k": "StaticK", "family": "smaller network"}
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
     """The report as a markdown page: settings line, then one row per model."""
     r = report
     lines = [f"# blockdrop reproduce --preset {r['preset']} ({r.get('arch', '')})", "",
-             f"{r['test_images']} test images (`{r['test_data']}`); settings chosen on "
-             f"{r['val']['images']} validation images held out of `{r['train_data']}` "
-             f"({r['val']['selection']}); seed {r['seed']}, commit {r['commit']}, "
-             f"{r['minutes']:.1f} minutes on {r['device']} ({r['threads']} threads).", "",
+             f"{r['test_images']} test images (`{r['test_data']}`, use {r['test_set']['uses']} of "
+             f"this test set on this machine); settings chosen on {r['val']['images']} validation "
+             f"images (`{r['val_data']}`: {r['val']['selection']}); trained on `{r['train_data']}`; "
+             f"seed {r['seed']}, commit {r['commit']}; {r['minutes_blockdrop']:.1f} minutes to "
+             f"BlockDrop's model, {r['minutes_total']:.1f} in all, on {r['device']} "
+             f"({r['threads']} threads).", "",
              f"**Result**: BlockDrop (gamma {r['gamma']:g}"
              f"{', curriculum only' if _cl_only(r, r.get('stage')) else ''}) "
              f"{100 * r['accuracy']:.2f}% with "
              f"{r['blocks_mean']:.2f} +- {r['blocks_std']:.2f} of {r['num_blocks']} blocks "
              f"({100 * r['blocks_mean'] / r['num_blocks']:.0f}%), {r['flops_mean']:.3e} FLOPs/image "
              f"(policy network included); the full network finetuned alike: "
-             f"{100 * r['full_accuracy']:.2f}%. Measured speedup at batch {r['speed_batch']}: "
-             f"{r['measured_speedup']:.2f}x" + (
-                 f" ({r['measured_speedup_vs_best_plain']:.2f}x against the plain network run in "
-                 f"chunks of {r['best_plain_chunk']:.0f}, its fastest; "
-                 f"{r['measured_speedup_best_vs_best']:.2f}x with BlockDrop in chunks of "
-                 f"{r['best_blockdrop_chunk']:.0f}, its fastest)"
-                 if r.get("measured_speedup_vs_best_plain") else "") + ".", "",
+             f"{100 * r['full_accuracy']:.2f}%. Measured speedup: "
+             f"{r['measured_speedup_best_vs_best']:.2f}x (each network at its fastest chunk of "
+             f"{r['speed_batch']} test images, one thread: BlockDrop {r['best_blockdrop_chunk']:.0f}, "
+             f"the full network {r['best_plain_chunk']:.0f}; {r['measured_speedup']:.2f}x both at "
+             f"{r['speed_batch']}).", "",
              *_uncertainty(r),
-             "| model | gamma | threshold | val acc | test acc | blocks | FLOPs / image | policies |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | gamma | threshold | val acc | test acc | blocks | FLOPs / image | ms / image "
+             "(chunk) | speedup | policies |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["results"]:
         g = row.get("gamma")
         va, t = row.get("val_accuracy"), row.get("threshold")
         cl_only = _cl_only(r, row.get("stage"))
         name = (_NAMES.get(row["method"], row["method"]) + (", curriculum only" if cl_only else "")
                 + (f", draw {row['draw']}" if row.get("draw") else "")
+                + (f" ({row['name'].split('(')[-1].rstrip(')')})" if row["method"] == "family" else "")
                 + (" (chosen)" if row.get("chosen") else ""))
         lines.append(
             f"| {name} | {'' if g is None else f'{g:g}'} | {'' if t is None else f'{t:g}'} | "
             f"{'' if va is None else f'{100 * va:.2f}%'} | {100 * row['accuracy']:.2f}% | "
             f"{row['blocks_mean']:.2f} +- {row['blocks_std']:.2f} | {row['flops_mean']:.3e} | "
-            f"{row['num_policies']} |")
+            f"{row['ms_per_image']:.3f} ({row['best_chunk']}) | "
+            f"{row['measured_speedup_best_vs_best']:.2f}x | {row['num_policies']} |")
     lines += ["", "Minutes per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                    r["stage_minutes"].items()), ""]
     return "\n".join(lines)
@@ -97,15 +105,18 @@ def write_report(out: Path, report: dict[str, Any], final_net: Any, final: EvalR
     full = None
     for row in report["results"]:
         pt = {"accuracy": row["accuracy"], "flops": row["flops_mean"],
+              "ms_per_image": row["ms_per_image"],
               "label": (f"g={row['gamma']:g}" + (" cl" if _cl_only(report, row.get("stage")) else "")
-                        if row["method"] == "blockdrop" else "")}
+                        if row["method"] == "blockdrop" else
+                        row["name"].split("(")[-1].rstrip(")") if row["method"] == "family" else "")}
         if row["method"] == "full":
             full = pt
         else:
             series.setdefault(_NAMES[row["method"]], []).append(pt)
     paths = [out / "report.json", out / "report.md",
-             plot_tradeoff(series, out / "tradeoff.png", full=full,
-                           title=f"{report.get('arch', '')}: accuracy vs FLOPs (test set)")]
+             plot_tradeoff(series, out / "tradeoff.png", full=full, axes=("ms_per_image", "flops"),
+                           title=f"{report.get('arch', '')}: accuracy vs measured time and FLOPs "
+                                 f"(test set)")]
     paths.append(plot_block_usage(final.block_freq, out / "block_usage.png",
                                   title=f"Block usage (BlockDrop, gamma {report['gamma']:g})"))
     assert final.policies is not None and final.labels is not None

@@ -24,35 +24,41 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from blockdrop.data import DataInfo
-from blockdrop.errors import IncompatibleError
+from blockdrop.data import DatasetNotFoundError
 from blockdrop.recipes.config import Preset
 from blockdrop.recipes.presets import get_preset
 from blockdrop.recipes.report import write_report
 from blockdrop.recipes.stages import RunPaths
-from blockdrop.recipes.steps import (as_data, build_report, evaluate_on_test, select, start_run,
-                                     train_baselines, train_candidates)
+from blockdrop.recipes.steps import (DataArg, build_report, evaluate_on_test, load_test, select,
+                                     start_run, train_baselines, train_candidates, write_validation)
 
 __all__ = ["reproduce", "start_run", "RunPaths"]
 
 
-def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str] | DataInfo,
-              test_data: str | os.PathLike[str] | DataInfo, weights: str | os.PathLike[str] | None,
-              out: str | os.PathLike[str], gammas: list[float] | None = None, seed: int = 0,
-              device: str = "auto", progress: bool = True, resume: bool = False,
-              overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def reproduce(preset: str | Preset, arch: str, train_data: DataArg, test_data: DataArg | None,
+              weights: str | os.PathLike[str] | None, out: str | os.PathLike[str],
+              gammas: list[float] | None = None, seed: int = 0, device: str = "auto",
+              progress: bool = True, resume: bool = False, overwrite: bool = False,
+              log: Callable[[str], None] = print, val_data: DataArg | None = None,
+              family_weights: list[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
     """Run the recipe and write ``out/report.json`` (returned), ``out/report.md`` and plots.
 
     Args:
         preset: a name of :data:`~blockdrop.recipes.presets.PRESETS` or a :class:`Preset`.
         arch: backbone architecture (``resnet56``); must match ``weights``.
-        train_data / test_data: datasets (paths for :func:`blockdrop.data.load_dataset`, or
-            loaded ``DataInfo``); ``preset.n_val`` images of ``train_data`` are held out for every
-            choice; ``test_data`` is used once.
+        train_data / val_data / test_data: datasets (paths for
+            :func:`blockdrop.data.load_dataset`, or loaded ``DataInfo``). Every choice is made on
+            ``val_data`` (default: ``preset.n_val`` images held out of ``train_data``).
+            ``test_data`` is read once, after every choice, and its use counted
+            (:mod:`blockdrop.recipes.ledger`); None stops after the choices and writes
+            ``out/validation.json`` (returned) instead of a report: a run on validation only.
+        family_weights: pretrained smaller networks of the backbone's family (e.g. ResNet-32 and
+            -44 beside a ResNet-56), each finetuned like the full network and reported beside it.
         weights: the pretrained backbone; None trains ``arch`` from scratch first
             (``preset.pretrain``).
         gammas: finetune penalties to sweep (default: the preset's).
@@ -63,26 +69,32 @@ def reproduce(preset: str | Preset, arch: str, train_data: str | os.PathLike[str
     p = get_preset(preset) if isinstance(preset, str) else preset
     if gammas:
         p = p.replace(gammas=tuple(gammas))
-    test = as_data(test_data, "test", seed)
+    if isinstance(test_data, (str, os.PathLike)) and not Path(test_data).expanduser().exists():
+        raise DatasetNotFoundError(f"test_data: {test_data} does not exist")   # checked, not read
     run, pretrained, full_train = start_run(p, arch, train_data, weights, out, seed, device,
-                                            progress, resume, overwrite, log)
-    if full_train.classes != test.classes:
-        raise IncompatibleError(f"test_data: classes {test.classes[:10]} differ from train_data's "
-                                f"{full_train.classes[:10]}")
+                                            progress, resume, overwrite, log, val_data)
     log(f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(run.train.dataset)} "  # type: ignore[arg-type]
-        f"train / {len(run.val.dataset)} val / {len(test.dataset)} test images, gammas "  # type: ignore[arg-type]
+        f"train / {len(run.val.dataset)} validation images ({run.val.source}), gammas "  # type: ignore[arg-type]
         f"{list(p.gammas)}, {run.device}, {torch.get_num_threads()} threads")
     cands = train_candidates(run, pretrained, p.gammas, from_scratch=weights is None)
     chosen, shown, final_path = select(run, cands)
-    baselines = train_baselines(run, cands, shown)
+    minutes_blockdrop = (time.time() - t_start) / 60
+    if test_data is None:
+        return write_validation(run, cands, chosen, minutes_blockdrop)
+    baselines = train_baselines(run, cands, shown, chosen, family_weights or ())
+    test, use = load_test(run, test_data)
     t = evaluate_on_test(run, test, cands, shown, baselines, chosen)
     report = build_report(run, cands, shown, chosen, final_path, baselines, t, test, arch, weights,
-                          full_train.source, (time.time() - t_start) / 60).to_dict()
+                          full_train.source, (time.time() - t_start) / 60,
+                          minutes_blockdrop).to_dict()
+    report["test_set"] = use
     res = t.points[id(chosen)]
     write_report(run.paths.out, report, chosen.net, res, test)
     log(f"[done] {p.name}: BlockDrop {100 * res.accuracy:.2f}% at {res.blocks_mean:.2f}/"
         f"{report['num_blocks']} blocks (gamma {chosen.gamma:g}, threshold {chosen.threshold:g}); "
         f"full network {100 * report['full_accuracy']:.2f}%; measured speedup "
-        f"{report['measured_speedup']:.2f}x at batch {report['speed_batch']}; "
-        f"{report['minutes']:.1f} min -> {run.paths.out}/report.json")
+        f"{report['measured_speedup_best_vs_best']:.2f}x (each at its fastest chunk of "
+        f"{report['speed_batch']} images, one thread); "
+        f"{report['minutes_blockdrop']:.1f} min to BlockDrop's model, {report['minutes']:.1f} in all "
+        f"-> {run.paths.out}/report.json")
     return report

@@ -18,19 +18,21 @@ import torch
 from torch import nn
 
 from blockdrop.blockdrop_net import BlockDropNet
-from blockdrop.checkpoint import load_blockdrop_net, save_blockdrop_net
+from blockdrop.checkpoint import (atomic_write_text, load_backbone, load_blockdrop_net,
+                                  save_blockdrop_net)
 from blockdrop.data import DataInfo, make_loader
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluation.evaluate import EvalResult, evaluate
 from blockdrop.recipes.config import Preset
 from blockdrop.training.averaging import average_weights
 from blockdrop.training.baselines import (BaselinePolicy, PolicySampler, drop_path_policy,
-                                          first_k_policy, full_policy, random_k_policy)
+                                          first_k_policy, full_policy, random_k_policy,
+                                          static_policy)
 from blockdrop.training.config import SupervisedConfig, TrainConfig
 from blockdrop.training.supervised import ReplayTeacher, train_supervised
 
 __all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "supervised_alike", "stage_pretrain",
-           "stage_adapt", "stage_full", "stage_soup", "stage_baseline"]
+           "stage_adapt", "stage_full", "stage_family", "stage_soup", "stage_baseline"]
 
 
 @dataclass
@@ -40,7 +42,7 @@ class RunPaths:
 
     _OWN = ("pretrain", "adapt", "baselines", "report.json", "report.md", "blockdrop.safetensors",
             "blockdrop.json", "tradeoff.png", "block_usage.png", "policy_grid.png", "results.json",
-            "results.txt")
+            "results.txt", "config.yaml", "validation.json")
 
     def claim(self, resume: bool, overwrite: bool) -> None:
         """Refuse an ``out`` holding another run unless resuming or overwriting (which removes
@@ -58,6 +60,18 @@ class RunPaths:
             for q in present:
                 shutil.rmtree(q) if q.is_dir() else q.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
+
+    def stamp(self, config: str, resume: bool) -> None:
+        """Write the run's settings to ``out/config.yaml``; when resuming, refuse a run that was
+        started with other settings (its finished stages would be reused as they are)."""
+        path = self.out / "config.yaml"
+        if resume and path.is_file() and path.read_text() != config:
+            import yaml
+            diff = _difference(yaml.safe_load(path.read_text()), yaml.safe_load(config))
+            raise IncompatibleError(f"out: {self.out} holds a run made with other settings "
+                                    f"({diff}); resume it with its own settings "
+                                    f"(--config {path}) or start afresh (--overwrite)")
+        atomic_write_text(path, config)
 
     def pretrained(self) -> Path:
         return self.out / "pretrain" / "backbone.safetensors"
@@ -80,6 +94,15 @@ class RunPaths:
 
     def stage(self, gamma: float, stage: str) -> Path:
         return self.out / f"gamma{gamma:g}" / stage
+
+
+def _difference(a: Any, b: Any, where: str = "") -> str:
+    """The first setting in which two nested mappings differ: ``"name: old -> new"``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if a.get(k) != b.get(k):
+                return _difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+    return f"{where or 'config'}: {a!r} -> {b!r}"
 
 
 @dataclass
@@ -200,31 +223,56 @@ def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
 def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
     """The full network finetuned alike: from the pretrained weights, the adapt stage's steps,
     optimiser and loss, then the finetune stage's -- every block, every image."""
-    path, cfg = run.paths.full(), run.preset.adapt
+    path = run.paths.full()
     if run.resume and path.is_file():
         run.log(f"[baseline full] reusing {path}")
         return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
+    return _full_alike(run, pretrained, "full", path, _replayed(run, pretrained),
+                       run.paths.full_adapt())
+
+
+def stage_family(run: Run, weights: Path, path: Path) -> BlockDropNet:
+    """A smaller network of the same family (its pretrained ``weights``), finetuned exactly as the
+    full network is (:func:`stage_full`), distilled from its own pretrained weights."""
+    if run.resume and path.is_file():
+        run.log(f"[baseline {path.stem}] reusing {path}")
+        return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
+    member, spec = load_backbone(weights, None, run.train.num_classes)
+    if spec.get("num_classes") != run.train.num_classes:
+        raise IncompatibleError(f"family_weights: {weights} predicts {spec.get('num_classes')} "
+                                f"classes, the data has {run.train.num_classes}")
+    member = member.to(run.device).eval()
+    return _full_alike(run, member, path.stem, path, copy.deepcopy(member).eval(), None)
+
+
+def _full_alike(run: Run, pretrained: nn.Module, name: str, path: Path, teacher: nn.Module,
+                adapt_point: Path | None) -> BlockDropNet:
+    """A copy of ``pretrained`` trained with every block: the adapt stage's steps (``teacher``
+    its soft targets' source), then the finetune stage's; saved at ``path`` (and at
+    ``adapt_point`` between the two when both run)."""
+    cfg = run.preset.adapt
     backbone = copy.deepcopy(pretrained)
     nb = backbone.num_blocks
+    tag = f"[baseline {name}]"
     if cfg is not None:
         # in place, the adapt stage trains the full path by plain cross-entropy: so does this one
         full_cfg = run.stage_config(dataclasses.replace(cfg, inplace=False, distill=0.0)
                                     if cfg.inplace else cfg)
-        run.log(f"[baseline full] {cfg.steps} steps as the adapt stage, every block")
-        teacher = _replayed(run, pretrained)
-        hits = teacher.hits
-        _train_fixed(run, backbone, full_policy(nb), full_cfg, "baseline_full", teacher)
-        if full_cfg.distill:
-            run.log(f"[baseline full] teacher outputs replayed from the adapt stage: "
+        run.log(f"{tag} {cfg.steps} steps as the adapt stage, every block")
+        hits = getattr(teacher, "hits", 0)
+        _train_fixed(run, backbone, full_policy(nb), full_cfg, f"baseline_{name}", teacher)
+        if full_cfg.distill and isinstance(teacher, ReplayTeacher):
+            run.log(f"{tag} teacher outputs replayed from the adapt stage: "
                     f"{teacher.hits - hits} of {cfg.steps} steps")
     steps = ft_steps(run)
     if steps:
-        _save_full_path(run, run.paths.full_adapt(), backbone, "baseline_full_adapt")
-        run.log(f"[baseline full] {steps} steps as the finetune stage, every block")
-        _train_fixed(run, backbone, full_policy(nb), supervised_alike(run, steps), "baseline_full",
-                     copy.deepcopy(backbone).eval())
+        if adapt_point is not None:
+            _save_full_path(run, adapt_point, backbone, f"baseline_{name}_adapt")
+        run.log(f"{tag} {steps} steps as the finetune stage, every block")
+        _train_fixed(run, backbone, full_policy(nb), supervised_alike(run, steps),
+                     f"baseline_{name}", copy.deepcopy(backbone).eval())
     net = BlockDropNet(BaselinePolicy("full", nb), backbone, strategy="auto")
-    save_blockdrop_net(path, net, {**run.meta, "stage": "baseline_full"})
+    save_blockdrop_net(path, net, {**run.meta, "stage": f"baseline_{name}"})
     return net.to(run.device).eval()
 
 
@@ -255,19 +303,23 @@ def stage_soup(run: Run, adapted: nn.Module, full: BlockDropNet | None) -> nn.Mo
     return souped
 
 
-def stage_baseline(run: Run, adapted: nn.Module, kind: str, k: float, path: Path) -> BlockDropNet:
-    """FirstK / RandomK at ``k`` blocks: from the adapted backbone (as BlockDrop), the finetune
-    stage's steps, optimiser and loss under the fixed policy."""
+def stage_baseline(run: Run, adapted: nn.Module, kind: str, k: float, path: Path,
+                   dropped: list[int] | None = None) -> BlockDropNet:
+    """FirstK / RandomK at ``k`` blocks, or StaticK without the blocks ``dropped``: from the
+    backbone BlockDrop starts from, the finetune stage's steps, optimiser and loss under the
+    fixed policy."""
     if run.resume and path.is_file():
         run.log(f"[baseline {kind}] reusing {path}")
         return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
     nb = adapted.num_blocks
     backbone = copy.deepcopy(adapted)
-    sampler = first_k_policy(k, nb) if kind == "first_k" else random_k_policy(k, nb)
+    policy = BaselinePolicy(kind, nb, k=k, seed=run.seed, dropped=dropped)
+    sampler = {"first_k": first_k_policy, "random_k": random_k_policy}.get(kind)
+    sampler = sampler(k, nb) if sampler else static_policy(dropped or [], nb)
     steps = ft_steps(run)
     if steps:
         run.log(f"[baseline {kind}] k = {k:.2f}: {steps} finetune steps")
         _train_fixed(run, backbone, sampler, supervised_alike(run, steps), f"baseline_{kind}", adapted)
-    net = BlockDropNet(BaselinePolicy(kind, nb, k=k, seed=run.seed), backbone, strategy="auto")
+    net = BlockDropNet(policy, backbone, strategy="auto")
     save_blockdrop_net(path, net, {**run.meta, "stage": f"baseline_{kind}"})
     return net.to(run.device).eval()

@@ -13,9 +13,9 @@ Nothing before step 5 reads the test set.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,52 +24,63 @@ import torch
 from torch import nn
 
 from blockdrop.blockdrop_net import BlockDropNet
-from blockdrop.checkpoint import load_backbone, load_blockdrop_net, save_blockdrop_net
-from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val
+from blockdrop.checkpoint import atomic_write_text, load_backbone, load_blockdrop_net, save_blockdrop_net
+from blockdrop.checkpoint import backbone_spec
+from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val, take_subset
+from blockdrop.evaluation.speed import ModelSpeed, static_forward, time_models
+from blockdrop.training.drop_costs import greedy_drop_order
 from blockdrop.errors import IncompatibleError
-from blockdrop.evaluation.evaluate import EvalResult, measure_throughput
+from blockdrop.evaluation.evaluate import EvalResult
 from blockdrop.evaluation.stats import accuracy_se, paired_difference
 from blockdrop.recipes import selection, stages
-from blockdrop.recipes.config import Preset, preset_to_dict
+from blockdrop.recipes.config import Preset, dump_config, preset_to_dict
+from blockdrop.recipes.ledger import record_test_use
 from blockdrop.recipes.policy_stage import curriculum_checkpoint, final_checkpoint, final_stage, stage_blockdrop
 from blockdrop.recipes.selection import Point, describe, val_points
-from blockdrop.recipes.stages import (Run, RunPaths, stage_adapt, stage_baseline, stage_full,
-                                      stage_pretrain, stage_soup)
+from blockdrop.recipes.stages import (Run, RunPaths, stage_adapt, stage_baseline, stage_family,
+                                      stage_full, stage_pretrain, stage_soup)
 from blockdrop.runtime import resolve_device
 
 __all__ = ["Candidates", "Baseline", "TestResults", "Report", "as_data", "start_run", "train_candidates",
-           "select", "train_baselines", "evaluate_on_test", "build_report"]
+           "select", "write_validation", "train_baselines", "load_test", "evaluate_on_test", "build_report"]
 
 DataArg = str | os.PathLike[str] | DataInfo
 
 
 @dataclass
 class Candidates:
-    """What the training steps produce: the backbones, the full network finetuned alike (and its
-    validation result) and every BlockDrop operating point on validation."""
+    """What the training steps produce: the backbones, every BlockDrop operating point on
+    validation, and the full network finetuned alike with its validation result (trained here
+    when BlockDrop depends on it -- the weight average, or the tolerance rule's reference --
+    else by :func:`train_baselines`)."""
+    pretrained: nn.Module
     adapted: nn.Module
     backbone: nn.Module                 # what BlockDrop executes: adapted, or the weight average
-    full: BlockDropNet
-    full_val: EvalResult
+    full: BlockDropNet | None = None
+    full_val: EvalResult | None = None
     points: list[Point] = field(default_factory=list)
 
 
 @dataclass
 class Baseline:
-    """A fixed-policy baseline trained for the validation point ``point``."""
+    """A baseline model: ``kind`` one of "first_k", "random_k" (for the validation point
+    ``point``), "static_k" (``dropped`` blocks), "family" (a smaller network, ``name``)."""
     kind: str
-    point: Point
+    name: str
     path: Path
     net: BlockDropNet
+    point: Point | None = None
+    dropped: list[int] | None = None
 
 
 @dataclass
 class TestResults:
-    """The test set's verdict: the full network, the shown points, the baselines, the speed."""
+    """The test set's verdict: the full network, the shown points, the baselines, the measured
+    time of every model (:func:`blockdrop.evaluation.speed.time_models`, by name)."""
     full: EvalResult
     points: dict[int, EvalResult]       # by id() of the shown Point
     baselines: list[EvalResult]
-    speed: dict[str, Any]
+    speed: dict[str, ModelSpeed]
 
 
 def as_data(src: DataArg, split: str, seed: int) -> DataInfo:
@@ -80,21 +91,31 @@ def as_data(src: DataArg, split: str, seed: int) -> DataInfo:
 def start_run(p: Preset, arch: str, train_data: DataArg, weights: str | os.PathLike[str] | None,
               out: str | os.PathLike[str], seed: int = 0, device: str = "auto",
               progress: bool = True, resume: bool = False, overwrite: bool = False,
-              log: Callable[[str], None] = print) -> tuple[Run, nn.Module, DataInfo]:
-    """What every run of the recipe starts from: ``out`` claimed (see :meth:`RunPaths.claim`),
-    ``train_data`` loaded and split into train / validation (``p.n_val`` images, stratified), and
-    the pretrained backbone (a fresh ``arch`` when ``weights`` is None) checked against the data.
-    Returns ``(run, pretrained in eval mode, the whole training set)``."""
+              log: Callable[[str], None] = print,
+              val_data: DataArg | None = None) -> tuple[Run, nn.Module, DataInfo]:
+    """What every run of the recipe starts from: ``out`` claimed (see :meth:`RunPaths.claim`;
+    resuming a run made with other settings is refused), the data (every choice is made on
+    ``val_data``, the whole of ``train_data`` trains; without ``val_data``, ``p.n_val`` images
+    held out of ``train_data``, stratified, are the validation set), and the pretrained backbone
+    (a fresh ``arch`` when ``weights`` is None) checked against the data. Returns ``(run,
+    pretrained in eval mode, the whole training set)``."""
     dev = resolve_device(device)
     paths = RunPaths(Path(out))
     paths.claim(resume, overwrite)
+    paths.stamp(dump_config(p), resume)
     full_train = as_data(train_data, "train", seed)
-    n = len(full_train.dataset)  # type: ignore[arg-type]
-    if n <= p.n_val:
-        raise IncompatibleError(f"train_data: {full_train.source} holds {n} images; preset "
-                                f"{p.name!r} holds {p.n_val} of them out for validation and "
-                                f"needs more to train on")
-    train, val = split_train_val(full_train, p.n_val, seed=seed)
+    if val_data is not None:
+        train, val = full_train, as_data(val_data, "test", seed)
+        if val.classes != train.classes:
+            raise IncompatibleError(f"val_data: classes {val.classes[:10]} differ from "
+                                    f"train_data's {train.classes[:10]}")
+    else:
+        n = len(full_train.dataset)  # type: ignore[arg-type]
+        if n <= p.n_val:
+            raise IncompatibleError(f"train_data: {full_train.source} holds {n} images; preset "
+                                    f"{p.name!r} holds {p.n_val} of them out for validation and "
+                                    f"needs more to train on (or give a validation set, val_data)")
+        train, val = split_train_val(full_train, p.n_val, seed=seed)
     torch.manual_seed(seed)                    # a backbone trained from scratch starts the same
     pretrained, spec = load_backbone(weights, arch, train.num_classes)
     if spec.get("num_classes") != train.num_classes:
@@ -113,14 +134,15 @@ def train_candidates(run: Run, pretrained: nn.Module, gammas: list[float] | tupl
     if from_scratch:
         pretrained = stage_pretrain(run, pretrained).eval()
     adapted = stage_adapt(run, pretrained)
-    full = stage_full(run, pretrained)
-    backbone = stage_soup(run, adapted, full)
-    full_val = run.timed("eval", lambda: stages.evaluate_on(run, full, run.val))
-    cands = Candidates(adapted, backbone, full, full_val)
+    cands = Candidates(pretrained, adapted, adapted)
+    soup = run.preset.adapt is not None and run.preset.adapt.soup > 0
+    if soup or run.preset.selection.rule == "tolerance":
+        _train_full(run, cands)
+    cands.backbone = stage_soup(run, adapted, cands.full)
     last = final_stage(run)
     for g in gammas:
         for draw in range(run.preset.curriculum.draws):
-            net = stage_blockdrop(run, backbone, g, draw)
+            net = stage_blockdrop(run, cands.backbone, g, draw)
             _add_points(run, cands, g, net, last, final_checkpoint(run, g, draw), draw)
     if last == "finetune" and gammas and run.preset.selection.include_curriculum:
         # the curriculum (its own gamma, the same for every finetune gamma) is a candidate too
@@ -130,22 +152,29 @@ def train_candidates(run: Run, pretrained: nn.Module, gammas: list[float] | tupl
     return cands
 
 
+def _train_full(run: Run, cands: Candidates) -> None:
+    """The full network finetuned alike, and its validation result, into ``cands``."""
+    if cands.full is None:
+        full = cands.full = stage_full(run, cands.pretrained)
+        cands.full_val = run.timed("eval", lambda: stages.evaluate_on(run, full, run.val))
+
+
 def _add_points(run: Run, cands: Candidates, gamma: float, net: BlockDropNet, stage: str,
                 path: Path, draw: int = 0) -> None:
-    pts = run.timed("eval", lambda: val_points(run, gamma, net, cands.full_val, stage, path, draw))
+    pts = run.timed("eval", lambda: val_points(run, gamma, net, cands.full_val, stage, path, draw))  # type: ignore[arg-type]
     cands.points.extend(pts)
     tag = "" if stage == final_stage(run) else ", " + stage
+    ref = f" (full network {100 * cands.full_val.accuracy:.2f}%)" if cands.full_val else ""
     for q in pts:
         run.log(f"[gamma {gamma:g}{tag}{f', draw {draw}' if draw else ''}] threshold {q.threshold:g}: "
-                f"val {100 * q.val.accuracy:.2f}% at {q.val.blocks_mean:.2f} blocks (full network "
-                f"{100 * cands.full_val.accuracy:.2f}%)")
+                f"val {100 * q.val.accuracy:.2f}% at {q.val.blocks_mean:.2f} blocks{ref}")
 
 
 def select(run: Run, cands: Candidates) -> tuple[Point, list[Point], Path]:
     """Step 3: the operating point chosen on validation, saved to ``OUT/blockdrop.safetensors``;
     also the points shown in the report (every gamma at the paper's threshold 0.5, draw 0, and
     the chosen one). Returns ``(chosen, shown, its checkpoint)``."""
-    chosen = selection.select(cands.points, cands.full_val, run.preset.selection)
+    chosen = selection.select(cands.points, cands.full_val, run.preset.selection)  # type: ignore[arg-type]
     last = final_stage(run)
     shown = [q for q in cands.points
              if (q.threshold == 0.5 and q.stage == last and q.draw == 0) or q is chosen]
@@ -156,34 +185,129 @@ def select(run: Run, cands: Candidates) -> tuple[Point, list[Point], Path]:
     return chosen, shown, path
 
 
-def train_baselines(run: Run, cands: Candidates, shown: list[Point]) -> list[Baseline]:
-    """Step 4: FirstK and RandomK (``baselines.first_random_k``) at each shown point's
-    validation block count, finetuned from BlockDrop's backbone like the joint stage."""
+def write_validation(run: Run, cands: Candidates, chosen: Point, minutes: float) -> dict[str, Any]:
+    """A run on validation only (no test set): ``out/validation.json`` -- the settings, the full
+    network's and every BlockDrop point's validation result, the chosen point."""
+    def point(q: Point) -> dict[str, Any]:
+        return {"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage, "draw": q.draw,
+                "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean,
+                "flops_mean": q.val.flops_mean}
+    out = {"validation_only": True, "val_data": run.val.source, "val_images": len(run.val.dataset),  # type: ignore[arg-type]
+           "full": ({"accuracy": cands.full_val.accuracy, "flops_mean": cands.full_val.flops_mean}
+                    if cands.full_val else None),
+           "chosen": point(chosen), "points": [point(q) for q in cands.points],
+           "selection": describe(run.preset.selection), "minutes": minutes,
+           "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
+           "config": preset_to_dict(run.preset), "seed": run.seed, "commit": _commit()}
+    atomic_write_text(run.paths.out / "validation.json", json.dumps(out, indent=1) + "\n")
+    run.log(f"[validation] chosen: gamma {chosen.gamma:g}, threshold {chosen.threshold:g}: "
+            f"{100 * chosen.val.accuracy:.2f}% at {chosen.val.blocks_mean:.2f} blocks -> "
+            f"{run.paths.out}/validation.json")
+    return out
+
+
+def train_baselines(run: Run, cands: Candidates, shown: list[Point], chosen: Point,
+                    family_weights: list[str | os.PathLike[str]] | tuple[()] = ()) -> list[Baseline]:
+    """Step 4: what a user would pick instead, trained alike: the full network (if not trained
+    yet), FirstK and RandomK at each shown point's validation block count
+    (``baselines.first_random_k``), StaticK at BlockDrop's chosen validation block count plus
+    each ``baselines.static_k`` offset, and each smaller network of the family
+    (``family_weights``)."""
+    cfg, k = run.preset.baselines, cands.backbone.num_blocks
+    _train_full(run, cands)
     out: list[Baseline] = []
-    if not run.preset.baselines.first_random_k:
-        return out
     last = final_stage(run)
-    for q in shown:
+    for q in shown if cfg.first_random_k else []:
         for kind in ("first_k", "random_k"):
             path = run.paths.baseline(kind, q.gamma, q.threshold, "" if q.stage == last else f"_{q.stage}")
-            out.append(Baseline(kind, q, path, stage_baseline(run, cands.backbone, kind,
-                                                              q.val.blocks_mean, path)))
+            net = stage_baseline(run, cands.backbone, kind, q.val.blocks_mean, path)
+            out.append(Baseline(kind, f"{kind} k={q.val.blocks_mean:.2f}", path, net, point=q))
+    ks = sorted({min(k, max(1, round(chosen.val.blocks_mean) + off)) for off in cfg.static_k}, reverse=True)
+    if ks:
+        order = _static_order(run, cands.backbone, k - ks[-1])
+        for n in ks:
+            path = run.paths.out / "baselines" / f"static_k{n}.safetensors"
+            net = stage_baseline(run, cands.backbone, "static_k", n, path, dropped=order[:k - n])
+            out.append(Baseline("static_k", f"static_k k={n}", path, net, dropped=order[:k - n]))
+    for w in family_weights:
+        path = run.paths.out / "baselines" / f"family_{Path(w).name.split('.')[0]}.safetensors"
+        net = stage_family(run, Path(w), path)
+        out.append(Baseline("family", f"{_arch_name(net.backbone)} ({Path(w).name})", path, net))
     return out
+
+
+def _arch_name(backbone: nn.Module) -> str:
+    """``cifar_resnet32`` for a CIFAR ResNet, else the spec's architecture name."""
+    spec = backbone_spec(backbone)
+    return f"cifar_resnet{spec['depth']}" if spec.get("kind") == "cifar" else str(spec.get("arch", spec))
+
+
+def _static_order(run: Run, backbone: nn.Module, drops: int) -> list[int]:
+    """StaticK's greedy drop order (its first ``drops`` blocks) on ``baselines.static_images``
+    training images (the validation set is never used for training choices)."""
+    n = run.preset.baselines.static_images
+    sub = take_subset(run.train, n, seed=run.seed + 1)
+    batches = list(make_loader(sub.dataset, 250, train=False))
+    order = run.timed("costs", lambda: greedy_drop_order(
+        backbone, batches, drops, run.device, amp=run.preset.curriculum.amp))
+    run.log(f"[baseline static_k] greedy drop order on {n} training images: {order}")
+    return order
+
+
+def load_test(run: Run, test_data: DataArg) -> tuple[DataInfo, dict[str, Any]]:
+    """The test set, read here for the first time in a run, and its use recorded in the ledger
+    (:mod:`blockdrop.recipes.ledger`): ``(test, {"key", "uses", "ledger"})``."""
+    test = as_data(test_data, "test", run.seed)
+    if test.classes != run.train.classes:
+        raise IncompatibleError(f"test_data: classes {test.classes[:10]} differ from train_data's "
+                                f"{run.train.classes[:10]}")
+    use = record_test_use(test_data)
+    run.log(f"[test] {test.source}: use {use['uses']} of this test set on this machine "
+            f"(ledger {use['ledger']})")
+    return test, use
 
 
 def evaluate_on_test(run: Run, test: DataInfo, cands: Candidates, shown: list[Point],
                      baselines: list[Baseline], chosen: Point) -> TestResults:
-    """Step 5: the full network, every shown point and every baseline on ``test`` (once), and
-    the chosen model's measured speed against the plain network."""
+    """Step 5: the full network, every shown point and every baseline on ``test`` (once), then
+    every model timed side by side (one thread, interleaved rounds, each at its fastest chunk:
+    :func:`blockdrop.evaluation.speed.time_models`) on ``evaluation.speed_batch`` test images."""
+    assert cands.full is not None
     run.log(f"[test] evaluating every model on {test.source}")
-    full = run.timed("eval", lambda: stages.evaluate_on(run, cands.full, test))
-    points = {id(q): run.timed("eval", lambda: stages.evaluate_on(run, q.net, test)) for q in shown}
-    bases = [run.timed("eval", lambda: stages.evaluate_on(run, b.net, test)) for b in baselines]
-    ev = run.preset.evaluation
-    batches = _speed_batches(test, ev.speed_batch)
-    speed = run.timed("speed", lambda: measure_throughput(
-        chosen.net, batches, run.device, repeats=ev.speed_repeats, plain_chunks=ev.chunks))
+    ev = lambda net: run.timed("test", lambda: stages.evaluate_on(run, net, test))  # noqa: E731
+    full = ev(cands.full)
+    points = {id(q): ev(q.net) for q in shown}
+    bases = [ev(b.net) for b in baselines]
+    cfg = run.preset.evaluation
+    batches = [x.to(run.device) for x in _speed_batches(test, cfg.speed_batch)]
+    models = timed_models(cands.full, shown, baselines)
+    run.log(f"[speed] {len(models)} models, {batches[0].shape[0]} x {len(batches)} test images, "
+            f"one thread, chunks {[batches[0].shape[0], *cfg.chunks]}")
+    speed = run.timed("speed", lambda: time_models(models, batches, cfg.chunks, cfg.speed_repeats))
     return TestResults(full, points, bases, speed)
+
+
+def timed_models(full: BlockDropNet, shown: list[Point],
+                 baselines: list[Baseline]) -> dict[str, Callable[[torch.Tensor], Any]]:
+    """What runs when each model is timed, by report name: the full and the family networks as
+    plain modules, StaticK as the pruned network (its kept blocks only), BlockDrop and
+    FirstK/RandomK through their policy and the engine (``x [N,3,H,W] -> logits``)."""
+    models: dict[str, Callable[[torch.Tensor], Any]] = {"full": full.backbone}
+    for q in shown:
+        models[point_name(q)] = q.net
+    for b in baselines:
+        if b.kind == "static_k":
+            bb, dropped = b.net.backbone, b.dropped or []
+            models[b.name] = lambda x, bb=bb, d=dropped: static_forward(bb, d, x)
+        else:
+            models[b.name] = b.net.backbone if b.kind == "family" else b.net
+    return models
+
+
+def point_name(q: Point) -> str:
+    """A BlockDrop point's name in the report and the timing."""
+    return (f"blockdrop gamma={q.gamma:g} t={q.threshold:g}"
+            + ("" if q.stage == "finetune" else f" {q.stage}") + (f" draw={q.draw}" if q.draw else ""))
 
 
 def _speed_batches(test: DataInfo, batch: int, n: int = 2) -> list[torch.Tensor]:
@@ -221,8 +345,8 @@ def _commit() -> str | None:
         return None
 
 
-def _row(name: str, res: EvalResult, **extra: Any) -> dict[str, Any]:
-    return {"method": name, "accuracy": res.accuracy, "blocks_mean": res.blocks_mean,
+def _row(method: str, res: EvalResult, **extra: Any) -> dict[str, Any]:
+    return {"method": method, "accuracy": res.accuracy, "blocks_mean": res.blocks_mean,
             "blocks_std": res.blocks_std, "flops_mean": res.flops_mean, "flops_std": res.flops_std,
             "num_policies": res.num_policies, **extra}
 
@@ -239,24 +363,40 @@ def _paired(a: EvalResult, b: EvalResult) -> dict[str, Any]:
 
 def _results(run: Run, cands: Candidates, shown: list[Point], chosen: Point, final_path: Path,
              baselines: list[Baseline], t: TestResults) -> list[dict[str, Any]]:
-    rows = [_row("full", t.full, val_accuracy=cands.full_val.accuracy, checkpoint=str(run.paths.full()))]
+    full_speed = t.speed["full"]
+
+    def timing(name: str) -> dict[str, Any]:
+        s = t.speed[name]
+        return {"ms_per_image": s.ms_per_image, "best_chunk": s.best_chunk,
+                "ms_by_chunk": {str(c): v for c, v in s.ms_by_chunk.items()},
+                "measured_speedup_best_vs_best": full_speed.ms_per_image / s.ms_per_image}
+
+    assert cands.full_val is not None
+    rows = [_row("full", t.full, name="full", val_accuracy=cands.full_val.accuracy,
+                 checkpoint=str(run.paths.full()), **timing("full"))]
     for q in shown:
-        rows.append(_row("blockdrop", t.points[id(q)], gamma=q.gamma, threshold=q.threshold,
-                         stage=q.stage, draw=q.draw, chosen=q is chosen, val_accuracy=q.val.accuracy,
-                         val_blocks=q.val.blocks_mean,
-                         checkpoint=str(final_path if q is chosen else q.checkpoint)))
+        rows.append(_row("blockdrop", t.points[id(q)], name=point_name(q), gamma=q.gamma,
+                         threshold=q.threshold, stage=q.stage, draw=q.draw, chosen=q is chosen,
+                         val_accuracy=q.val.accuracy, val_blocks=q.val.blocks_mean,
+                         checkpoint=str(final_path if q is chosen else q.checkpoint),
+                         **timing(point_name(q))))
     for b, res in zip(baselines, t.baselines):
-        q = b.point
-        rows.append(_row(b.kind, res, gamma=q.gamma, threshold=q.threshold, stage=q.stage,
-                         k=q.val.blocks_mean, checkpoint=str(b.path)))
+        extra: dict[str, Any] = {"k": b.net.policy_net.k} if b.kind != "family" else {}
+        if b.point is not None:
+            extra.update(gamma=b.point.gamma, threshold=b.point.threshold, stage=b.point.stage)
+        if b.dropped is not None:
+            extra["dropped"] = list(b.dropped)
+        rows.append(_row(b.kind, res, name=b.name, checkpoint=str(b.path), **extra, **timing(b.name)))
     return rows
 
 
 def build_report(run: Run, cands: Candidates, shown: list[Point], chosen: Point, final_path: Path,
                  baselines: list[Baseline], t: TestResults, test: DataInfo, arch: str,
-                 weights: Any, train_source: str, minutes: float) -> Report:
-    """Step 6: the report of a finished run."""
+                 weights: Any, train_source: str, minutes: float, minutes_blockdrop: float) -> Report:
+    """Step 6: the report of a finished run (``minutes``: the whole run; ``minutes_blockdrop``:
+    until BlockDrop's model was chosen, everything it depends on included)."""
     res, p, cfg = t.points[id(chosen)], run.preset, run.preset.selection
+    assert cands.full_val is not None
     chosen_d = {
         "checkpoint": str(final_path), "accuracy": res.accuracy, "blocks_mean": res.blocks_mean,
         "blocks_std": res.blocks_std, "flops_mean": res.flops_mean, "flops_std": res.flops_std,
@@ -267,13 +407,18 @@ def build_report(run: Run, cands: Candidates, shown: list[Point], chosen: Point,
         "vs_full": {"test": _paired(res, t.full), "val": _paired(chosen.val, cands.full_val)},
         "gamma": chosen.gamma, "threshold": chosen.threshold, "stage": chosen.stage,
         "draw": chosen.draw}
-    s = t.speed
-    speed = {"measured_speedup": s["speedup"], "speed_batch": p.evaluation.speed_batch,
+    full_s, bd_s = t.speed["full"], t.speed[point_name(chosen)]
+    whole = max(full_s.ms_by_chunk)                      # the batch itself, unchunked
+    speed = {"measured_speedup": full_s.ms_by_chunk[whole] / bd_s.ms_by_chunk[whole],
+             "speed_batch": whole,
              # the plain network at its fastest chunk size of the batch (a fair CPU baseline)
-             "measured_speedup_vs_best_plain": s.get("speedup_vs_best_plain"),
-             "best_plain_chunk": s.get("best_plain_chunk"),
-             "measured_speedup_best_vs_best": s.get("speedup_best_vs_best"),
-             "best_blockdrop_chunk": s.get("best_blockdrop_chunk")}
+             "measured_speedup_vs_best_plain": full_s.ms_per_image / bd_s.ms_by_chunk[whole],
+             "best_plain_chunk": full_s.best_chunk,
+             "measured_speedup_best_vs_best": full_s.ms_per_image / bd_s.ms_per_image,
+             "best_blockdrop_chunk": bd_s.best_chunk, "ms_per_image": bd_s.ms_per_image,
+             "timing": {"threads": 1, "batch": whole, "repeats": p.evaluation.speed_repeats,
+                        "chunks": sorted(full_s.ms_by_chunk), "method": "interleaved rounds, "
+                        "medians, each model at its fastest chunk (blockdrop.evaluation.speed)"}}
     val = {"images": len(run.val.dataset), "full_accuracy": cands.full_val.accuracy,  # type: ignore[arg-type]
            "selection": describe(cfg), "select_rule": cfg.rule,
            "tolerance": cfg.tolerance if cfg.rule == "tolerance" else None,   # unused by "budget"
@@ -282,7 +427,9 @@ def build_report(run: Run, cands: Candidates, shown: list[Point], chosen: Point,
                        "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean,
                        "flops_mean": q.val.flops_mean} for q in cands.points]}
     provenance = {
-        "minutes": minutes, "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
+        "minutes": minutes, "minutes_total": minutes, "minutes_blockdrop": minutes_blockdrop,
+        "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
+        "val_data": run.val.source,
         "preset": p.name, "config": preset_to_dict(p), "seed": run.seed, "commit": _commit(),
         "arch": arch, "train_data": train_source, "test_data": test.source, "weights": str(weights),
         "test_images": res.n, "device": str(run.device), "threads": torch.get_num_threads()}

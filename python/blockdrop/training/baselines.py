@@ -3,7 +3,9 @@
 * :func:`full_policy` -- every block (the full network);
 * :func:`drop_path_policy` -- stochastic depth: block ``k`` kept with probability ``keep[k]``;
 * :func:`first_k_policy` -- FirstK: the first ``k`` blocks for every image;
-* :func:`random_k_policy` -- RandomK: ``k`` blocks drawn uniformly for each image.
+* :func:`random_k_policy` -- RandomK: ``k`` blocks drawn uniformly for each image;
+* :func:`static_policy` -- StaticK (layer pruning): the same blocks dropped for every image
+  (chosen by :func:`blockdrop.training.drop_costs.greedy_drop_order`).
 
 A sampler is ``sampler(n, generator) -> Tensor[n, K]`` of 0/1 (float32, CPU). A fractional ``k``
 is met on average: each image takes ``floor(k)`` or ``floor(k) + 1`` blocks.
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["PolicySampler", "BaselinePolicy", "full_policy", "drop_path_policy",
-           "first_k_policy", "random_k_policy", "BASELINE_KINDS"]
+           "first_k_policy", "random_k_policy", "static_policy", "BASELINE_KINDS"]
 
 PolicySampler = Callable[[int, torch.Generator], Tensor]
 
@@ -65,26 +67,44 @@ def random_k_policy(k: float, num_blocks: int) -> PolicySampler:
     return sample
 
 
+def static_policy(dropped: list[int], num_blocks: int) -> PolicySampler:
+    """StaticK: every block but ``dropped`` (indices) for every image."""
+    if any(not 0 <= int(d) < num_blocks for d in dropped):
+        raise ValueError(f"dropped: expected block indices in [0, {num_blocks}), got {list(dropped)}")
+    keep = torch.ones(num_blocks)
+    keep[[int(d) for d in dropped]] = 0.0
+    return lambda n, g: keep.expand(n, num_blocks).clone()
+
+
 _SAMPLERS = {"full": lambda k, n: full_policy(n), "first_k": first_k_policy,
              "random_k": random_k_policy}
 #: The baseline kinds a :class:`BaselinePolicy` (and its checkpoint spec) can hold.
-BASELINE_KINDS = tuple(_SAMPLERS)
+BASELINE_KINDS = (*_SAMPLERS, "static_k")
 
 
 class BaselinePolicy(nn.Module):
     """A fixed policy as a policy network: ``forward(x [N,...]) -> [N, K]`` float 0/1 on ``x``'s
-    device (``kind`` "full", "first_k" or "random_k"; random draws from its own generator, seeded
-    with ``seed``, so that a freshly built one replays the same sequence)."""
+    device (``kind`` "full", "first_k", "random_k" or "static_k" with its ``dropped`` blocks;
+    random draws from its own generator, seeded with ``seed``, so that a freshly built one replays
+    the same sequence)."""
 
-    def __init__(self, kind: str, num_blocks: int, k: float | None = None, seed: int = 0) -> None:
+    def __init__(self, kind: str, num_blocks: int, k: float | None = None, seed: int = 0,
+                 dropped: list[int] | None = None) -> None:
         super().__init__()
-        if kind not in _SAMPLERS:
+        if kind not in BASELINE_KINDS:
             raise ValueError(f"kind: expected one of {BASELINE_KINDS}, got {kind!r}")
-        if kind != "full" and k is None:
+        if kind == "static_k" and dropped is None:
+            raise ValueError("dropped: required for a static_k baseline")
+        if kind in ("first_k", "random_k") and k is None:
             raise ValueError(f"k: required for a {kind} baseline")
         self.kind, self.num_blocks, self.seed = kind, int(num_blocks), int(seed)
-        self.k = float(num_blocks if k is None else k)
-        self._sample = _SAMPLERS[kind](self.k, self.num_blocks)
+        self.dropped = [int(d) for d in dropped] if dropped is not None else None
+        if self.dropped is not None:
+            self.k = float(self.num_blocks - len(set(self.dropped)))
+            self._sample = static_policy(self.dropped, self.num_blocks)
+        else:
+            self.k = float(num_blocks if k is None else k)
+            self._sample = _SAMPLERS[kind](self.k, self.num_blocks)
         self._gen = torch.Generator().manual_seed(self.seed)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,7 +113,11 @@ class BaselinePolicy(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         """JSON-able constructor arguments (``kind`` is one of :data:`BASELINE_KINDS`)."""
-        return {"kind": self.kind, "num_blocks": self.num_blocks, "k": self.k, "seed": self.seed}
+        spec: dict[str, Any] = {"kind": self.kind, "num_blocks": self.num_blocks, "k": self.k,
+                                "seed": self.seed}
+        if self.dropped is not None:
+            spec["dropped"] = list(self.dropped)
+        return spec
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, num_blocks={self.num_blocks}, k={self.k}"

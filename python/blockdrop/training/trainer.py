@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from blockdrop.checkpoint import atomic_write_bytes
 from blockdrop.data import DataInfo, make_loader
 from blockdrop.runtime import DistInfo, eval_mode, interrupt_at_step_end, resolve_device
 from blockdrop.training import rl
@@ -151,13 +152,10 @@ class Trainer:
         return max(vals) if vals and self.best_path().is_file() else -1.0
 
     def _keep_best(self) -> None:
-        """Copy the checkpoint just written to ``best`` (temp file + os.replace, as every save)."""
-        import shutil
+        """Copy the checkpoint just written to ``best`` (atomically, as every save)."""
         for src, dst in ((self.checkpoint_path(), self.best_path()),
                          (self.checkpoint_path().with_suffix(".json"), self.best_path().with_suffix(".json"))):
-            tmp = dst.with_name(f".{dst.name}.best.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            atomic_write_bytes(dst, src.read_bytes())
 
     def save(self) -> None:
         """Write ``last.safetensors`` (+ ``.json``) atomically; collective under DDP."""
