@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import subprocess_env
+from _helpers import subprocess_env, write_cifar_weights
 
 import blockdrop
 from blockdrop import dynamic_forward
@@ -23,7 +23,7 @@ from blockdrop.interop.official_models import (OfficialCifarResNet, OfficialImag
                                                OfficialPolicy32, OfficialPolicy224)
 from blockdrop.models import (CifarResNet, TimmResNet, TorchvisionResNet, backbone_spec,
                               build_backbone, build_policy, get_model, list_models,
-                              register_model, resolve_model)
+                              load_cifar_resnet, register_model, resolve_model)
 from blockdrop.models.cifar import CIFAR_DEPTHS
 from blockdrop.models.policy import CifarPolicyNet, ImageNetPolicyNet
 from blockdrop.models.registry import backbone_kinds, policy_kinds
@@ -59,7 +59,8 @@ def _expected_family(name: str) -> type:
     return TimmResNet if name.startswith("timm/") else TorchvisionResNet
 
 
-@pytest.mark.parametrize("name", list_models() + [pytest.param(n, marks=needs_timm) for n in TIMM_NAMES])
+@pytest.mark.parametrize("name", list_models() + [pytest.param(n, marks=needs_timm)
+                                                  for n in TIMM_NAMES])
 def test_every_name_builds_runs_skips_and_round_trips(name: str) -> None:
     torch.manual_seed(0)
     model = get_model(name, num_classes=3).double().eval()
@@ -102,7 +103,8 @@ def test_torchvision_names_build_torchvisions_own_architecture() -> None:
 
 @pytest.mark.parametrize("old,new", [
     ("resnet8", "cifar_resnet8"), ("resnet20", "cifar_resnet20"), ("resnet32", "cifar_resnet32"),
-    ("resnet56", "cifar_resnet56"), ("resnet110", "cifar_resnet110"), ("RESNET56", "cifar_resnet56"),
+    ("resnet56", "cifar_resnet56"), ("resnet110", "cifar_resnet110"),
+    ("RESNET56", "cifar_resnet56"),
     ("cifar-resnet32", "cifar_resnet32"), ("cifar-resnet50", "cifar_resnet50"),
     ("tv-resnet50", "resnet50"), ("tv-wide_resnet50_2", "wide_resnet50_2"),
     ("resnet50", "resnet50"), ("resnet101", "resnet101"), ("resnet152", "resnet152"),
@@ -112,7 +114,8 @@ def test_torchvision_names_build_torchvisions_own_architecture() -> None:
 ])
 def test_names_resolve(old: str, new: str) -> None:
     ref = resolve_model(old)
-    family = "cifar" if new.startswith("cifar_") else "timm" if new.startswith("timm/") else "torchvision"
+    family = ("cifar" if new.startswith("cifar_") else "timm" if new.startswith("timm/")
+              else "torchvision")
     assert (ref.name, ref.family) == (new, family)
 
 
@@ -126,7 +129,8 @@ def test_depths_are_cifar_only_with_the_prefix_and_resnet50_is_torchvision() -> 
 @needs_timm
 @pytest.mark.parametrize("name,choices", [("resnet26", ("cifar_resnet26", "timm/resnet26")),
                                           ("resnet200", ("cifar_resnet200", "timm/resnet200"))])
-def test_a_name_of_two_families_is_an_error_listing_both(name: str, choices: tuple[str, ...]) -> None:
+def test_a_name_of_two_families_is_an_error_listing_both(name: str,
+                                                         choices: tuple[str, ...]) -> None:
     with pytest.raises(ValueError) as e:
         resolve_model(name)
     msg = str(e.value)
@@ -141,11 +145,12 @@ def test_old_cifar_names_are_no_timm_names() -> None:
         assert not timm.is_model(f"resnet{d}"), d
 
 
-@pytest.mark.parametrize("name,close", [("resnt56", "cifar_resnet56"), ("cifar_resnet57", "cifar_resnet56"),
-                                        ("resnet999", None), ("tv-resnet56", None),
-                                        ("cifar_resnet056", None), ("cifar-resnet7", None),
-                                        pytest.param("timm/resnet5o", "timm/resnet50", marks=needs_timm),
-                                        pytest.param("timm-nothing", None, marks=needs_timm)])
+@pytest.mark.parametrize("name,close", [
+    ("resnt56", "cifar_resnet56"), ("cifar_resnet57", "cifar_resnet56"), ("resnet999", None),
+    ("tv-resnet56", None), ("cifar_resnet056", None), ("cifar-resnet7", None),
+    pytest.param("timm/resnet5o", "timm/resnet50", marks=needs_timm),
+    pytest.param("timm-nothing", None, marks=needs_timm),
+])
 def test_unknown_names_are_one_line_errors_naming_arch(name: str, close: str | None) -> None:
     with pytest.raises(ValueError) as e:
         get_model(name)
@@ -252,7 +257,7 @@ def test_specs_of_earlier_checkpoints_still_build() -> None:
 
 
 def test_a_kind_not_registered_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"^spec: kind 'resnet' is not registered \(registered: cifar"):
+    with pytest.raises(ValueError, match=r"^spec: kind 'resnet' is not registered \(registered: c"):
         build_backbone({"kind": "resnet", "depth": 56})
     with pytest.raises(ValueError, match=r"^spec: kind 'greedy' is not registered \(registered: "):
         build_policy({"kind": "greedy", "num_blocks": 3})
@@ -273,6 +278,33 @@ def test_a_user_wrapped_torchvision_resnet_has_a_spec() -> None:
     odd.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)      # one input channel
     with pytest.raises(ValueError, match="^resnet: its tensors match none"):
         backbone_spec(from_torchvision(odd))
+
+
+# --------------------------------------------------------------------------- load_backbone
+
+def test_load_backbone_resolves_arch_through_the_registry(tmp_path: Path) -> None:
+    from blockdrop.checkpoint import load_backbone
+    from blockdrop.errors import IncompatibleError
+    weights = write_cifar_weights(tmp_path / "r8.th", depth=8, num_classes=3)
+    torch.manual_seed(0)
+    load_cifar_resnet(weights)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    model, spec = load_backbone(weights, "resnet8", 10)        # the file's class count wins
+    assert torch.equal(torch.rand(3), expected)                 # no draw beyond the loader's own
+    assert isinstance(model, CifarResNet)
+    assert spec == {"kind": "cifar", "depth": 8, "num_classes": 3}
+    with pytest.raises(IncompatibleError, match="depth: expected 14"):
+        load_backbone(weights, "cifar_resnet14", 3)
+    r18 = get_model("resnet18", num_classes=4)
+    torch.save(r18.resnet.state_dict(), tmp_path / "r18.pt")
+    model, spec = load_backbone(tmp_path / "r18.pt", "tv-resnet18", 4)
+    assert spec == {"kind": "torchvision", "arch": "resnet18", "num_classes": 4}
+    torch.testing.assert_close(model.resnet.fc.weight, r18.resnet.fc.weight)
+    assert load_backbone(None, "resnet34", 5)[1] == {"kind": "torchvision", "arch": "resnet34",
+                                                      "num_classes": 5}
+    with pytest.raises(ValueError, match="^arch: unknown model 'resnet9'"):
+        load_backbone(weights, "resnet9", 3)
 
 
 # --------------------------------------------------------------------------- imports

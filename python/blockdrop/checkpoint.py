@@ -207,10 +207,12 @@ def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
     if w.suffix == ".safetensors":
         tensors, meta = load_checkpoint(w)
         return _backbone_from(tensors, meta, w), meta["backbone_spec"]
-    model = get_model(arch, num_classes=num_classes) if arch is not None else None
-    if model is None or isinstance(model, CifarResNet):
-        model = load_cifar_resnet(w, model.depth if model is not None else None)
+    with torch.device("meta"):   # the family and depth only: no memory, no draw from the RNG
+        probe = get_model(arch, num_classes=num_classes) if arch is not None else None
+    if probe is None or isinstance(probe, CifarResNet):
+        model = load_cifar_resnet(w, probe.depth if probe is not None else None)
         return model, backbone_spec(model)
+    model = get_model(arch, num_classes=num_classes)
     what = f"a state dict of {arch}"
     try:
         sd = torch.load(w, map_location="cpu", weights_only=True)

@@ -48,7 +48,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.checkpoint:
         model = load_blockdrop_net(args.checkpoint, device)[0].backbone
     else:
-        model = load_backbone(args.weights, args.arch or (None if args.weights else "cifar_resnet110"), 10)[0]
+        arch = args.arch or (None if args.weights else "cifar_resnet110")
+        model = load_backbone(args.weights, arch, 10)[0]
     dtype = getattr(torch, args.dtype)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device=device, dtype=dtype, memory_format=fmt).eval()

@@ -3,12 +3,16 @@ that defines it (this module imports nothing from the rest of the package).
 
 Names (:func:`get_model`, :func:`list_models`, :func:`resolve_model`):
 
-* a registered name is exact: ``cifar_resnet56`` (CIFAR, depth 6n+2), ``resnet50`` (torchvision);
+* a registered name means itself, whatever else has it: ``cifar_resnet56`` (CIFAR, depth 6n+2),
+  ``resnet50`` (torchvision's, although timm and the CIFAR family have a ResNet-50 too);
 * a family prefix names an open set: ``cifar_resnet<6n+2>`` any depth, ``timm/<name>`` any timm
   ResNet (timm's own name check; timm is optional);
 * old prefixes map onto the new: ``cifar-X -> cifar_X``, ``tv-X -> X``, ``timm-X -> timm/X``;
 * any other bare name is tried in every family (``resnet56 -> cifar_resnet56``): one match is
   used, several are an error listing them (``resnet26``: ``cifar_resnet26``, ``timm/resnet26``).
+  A family whose library is missing (timm) takes no part.
+
+Names are case-insensitive; :data:`ARCH_HELP` says this in one line.
 
 Specs (:func:`backbone_spec`, :func:`build_backbone`, :func:`build_policy`): a JSON object
 ``{"kind": ..., ...}``; a backbone kind maps a class to its spec and back
@@ -25,9 +29,10 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
-__all__ = ["ARCH_HELP", "ModelRef", "register_model", "register_family", "register_old_prefix", "get_model",
-           "list_models", "resolve_model", "register_backbone_kind", "register_policy_kind",
-           "backbone_kinds", "policy_kinds", "backbone_spec", "build_backbone", "build_policy"]
+__all__ = ["ARCH_HELP", "ModelRef", "register_model", "register_family", "register_old_prefix",
+           "get_model", "list_models", "resolve_model", "register_backbone_kind",
+           "register_policy_kind", "backbone_kinds", "policy_kinds", "backbone_spec",
+           "build_backbone", "build_policy"]
 
 #: The grammar in one line (CLI help, errors).
 ARCH_HELP = ("cifar_resnet<6n+2> (CIFAR), resnet18..152 / resnext* / wide_resnet* (torchvision), "
