@@ -15,4 +15,9 @@ from .blockdrop_net import BlockDropNet
 from .checkpoint import load
 from .engine import dynamic_forward
 
+# Every spec kind is registered once the package is imported: models (cifar, torchvision, timm,
+# the policy nets), interop (the official networks) and the fixed baseline policies here.
+from .training import baselines  # noqa: E402,F401
+del baselines  # reached as blockdrop.training.baselines
+
 __all__ = ["BlockDropNet", "__version__", "dynamic_forward", "flops", "ideal_speedup", "interop", "load", "models"]

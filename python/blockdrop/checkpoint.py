@@ -23,12 +23,13 @@ from safetensors.torch import save as serialize
 from torch import Tensor, nn
 
 from blockdrop.errors import FileFormatError
-from blockdrop.models.registry import backbone_spec, build_backbone, build_policy, parse_arch
+from blockdrop.models.cifar import CifarResNet, load_cifar_resnet
+from blockdrop.models.registry import backbone_spec, build_backbone, build_policy, get_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_write_text", "backbone_spec",
            "build_backbone", "load_backbone", "load_blockdrop_net", "save_blockdrop_net", "load",
            "read_meta", "optimizer_to_tensors",
-           "optimizer_from_tensors", "prefixed", "unprefixed", "parse_arch"]
+           "optimizer_from_tensors", "prefixed", "unprefixed"]
 
 FORMAT = "blockdrop-checkpoint/1"
 
@@ -186,34 +187,37 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor
 
 def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
                   num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-    """Backbone from ``weights`` (a CIFAR ResNet ``.th``/``.pt``, a torchvision state dict with
-    ``arch``, or a blockdrop checkpoint) or a fresh ``arch``.  Returns ``(model, spec)``."""
+    """A backbone and its spec: ``weights`` (a blockdrop checkpoint; a CIFAR ResNet
+    ``.th``/``.pt``, its depth checked against a CIFAR ``arch``; a torchvision or timm state dict
+    with ``arch``) or, without weights, a fresh ``get_model(arch, num_classes)``.
+
+    The model maps ``[N, 3, H, W] -> [N, num_classes]`` (a CIFAR file's own class count).
+    """
     if weights is None:
         if arch is None:
             raise ValueError("give --weights or --arch")
-        spec = parse_arch(arch, num_classes)
-        return build_backbone(spec), spec
+        model = get_model(arch, num_classes=num_classes)
+        return model, backbone_spec(model)
     w = Path(weights)
     if not w.is_file():
         raise FileNotFoundError(f"weights not found: {w}")
     if w.suffix == ".safetensors":
         tensors, meta = load_checkpoint(w)
         return _backbone_from(tensors, meta, w), meta["backbone_spec"]
-    if arch is None or parse_arch(arch, num_classes)["kind"] == "cifar":
-        from blockdrop.models import load_cifar_resnet
-        depth = parse_arch(arch, num_classes)["depth"] if arch else None
-        model = load_cifar_resnet(w, depth)
+    with torch.device("meta"):   # the family and depth only: no memory, no draw from the RNG
+        probe = get_model(arch, num_classes=num_classes) if arch is not None else None
+    if probe is None or isinstance(probe, CifarResNet):
+        model = load_cifar_resnet(w, probe.depth if probe is not None else None)
         return model, backbone_spec(model)
-    spec = parse_arch(arch, num_classes)
-    model = build_backbone(spec)
-    what = f"a state dict of torchvision {spec['arch']}"
+    model = get_model(arch, num_classes=num_classes)
+    what = f"a state dict of {arch}"
     try:
         sd = torch.load(w, map_location="cpu", weights_only=True)
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
         model.resnet.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})  # type: ignore
     except Exception as e:
         raise FileFormatError(w, what, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from None
-    return model, spec
+    return model, backbone_spec(model)
 
 
 def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any],

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from blockdrop.cli._args import STRATEGIES, add_runtime, fraction, positive_int, setup_threads
+from blockdrop.models.registry import ARCH_HELP
 
 __all__ = ["register"]
 
@@ -17,8 +18,8 @@ def register(sub: Any) -> None:
     src = b.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="CKPT", help="use this BlockDropNet's backbone")
     src.add_argument("--weights", metavar="FILE", help="backbone weights")
-    b.add_argument("--arch", default=None,
-                   help="backbone architecture (default resnet110 without --weights)")
+    b.add_argument("--arch", default=None, help="backbone name (default cifar_resnet110 without "
+                   f"--weights; with --weights of a CIFAR ResNet, checks its depth): {ARCH_HELP}")
     b.add_argument("--batch-size", type=positive_int, default=64)
     b.add_argument("--image-size", type=positive_int, default=None)
     b.add_argument("--keep", type=fraction, default=0.3, help="iid keep probability (default 0.3)")
@@ -47,7 +48,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.checkpoint:
         model = load_blockdrop_net(args.checkpoint, device)[0].backbone
     else:
-        model = load_backbone(args.weights, args.arch or (None if args.weights else "resnet110"), 10)[0]
+        arch = args.arch or (None if args.weights else "cifar_resnet110")
+        model = load_backbone(args.weights, arch, 10)[0]
     dtype = getattr(torch, args.dtype)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device=device, dtype=dtype, memory_format=fmt).eval()

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from blockdrop.cli._args import add_runtime, nonneg_float, setup_threads
+from blockdrop.models.registry import ARCH_HELP
 
 __all__ = ["register"]
 
@@ -23,7 +24,7 @@ def register(sub: Any) -> None:
                                           "--set selection.rule=budget (VALUE in YAML syntax)")
     r.add_argument("--print-config", action="store_true",
                    help="print the resolved settings as YAML and exit")
-    r.add_argument("--arch", help="backbone architecture, e.g. resnet56")
+    r.add_argument("--arch", help=f"backbone name: {ARCH_HELP}")
     r.add_argument("--train-data", metavar="PATH",
                    help="training data (all of it trains when --val-data is given; else the "
                         "preset's n_val images are held out of it for every choice)")

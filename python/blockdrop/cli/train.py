@@ -12,6 +12,7 @@ import torch
 
 from blockdrop.cli._args import add_data, add_runtime, add_training, setup_threads
 from blockdrop.errors import IncompatibleError
+from blockdrop.models.registry import ARCH_HELP
 from blockdrop.training.config import TrainConfig
 
 __all__ = ["register", "train_config"]
@@ -22,7 +23,7 @@ def register(sub: Any) -> None:
     add_data(t)
     m = t.add_argument_group("model")
     m.add_argument("--weights", metavar="FILE", help="pretrained backbone (.th/.pt/.safetensors)")
-    m.add_argument("--arch", help="backbone architecture, e.g. resnet32, resnet110, tv-resnet50")
+    m.add_argument("--arch", help=f"backbone name: {ARCH_HELP}")
     add_training(t, "curriculum")
     add_runtime(t)
     t.set_defaults(func=lambda p, a: run(p, a, "curriculum"))
@@ -32,7 +33,7 @@ def register(sub: Any) -> None:
     m = f.add_argument_group("model")
     m.add_argument("--init", metavar="CKPT", help="checkpoint of the curriculum stage")
     m.add_argument("--weights", metavar="FILE", help="backbone weights (without --init)")
-    m.add_argument("--arch", help="backbone architecture (without --init)")
+    m.add_argument("--arch", help=f"backbone name (without --init): {ARCH_HELP}")
     add_training(f, "finetune")
     add_runtime(f)
     f.set_defaults(func=lambda p, a: run(p, a, "finetune"))

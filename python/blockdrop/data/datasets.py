@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from blockdrop.data.transforms import SmallImageTransform, _sample_seed
+from blockdrop.data.transforms import SmallImageTransform, sample_seed
 
 __all__ = ["DataInfo", "DatasetNotFoundError", "ImageArrayDataset", "ImageFileDataset"]
 
@@ -53,7 +53,7 @@ class ImageArrayDataset(_EpochDataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         gen = None
         if self.transform.train:
-            gen = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, i))
+            gen = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, i))
         return self.transform(self.images[i], gen), int(self.labels[i])
 
     def with_transform(self, transform: SmallImageTransform) -> "ImageArrayDataset":
@@ -80,5 +80,5 @@ class ImageFileDataset(_EpochDataset):
         if not self.train:
             return self.transform(img), label
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.seed, self.epoch, i))
+            torch.manual_seed(sample_seed(self.seed, self.epoch, i))
             return self.transform(img), label

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from blockdrop.data.datasets import DataInfo, DatasetNotFoundError, ImageArrayDataset, ImageFileDataset
-from blockdrop.data.transforms import SmallImageTransform, _imagenet_transform
+from blockdrop.data.transforms import SmallImageTransform, imagenet_transform
 from blockdrop.errors import FileFormatError
 
 __all__ = ["load_dataset", "digits_dataset", "IMG_EXTS"]
@@ -170,7 +170,7 @@ def _load_folder(root: Path, split: str, seed: int, allow_split: bool = True) ->
         images, labels, cl = _stack(entries, str(root))
         return _array_info(images, labels, cl, split, seed, f"{root} (in memory)")
     train = split == "train"
-    ds = ImageFileDataset(samples, _imagenet_transform(train), train, seed)
+    ds = ImageFileDataset(samples, imagenet_transform(train), train, seed)
     return DataInfo(ds, classes, 224, str(root))
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from blockdrop.data.datasets import DataInfo, ImageArrayDataset, ImageFileDataset
-from blockdrop.data.transforms import SmallImageTransform, _imagenet_transform
+from blockdrop.data.transforms import SmallImageTransform, imagenet_transform
 
 __all__ = ["split_train_val", "take_subset", "with_normalization"]
 
@@ -53,7 +53,7 @@ def split_train_val(info: DataInfo, n_val: int, seed: int = 0) -> tuple[DataInfo
         train_ds = ImageFileDataset([ds.samples[i] for i in train_idx.tolist()], ds.transform,
                                     ds.train, ds.seed)
         val_ds = ImageFileDataset([ds.samples[i] for i in val_idx.tolist()],
-                                  _imagenet_transform(False, info.image_size), False, ds.seed)
+                                  imagenet_transform(False, info.image_size), False, ds.seed)
     tag = f"held out {n_val}, seed {seed}"
     return (DataInfo(train_ds, info.classes, info.image_size, f"{info.source} (minus {tag})"),
             DataInfo(val_ds, info.classes, info.image_size, f"{info.source} ({tag})"))
@@ -68,7 +68,7 @@ def with_normalization(info: DataInfo, mean: Sequence[float], std: Sequence[floa
         new: Any = ImageArrayDataset(ds.images, ds.labels,
                                      SmallImageTransform(t.train, t.pad, t.flip, mean, std), ds.seed)
     elif isinstance(ds, ImageFileDataset):
-        new = ImageFileDataset(ds.samples, _imagenet_transform(ds.train, info.image_size, mean, std),
+        new = ImageFileDataset(ds.samples, imagenet_transform(ds.train, info.image_size, mean, std),
                                ds.train, ds.seed)
     else:
         raise TypeError(f"with_normalization: unsupported dataset {type(ds).__name__}")

@@ -9,14 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MEAN", "STD", "SmallImageTransform", "denormalize"]
+__all__ = ["MEAN", "STD", "SmallImageTransform", "denormalize", "imagenet_transform",
+           "sample_seed"]
 
 #: Normalisation used by the pretrained CIFAR ResNets in ../shared/data (ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index``'s augmentation in ``epoch`` of a run seeded ``seed``: a
+    non-negative 63-bit int, a hash of the three (no state, so any worker order gives it)."""
     h = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
@@ -54,8 +57,14 @@ class SmallImageTransform:
         return (x.contiguous() - self._m) / self._s
 
 
-def _imagenet_transform(train: bool, size: int = 224, mean: Sequence[float] = MEAN,
-                        std: Sequence[float] = STD) -> Callable[[Any], Tensor]:
+def imagenet_transform(train: bool, size: int = 224, mean: Sequence[float] = MEAN,
+                       std: Sequence[float] = STD) -> Callable[[Any], Tensor]:
+    """torchvision's ImageNet transform: a PIL image -> ``float [3, size, size]`` normalised.
+
+    train: random resized crop and horizontal flip (drawn from torch's global generator, which
+    the dataset seeds per sample with :func:`sample_seed`); eval: resize to ``size * 256 / 224``
+    and centre crop.
+    """
     from torchvision.transforms import v2 as T
     ops: list[Any] = ([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if train
                       else [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)])

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blockdrop.models.base import BlockView, Chain, ResNetBackbone
+from blockdrop.models.registry import register_backbone_kind, register_policy_kind
 
 __all__ = ["DownsampleB", "OfficialCifarResNet", "OfficialImageNetResNet", "OfficialPolicy32",
            "OfficialPolicy224", "OFFICIAL_MODELS"]
@@ -249,3 +250,15 @@ OFFICIAL_MODELS: dict[str, tuple[Any, Any, Any]] = {
     "R101_ImgNet": (lambda: OfficialImageNetResNet([3, 4, 23, 3], 1000), lambda: OfficialPolicy224(33),
                     ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
 }
+
+
+def _layers_spec(m: _OfficialBackbone) -> dict[str, Any]:
+    return {"layers": list(m.layer_config), "num_classes": int(m.num_classes)}
+
+
+register_backbone_kind("official_cifar", OfficialCifarResNet, _layers_spec,
+                       lambda s: OfficialCifarResNet(list(s["layers"]), int(s["num_classes"])))
+register_backbone_kind("official_imagenet", OfficialImageNetResNet, _layers_spec,
+                       lambda s: OfficialImageNetResNet(list(s["layers"]), int(s["num_classes"])))
+register_policy_kind("official32", lambda s: OfficialPolicy32(int(s["num_blocks"])))
+register_policy_kind("official224", lambda s: OfficialPolicy224(int(s["num_blocks"])))

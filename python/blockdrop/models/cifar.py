@@ -8,7 +8,9 @@ conv2, bn2}, linear``), so :func:`load_cifar_resnet` loads them after stripping 
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +20,14 @@ from ..errors import FileFormatError, IncompatibleError
 from blockdrop_ext.reference import downsample_a
 
 from .base import BlockView, Chain, ResNetBackbone
+from .registry import register_backbone_kind, register_family, register_model, register_old_prefix
 
-__all__ = ["CifarBasicBlock", "CifarResNet", "cifar_resnet", "load_cifar_resnet", "option_a"]
+__all__ = ["CIFAR_DEPTHS", "CifarBasicBlock", "CifarResNet", "cifar_resnet", "load_cifar_resnet",
+           "option_a"]
+
+#: Depths registered by name (``cifar_resnet<depth>``): He et al.'s (20-1202) and the small ones
+#: the tests and demo use. Any other depth 6n+2 is reachable as ``cifar_resnet<depth>`` too.
+CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110, 1202)
 
 
 def option_a(x: Tensor, out_channels: int) -> Tensor:
@@ -117,8 +125,30 @@ class CifarResNet(ResNetBackbone):
 
 
 def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
-    """A randomly initialised CIFAR ResNet of the given depth (20, 32, 44, 56, 110, ...)."""
+    """A randomly initialised CIFAR ResNet of the given depth (20, 32, 44, 56, 110, ...):
+    ``[N, 3, 32, 32] -> [N, num_classes]``."""
     return CifarResNet(depth, num_classes)
+
+
+def _build(depth: int, num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(depth, num_classes)
+
+
+def _resolve(local: str) -> Any:
+    """``"resnet<d>"`` with ``d = 6n + 2`` -> a builder; anything else None."""
+    m = re.fullmatch(r"resnet(\d+)", local)
+    depth = int(m.group(1)) if m and not m.group(1).startswith("0") else 0
+    return partial(_build, depth) if depth >= 8 and (depth - 2) % 6 == 0 else None
+
+
+for _depth in CIFAR_DEPTHS:
+    register_model(partial(_build, _depth), name=f"cifar_resnet{_depth}", family="cifar")
+register_family("cifar", "cifar_", _resolve)
+register_old_prefix("cifar-", "cifar_", "cifar")
+register_backbone_kind(
+    "cifar", CifarResNet,
+    to_spec=lambda m: {"depth": int(m.depth), "num_classes": int(m.num_classes)},
+    from_spec=lambda s: CifarResNet(int(s["depth"]), int(s["num_classes"])))
 
 
 _BLOCK_KEY = re.compile(r"^layer([123])\.(\d+)\.")

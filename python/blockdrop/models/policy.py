@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .registry import register_policy_kind
+
 __all__ = ["BasicBlock", "CifarPolicyNet", "ImageNetPolicyNet", "PolicyNet", "make_policy_net",
            "policy_net_from_spec"]
 
@@ -157,12 +159,17 @@ def make_policy_net(num_blocks: int, image_size: int, width: int = 16, pool: int
     return ImageNetPolicyNet(num_blocks)
 
 
+_KINDS: dict[str, type[PolicyNet]] = {"cifar": CifarPolicyNet, "imagenet": ImageNetPolicyNet}
+
+
 def policy_net_from_spec(spec: dict[str, Any]) -> PolicyNet:
-    """Inverse of :meth:`PolicyNet.spec`."""
-    spec = dict(spec)
-    kind = spec.pop("kind")
-    if kind == "cifar":
-        return CifarPolicyNet(**spec)
-    if kind == "imagenet":
-        return ImageNetPolicyNet(**spec)
-    raise ValueError(f"unknown policy net kind {kind!r}")
+    """Inverse of :meth:`PolicyNet.spec` (kinds ``cifar`` and ``imagenet``)."""
+    args = dict(spec)
+    kind = args.pop("kind", None)
+    if kind not in _KINDS:
+        raise ValueError(f"spec: expected a policy net kind in {tuple(_KINDS)}, got {kind!r}")
+    return _KINDS[kind](**args)
+
+
+for _kind in _KINDS:
+    register_policy_kind(_kind, policy_net_from_spec)

@@ -11,15 +11,19 @@ the final activation, which the engine fuses into its merge. That fusion is a Re
 final activation is anything else are refused.
 
 timm is optional (``pip install blockdrop[timm]``); importing this module does not import it.
+Its names are the family ``timm/<name>`` (any name ``timm.is_model`` accepts; building refuses
+models that are not timm ResNets) and its spec kind is ``timm``.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
 
 from .base import BlockView, Chain, ResNetBackbone
+from .registry import register_backbone_kind, register_family, register_old_prefix
 
 __all__ = ["TimmResNet", "from_timm", "is_timm_resnet"]
 
@@ -129,3 +133,53 @@ class TimmResNet(ResNetBackbone):
 def from_timm(resnet: nn.Module) -> TimmResNet:
     """Wrap a timm ResNet (``timm.create_model("resnet50d", ...)``) without copying it."""
     return TimmResNet(resnet)
+
+
+def _build(arch: str, num_classes: int = 1000, pretrained: bool = False,
+           **kwargs: Any) -> TimmResNet:
+    import timm
+
+    model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    try:
+        return TimmResNet(model)
+    except ValueError as e:
+        raise ValueError(f"arch: timm/{arch} cannot be a BlockDrop backbone: {e}") from None
+
+
+def _resolve(local: str) -> Any:
+    """A builder for timm's model ``local``, None when timm has no such name; ImportError
+    without timm."""
+    try:
+        import timm
+    except ImportError as e:
+        raise ImportError("timm is not installed: pip install 'blockdrop[timm]'") from e
+    return partial(_build, local) if local and timm.is_model(local) else None
+
+
+def _suggest() -> list[str]:
+    import timm
+
+    return list(timm.list_models(module="resnet"))
+
+
+register_family("timm", "timm/", _resolve, _suggest)
+register_old_prefix("timm-", "timm/", "timm")
+
+
+def _to_spec(m: TimmResNet) -> dict[str, Any]:
+    cfg = getattr(m.resnet, "pretrained_cfg", None) or getattr(m.resnet, "default_cfg", None) or {}
+    arch = cfg.get("architecture")
+    if not arch:
+        raise ValueError("model: the timm ResNet records no architecture name (pretrained_cfg)")
+    return {"arch": arch, "num_classes": int(m.num_classes)}
+
+
+def _from_spec(spec: dict[str, Any]) -> TimmResNet:
+    arch = spec.get("arch")
+    builder = _resolve(arch) if isinstance(arch, str) else None
+    if builder is None:
+        raise ValueError(f"spec: {arch!r} is not a timm model name")
+    return builder(num_classes=int(spec["num_classes"]))
+
+
+register_backbone_kind("timm", TimmResNet, _to_spec, _from_spec)

@@ -8,12 +8,21 @@ weights (and later updates to them) are used as they are.
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from .base import BlockView, Chain, ResNetBackbone
+from .registry import register_backbone_kind, register_model, register_old_prefix
 
-__all__ = ["TorchvisionResNet", "from_torchvision"]
+__all__ = ["TORCHVISION_RESNETS", "TorchvisionResNet", "from_torchvision", "infer_arch"]
+
+#: The ResNets of ``torchvision.models`` (BasicBlock / Bottleneck), registered by these names.
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                       "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+                       "wide_resnet50_2", "wide_resnet101_2")
 
 
 def _tv():
@@ -44,10 +53,12 @@ class _Shortcut:
 
 
 class TorchvisionResNet(ResNetBackbone):
-    """A :class:`ResNetBackbone` view of a ``torchvision.models.ResNet`` (weights shared)."""
+    """A :class:`ResNetBackbone` view of a ``torchvision.models.ResNet`` (weights shared).
+    ``arch`` is its name in :data:`TORCHVISION_RESNETS` (found from the shapes when None)."""
 
-    def __init__(self, resnet: nn.Module) -> None:
+    def __init__(self, resnet: nn.Module, arch: str | None = None) -> None:
         super().__init__()
+        self.arch = arch
         tvr = _tv()
         if not isinstance(resnet, tvr.ResNet):
             raise ValueError(
@@ -106,3 +117,47 @@ def from_torchvision(resnet: nn.Module) -> TorchvisionResNet:
     """Wrap a ``torchvision.models.ResNet`` (e.g. ``torchvision.models.resnet50(weights=...)``)
     without copying it; the wrapper's blocks are the user's blocks."""
     return TorchvisionResNet(resnet)
+
+
+def _shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in m.state_dict().items() if not k.startswith("fc.")}
+
+
+def infer_arch(resnet: nn.Module) -> str:
+    """The name in :data:`TORCHVISION_RESNETS` whose tensors (all but ``fc``) have the shapes of
+    ``resnet``'s; ValueError naming ``resnet`` when none has."""
+    import torchvision.models as tvm
+
+    shapes = _shapes(resnet)
+    with torch.device("meta"):
+        for name in TORCHVISION_RESNETS:
+            if _shapes(getattr(tvm, name)(weights=None)) == shapes:
+                return name
+    raise ValueError("resnet: its tensors match none of the torchvision ResNets "
+                     f"{', '.join(TORCHVISION_RESNETS)}")
+
+
+def _build(arch: str, num_classes: int = 1000, **kwargs: Any) -> TorchvisionResNet:
+    import torchvision.models as tvm
+
+    return TorchvisionResNet(getattr(tvm, arch)(num_classes=num_classes, **kwargs), arch=arch)
+
+
+for _arch in TORCHVISION_RESNETS:
+    register_model(partial(_build, _arch), name=_arch, family="torchvision")
+register_old_prefix("tv-", "", "torchvision")
+
+
+def _to_spec(m: TorchvisionResNet) -> dict[str, Any]:
+    return {"arch": m.arch or infer_arch(m.resnet), "num_classes": int(m.num_classes)}
+
+
+def _from_spec(spec: dict[str, Any]) -> TorchvisionResNet:
+    arch = spec.get("arch")
+    if arch not in TORCHVISION_RESNETS:
+        raise ValueError(f"spec: {arch!r} is not a torchvision ResNet (one of "
+                         f"{', '.join(TORCHVISION_RESNETS)})")
+    return _build(arch, int(spec["num_classes"]))
+
+
+register_backbone_kind("torchvision", TorchvisionResNet, _to_spec, _from_spec)

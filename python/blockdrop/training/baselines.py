@@ -21,6 +21,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from blockdrop.models.registry import register_policy_kind
+
 __all__ = ["PolicySampler", "BaselinePolicy", "full_policy", "drop_path_policy",
            "first_k_policy", "random_k_policy", "static_policy", "BASELINE_KINDS"]
 
@@ -121,3 +123,7 @@ class BaselinePolicy(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, num_blocks={self.num_blocks}, k={self.k}"
+
+
+for _kind in BASELINE_KINDS:
+    register_policy_kind(_kind, lambda spec: BaselinePolicy(**spec))
