@@ -203,10 +203,11 @@ BACKBONES = {
     "official_imagenet": lambda: OfficialImageNetResNet([1, 1, 1, 1], 3),
 }
 POLICIES = {
-    "cifar": lambda: CifarPolicyNet(5, width=8), "imagenet": lambda: ImageNetPolicyNet(5, 56),
+    "cifar": lambda: CifarPolicyNet(5, width=6, pool=2), "imagenet": lambda: ImageNetPolicyNet(5, 56),
     "official32": lambda: OfficialPolicy32(5), "official224": lambda: OfficialPolicy224(5),
     "full": lambda: BaselinePolicy("full", 5), "first_k": lambda: BaselinePolicy("first_k", 5, 2.5),
     "random_k": lambda: BaselinePolicy("random_k", 5, 2.5, seed=3),
+    "static_k": lambda: BaselinePolicy("static_k", 5, dropped=[1, 3]),
 }
 
 
