@@ -85,6 +85,14 @@ def modules() -> list[ModuleType]:
     return sorted(keep, key=lambda m: _layer(m.__name__))
 
 
+def _submodules(mod: ModuleType) -> list[ModuleType]:
+    """The loaded submodules of a package (none for a plain module), sorted by name."""
+    if not hasattr(mod, "__path__"):
+        return []
+    prefix = mod.__name__ + "."
+    return [sys.modules[k] for k in sorted(sys.modules) if k.startswith(prefix) and sys.modules[k] is not None]
+
+
 def render_class(name: str, cls: type) -> list[str]:
     if dataclasses.is_dataclass(cls):
         fields = [f.name for f in dataclasses.fields(cls) if f.init]
@@ -112,11 +120,18 @@ def render_module(mod: ModuleType) -> list[str]:
         lines += [doc, ""]
     names = list(getattr(mod, "__all__", []))
     own, reexported = [], []
+    where: dict[str, str] = {}
     for n in names:
         obj = getattr(mod, n)
-        home = getattr(obj, "__module__", None)
-        if (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)) and home != mod.__name__:
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            home = obj.__module__
+        elif inspect.ismodule(obj):
+            home = obj.__name__
+        else:                                     # a constant: defined in a submodule of a package?
+            home = next((m.__name__ for m in _submodules(mod) if getattr(m, n, None) is obj), mod.__name__)
+        if home != mod.__name__:
             reexported.append(n)
+            where[n] = home
         else:
             own.append(n)
     for n in own:
@@ -130,8 +145,6 @@ def render_module(mod: ModuleType) -> list[str]:
             value = _no_address(repr(obj))
             lines.append(f"- `{n}` = `{value if len(value) <= 90 else value[:87] + '...'}`")
     if reexported:
-        where = {n: getattr(getattr(mod, n), "__module__", None) or getattr(getattr(mod, n), "__name__", "")
-                 for n in reexported}
         lines.append("- also here: " + ", ".join(f"`{n}` (`{where[n]}`)" for n in reexported))
     return lines + [""]
 
