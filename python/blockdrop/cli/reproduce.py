@@ -35,6 +35,10 @@ def register(sub: Any) -> None:
                    help="test data, read once after every choice and counted in the test ledger; "
                         "without it the run stops at the choices (OUT/validation.json)")
     r.add_argument("--weights", metavar="FILE", help="pretrained backbone")
+    r.add_argument("--family-weights", metavar="FILE", nargs="+", default=None,
+                   help="pretrained smaller networks of the same family (e.g. ResNet-32 and -44 "
+                        "beside a ResNet-56), each finetuned like the full network and reported "
+                        "beside BlockDrop")
     r.add_argument("--out", metavar="DIR")
     r.add_argument("--gamma", type=nonneg_float, nargs="+", default=None,
                    help="finetune penalties to sweep (default: the preset's)")
@@ -66,7 +70,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     setup_threads(args)
     reproduce(preset, arch=args.arch, train_data=args.train_data, test_data=args.test_data,
-              val_data=args.val_data, weights=args.weights, out=args.out, seed=args.seed,
+              val_data=args.val_data, weights=args.weights, family_weights=args.family_weights,
+              out=args.out, seed=args.seed,
               device=args.device, progress=not args.no_progress, resume=args.resume,
               overwrite=args.overwrite)
     return 0

@@ -1,6 +1,6 @@
 """The policy stages of ``blockdrop reproduce`` (see :mod:`blockdrop.recipes.presets`): the policy
 network's curriculum over the frozen backbone, then the optional joint finetuning -- once per
-gamma and per *draw* (``preset.cl_draws`` policies trained from different seeds, each a candidate
+gamma and per *draw* (``curriculum.draws`` policies trained from different seeds, each a candidate
 for the validation choice). Where each draw writes its models: :func:`curriculum_checkpoint`,
 :func:`final_checkpoint`; with ``run.resume`` a finished draw is loaded instead of trained again."""
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The settings of ``blockdrop reproduce``: one :class:`Preset` per compute budget.
+"""The settings of ``blockdrop reproduce``: one :class:`~blockdrop.recipes.config.Preset` per
+compute budget (each stage's settings are the config its trainer takes; see
+:mod:`blockdrop.recipes.config`).
 
 ``official`` is the authors' schedule (Tushar-N/blockdrop: curriculum 5000 epochs at batch 2048,
 one block freed per epoch, gamma 1; joint finetuning 2000 epochs at batch 256, gamma 5, lr x0.1 at
@@ -6,30 +8,30 @@ epoch 1600; no backbone adaptation, no distillation) -- about 10^4 times what fi
 a 2-core CPU. ``quick``, ``cpu`` and ``gpu`` are this library's recipe at smaller budgets; every
 deviation from ``official`` and why is in docs/TRAINING.md.
 
-The recipe, stage by stage (steps are optimisation steps of ``batch_size`` images):
+The recipe, stage by stage (steps are optimisation steps of the stage's ``batch_size`` images):
 
-1. **adapt** -- the pretrained backbone learns to tolerate dropped blocks: ``adapt_steps`` of
-   stochastic depth (each block of each image kept with probability ``adapt_keep``) through the
-   gather path, SGD with a cosine decay, loss blended with the pretrained network's soft targets
-   (``adapt_distill``; with ``adapt_inplace`` the network's own full path is the teacher and is
-   trained by cross-entropy in the same step);
-   With ``soup_full`` > 0 the backbone the next stages start from is the adapted one averaged,
-   weight by weight, with the full network finetuned alike (stage 4's, trained first; share
-   ``soup_full`` of it; :mod:`blockdrop.training.averaging`);
+1. **adapt** -- the pretrained backbone learns to tolerate dropped blocks: ``adapt.steps`` of
+   stochastic depth (each block of each image kept with probability ``adapt.keep``) through the
+   gather path, SGD with a cosine decay, the loss blended with the pretrained network's soft
+   targets (``adapt.distill``; with ``adapt.inplace`` the network's own full path is the teacher
+   and is trained by cross-entropy in the same step). With ``adapt.soup`` > 0 the backbone the
+   next stages start from is the adapted one averaged, weight by weight, with the full network
+   trained alike (share ``adapt.soup`` of it; :mod:`blockdrop.training.averaging`);
 2. **curriculum** -- the policy network alone (backbone frozen), the last blocks freed first,
-   ``cl_step`` more every ``cl_steps_per_epoch`` steps (``None``: every block from the first
-   step); with ``cl_prior`` the policy network starts as the static policy that drops the
-   blocks whose single drop costs least first (:mod:`blockdrop.training.drop_costs`, measured on
-   ``prior_images`` training images; keep-probabilities ``prior_keep``, cheapest .. dearest)
-   and REINFORCE learns per-image departures from it; with ``cl_on_adapted`` over the adapted
-   backbone before averaging, the learnt policy then put on the averaged one;
+   ``curriculum.cl_step`` more every ``curriculum.steps_per_epoch`` steps (``None``: every block
+   from the first step); with ``curriculum.prior`` the policy network starts as the static
+   policy that drops the blocks whose single drop costs least first, and REINFORCE learns
+   per-image departures from it;
 3. **finetune** -- policy and backbone jointly (Adam, lr x0.1 at 80%), the backbone's loss on
-   the sampled sub-networks (official) or, with ``ft_backbone_on="greedy"``, on the thresholded
-   ones that evaluation executes; that loss also distilled from the adapted full network
-   (``ft_distill``);
-4. **baselines** -- the full network finetuned alike (from the pretrained weights: stage 1's
-   steps, optimiser and loss, then stage 3's, every block for every image); FirstK and RandomK at
-   BlockDrop's validation block counts, finetuned from the adapted backbone like stage 3.
+   the sampled sub-networks (official) or, with ``finetune.backbone_on="greedy"``, on the
+   thresholded ones that evaluation executes; that loss distilled from the backbone the stage
+   starts from (``finetune.distill``);
+4. **selection** -- every model at every threshold on validation, the operating point by
+   ``selection.rule``;
+5. **baselines** -- the full network finetuned alike (from the pretrained weights: stage 1's
+   steps, optimiser and loss, then stage 3's, every block for every image); StaticK, FirstK and
+   RandomK finetuned from BlockDrop's starting backbone like stage 3; the smaller networks of the
+   family (when their weights are given) finetuned like the full network.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The settings of the two trainers, each the one home of its defaults.
 
 * :class:`TrainConfig` -- :class:`~blockdrop.training.trainer.Trainer`: the curriculum
-  (``stage="curriculum"``) and the joint finetuning (``stage="finetune"``). Every default is the
-  official BlockDrop setting (Tushar-N/blockdrop ``cl_training.py`` / ``finetune.py``); a field
-  left ``None`` is the stage's official value, resolved in ``__post_init__``.
+  (``stage="curriculum"``) and the joint finetuning (``stage="finetune"``). Every default but the
+  run's length is the official BlockDrop setting (Tushar-N/blockdrop ``cl_training.py`` /
+  ``finetune.py``); a field left ``None`` is the stage's official value, resolved in
+  ``__post_init__``. The length defaults to a few epochs (the official runs are 5000 and 2000).
 * :class:`SupervisedConfig` -- :func:`~blockdrop.training.supervised.train_supervised`: a backbone
   under a fixed policy sampler (stochastic depth, the full network, FirstK, RandomK, StaticK).
 
