@@ -32,9 +32,9 @@ import torch
 from blockdrop.data import DatasetNotFoundError
 from blockdrop.recipes.config import Preset
 from blockdrop.recipes.presets import get_preset
-from blockdrop.recipes.report import write_report
+from blockdrop.recipes.report import build_report, write_report
 from blockdrop.recipes.stages import RunPaths
-from blockdrop.recipes.steps import (DataArg, build_report, evaluate_on_test, load_test, select,
+from blockdrop.recipes.steps import (DataArg, evaluate_on_test, load_test, select,
                                      start_run, train_baselines, train_candidates, write_validation)
 
 __all__ = ["reproduce", "start_run", "RunPaths"]

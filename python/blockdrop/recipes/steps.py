@@ -7,7 +7,7 @@
 3. :func:`select` -- the operating point, chosen on validation (and saved);
 4. :func:`train_baselines` -- FirstK / RandomK at the shown points' validation block counts;
 5. :func:`evaluate_on_test` -- every model on the test set, once, and the measured speed;
-6. :func:`build_report` -- :class:`Report` (``to_dict()`` is ``report.json``).
+6. :func:`blockdrop.recipes.report.build_report` -- the report (``to_dict()`` is ``report.json``).
 
 Nothing before step 5 reads the test set.
 """
@@ -31,7 +31,6 @@ from blockdrop.evaluation.speed import ModelSpeed, static_forward, time_models
 from blockdrop.training.drop_costs import greedy_drop_order
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluation.evaluate import EvalResult
-from blockdrop.evaluation.stats import accuracy_se, paired_difference
 from blockdrop.recipes import selection, stages
 from blockdrop.recipes.config import Preset, dump_config, preset_to_dict
 from blockdrop.recipes.ledger import record_test_use
@@ -41,8 +40,9 @@ from blockdrop.recipes.stages import (Run, RunPaths, stage_adapt, stage_baseline
                                       stage_full, stage_pretrain, stage_soup)
 from blockdrop.runtime import resolve_device
 
-__all__ = ["Candidates", "Baseline", "TestResults", "Report", "as_data", "start_run", "train_candidates",
-           "select", "write_validation", "train_baselines", "load_test", "evaluate_on_test", "build_report"]
+__all__ = ["Candidates", "Baseline", "TestResults", "as_data", "start_run", "train_candidates",
+           "select", "write_validation", "train_baselines", "load_test", "evaluate_on_test",
+           "timed_models", "point_name", "commit"]
 
 DataArg = str | os.PathLike[str] | DataInfo
 
@@ -198,7 +198,7 @@ def write_validation(run: Run, cands: Candidates, chosen: Point, minutes: float)
            "chosen": point(chosen), "points": [point(q) for q in cands.points],
            "selection": describe(run.preset.selection), "minutes": minutes,
            "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
-           "config": preset_to_dict(run.preset), "seed": run.seed, "commit": _commit()}
+           "config": preset_to_dict(run.preset), "seed": run.seed, "commit": commit()}
     atomic_write_text(run.paths.out / "validation.json", json.dumps(out, indent=1) + "\n")
     run.log(f"[validation] chosen: gamma {chosen.gamma:g}, threshold {chosen.threshold:g}: "
             f"{100 * chosen.val.accuracy:.2f}% at {chosen.val.blocks_mean:.2f} blocks -> "
@@ -321,117 +321,11 @@ def _speed_batches(test: DataInfo, batch: int, n: int = 2) -> list[torch.Tensor]
     return [x for x in xs if x.shape[0] == xs[0].shape[0]]
 
 
-@dataclass
-class Report:
-    """A run's report: the chosen model on test, every model's row, the validation choices and
-    how the run was made. :meth:`to_dict` is ``report.json`` (:data:`REPORT_KEYS` and more)."""
-    chosen: dict[str, Any]
-    results: list[dict[str, Any]]
-    val: dict[str, Any]
-    speed: dict[str, Any]
-    provenance: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.chosen, **self.speed, **self.provenance, "val": self.val,
-                "results": self.results}
-
-
-def _commit() -> str | None:
+def commit() -> str | None:
+    """The short git commit of this checkout (None outside a git checkout)."""
     try:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                            timeout=10, cwd=Path(__file__).resolve().parent)
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _row(method: str, res: EvalResult, **extra: Any) -> dict[str, Any]:
-    return {"method": method, "accuracy": res.accuracy, "blocks_mean": res.blocks_mean,
-            "blocks_std": res.blocks_std, "flops_mean": res.flops_mean, "flops_std": res.flops_std,
-            "num_policies": res.num_policies, **extra}
-
-
-def _se(r: EvalResult) -> float:
-    assert r.correct is not None          # evaluate always records per-image correctness
-    return accuracy_se(r.correct)[1]
-
-
-def _paired(a: EvalResult, b: EvalResult) -> dict[str, Any]:
-    assert a.correct is not None and b.correct is not None
-    return paired_difference(a.correct, b.correct).to_dict()
-
-
-def _results(run: Run, cands: Candidates, shown: list[Point], chosen: Point, final_path: Path,
-             baselines: list[Baseline], t: TestResults) -> list[dict[str, Any]]:
-    full_speed = t.speed["full"]
-
-    def timing(name: str) -> dict[str, Any]:
-        s = t.speed[name]
-        return {"ms_per_image": s.ms_per_image, "best_chunk": s.best_chunk,
-                "ms_by_chunk": {str(c): v for c, v in s.ms_by_chunk.items()},
-                "measured_speedup_best_vs_best": full_speed.ms_per_image / s.ms_per_image}
-
-    assert cands.full_val is not None
-    rows = [_row("full", t.full, name="full", val_accuracy=cands.full_val.accuracy,
-                 checkpoint=str(run.paths.full()), **timing("full"))]
-    for q in shown:
-        rows.append(_row("blockdrop", t.points[id(q)], name=point_name(q), gamma=q.gamma,
-                         threshold=q.threshold, stage=q.stage, draw=q.draw, chosen=q is chosen,
-                         val_accuracy=q.val.accuracy, val_blocks=q.val.blocks_mean,
-                         checkpoint=str(final_path if q is chosen else q.checkpoint),
-                         **timing(point_name(q))))
-    for b, res in zip(baselines, t.baselines):
-        extra: dict[str, Any] = {"k": b.net.policy_net.k} if b.kind != "family" else {}
-        if b.point is not None:
-            extra.update(gamma=b.point.gamma, threshold=b.point.threshold, stage=b.point.stage)
-        if b.dropped is not None:
-            extra["dropped"] = list(b.dropped)
-        rows.append(_row(b.kind, res, name=b.name, checkpoint=str(b.path), **extra, **timing(b.name)))
-    return rows
-
-
-def build_report(run: Run, cands: Candidates, shown: list[Point], chosen: Point, final_path: Path,
-                 baselines: list[Baseline], t: TestResults, test: DataInfo, arch: str,
-                 weights: Any, train_source: str, minutes: float, minutes_blockdrop: float) -> Report:
-    """Step 6: the report of a finished run (``minutes``: the whole run; ``minutes_blockdrop``:
-    until BlockDrop's model was chosen, everything it depends on included)."""
-    res, p, cfg = t.points[id(chosen)], run.preset, run.preset.selection
-    assert cands.full_val is not None
-    chosen_d = {
-        "checkpoint": str(final_path), "accuracy": res.accuracy, "blocks_mean": res.blocks_mean,
-        "blocks_std": res.blocks_std, "flops_mean": res.flops_mean, "flops_std": res.flops_std,
-        "full_flops": t.full.flops_mean, "num_blocks": cands.adapted.num_blocks,
-        "num_policies": res.num_policies, "full_accuracy": t.full.accuracy,
-        # BlockDrop - full on the same images (paired), on test and on the validation split
-        "accuracy_se": _se(res), "full_accuracy_se": _se(t.full),
-        "vs_full": {"test": _paired(res, t.full), "val": _paired(chosen.val, cands.full_val)},
-        "gamma": chosen.gamma, "threshold": chosen.threshold, "stage": chosen.stage,
-        "draw": chosen.draw}
-    full_s, bd_s = t.speed["full"], t.speed[point_name(chosen)]
-    whole = max(full_s.ms_by_chunk)                      # the batch itself, unchunked
-    speed = {"measured_speedup": full_s.ms_by_chunk[whole] / bd_s.ms_by_chunk[whole],
-             "speed_batch": whole,
-             # the plain network at its fastest chunk size of the batch (a fair CPU baseline)
-             "measured_speedup_vs_best_plain": full_s.ms_per_image / bd_s.ms_by_chunk[whole],
-             "best_plain_chunk": full_s.best_chunk,
-             "measured_speedup_best_vs_best": full_s.ms_per_image / bd_s.ms_per_image,
-             "best_blockdrop_chunk": bd_s.best_chunk, "ms_per_image": bd_s.ms_per_image,
-             "timing": {"threads": 1, "batch": whole, "repeats": p.evaluation.speed_repeats,
-                        "chunks": sorted(full_s.ms_by_chunk), "method": "interleaved rounds, "
-                        "medians, each model at its fastest chunk (blockdrop.evaluation.speed)"}}
-    val = {"images": len(run.val.dataset), "full_accuracy": cands.full_val.accuracy,  # type: ignore[arg-type]
-           "selection": describe(cfg), "select_rule": cfg.rule,
-           "tolerance": cfg.tolerance if cfg.rule == "tolerance" else None,   # unused by "budget"
-           "max_blocks": cfg.max_blocks,
-           "points": [{"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage, "draw": q.draw,
-                       "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean,
-                       "flops_mean": q.val.flops_mean} for q in cands.points]}
-    provenance = {
-        "minutes": minutes, "minutes_total": minutes, "minutes_blockdrop": minutes_blockdrop,
-        "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
-        "val_data": run.val.source,
-        "preset": p.name, "config": preset_to_dict(p), "seed": run.seed, "commit": _commit(),
-        "arch": arch, "train_data": train_source, "test_data": test.source, "weights": str(weights),
-        "test_images": res.n, "device": str(run.device), "threads": torch.get_num_threads()}
-    rows = _results(run, cands, shown, chosen, final_path, baselines, t)
-    return Report(chosen_d, rows, val, speed, provenance)
