@@ -11,6 +11,7 @@ Environment switches:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from glob import glob
 from pathlib import Path
@@ -18,6 +19,9 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
+# the one version source: blockdrop/__init__.py (read, not imported: importing needs the extension)
+VERSION = re.search(r'^__version__ = "([^"]+)"$', (ROOT / "python" / "blockdrop" / "__init__.py").read_text(),
+                    re.M).group(1)  # type: ignore[union-attr]
 DEFAULT_ARCH_LIST = "8.0;9.0"
 
 
@@ -74,7 +78,7 @@ def _extension():
 
 setup(
     name="blockdrop",
-    version="0.2.0",
+    version=VERSION,
     description="BlockDrop (dynamic inference paths in ResNets) with real batched speedup",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",

@@ -209,3 +209,12 @@ def test_bench_dtype_and_channels_last(capsys) -> None:
     assert main(["bench", "--arch", "resnet8", "--batch-size", "4", "--image-size", "16", "--repeats", "1",
                  "--strategies", "gather", "--device", "cpu", "--dtype", "bfloat16", "--channels-last"]) == 0
     assert "bfloat16 channels_last" in capsys.readouterr().out
+
+
+def test_the_version_has_one_source() -> None:
+    """setup.py reads blockdrop.__version__ (the installed metadata says the same)."""
+    import importlib.metadata
+    import blockdrop
+    root = Path(__file__).resolve().parents[1]
+    assert 'version=VERSION' in (root / "setup.py").read_text()
+    assert importlib.metadata.version("blockdrop") == blockdrop.__version__
