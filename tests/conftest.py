@@ -11,6 +11,19 @@ import torch
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # cuda skips: ../conftest.py
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_test_ledger(tmp_path_factory):
+    """The tests' reproduce runs count their test-set uses in a ledger of their own (subprocesses
+    inherit it), never in the user's (blockdrop.recipes.ledger)."""
+    before = os.environ.get("BLOCKDROP_TEST_LEDGER")
+    os.environ["BLOCKDROP_TEST_LEDGER"] = str(tmp_path_factory.mktemp("ledger") / "test_ledger.json")
+    yield
+    if before is None:
+        os.environ.pop("BLOCKDROP_TEST_LEDGER", None)
+    else:
+        os.environ["BLOCKDROP_TEST_LEDGER"] = before
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One intra-op thread for the tests: their tensors are small, and on a shared 2-core machine two

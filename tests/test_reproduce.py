@@ -96,7 +96,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     logs: list[str] = []
     report = rep.reproduce(TINY, "resnet8", tiny["train"], test, tiny["weights"], out,
                            device="cpu", progress=False, log=logs.append, val_data=tiny["val"],
-                           family_weights=[tiny["family"]])
+                           family_weights=[tiny["family"]], also_test=[tiny["test"]])
     on_disk = json.loads((out / "report.json").read_text())
     # the full baseline sees the adapt stage's batches: the pretrained teacher runs once per step
     assert any("replayed from the adapt stage: 2 of 2 steps" in line for line in logs), logs
@@ -149,11 +149,12 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
         assert r["k"] == pytest.approx(match[0]["val_blocks"])
     assert blockdrop.load(report["checkpoint"]).threshold == report["threshold"]
     # the test set: once per model, after every validation evaluation
-    assert set(evaluated) == {report["val_data"], report["test_data"]}
-    n_test = evaluated.count(report["test_data"])
-    assert n_test == len(report["results"])
+    also_src = report["also_test"][0]["data"]
+    assert set(evaluated) == {report["val_data"], report["test_data"], also_src}
+    assert evaluated.count(report["test_data"]) == evaluated.count(also_src) == len(report["results"])
     first_test = evaluated.index(report["test_data"])
-    assert set(evaluated[first_test:]) == {report["test_data"]}
+    assert set(evaluated[:first_test]) == {report["val_data"]}
+    assert set(evaluated[first_test:]) == {report["test_data"], also_src}
     # every model on the same axes: measured time (one thread, its best chunk) and FLOPs
     from blockdrop.recipes.report import ROW_KEYS
     for r in rows:
@@ -172,6 +173,13 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
         pol = net.policy(torch.zeros(2, 3, 16, 16))
         assert pol.sum(1).tolist() == [r["k"]] * 2 and r["blocks_mean"] == r["k"]
         assert [i for i in range(3) if pol[0, i] == 0] == sorted(r["dropped"])
+    # the further test set (here the same images as a folder): every model, the same accuracies
+    also = report["also_test"][0]
+    assert also["test_set"]["uses"] == 1 and also["images"] == 12
+    assert [a["name"] for a in also["results"]] == [r["name"] for r in rows]
+    fixed = ("full", "blockdrop", "static_k", "family")     # FirstK/RandomK draw their blocks anew
+    assert [a["accuracy"] for a in also["results"] if a["method"] in fixed] == \
+        [r["accuracy"] for r in rows if r["method"] in fixed]
     fam = [r for r in rows if r["method"] == "family"]
     assert len(fam) == 1 and "r8b.th" in fam[0]["name"] and fam[0]["blocks_mean"] == 3
     for name in ("report.md", "tradeoff.png", "block_usage.png", "policy_grid.png"):

@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
     r.add_argument("--test-data", metavar="PATH",
                    help="test data, read once after every choice and counted in the test ledger; "
                         "without it the run stops at the choices (OUT/validation.json)")
+    r.add_argument("--also-test", metavar="PATH", nargs="+", default=None,
+                   help="further test sets every model is evaluated on after --test-data (e.g. the "
+                        "paper's lossless images), each counted in the ledger")
     r.add_argument("--weights", metavar="FILE", help="pretrained backbone")
     r.add_argument("--family-weights", metavar="FILE", nargs="+", default=None,
                    help="pretrained smaller networks of the same family (e.g. ResNet-32 and -44 "
@@ -70,7 +73,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     setup_threads(args)
     reproduce(preset, arch=args.arch, train_data=args.train_data, test_data=args.test_data,
-              val_data=args.val_data, weights=args.weights, family_weights=args.family_weights,
+              val_data=args.val_data, also_test=args.also_test, weights=args.weights,
+              family_weights=args.family_weights,
               out=args.out, seed=args.seed,
               device=args.device, progress=not args.no_progress, resume=args.resume,
               overwrite=args.overwrite)

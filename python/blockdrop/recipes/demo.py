@@ -34,16 +34,16 @@ DEMO = Preset(
     name="demo", summary="digits, ResNet-20 from scratch, a few minutes on one CPU core",
     n_val=300, gammas=(1.0, 3.0),
     pretrain=AdaptConfig(steps=1000, keep=0.5, lr=0.1, batch_size=64, amp="off"),
-    curriculum=CurriculumConfig(width=8, cl_step=3, steps_per_epoch=15, extra_epochs=2, gamma=1.0,
-                                batch_size=64, amp="off"),
+    curriculum=CurriculumConfig(width=8, pool=4, cl_step=3, steps_per_epoch=15, extra_epochs=2,
+                                gamma=1.0, batch_size=64, amp="off"),
     finetune=TrainConfig(stage="finetune", steps=150, lr=1e-4, batch_size=64, amp="off"))
 
 #: Tiny settings for tests (`blockdrop demo --quick`): every stage runs, nothing is learned well.
 DEMO_SMOKE = DEMO.replace(
     name="demo-smoke", gammas=(1.0,),
     pretrain=AdaptConfig(steps=4, keep=0.5, lr=0.1, batch_size=64, amp="off"),
-    curriculum=CurriculumConfig(width=8, cl_step=3, steps_per_epoch=1, extra_epochs=0, gamma=1.0,
-                                batch_size=64, amp="off"),
+    curriculum=CurriculumConfig(width=8, pool=4, cl_step=3, steps_per_epoch=1, extra_epochs=0,
+                                gamma=1.0, batch_size=64, amp="off"),
     finetune=TrainConfig(stage="finetune", steps=2, lr=1e-4, batch_size=64, amp="off"),
     selection=SelectionConfig(thresholds=(0.5,)))
 

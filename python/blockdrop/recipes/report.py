@@ -73,6 +73,10 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"{row['blocks_mean']:.2f} +- {row['blocks_std']:.2f} | {row['flops_mean']:.3e} | "
             f"{row['ms_per_image']:.3f} ({row['best_chunk']}) | "
             f"{row['measured_speedup_best_vs_best']:.2f}x | {row['num_policies']} |")
+    for a in r.get("also_test", []):
+        lines += ["", f"Also on `{a['data']}` ({a['images']} images, use {a['test_set']['uses']}): "
+                  + ", ".join(f"{row['name']} {100 * row['accuracy']:.2f}%" for row in a["results"])
+                  + f"; BlockDrop - full network {_pts(a['vs_full'])}."]
     lines += ["", "Minutes per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                    r["stage_minutes"].items()), ""]
     return "\n".join(lines)

@@ -34,7 +34,7 @@ from blockdrop.recipes.config import Preset
 from blockdrop.recipes.presets import get_preset
 from blockdrop.recipes.report import build_report, write_report
 from blockdrop.recipes.stages import RunPaths
-from blockdrop.recipes.steps import (DataArg, evaluate_on_test, load_test, select,
+from blockdrop.recipes.steps import (DataArg, evaluate_also, evaluate_on_test, load_test, select,
                                      start_run, train_baselines, train_candidates, write_validation)
 
 __all__ = ["reproduce", "start_run", "RunPaths"]
@@ -45,7 +45,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: DataArg, test_data: D
               gammas: list[float] | None = None, seed: int = 0, device: str = "auto",
               progress: bool = True, resume: bool = False, overwrite: bool = False,
               log: Callable[[str], None] = print, val_data: DataArg | None = None,
-              family_weights: list[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
+              family_weights: list[str | os.PathLike[str]] | None = None,
+              also_test: list[DataArg] | None = None) -> dict[str, Any]:
     """Run the recipe and write ``out/report.json`` (returned), ``out/report.md`` and plots.
 
     Args:
@@ -59,6 +60,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: DataArg, test_data: D
             ``out/validation.json`` (returned) instead of a report: a run on validation only.
         family_weights: pretrained smaller networks of the backbone's family (e.g. ResNet-32 and
             -44 beside a ResNet-56), each finetuned like the full network and reported beside it.
+        also_test: further test sets every model is evaluated on after ``test_data`` (e.g. the
+            paper's lossless images), each counted in the ledger (``report["also_test"]``).
         weights: the pretrained backbone; None trains ``arch`` from scratch first
             (``preset.pretrain``).
         gammas: finetune penalties to sweep (default: the preset's).
@@ -69,8 +72,9 @@ def reproduce(preset: str | Preset, arch: str, train_data: DataArg, test_data: D
     p = get_preset(preset) if isinstance(preset, str) else preset
     if gammas:
         p = p.replace(gammas=tuple(gammas))
-    if isinstance(test_data, (str, os.PathLike)) and not Path(test_data).expanduser().exists():
-        raise DatasetNotFoundError(f"test_data: {test_data} does not exist")   # checked, not read
+    for name, d in [("test_data", test_data)] + [("also_test", a) for a in also_test or []]:
+        if isinstance(d, (str, os.PathLike)) and not Path(d).expanduser().exists():
+            raise DatasetNotFoundError(f"{name}: {d} does not exist")   # checked, not read
     run, pretrained, full_train = start_run(p, arch, train_data, weights, out, seed, device,
                                             progress, resume, overwrite, log, val_data)
     log(f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(run.train.dataset)} "  # type: ignore[arg-type]
@@ -88,6 +92,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: DataArg, test_data: D
                           full_train.source, (time.time() - t_start) / 60,
                           minutes_blockdrop).to_dict()
     report["test_set"] = use
+    report["also_test"] = [evaluate_also(run, a, cands, shown, baselines, chosen)
+                           for a in also_test or []]
     res = t.points[id(chosen)]
     write_report(run.paths.out, report, chosen.net, res, test)
     log(f"[done] {p.name}: BlockDrop {100 * res.accuracy:.2f}% at {res.blocks_mean:.2f}/"

@@ -32,7 +32,8 @@ from blockdrop.training.config import SupervisedConfig, TrainConfig
 from blockdrop.training.supervised import ReplayTeacher, train_supervised
 
 __all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "supervised_alike", "stage_pretrain",
-           "stage_adapt", "stage_full", "stage_family", "stage_soup", "stage_baseline"]
+           "stage_adapt", "stage_full_adapt", "stage_full", "stage_family", "stage_soup",
+           "stage_baseline"]
 
 
 @dataclass
@@ -86,7 +87,7 @@ class RunPaths:
         return self.out / "baselines" / "full.safetensors"
 
     def full_adapt(self) -> Path:
-        """The full network after the adapt stage's steps only (written when finetune steps follow)."""
+        """The full network after the adapt stage's steps only."""
         return self.out / "baselines" / "full_adapt.safetensors"
 
     def baseline(self, kind: str, gamma: float, threshold: float, tag: str = "") -> Path:
@@ -220,15 +221,35 @@ def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
     return backbone
 
 
+def stage_full_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
+    """The full network after the adapt stage's steps, optimiser and loss (every block, every
+    image; distilled from ``pretrained``, whose outputs the adapt stage recorded): the partner of
+    the weight average and the start of :func:`stage_full`. Saved at :meth:`RunPaths.full_adapt`;
+    trained once per run."""
+    if "full_adapt" in run.cache:
+        return run.cache["full_adapt"]
+    path = run.paths.full_adapt()
+    if run.resume and path.is_file():
+        run.log(f"[baseline full] reusing {path}")
+        backbone = load_blockdrop_net(path, run.device)[0].backbone
+    else:
+        backbone = copy.deepcopy(pretrained)
+        _adapt_phase(run, backbone, "full", _replayed(run, pretrained))
+        _save_full_path(run, path, backbone, "baseline_full_adapt")
+    run.cache["full_adapt"] = backbone
+    return backbone
+
+
 def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
     """The full network finetuned alike: from the pretrained weights, the adapt stage's steps,
-    optimiser and loss, then the finetune stage's -- every block, every image."""
+    optimiser and loss (:func:`stage_full_adapt`), then the finetune stage's -- every block,
+    every image."""
     path = run.paths.full()
     if run.resume and path.is_file():
         run.log(f"[baseline full] reusing {path}")
         return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
-    return _full_alike(run, pretrained, "full", path, _replayed(run, pretrained),
-                       run.paths.full_adapt())
+    backbone = copy.deepcopy(stage_full_adapt(run, pretrained))
+    return _finetune_phase(run, backbone, "full", path)
 
 
 def stage_family(run: Run, weights: Path, path: Path) -> BlockDropNet:
@@ -242,33 +263,36 @@ def stage_family(run: Run, weights: Path, path: Path) -> BlockDropNet:
         raise IncompatibleError(f"family_weights: {weights} predicts {spec.get('num_classes')} "
                                 f"classes, the data has {run.train.num_classes}")
     member = member.to(run.device).eval()
-    return _full_alike(run, member, path.stem, path, copy.deepcopy(member).eval(), None)
+    backbone = copy.deepcopy(member)
+    _adapt_phase(run, backbone, path.stem, member)
+    return _finetune_phase(run, backbone, path.stem, path)
 
 
-def _full_alike(run: Run, pretrained: nn.Module, name: str, path: Path, teacher: nn.Module,
-                adapt_point: Path | None) -> BlockDropNet:
-    """A copy of ``pretrained`` trained with every block: the adapt stage's steps (``teacher``
-    its soft targets' source), then the finetune stage's; saved at ``path`` (and at
-    ``adapt_point`` between the two when both run)."""
+def _adapt_phase(run: Run, backbone: nn.Module, name: str, teacher: nn.Module) -> None:
+    """``backbone`` trained in place with every block as the adapt stage trains (``teacher`` the
+    source of its soft targets); nothing without an adapt stage."""
     cfg = run.preset.adapt
-    backbone = copy.deepcopy(pretrained)
+    if cfg is None:
+        return
+    # in place, the adapt stage trains the full path by plain cross-entropy: so does this one
+    full_cfg = run.stage_config(dataclasses.replace(cfg, inplace=False, distill=0.0)
+                                if cfg.inplace else cfg)
+    run.log(f"[baseline {name}] {cfg.steps} steps as the adapt stage, every block")
+    hits = getattr(teacher, "hits", 0)
+    _train_fixed(run, backbone, full_policy(backbone.num_blocks), full_cfg, f"baseline_{name}_adapt",
+                 teacher)
+    if full_cfg.distill and isinstance(teacher, ReplayTeacher):
+        run.log(f"[baseline {name}] teacher outputs replayed from the adapt stage: "
+                f"{teacher.hits - hits} of {cfg.steps} steps")
+
+
+def _finetune_phase(run: Run, backbone: nn.Module, name: str, path: Path) -> BlockDropNet:
+    """``backbone`` trained with every block as the joint stage trains the backbone (distilled
+    from itself as it starts), saved at ``path`` as a full-policy model."""
     nb = backbone.num_blocks
-    tag = f"[baseline {name}]"
-    if cfg is not None:
-        # in place, the adapt stage trains the full path by plain cross-entropy: so does this one
-        full_cfg = run.stage_config(dataclasses.replace(cfg, inplace=False, distill=0.0)
-                                    if cfg.inplace else cfg)
-        run.log(f"{tag} {cfg.steps} steps as the adapt stage, every block")
-        hits = getattr(teacher, "hits", 0)
-        _train_fixed(run, backbone, full_policy(nb), full_cfg, f"baseline_{name}", teacher)
-        if full_cfg.distill and isinstance(teacher, ReplayTeacher):
-            run.log(f"{tag} teacher outputs replayed from the adapt stage: "
-                    f"{teacher.hits - hits} of {cfg.steps} steps")
     steps = ft_steps(run)
     if steps:
-        if adapt_point is not None:
-            _save_full_path(run, adapt_point, backbone, f"baseline_{name}_adapt")
-        run.log(f"{tag} {steps} steps as the finetune stage, every block")
+        run.log(f"[baseline {name}] {steps} steps as the finetune stage, every block")
         _train_fixed(run, backbone, full_policy(nb), supervised_alike(run, steps),
                      f"baseline_{name}", copy.deepcopy(backbone).eval())
     net = BlockDropNet(BaselinePolicy("full", nb), backbone, strategy="auto")
@@ -276,27 +300,20 @@ def _full_alike(run: Run, pretrained: nn.Module, name: str, path: Path, teacher:
     return net.to(run.device).eval()
 
 
-def stage_soup(run: Run, adapted: nn.Module, full: BlockDropNet | None) -> nn.Module:
+def stage_soup(run: Run, adapted: nn.Module, partner: nn.Module | None) -> nn.Module:
     """The backbone BlockDrop starts from: ``adapted`` itself, or with ``adapt.soup`` = s > 0
-    ``(1 - s) * adapted + s * full`` weight by weight, ``full`` being the full network finetuned
-    alike (:func:`stage_full`, required then) at the point of training ``adapted`` is at: after the
-    adapt stage's steps, before any finetune steps (:meth:`RunPaths.full_adapt`)."""
+    ``(1 - s) * adapted + s * partner`` weight by weight, ``partner`` being the full network
+    trained alike to the point ``adapted`` is at (:func:`stage_full_adapt`, required then)."""
     s = run.preset.adapt.soup if run.preset.adapt is not None else 0.0
     if not s:
         return adapted
-    if full is None:
-        raise ValueError(f"adapt.soup: {s} averages with the full network finetuned alike; train it first")
+    if partner is None:
+        raise ValueError(f"adapt.soup: {s} averages with the full network trained alike; train it first")
     path = run.paths.souped()
     if run.resume and path.is_file():
         run.log(f"[soup] reusing {path}")
         return load_blockdrop_net(path)[0].backbone
-    partner = full.backbone
-    if ft_steps(run):
-        if not run.paths.full_adapt().is_file():
-            raise ValueError(f"adapt.soup: {run.paths.full_adapt()} (the full network after the adapt "
-                             f"stage's steps) is missing; rerun the full baseline (without --resume)")
-        partner = load_blockdrop_net(run.paths.full_adapt(), run.device)[0].backbone
-    run.log(f"[soup] BlockDrop's backbone: {1 - s:g} x adapted + {s:g} x the full network finetuned "
+    run.log(f"[soup] BlockDrop's backbone: {1 - s:g} x adapted + {s:g} x the full network trained "
             f"alike (after the adapt stage's steps)")
     souped = average_weights(adapted, partner, s)
     _save_full_path(run, path, souped, "soup")

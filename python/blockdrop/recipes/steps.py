@@ -37,11 +37,12 @@ from blockdrop.recipes.ledger import record_test_use
 from blockdrop.recipes.policy_stage import curriculum_checkpoint, final_checkpoint, final_stage, stage_blockdrop
 from blockdrop.recipes.selection import Point, describe, val_points
 from blockdrop.recipes.stages import (Run, RunPaths, stage_adapt, stage_baseline, stage_family,
-                                      stage_full, stage_pretrain, stage_soup)
+                                      stage_full, stage_full_adapt, stage_pretrain, stage_soup)
 from blockdrop.runtime import resolve_device
 
 __all__ = ["Candidates", "Baseline", "TestResults", "as_data", "start_run", "train_candidates",
            "select", "write_validation", "train_baselines", "load_test", "evaluate_on_test",
+           "evaluate_also",
            "timed_models", "point_name", "commit"]
 
 DataArg = str | os.PathLike[str] | DataInfo
@@ -51,8 +52,8 @@ DataArg = str | os.PathLike[str] | DataInfo
 class Candidates:
     """What the training steps produce: the backbones, every BlockDrop operating point on
     validation, and the full network finetuned alike with its validation result (trained here
-    when BlockDrop depends on it -- the weight average, or the tolerance rule's reference --
-    else by :func:`train_baselines`)."""
+    when the selection rule needs it as its reference, else by :func:`train_baselines`; the
+    weight average needs only its adapt-stage point, :func:`stage_full_adapt`)."""
     pretrained: nn.Module
     adapted: nn.Module
     backbone: nn.Module                 # what BlockDrop executes: adapted, or the weight average
@@ -136,9 +137,9 @@ def train_candidates(run: Run, pretrained: nn.Module, gammas: list[float] | tupl
     adapted = stage_adapt(run, pretrained)
     cands = Candidates(pretrained, adapted, adapted)
     soup = run.preset.adapt is not None and run.preset.adapt.soup > 0
-    if soup or run.preset.selection.rule == "tolerance":
+    if run.preset.selection.rule == "tolerance":      # the rule's reference
         _train_full(run, cands)
-    cands.backbone = stage_soup(run, adapted, cands.full)
+    cands.backbone = stage_soup(run, adapted, stage_full_adapt(run, pretrained) if soup else None)
     last = final_stage(run)
     for g in gammas:
         for draw in range(run.preset.curriculum.draws):
@@ -223,12 +224,14 @@ def train_baselines(run: Run, cands: Candidates, shown: list[Point], chosen: Poi
             net = stage_baseline(run, cands.backbone, kind, q.val.blocks_mean, path)
             out.append(Baseline(kind, f"{kind} k={q.val.blocks_mean:.2f}", path, net, point=q))
     ks = sorted({min(k, max(1, round(chosen.val.blocks_mean) + off)) for off in cfg.static_k}, reverse=True)
-    if ks:
-        order = _static_order(run, cands.backbone, k - ks[-1])
-        for n in ks:
-            path = run.paths.out / "baselines" / f"static_k{n}.safetensors"
-            net = stage_baseline(run, cands.backbone, "static_k", n, path, dropped=order[:k - n])
-            out.append(Baseline("static_k", f"static_k k={n}", path, net, dropped=order[:k - n]))
+    paths = {n: run.paths.out / "baselines" / f"static_k{n}.safetensors" for n in ks}
+    order: list[int] = []
+    if not (run.resume and all(q.is_file() for q in paths.values())):    # resumed: in each checkpoint
+        order = _static_order(run, cands.backbone, k - ks[-1]) if ks else []
+    for n in ks:
+        net = stage_baseline(run, cands.backbone, "static_k", n, paths[n], dropped=order[:k - n])
+        dropped = list(net.policy_net.dropped)
+        out.append(Baseline("static_k", f"static_k k={n}", paths[n], net, dropped=dropped))
     for w in family_weights:
         path = run.paths.out / "baselines" / f"family_{Path(w).name.split('.')[0]}.safetensors"
         net = stage_family(run, Path(w), path)
@@ -285,6 +288,26 @@ def evaluate_on_test(run: Run, test: DataInfo, cands: Candidates, shown: list[Po
             f"one thread, chunks {[batches[0].shape[0], *cfg.chunks]}")
     speed = run.timed("speed", lambda: time_models(models, batches, cfg.chunks, cfg.speed_repeats))
     return TestResults(full, points, bases, speed)
+
+
+def evaluate_also(run: Run, data: DataArg, cands: Candidates, shown: list[Point],
+                  baselines: list[Baseline], chosen: Point) -> dict[str, Any]:
+    """A further test set (e.g. the paper's lossless images inside the JPEG test set), read after
+    the test set and counted in the ledger: every model's accuracy and blocks on it, and
+    BlockDrop - full network paired over its images."""
+    from blockdrop.evaluation.stats import paired_difference
+    assert cands.full is not None
+    test, use = load_test(run, data)
+    ev = lambda net: run.timed("test", lambda: stages.evaluate_on(run, net, test))  # noqa: E731
+    models = [("full", "full", cands.full)] + [("blockdrop", point_name(q), q.net) for q in shown] \
+        + [(b.kind, b.name, b.net) for b in baselines]
+    res = {name: ev(net) for _, name, net in models}
+    full, bd = res["full"], res[point_name(chosen)]
+    assert full.correct is not None and bd.correct is not None
+    return {"data": test.source, "images": full.n, "test_set": use,
+            "vs_full": paired_difference(bd.correct, full.correct).to_dict(),
+            "results": [{"method": m, "name": n, "accuracy": res[n].accuracy,
+                         "blocks_mean": res[n].blocks_mean} for m, n, _ in models]}
 
 
 def timed_models(full: BlockDropNet, shown: list[Point],
