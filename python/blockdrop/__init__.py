@@ -16,6 +16,7 @@ from .blockdrop_net import BlockDropNet
 from .checkpoint import load
 from .capacity import capacity_forward
 from .engine import dynamic_forward
+from .graphs import cuda_graphed
 
-__all__ = ["BlockDropNet", "__version__", "capacity_forward", "dynamic_forward", "flops", "ideal_speedup",
-           "interop", "load", "models"]
+__all__ = ["BlockDropNet", "__version__", "capacity_forward", "cuda_graphed", "dynamic_forward", "flops",
+           "ideal_speedup", "interop", "load", "models"]

@@ -10,7 +10,8 @@ validation loader, or fitted to a FLOP budget, and the counts they give each bat
   FLOPs -- stem, head, every shortcut, the policy network, and each executed residual branch --
   stay within ``budget * full`` for **every batch** (up to a relative 1e-9): the shares are the
   calibrated profile (uniform without one) scaled by a common factor and capped at 1, the largest
-  that fits, and each batch's counts are their floors plus one more, by largest remainder, for
+  that fits (blocks the profile never keeps get a common share once all others are at 1), and each
+  batch's counts are their floors plus one more, by largest remainder, for
   every block that still fits (:func:`budget_counts`).
 
 A :class:`CapacitySpec` is what a checkpoint stores (``to_json``/``from_json``). Counts are pure
@@ -125,28 +126,37 @@ def budget_counts(shares: Sequence[float], n: int, block_flops: Sequence[int],
     return tuple(counts)
 
 
-def budget_shares(profile: Sequence[float] | None, block_flops: Sequence[int],
-                  allowance: float) -> tuple[float, ...]:
-    """Shares ``min(1, lam * profile[k])`` with the largest ``lam`` whose residual FLOPs per image
-    ``sum(share_k * block_flops[k])`` stay within ``allowance`` (bisection). ``profile``: ``K``
-    non-negative weights (calibrated keep rates), or None / all zeros for uniform shares."""
-    k = len(block_flops)
-    p = [float(v) for v in profile] if profile is not None and any(profile) else [1.0] * k
+def _largest_fitting(shares_at: Any, block_flops: Sequence[int], allowance: float,
+                     hi: float) -> float:
+    """The largest ``t`` in ``[0, hi]`` with ``sum(shares_at(t)[k] * block_flops[k]) <= allowance``
+    (``shares_at`` non-decreasing in ``t``; bisection)."""
+    def cost(t: float) -> float:
+        return sum(s * f for s, f in zip(shares_at(t), block_flops))
 
-    def shares(lam: float) -> list[float]:
-        return [min(1.0, lam * w) for w in p]
-
-    def cost(lam: float) -> float:
-        return sum(s * f for s, f in zip(shares(lam), block_flops))
-
-    hi = 1.0 / min(w for w in p if w > 0)  # every kept block at share 1
     if cost(hi) <= allowance:
-        return tuple(shares(hi))
+        return hi
     lo = 0.0
     for _ in range(100):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost(mid) <= allowance else (lo, mid)
-    return tuple(shares(lo))
+    return lo
+
+
+def budget_shares(profile: Sequence[float] | None, block_flops: Sequence[int],
+                  allowance: float) -> tuple[float, ...]:
+    """Shares whose residual FLOPs per image ``sum(share_k * block_flops[k])`` stay within
+    ``allowance``: ``min(1, lam * profile[k])`` with the largest such ``lam``; when every block the
+    profile keeps is at 1 and FLOPs are left, the other blocks get the largest common share that
+    fits. ``profile``: ``K`` non-negative weights (calibrated keep rates), or None / all zeros for
+    uniform shares."""
+    k = len(block_flops)
+    p = [float(v) for v in profile] if profile is not None and any(profile) else [1.0] * k
+    scaled = lambda lam: [min(1.0, lam * w) for w in p]  # noqa: E731
+    base = scaled(_largest_fitting(scaled, block_flops, allowance, 1.0 / min(w for w in p if w > 0)))
+    if all(w > 0 for w in p) or any(b < 1.0 for b, w in zip(base, p) if w > 0):
+        return tuple(base)
+    rest = lambda mu: [b if w > 0 else mu for b, w in zip(base, p)]  # noqa: E731
+    return tuple(rest(_largest_fitting(rest, block_flops, allowance, 1.0)))
 
 
 def with_budget(net: nn.Module, budget: float, profile: Sequence[float] | None = None,
