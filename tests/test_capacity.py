@@ -140,6 +140,26 @@ def test_equals_masked_under_the_executed_policy(kind: str, dtype: torch.dtype, 
         assert e <= 4 * max(em, 1e-2 * float(g.abs().max()) + 1e-6), key
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_traced_path_equals_eager(kind: str, layout: str) -> None:
+    """Under torch.compile/export a mixed block is written in ATen ops (index_select -> block ->
+    index_copy) instead of the fused kernels: same policy, same logits, every shortcut kind."""
+    torch._dynamo.reset()
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    model = copy.deepcopy(_model(kind)).to(memory_format=fmt)
+    x, scores = _inputs(kind, 6)
+    x = x.contiguous(memory_format=fmt)
+    counts = _counts(6, model.num_blocks)
+    f = torch.compile(lambda x, s: capacity_forward(model, x, s, counts, return_policy=True),
+                      fullgraph=True, backend="eager")
+    with torch.no_grad():
+        (out, p), (ref, ref_p) = f(x, scores), capacity_forward(model, x, scores, counts, return_policy=True)
+    torch._dynamo.reset()
+    assert torch.equal(p, ref_p) and torch.equal(p, reference_policy(scores, counts))
+    assert (out - ref).abs().max() <= tol(ref)
+
+
 def test_masked_reference_matches_the_per_image_oracle() -> None:
     """The reference the equivalence rests on, checked against the blocks' own modules."""
     model = _model("cifar")

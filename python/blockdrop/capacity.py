@@ -38,7 +38,10 @@ NaN scores raise there; on CUDA and inside a compiled or exported graph a NaN sc
 Memory (inference): as the engine's ``gather`` strategy -- a block holds ``h`` and ``F``'s
 intermediates on its ``C_k`` rows (the gathered rows are freed after ``F``'s first layer), merged
 in place when nothing else reads ``h``; never above the full network's peak by more than the
-``[K, N]`` int64 ranking. Under ``torch.compile``/``torch.export`` merges are out of place.
+``[K, N]`` int64 ranking. Under ``torch.compile``/``torch.export`` a mixed block is written in
+plain ATen ops (``index_select`` -> block -> ``index_copy``) so that Inductor fuses the shortcut
+add and ReLU into the block's last convolution as it does in the plain network, and the gathered
+rows stay alive through the block (``C_k`` rows more); an exported program then needs no custom op.
 
 Autograd: gradients flow to ``x`` and the parameters (``gather_rows``/``merge_block`` are
 differentiable) and equal those of ``"masked"`` under ``P`` up to float rounding; the choice of
@@ -199,16 +202,35 @@ def capacity_policy(scores: Tensor, capacity: Capacity) -> Tensor:
 # the forward
 
 
+def _traced_block(block: Any, h: Tensor, rows: Tensor) -> Tensor:
+    """One mixed block in plain ATen ops, for ``torch.compile``/``torch.export``: ``g = h[rows]``,
+    ``y = relu(shortcut(h)[rows] + F(g))``, written into ``shortcut(h)`` at ``rows``. Inductor
+    folds the shortcut add and ReLU into ``F``'s last convolution, as in the plain network, and
+    fuses the row copies (the eager kernels, ``gather_block``, are opaque to it).
+    ``h: [N, C_in, H, W]``, ``rows: [C]`` -> ``[N, C_out, H', W']``."""
+    g = h.index_select(0, rows)
+    kind = block.shortcut_kind
+    s = h if kind == "identity" else block.shortcut(h)
+    s_rows = g if kind == "identity" else (block.shortcut(g) if kind == "option_a" else s.index_select(0, rows))
+    y = torch.relu(s_rows + block.residual(g))
+    return s.to(y.dtype).index_copy(0, rows, y)
+
+
 def _run(model: ResNetBackbone, x: Tensor, ranking: Tensor, counts: Sequence[int]) -> Tensor:
-    """Stem, then per block: shortcut (``C = 0``), the full block (``C = N``) or gather -> ``F`` ->
-    merge on ``ranking[k, :C]``; then the head. Every shape is fixed by ``counts`` and ``N``."""
+    """Stem, then per block: shortcut (``C = 0``), the full block (``C = N``) or ``F`` on the rows
+    ``ranking[k, :C]`` merged into the shortcut (eager: :func:`~blockdrop.engine.gather_block`'s
+    fused kernels; compiling or exporting: :func:`_traced_block`); then the head. Every shape is
+    fixed by ``counts`` and ``N``."""
     n = x.shape[0]
+    traced = torch.compiler.is_compiling()
     h = model.stem(x)
     for k, (block, c) in enumerate(zip(model.blocks, counts)):
         if c == 0:
             h = block.shortcut(h)
         elif c == n:
             h = block.full(h)
+        elif traced:
+            h = _traced_block(block, h, ranking[k, :c])
         else:
             h = gather_block(block, h, ranking[k, :c], x)
     return model.head(h)
