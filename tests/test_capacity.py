@@ -207,6 +207,8 @@ def test_capacity_zero_and_n(kind: str) -> None:
     assert (none - ref_none).abs().max() <= tol(ref_none)
     assert (every - full).abs().max() <= tol(full) and torch.equal(every, shares)
     assert capacity_policy(scores, [0] * k).sum() == 0 and capacity_policy(scores, [1.0] * k).all()
+    empty = capacity_forward(model, x[:0], scores[:0], [0.5] * k)
+    assert empty.shape == (0, model.num_classes)
 
 
 def test_batch_smaller_than_calibrated_and_batch_one() -> None:
@@ -225,13 +227,6 @@ def test_batch_smaller_than_calibrated_and_batch_one() -> None:
             o1, p1 = capacity_forward(model, x[i:i + 1], scores[i:i + 1], shares, return_policy=True)
             assert torch.equal(p1, static)
             assert (o1 - oracle(model, x[i:i + 1], static)).abs().max() <= tol(o1)
-
-
-def test_empty_batch() -> None:
-    model = _model("cifar")
-    out = capacity_forward(model, torch.zeros(0, 3, 32, 32), torch.zeros(0, model.num_blocks),
-                           [0.5] * model.num_blocks)
-    assert out.shape == (0, model.num_classes)
 
 
 def test_no_grad_returns_ordinary_tensors() -> None:

@@ -277,5 +277,5 @@ def _forward(model: ResNetBackbone, x: Tensor, scores: Tensor, counts: Sequence[
              return_policy: bool) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`capacity_forward` on validated inputs and resolved counts."""
     ranking = _ranking(scores)
-    out = _run(model, x, ranking, counts) if x.shape[0] else model(x)
+    out = _run(model, x, ranking, counts)
     return (out, _policy_from_ranking(ranking, counts)) if return_policy else out
