@@ -115,6 +115,9 @@ def main_capacity(args, data: dict, log=print) -> int:
     """``run.py --subset capacity[-quick]``: the capacity matrix into ``<machine>-capacity.*``."""
     import torch._inductor.config as inductor_config
     inductor_config.freezing = True
+    # every (counts, shape) is one more graph of the same code objects: above dynamo's default
+    # limit of 8 it would run the rest eagerly without a word
+    torch._dynamo.config.recompile_limit = 64
     data["settings"]["freezing"] = True
     subset = "quick" if args.subset == "capacity-quick" else "default"
     cases = [c for c in capacity_cases(subset, args.reps) if not args.only or args.only in c.key]

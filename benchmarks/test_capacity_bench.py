@@ -45,7 +45,7 @@ def _prepared(case: CapCase) -> CapPrepared:
 @pytest.fixture(scope="module", autouse=True)
 def _freezing():
     import torch._inductor.config as inductor_config
-    with inductor_config.patch(freezing=True):
+    with inductor_config.patch(freezing=True), torch._dynamo.config.patch(recompile_limit=64):
         yield
     torch._dynamo.reset()
 

@@ -241,7 +241,8 @@ def test_no_grad_returns_ordinary_tensors() -> None:
 
 
 def test_counts_from_shares_rounding() -> None:
-    assert counts_from_shares([0.29] * 3, 100) == (29, 29, 29)  # not 28: products rounded to 1e-9
+    assert counts_from_shares([0.29] * 3, 100) == (29, 29, 29)
+    assert counts_from_shares([0.145], 100) == (15,)  # 14.5 half up, though 0.145 * 100 < 14.5 in floats
     assert counts_from_shares([0.5, 0.25, 0.75], 4) == (2, 1, 3)
     assert counts_from_shares([0.5, 0.5, 0.5], 1) == (1, 1, 0)  # 1.5 -> 2 in all, lower blocks first
     g = torch.Generator().manual_seed(0)
