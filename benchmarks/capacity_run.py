@@ -82,7 +82,7 @@ def render_capacity(data: dict) -> str:
     lines = [f"# Capacity mode on `{data['machine']}`", "",
              f"{env['cpu']}; torch {env['torch']}; {env['threads']} thread(s); float32, NCHW, eval; "
              f"clock: {st['clock']}; malloc thresholds: {st['malloc']}; inductor freezing: {st['freezing']}; "
-             f"git {env['git']}; {env['date']}. Command: `{st['command']}`. {st.get('note', '')}", "",
+             f"git {env['git']}; {env['date']}. Command: `{st['command']}`.", "",
              "Policy mix: iid keep p per (image, block), seeded (`benchmarks/cases.make_policy`); capacity's "
              "shares = that policy's per-block keep rates, counts rounded per chunk "
              "(`counts_from_shares`), its scores random. realized/ideal = time(plain network at its "
@@ -100,6 +100,8 @@ def render_capacity(data: dict) -> str:
     lines += ["", "## Targets", "", "| target | measured | status | note |", "|---|---|---|---|"]
     for t in data.get("targets", []):
         lines.append(f"| {t['target']} | {t['value']} | {t['status']} | {t['note']} |")
+    if data.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in data["notes"]]
     return "\n".join(lines) + "\n"
 
 

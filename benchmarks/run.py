@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="free text recorded in the results (e.g. machine load)")
     ap.add_argument("--render", type=Path, help="only re-render .md/.png from this .json")
     args = ap.parse_args(argv)
+    if args.render and args.render.name.endswith("-capacity.json"):
+        from capacity_run import write_capacity
+        write_capacity(json.loads(args.render.read_text()), args.render.parent)
+        return 0
     if args.render:
         data = json.loads(args.render.read_text())
         write_outputs(data, args.out if args.out != HERE / "results" else args.render.parent)
@@ -89,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                              clock=env.clock_name(device))}
     if args.subset.startswith("capacity"):
         from capacity_run import main_capacity
-        data["settings"]["command"] = "python benchmarks/run.py " + " ".join(argv)
+        import shlex
+        data["settings"]["command"] = "python benchmarks/run.py " + shlex.join(argv)
         return main_capacity(args, data, log)
     failures = 0
     t_start = time.perf_counter()

@@ -237,6 +237,23 @@ def test_no_grad_returns_ordinary_tensors() -> None:
     assert not out.is_inference() and not p.is_inference()
 
 
+@pytest.mark.parametrize("kind,n", [("cifar", 64), ("torchvision", 8)])
+@pytest.mark.parametrize("share", [0.3, 0.9])
+def test_inference_peak_memory_within_full(kind: str, n: int, share: float) -> None:
+    """Inference peak <= 1.10 x the full network's at the same batch (0.9: nearly every row
+    gathered, the worst case of a copy that is not freed after the block's first layer)."""
+    from blockdrop.evaluation.memory import peak_memory
+    model = _model(kind)
+    x, scores = _inputs(kind, n)
+    capacity = [share] * model.num_blocks
+    with torch.inference_mode():
+        model(x)
+        full = peak_memory(lambda: model(x), "cpu")
+        capacity_forward(model, x, scores, capacity)
+        peak = peak_memory(lambda: capacity_forward(model, x, scores, capacity), "cpu")
+    assert peak <= 1.10 * full, f"peak {peak / 2**20:.1f} MiB vs full {full / 2**20:.1f} MiB"
+
+
 # --------------------------------------------------------------------------------- counts, shares
 
 

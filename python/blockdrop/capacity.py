@@ -30,6 +30,10 @@ hurts: ``torch.compile(fullgraph=True)``, ``torch.export``, CUDA graphs
 thresholded policy) when each image must get its own policy whatever its batch, at batch 1, and for
 small batches (< ~16), where shares round coarsely.
 
+Under ``torch.compile`` and ``torch.export`` the counts are constants of the graph: one graph per
+batch size (the 20-batch no-recompile test holds the batch size fixed; an exported program runs
+at its example's batch size).
+
 Synchronisation: none. The rows of every block come from one stable ``argsort`` of ``scores`` on
 their device; the counts are host integers derived from the capacity and ``N`` alone, so every
 shape is known before the data. (Validation reads values only for CPU tensors outside compilation:

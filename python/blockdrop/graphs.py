@@ -5,7 +5,9 @@ launches per op, which is what launch-bound GPU runs pay (a CIFAR ResNet-110 spe
 host time per block in eager PyTorch). Capture needs a forward with no host synchronisation and no
 data-dependent shape: a :class:`~blockdrop.BlockDropNet` in **capacity mode**
 (:mod:`blockdrop.capacity`), or any plain network (the fair dense baseline is graphed too).
-Threshold mode is refused: its plan is copied to the host on every batch.
+Threshold mode is refused: its plan is copied to the host on every batch. (The compiled route,
+``torch.compile(net, mode="reduce-overhead")`` on a capacity-mode net, captures the same way, as the
+net compiles into one graph with static shapes; not yet measured on a GPU.)
 
 Contract of the returned :class:`GraphedNet` (the same on every device):
 
