@@ -78,14 +78,15 @@ def counts_from_shares(shares: Sequence[float], n: int) -> tuple[int, ...]:
     """Per-block counts for a batch of ``n`` from per-block shares in ``[0, 1]``.
 
     Block ``k`` gets ``floor(shares[k] * n)``, and the blocks with the largest remainders (ties: the
-    lower block index) one more each, until the total is ``round(sum(shares) * n)`` (half up).
-    Products are rounded to 1e-9 first, so that e.g. ``0.29 * 100`` counts as 29. Pure Python: under
-    ``torch.compile`` the counts are constants of the graph for each batch size.
+    lower block index) one more each, until the total is ``round(sum(shares) * n)`` (half up; the
+    sum rounded to 1e-9 first, so that ``0.145 * 100`` counts as 14.5). A product that floats put
+    just below an integer (``0.29 * 100``) has the largest remainder and gets its unit back. Pure
+    Python: under ``torch.compile`` the counts are constants of the graph for each batch size.
 
     ``shares``: ``K`` floats in ``[0, 1]`` (not checked here: :func:`resolve_capacity` does).
     Returns ``K`` ints in ``[0, n]``.
     """
-    exact = [round(float(s) * n, 9) for s in shares]
+    exact = [float(s) * n for s in shares]
     base = [math.floor(e) for e in exact]
     extra = math.floor(round(sum(exact), 9) + 0.5) - sum(base)
     by_remainder = sorted(range(len(exact)), key=lambda k: (-(exact[k] - base[k]), k))
