@@ -51,7 +51,9 @@ group, so one group's activations are alive at a time. ``tests/test_engine.py`` 
 masked path (and, for a BlockDropNet, the policy network) into graphs; the data-dependent
 strategies (``loop``/``gather``/``group``/``auto``) run eagerly behind one graph break
 (``torch.compiler.disable``), so batches with new policies reuse the compiled graphs instead of
-recompiling per policy. ``torch.export`` captures the masked path only.
+recompiling per policy. ``torch.export`` captures the masked path only. For one graph with no
+break, an export of the skipping path, or CUDA graphs, use capacity mode
+(:func:`blockdrop.capacity_forward`: static shapes, a fixed cost per batch).
 
 Autograd: gradients flow through every strategy (``gather_rows``/``merge_block``/
 ``scatter_add_rows`` are differentiable). With BatchNorm in eval mode they equal those of
