@@ -7,6 +7,8 @@
     python benchmarks/run.py --subset full          # the whole matrix (CPU: hours)
     python benchmarks/run.py --device cuda          # GPU subset: bf16, channels_last
     python benchmarks/run.py --render results/cpu-2core.json   # redo the .md/.png from a .json
+    python benchmarks/run.py --subset capacity      # capacity mode vs auto/masked/plain (eager and
+                                                    # compiled) -> results/<machine>-capacity.{json,md}
 
 Method (why: benchmarks/README.md): one CPU thread; glibc's malloc trim/mmap thresholds raised (the
 process re-executes itself with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set); each case is
@@ -51,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--machine", help="results name (default: cpu-<N>core, or the GPU's name)")
     ap.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when visible, else cpu")
-    ap.add_argument("--subset", choices=("default", "quick", "targets", "memory", "pytest", "full"),
-                    default="default")
+    ap.add_argument("--subset", choices=("default", "quick", "targets", "memory", "pytest", "full",
+                                         "capacity", "capacity-quick"),
+                    default="default", help="capacity: the capacity-mode matrix -> <machine>-capacity.*")
     ap.add_argument("--merge", action="store_true",
                     help="keep the cases/ops of an existing <machine>.json that this run does not redo")
     ap.add_argument("--reps", type=int, help="timed rounds per model case (default: per case)")
@@ -65,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="free text recorded in the results (e.g. machine load)")
     ap.add_argument("--render", type=Path, help="only re-render .md/.png from this .json")
     args = ap.parse_args(argv)
+    if args.render and args.render.name.endswith("-capacity.json"):
+        from capacity_run import write_capacity
+        write_capacity(json.loads(args.render.read_text()), args.render.parent)
+        return 0
     if args.render:
         data = json.loads(args.render.read_text())
         write_outputs(data, args.out if args.out != HERE / "results" else args.render.parent)
@@ -84,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     data = {"machine": machine, "env": env.environment(device), "cases": [], "ops": [],
             "settings": dict(settings, subset=args.subset, note=args.note, device=device,
                              clock=env.clock_name(device))}
+    if args.subset.startswith("capacity"):
+        from capacity_run import main_capacity
+        import shlex
+        data["settings"]["command"] = "python benchmarks/run.py " + shlex.join(argv)
+        return main_capacity(args, data, log)
     failures = 0
     t_start = time.perf_counter()
     previous = None

@@ -5,6 +5,7 @@
     logits = blockdrop.dynamic_forward(model, x, policy)  # x: [N, 3, H, W], policy: [N, K] of 0/1
     net = blockdrop.load("runs/quick/blockdrop.safetensors")  # a BlockDropNet from `blockdrop reproduce`
     logits, policy = net(x)
+    logits = blockdrop.capacity_forward(model, x, scores, capacity)  # block k on the top-C_k images
 """
 
 __version__ = "0.2.0"
@@ -13,11 +14,14 @@ from . import interop, models
 from .evaluation.accounting import flops, ideal_speedup
 from .blockdrop_net import BlockDropNet
 from .checkpoint import load
+from .capacity import capacity_forward
 from .engine import dynamic_forward
+from .graphs import cuda_graphed
 
 # Every spec kind is registered once the package is imported: models (cifar, torchvision, timm,
 # the policy nets), interop (the official networks) and the fixed baseline policies here.
 from .training import baselines  # noqa: E402,F401
 del baselines  # reached as blockdrop.training.baselines
 
-__all__ = ["BlockDropNet", "__version__", "dynamic_forward", "flops", "ideal_speedup", "interop", "load", "models"]
+__all__ = ["BlockDropNet", "__version__", "capacity_forward", "cuda_graphed", "dynamic_forward", "flops",
+           "ideal_speedup", "interop", "load", "models"]

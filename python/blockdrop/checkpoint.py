@@ -244,7 +244,9 @@ def save_blockdrop_net(path: str | os.PathLike[str], net: nn.Module,
                **prefixed(net.backbone.state_dict(), "backbone.")}
     doc = {**(meta or {}), "stage": (meta or {}).get("stage", "model"),
            "backbone_spec": backbone_spec(net.backbone),
-           "policy_spec": net.policy_net.spec(), "threshold": float(net.threshold)}
+           "policy_spec": net.policy_net.spec(), "threshold": float(net.threshold),
+           "mode": getattr(net, "mode", "threshold"),
+           "capacity": net.capacity.to_json() if getattr(net, "capacity", None) else None}
     return save_checkpoint(path, tensors, doc)
 
 
@@ -254,6 +256,7 @@ def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device 
     library writes (training stages, :func:`save_blockdrop_net`, the reproduce pipeline's
     models and baselines), plus the checkpoint's JSON."""
     from blockdrop.blockdrop_net import BlockDropNet
+    from blockdrop.calibration import CapacitySpec
     tensors, meta = load_checkpoint(path)
     what = "a blockdrop model checkpoint (policy network + backbone)"
     for key in ("backbone_spec", "policy_spec"):
@@ -266,13 +269,18 @@ def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device 
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise FileFormatError(path, what, f"its policy tensors do not fit {meta['policy_spec']}: "
                                           f"{str(e).splitlines()[0][:160]}") from None
-    net = BlockDropNet(pnet, backbone, strategy=strategy or "auto",
-                       threshold=float(meta.get("threshold", 0.5)))
+    try:  # capacity mode (blockdrop.calibration): absent from older checkpoints
+        capacity = CapacitySpec.from_json(meta["capacity"]) if meta.get("capacity") else None
+        net = BlockDropNet(pnet, backbone, strategy=strategy or "auto",
+                           threshold=float(meta.get("threshold", 0.5)),
+                           mode=meta.get("mode", "threshold"), capacity=capacity)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FileFormatError(path, what, f"its capacity metadata is invalid: {e}") from None
     return net.to(device).eval(), meta
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """``blockdrop.load``: the :class:`~blockdrop.blockdrop_net.BlockDropNet` (``.policy_net``,
-    ``.backbone``; eval mode, ``strategy="auto"``) of a checkpoint file, or of a run directory's
-    ``last.safetensors``."""
+    ``.backbone``; eval mode, ``strategy="auto"``, in the mode it was saved in, with its capacity)
+    of a checkpoint file, or of a run directory's ``last.safetensors``."""
     return load_blockdrop_net(path, device)[0]

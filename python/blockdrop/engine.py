@@ -51,7 +51,9 @@ group, so one group's activations are alive at a time. ``tests/test_engine.py`` 
 masked path (and, for a BlockDropNet, the policy network) into graphs; the data-dependent
 strategies (``loop``/``gather``/``group``/``auto``) run eagerly behind one graph break
 (``torch.compiler.disable``), so batches with new policies reuse the compiled graphs instead of
-recompiling per policy. ``torch.export`` captures the masked path only.
+recompiling per policy. ``torch.export`` captures the masked path only. For one graph with no
+break, an export of the skipping path, or CUDA graphs, use capacity mode
+(:func:`blockdrop.capacity_forward`: static shapes, a fixed cost per batch).
 
 Autograd: gradients flow through every strategy (``gather_rows``/``merge_block``/
 ``scatter_add_rows`` are differentiable). With BatchNorm in eval mode they equal those of
@@ -77,7 +79,7 @@ from .models.base import ResNetBackbone
 from .models.wrap import as_backbone
 
 __all__ = ["STRATEGIES", "AUTO_MIN_GROUP_SIZE", "check_policy_values", "choose_strategy", "dynamic_forward",
-           "validate_inputs"]
+           "gather_block", "validate_inputs", "validate_model_input"]
 
 STRATEGIES = ("auto", "masked", "loop", "gather", "group")
 
@@ -105,11 +107,9 @@ def check_policy_values(policy: Tensor) -> None:
         )
 
 
-def validate_inputs(model: Any, x: Tensor, policy: Tensor) -> ResNetBackbone:
-    """Check ``model``, ``x: [N, C, H, W]`` and ``policy: [N, K]`` (shape, dtype, device) and return
-    the backbone. Values of a CPU policy are checked here; those of a CUDA policy in the plan (one
-    sync) so as not to add a device->host synchronisation. Raises ValueError naming the argument.
-    """
+def validate_model_input(model: Any, x: Tensor) -> ResNetBackbone:
+    """Check ``model`` and ``x: [N, C, H, W]`` (rank, channels, dtype, device; no values read) and
+    return the backbone. Raises ValueError naming the argument."""
     model = as_backbone(model)
     if not isinstance(x, Tensor):
         raise ValueError(f"x: expected a torch.Tensor [N, C, H, W], got {type(x).__name__}")
@@ -130,6 +130,15 @@ def validate_inputs(model: Any, x: Tensor, policy: Tensor) -> ResNetBackbone:
                 f"x: expected dtype {param.dtype} (the model's parameters; or enable autocast), "
                 f"got {x.dtype}"
             )
+    return model
+
+
+def validate_inputs(model: Any, x: Tensor, policy: Tensor) -> ResNetBackbone:
+    """Check ``model``, ``x: [N, C, H, W]`` and ``policy: [N, K]`` (shape, dtype, device) and return
+    the backbone. Values of a CPU policy are checked here; those of a CUDA policy in the plan (one
+    sync) so as not to add a device->host synchronisation. Raises ValueError naming the argument.
+    """
+    model = validate_model_input(model, x)
     if not isinstance(policy, Tensor):
         raise ValueError(f"policy: expected a torch.Tensor [N, K], got {type(policy).__name__}")
     expected = (x.shape[0], model.num_blocks)
@@ -162,7 +171,10 @@ def _same_dtype(s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 def _may_write_in_place(target: Tensor, read: Tensor, *keep: Tensor) -> bool:
     """True when ``target`` may be overwritten by an inference-only in-place op that also reads
     ``read``: autograd tracks neither, and ``target`` shares no storage with ``read`` or with the
-    tensors in ``keep`` (the caller's input, a shortcut still needed)."""
+    tensors in ``keep`` (the caller's input, a shortcut still needed). Never while compiling or
+    exporting: a traced graph must stay functional (and storage pointers are not data there)."""
+    if torch.compiler.is_compiling():
+        return False
     if torch.is_grad_enabled() and (target.requires_grad or read.requires_grad):
         return False
     ptr = target.untyped_storage().data_ptr()
@@ -214,10 +226,20 @@ class _Kernels:
     merge_block_: Callable[..., None]
 
     @staticmethod
-    @functools.lru_cache(maxsize=None)
     def on(device: torch.device) -> "_Kernels":
+        if torch.compiler.is_compiling():  # looked up once per trace; dynamo warns on lru_cache
+            return _Kernels._make(device)
+        return _Kernels._cached(device)
+
+    @staticmethod
+    def _make(device: torch.device) -> "_Kernels":
         names = ("gather_rows", "scatter_add_rows", "merge_block", "merge_block_")
         return _Kernels(*(blockdrop_ext.kernel(name, device) for name in names))
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def _cached(device: torch.device) -> "_Kernels":
+        return _Kernels._make(device)
 
 
 def _gather(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
@@ -232,17 +254,25 @@ def _gather(model: ResNetBackbone, x: Tensor, plan: Any) -> Tensor:
         if c == n:
             h = block.full(h)
             continue
-        h = _gather_block(block, h, rows, x, ops)
+        h = gather_block(block, h, rows, x, ops)
     return model.head(h)
 
 
-def _gather_block(block: Any, h: Tensor, rows: Tensor, x: Tensor, ops: _Kernels) -> Tensor:
-    """One mixed block: ``F`` on ``h[rows]`` only, merged into ``shortcut(h)``.
+def gather_block(block: Any, h: Tensor, rows: Tensor, x: Tensor, ops: _Kernels | None = None) -> Tensor:
+    """One mixed block: ``F`` on ``h[rows]`` only, merged into ``shortcut(h)`` -- the step of the
+    ``gather`` strategy and of capacity mode (:mod:`blockdrop.capacity`).
+
+    ``block``: a :class:`~blockdrop.models.BlockView`; ``h: [N, C_in, H, W]``; ``rows``: int64
+    ``[M]``, distinct, in ``[0, N)``, on ``h``'s device (not checked: the callers make them);
+    ``x``: the forward's input (never written). Returns ``[N, C_out, H', W']``: ``relu(s + F)`` in
+    ``rows``, ``s = shortcut(h)`` elsewhere. ``h`` may be overwritten (in place, inference only,
+    never while compiling), so the caller must not use it afterwards.
 
     Memory: the gathered rows are freed after ``F``'s first layer (``residual_consume``) and ``y``
     when this returns, so the peak is ``h + F's largest two intermediates on len(rows) rows`` (+ the
     projection), never more than the full block's.
     """
+    ops = ops or _Kernels.on(h.device)
     y = block.residual_consume([ops.gather_rows(h, rows)])
     kind = block.shortcut_kind
     if kind == "option_a":

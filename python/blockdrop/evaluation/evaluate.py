@@ -48,7 +48,8 @@ def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]
              device: torch.device | str = "cpu", amp: str | bool = "off", full: bool = True,
              flops: bool = True, progress: bool = True, strategy: str | None = None,
              channels_last: bool = False) -> EvalResult:
-    """Evaluate ``net`` (a BlockDropNet, put in eval mode: thresholded policies).
+    """Evaluate ``net`` (a BlockDropNet, put in eval mode: thresholded policies, or in capacity
+    mode the top-``C_k`` images of each batch per block).
 
     loader yields ``(x [B,3,H,W], y [B])``.  ``full`` also runs the backbone with every block (the
     "full network" column); ``flops`` counts per-image FLOPs with the engine's accounting, policy
@@ -67,8 +68,11 @@ def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]
                 x = x.contiguous(memory_format=torch.channels_last)
             size = tuple(x.shape[1:])  # type: ignore[assignment]
             with amp_autocast(device, amp):
-                policy = net.policy(x)
-                logits = net.run_backbone(x, policy, strategy)
+                if getattr(net, "mode", "threshold") == "capacity":  # the top-C_k path itself
+                    logits, policy = net(x)
+                else:
+                    policy = net.policy(x)
+                    logits = net.run_backbone(x, policy, strategy)
                 if full:
                     fcorrect.append(net.backbone(x).argmax(1) == y)
             # kept on the device: one copy to the host after the loop, not three per batch
