@@ -13,7 +13,7 @@ import torch
 
 from _helpers import randomize_bn, subprocess_env, tiny_image_folder
 from blockdrop import BlockDropNet, cuda_graphed, dynamic_forward, load, models
-from blockdrop.calibration import CapacitySpec, budget_counts, with_budget
+from blockdrop.calibration import budget_counts, with_budget
 from blockdrop.capacity import counts_from_shares
 from blockdrop.checkpoint import save_blockdrop_net
 from blockdrop.cli import main
