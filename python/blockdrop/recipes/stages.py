@@ -62,9 +62,9 @@ class RunPaths:
                 shutil.rmtree(q) if q.is_dir() else q.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
 
-    def stamp(self, config: str, resume: bool) -> None:
-        """Write the run's settings to ``out/config.yaml``; when resuming, refuse a run that was
-        started with other settings (its finished stages would be reused as they are)."""
+    def check_settings(self, config: str, resume: bool) -> None:
+        """When resuming, refuse a run that was started with other settings than ``config`` (its
+        finished stages would be reused as they are): IncompatibleError naming the first one."""
         path = self.out / "config.yaml"
         if resume and path.is_file() and path.read_text() != config:
             import yaml
@@ -72,7 +72,10 @@ class RunPaths:
             raise IncompatibleError(f"out: {self.out} holds a run made with other settings "
                                     f"({diff}); resume it with its own settings "
                                     f"(--config {path}) or start afresh (--overwrite)")
-        atomic_write_text(path, config)
+
+    def stamp(self, config: str) -> None:
+        """Write the run's settings to ``out/config.yaml`` (checked by :meth:`check_settings`)."""
+        atomic_write_text(self.out / "config.yaml", config)
 
     def pretrained(self) -> Path:
         return self.out / "pretrain" / "backbone.safetensors"

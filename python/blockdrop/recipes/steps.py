@@ -103,7 +103,7 @@ def start_run(p: Preset, arch: str, train_data: DataArg, weights: str | os.PathL
     dev = resolve_device(device)
     paths = RunPaths(Path(out))
     paths.claim(resume, overwrite)
-    paths.stamp(dump_config(p), resume)
+    paths.check_settings(dump_config(p), resume)
     full_train = as_data(train_data, "train", seed)
     if val_data is not None:
         train, val = full_train, as_data(val_data, "test", seed)
@@ -125,6 +125,7 @@ def start_run(p: Preset, arch: str, train_data: DataArg, weights: str | os.PathL
     pretrained = pretrained.to(dev).eval()
     meta = {"backbone_spec": spec, "classes": train.classes, "image_size": train.image_size,
             "data": train.source, "preset": p.name}
+    paths.stamp(dump_config(p))          # only once the inputs are known to fit together
     return Run(p, paths, dev, seed, progress, resume, train, val, meta, log), pretrained, full_train
 
 

@@ -1,0 +1,53 @@
+"""Publish a finished ``blockdrop reproduce`` run as committed results: its ``report.json`` (with
+how the run was made) and ``report.md`` and ``tradeoff.png`` under ``benchmarks/results/fidelity/``.
+
+    python scripts/publish_run.py runs/quick cpu-2core-quick-resnet56 \\
+        --command "blockdrop reproduce --preset quick ..." --machine "2-core CPU VM, nothing else running"
+
+Paths inside the report that point into the run folder are written relative to it (``runs/quick/...``)
+so that the committed file names no machine's folders.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _relative(obj: object, run: Path) -> object:
+    if isinstance(obj, str) and obj.startswith(str(run)):
+        return "runs/" + run.name + obj[len(str(run)):]
+    if isinstance(obj, dict):
+        return {k: _relative(v, run) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative(v, run) for v in obj]
+    return obj
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", type=Path, help="the run's --out folder")
+    ap.add_argument("name", help="results file name (no suffix)")
+    ap.add_argument("--command", required=True, help="the command line that made the run")
+    ap.add_argument("--machine", required=True, help="the machine and what else ran on it")
+    ap.add_argument("--note", default="", help="anything a reader must know (e.g. a rerun)")
+    a = ap.parse_args()
+    run = a.run.resolve()
+    report = json.loads((run / "report.json").read_text())
+    report = _relative(report, run)
+    report["run"] = {"command": a.command, "machine": a.machine, "note": a.note}
+    out = ROOT / "benchmarks" / "results" / "fidelity" / a.name
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    md = (run / "report.md").read_text()
+    head = f"Command: `{a.command}`; {a.machine}.{(' ' + a.note) if a.note else ''}\n\n"
+    title, _, rest = md.partition("\n\n")
+    out.with_suffix(".md").write_text(f"{title}\n\n{head}{rest}")
+    shutil.copyfile(run / "tradeoff.png", out.with_suffix(".png"))
+    print(f"wrote {out}.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+    main()
