@@ -19,8 +19,8 @@ compared at its fastest size. Ideal = FLOPs(full) / FLOPs(executed), per variant
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

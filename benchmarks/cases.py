@@ -9,8 +9,8 @@ Nothing here edits the library; it only calls its public API (``blockdrop.dynami
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 
+import opbench
 from blockdrop.evaluation.memory import peak_memory
 from blockdrop.evaluation.timing import interleaved
-
-import opbench
 from cases import Case, Prepared
 from env import clock, clock_name
 

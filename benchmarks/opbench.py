@@ -3,15 +3,15 @@ the same result and a plain copy of the same bytes (the bandwidth ceiling), and 
 first two agree."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 import blockdrop_ext
-from blockdrop_ext.reference import downsample_a as downsample_a_reference
 from blockdrop.evaluation.timing import interleaved, sync
+from blockdrop_ext.reference import downsample_a as downsample_a_reference
 from env import clock
 
 __all__ = ["OPS", "OP_IMPLS", "OP_SIZES_CPU", "OP_SIZES_GPU", "OpPayload", "op_payload", "check_op",

@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             "settings": dict(settings, subset=args.subset, note=args.note, device=device,
                              clock=env.clock_name(device))}
     if args.subset.startswith("capacity"):
-        from capacity_run import main_capacity
         import shlex
+
+        from capacity_run import main_capacity
         data["settings"]["command"] = "python benchmarks/run.py " + shlex.join(argv)
         return main_capacity(args, data, log)
     failures = 0

@@ -20,7 +20,7 @@ def loaded() -> bool:
     return _ERROR is None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_kernel(op: str, key: str) -> bool:
     """True when blockdrop::<op> has a kernel for dispatch key `key` ("CPU" or "CUDA")."""
     return loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(f"blockdrop::{op}", key)

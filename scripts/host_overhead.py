@@ -21,8 +21,8 @@ import statistics
 import torch
 
 import blockdrop
-from blockdrop.models.base import BlockView, Chain, ResNetBackbone
 from blockdrop.evaluation.timing import interleaved
+from blockdrop.models.base import BlockView, Chain, ResNetBackbone
 
 
 class TrivialBackbone(ResNetBackbone):

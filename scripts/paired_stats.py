@@ -17,8 +17,8 @@ import torch
 
 import blockdrop
 from blockdrop.checkpoint import atomic_write_text
-from blockdrop.errors import BlockDropError
 from blockdrop.data import load_dataset, make_loader, split_train_val
+from blockdrop.errors import BlockDropError
 from blockdrop.evaluation.evaluate import evaluate
 from blockdrop.evaluation.stats import paired_difference
 

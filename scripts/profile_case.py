@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import env  # noqa: E402
-from cases import Case, Prepared  # noqa: E402
 from blockdrop.evaluation.timing import interleaved  # noqa: E402
+from cases import Case, Prepared  # noqa: E402
 
 
 def floor_fn(prep: Prepared):

@@ -13,8 +13,6 @@ from blockdrop import models
 from blockdrop.evaluation.accounting import block_flops
 
 
-
-
 def _direct(module: torch.nn.Module, size: tuple[int, int, int]) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as c:
         module(torch.zeros(1, *size))

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from blockdrop.training.averaging import average_weights
 from blockdrop.models import cifar_resnet
+from blockdrop.training.averaging import average_weights
 
 
 def _trained_like(seed: int) -> torch.nn.Module:

@@ -14,7 +14,6 @@ from _helpers import oracle, randomize_bn, tol
 from blockdrop import capacity_forward, dynamic_forward, models
 from blockdrop.capacity import capacity_policy, counts_from_shares, resolve_capacity
 
-
 # ----------------------------------------------------------------------------------------- models
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from _helpers import subprocess_env
-
 from blockdrop.checkpoint import load_checkpoint, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -156,10 +156,10 @@ def test_parser_defaults_are_the_official_settings() -> None:
 def test_eval_thresholds_give_a_budget_curve_from_one_checkpoint(tmp_path: Path, tiny, capsys) -> None:
     """`eval --thresholds`: each row equals the checkpoint evaluated with policy p >= t, computed
     here with the policy net and the masked (official) forward."""
-    from blockdrop.training.baselines import BaselinePolicy  # noqa: F401  (checkpoint kinds are known)
     from blockdrop.checkpoint import load_blockdrop_net
     from blockdrop.data import load_dataset
     from blockdrop.engine import dynamic_forward
+    from blockdrop.training.baselines import BaselinePolicy  # noqa: F401  (checkpoint kinds are known)
     assert main(["train", "--data", str(tiny["data"]), "--weights", str(tiny["weights"]),
                  "--out", str(tmp_path / "cl"), "--epochs", "1", "--steps-per-epoch", "2",
                  "--batch-size", "6", "--no-progress", "--device", "cpu"]) == 0
@@ -214,6 +214,7 @@ def test_bench_dtype_and_channels_last(capsys) -> None:
 def test_the_version_has_one_source() -> None:
     """setup.py reads blockdrop.__version__ (the installed metadata says the same)."""
     import importlib.metadata
+
     import blockdrop
     root = Path(__file__).resolve().parents[1]
     assert 'version=VERSION' in (root / "setup.py").read_text()

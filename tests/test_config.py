@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from blockdrop.recipes.config import (apply_overrides, dump_config, load_config, preset_from_dict,
-                                      preset_to_dict)
+from blockdrop.recipes.config import (
+    apply_overrides,
+    dump_config,
+    load_config,
+    preset_from_dict,
+    preset_to_dict,
+)
 from blockdrop.recipes.demo import DEMO, DEMO_SMOKE
 from blockdrop.recipes.presets import PRESETS, get_preset
 

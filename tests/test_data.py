@@ -9,9 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from blockdrop.data import (DatasetNotFoundError, EpochSampler, ImageArrayDataset,
-                            ImageFileDataset, denormalize, digits_dataset, load_dataset,
-                            make_loader, set_loader_epoch, MEAN, STD)
+from blockdrop.data import (
+    MEAN,
+    STD,
+    DatasetNotFoundError,
+    EpochSampler,
+    ImageArrayDataset,
+    ImageFileDataset,
+    denormalize,
+    digits_dataset,
+    load_dataset,
+    make_loader,
+    set_loader_epoch,
+)
 
 
 def make_image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 4, size: int = 16,

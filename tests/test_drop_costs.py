@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blockdrop.training.drop_costs import keep_prior, single_drop_costs
-from blockdrop.models.policy import CifarPolicyNet, ImageNetPolicyNet
-
 from _helpers import cifar, oracle, tv
+from blockdrop.models.policy import CifarPolicyNet, ImageNetPolicyNet
+from blockdrop.training.drop_costs import keep_prior, single_drop_costs
 
 
 def _reference_costs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,11 @@ import copy
 import pytest
 import torch
 
-from _helpers import (expect_value_error as _expect, grads as _grads, inputs as _inputs,
-                      model as _model, policy as _policy)
+from _helpers import expect_value_error as _expect
+from _helpers import grads as _grads
+from _helpers import inputs as _inputs
+from _helpers import model as _model
+from _helpers import policy as _policy
 
 ALL = ("masked", "loop", "gather", "group", "auto")
 from blockdrop import dynamic_forward

@@ -8,7 +8,9 @@ import copy
 import pytest
 import torch
 
-from _helpers import inputs as _inputs, model as _model, policy as _policy
+from _helpers import inputs as _inputs
+from _helpers import model as _model
+from _helpers import policy as _policy
 from blockdrop import dynamic_forward
 from conftest import DEVICES
 

@@ -34,8 +34,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """A tiny 3-class dataset (folder + archive), a ResNet-8 ``.th``, a real checkpoint, and
     broken copies of each."""
     from PIL import Image
-    from blockdrop.checkpoint import save_blockdrop_net
+
     from blockdrop.blockdrop_net import BlockDropNet
+    from blockdrop.checkpoint import save_blockdrop_net
     from blockdrop.models import cifar_resnet
     from blockdrop.models.policy import CifarPolicyNet
     root = tmp_path_factory.mktemp("errors")

@@ -12,8 +12,6 @@ import torchvision
 from blockdrop import models
 
 
-
-
 @pytest.mark.parametrize("depth,k", [(20, 9), (32, 15), (56, 27), (110, 54)])
 def test_cifar_depths(depth: int, k: int) -> None:
     m = models.cifar_resnet(depth)
@@ -179,7 +177,7 @@ def test_as_backbone_caches_the_wrapper_without_touching_the_user_module() -> No
     import torchvision
 
     from blockdrop.models import as_backbone
-    from blockdrop.models.wrap import _WRAPPERS   # the cache itself, observed by its own test
+    from blockdrop.models.wrap import _WRAPPERS  # the cache itself, observed by its own test
 
     m = torchvision.models.resnet18(num_classes=3).eval()
     attrs = set(vars(m))

@@ -265,8 +265,10 @@ def test_convert_then_eval_applies_the_official_input_normalisation(tmp_path: Pa
     """`blockdrop convert` + `blockdrop eval`: the reported accuracy is the official model's on
     the images normalised as the official R32_C10 expects (CIFAR mean/std)."""
     import json
+
     import numpy as np
     from PIL import Image
+
     from blockdrop.cli import main
     from blockdrop.interop.official import CIFAR10_CLASSES
     rnet, agent = write_official(tmp_path / "r32.t7", "R32_C10")

@@ -11,9 +11,15 @@ import torch
 
 from blockdrop.checkpoint import load_blockdrop_net, read_meta
 from blockdrop.data import load_dataset, make_loader, split_train_val, take_subset
+from blockdrop.recipes.config import (
+    AdaptConfig,
+    BaselinesConfig,
+    CurriculumConfig,
+    EvalConfig,
+    Preset,
+    SelectionConfig,
+)
 from blockdrop.training.drop_costs import keep_prior, single_drop_costs
-from blockdrop.recipes.config import (AdaptConfig, BaselinesConfig, CurriculumConfig, EvalConfig,
-                                      Preset, SelectionConfig)
 
 CL = CurriculumConfig(prior=True, prior_keep=(0.2, 0.8), prior_images=20, cl_step=None,
                       steps_per_epoch=1, extra_epochs=1, lr=1e-3, batch_size=8, amp="off")

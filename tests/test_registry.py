@@ -15,15 +15,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import subprocess_env, write_cifar_weights
 
 import blockdrop
+from _helpers import subprocess_env, write_cifar_weights
 from blockdrop import dynamic_forward
-from blockdrop.interop.official_models import (OfficialCifarResNet, OfficialImageNetResNet,
-                                               OfficialPolicy32, OfficialPolicy224)
-from blockdrop.models import (CifarResNet, TimmResNet, TorchvisionResNet, backbone_spec,
-                              build_backbone, build_policy, get_model, list_models,
-                              load_cifar_resnet, register_model, resolve_model)
+from blockdrop.interop.official_models import (
+    OfficialCifarResNet,
+    OfficialImageNetResNet,
+    OfficialPolicy32,
+    OfficialPolicy224,
+)
+from blockdrop.models import (
+    CifarResNet,
+    TimmResNet,
+    TorchvisionResNet,
+    backbone_spec,
+    build_backbone,
+    build_policy,
+    get_model,
+    list_models,
+    load_cifar_resnet,
+    register_model,
+    resolve_model,
+)
 from blockdrop.models.cifar import CIFAR_DEPTHS
 from blockdrop.models.policy import CifarPolicyNet, ImageNetPolicyNet
 from blockdrop.models.registry import backbone_kinds, policy_kinds
@@ -272,6 +286,7 @@ def test_a_kind_not_registered_is_a_clear_error() -> None:
 
 def test_a_user_wrapped_torchvision_resnet_has_a_spec() -> None:
     import torchvision
+
     from blockdrop.models import from_torchvision
     bb = from_torchvision(torchvision.models.resnet34(num_classes=7))
     assert backbone_spec(bb) == {"kind": "torchvision", "arch": "resnet34", "num_classes": 7}

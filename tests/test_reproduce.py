@@ -11,8 +11,14 @@ import pytest
 import torch
 
 import blockdrop
-from blockdrop.recipes.config import (AdaptConfig, BaselinesConfig, CurriculumConfig, EvalConfig,
-                                      Preset, SelectionConfig)
+from blockdrop.recipes.config import (
+    AdaptConfig,
+    BaselinesConfig,
+    CurriculumConfig,
+    EvalConfig,
+    Preset,
+    SelectionConfig,
+)
 from blockdrop.recipes.presets import PRESETS, get_preset
 from blockdrop.recipes.report import REPORT_KEYS
 from blockdrop.training.config import TrainConfig
@@ -71,6 +77,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     training data trains, the test set is read only by the final evaluation -- it is garbage on
     disk until then -- and its use is counted in the ledger."""
     import shutil
+
     from blockdrop.recipes import reproduce as rep
     from blockdrop.recipes import stages
     monkeypatch.setenv("BLOCKDROP_TEST_LEDGER", str(tmp_path / "ledger.json"))

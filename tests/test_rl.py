@@ -10,8 +10,6 @@ from torch.distributions import Bernoulli
 from blockdrop.training import rl
 
 
-
-
 def test_reward_correct_and_wrong() -> None:
     policy = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.uint8)
     correct = torch.tensor([True, True, True, False])
@@ -125,8 +123,12 @@ def test_policy_gradient_step_moves_towards_positive_advantage() -> None:
 # --------------------------------------------------------------------------- policy nets / BlockDropNet
 
 def test_policy_nets_shapes_and_specs() -> None:
-    from blockdrop.models.policy import (CifarPolicyNet, ImageNetPolicyNet, make_policy_net,
-                                         policy_net_from_spec)
+    from blockdrop.models.policy import (
+        CifarPolicyNet,
+        ImageNetPolicyNet,
+        make_policy_net,
+        policy_net_from_spec,
+    )
     p = CifarPolicyNet(15).eval()
     out = p(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 15) and out.dtype == torch.float32

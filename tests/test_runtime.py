@@ -33,7 +33,7 @@ def test_trainer_bf16_on_cpu_has_no_grad_scaler(tmp_path) -> None:
     from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
     from blockdrop.models import cifar_resnet
     from blockdrop.models.policy import CifarPolicyNet
-    from blockdrop.training.trainer import Trainer, TrainConfig
+    from blockdrop.training.trainer import TrainConfig, Trainer
     torch.manual_seed(0)
     bb = cifar_resnet(8, num_classes=3)
     imgs = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8)

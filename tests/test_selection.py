@@ -38,6 +38,7 @@ def test_select_honours_the_block_budget() -> None:
     rule above); when none fits, the one with the fewest blocks. Points drawn at random, the rule
     evaluated here by brute force over every point."""
     import random
+
     from blockdrop.evaluation.evaluate import EvalResult
     from blockdrop.recipes.selection import Point, select
 
@@ -96,7 +97,9 @@ def test_budget_rule_takes_each_models_edge_then_the_most_accurate() -> None:
     (ties: more accurate), then the most accurate of those (ties: more blocks); none inside: the
     fewest blocks. Brute force over random points with repeated blocks and accuracies."""
     import random
+
     import pytest
+
     from blockdrop.evaluation.evaluate import EvalResult
     from blockdrop.recipes.selection import Point, select
 
@@ -179,6 +182,7 @@ def _linear_model(monkeypatch, flops=lambda t: 90.0):
     0.95 - 0.2 t, FLOPs ``flops(t)`` of the full network's 100; grid (0.2, 0.4, 0.6), two
     bisections. Returns (run, net, full network's validation result)."""
     from types import SimpleNamespace
+
     from blockdrop.evaluation.evaluate import EvalResult
     from blockdrop.recipes import stages
 

@@ -7,8 +7,13 @@ import torch.nn.functional as F
 
 from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
 from blockdrop.models import cifar_resnet
-from blockdrop.training.baselines import (BaselinePolicy, drop_path_policy, first_k_policy, full_policy,
-                                 random_k_policy)
+from blockdrop.training.baselines import (
+    BaselinePolicy,
+    drop_path_policy,
+    first_k_policy,
+    full_policy,
+    random_k_policy,
+)
 from blockdrop.training.supervised import ReplayTeacher, SupervisedConfig, train_supervised
 
 

@@ -5,7 +5,6 @@ import statistics
 import time
 
 import pytest
-
 import torch
 
 from blockdrop.evaluation.evaluate import measure_throughput

@@ -15,7 +15,7 @@ from blockdrop.checkpoint import load_checkpoint, save_checkpoint
 from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform
 from blockdrop.models import cifar_resnet
 from blockdrop.models.policy import CifarPolicyNet
-from blockdrop.training.trainer import Trainer, TrainConfig
+from blockdrop.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -336,9 +336,9 @@ def test_ddp_two_cpu_processes_gloo(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["curriculum", "finetune", "policy_net", "full", "first_k", "random_k"])
 def test_blockdrop_load_round_trips_every_checkpoint_kind(tmp_path: Path, kind: str) -> None:
     import blockdrop
-    from blockdrop.training.baselines import BaselinePolicy
     from blockdrop.blockdrop_net import BlockDropNet
     from blockdrop.checkpoint import backbone_spec, save_blockdrop_net
+    from blockdrop.training.baselines import BaselinePolicy
     pnet, bb = make_models(seed=3)
     if kind in ("curriculum", "finetune"):
         tr = Trainer(cfg(stage=kind, epochs=1, steps_per_epoch=1, lr=1e-2), pnet, bb, tiny_data(),

@@ -11,16 +11,17 @@
 __version__ = "0.2.0"
 
 from . import interop, models
-from .evaluation.accounting import flops, ideal_speedup
 from .blockdrop_net import BlockDropNet
-from .checkpoint import load
 from .capacity import capacity_forward
+from .checkpoint import load
 from .engine import dynamic_forward
+from .evaluation.accounting import flops, ideal_speedup
 from .graphs import cuda_graphed
 
 # Every spec kind is registered once the package is imported: models (cifar, torchvision, timm,
 # the policy nets), interop (the official networks) and the fixed baseline policies here.
 from .training import baselines  # noqa: E402,F401
+
 del baselines  # reached as blockdrop.training.baselines
 
 __all__ = ["BlockDropNet", "__version__", "capacity_forward", "cuda_graphed", "dynamic_forward", "flops",

@@ -5,7 +5,8 @@ It sits above the engine (it calls :func:`blockdrop.dynamic_forward` and
 which the engine imports."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +43,7 @@ class BlockDropNet(nn.Module):
                  threshold: float = 0.5, mode: str = "threshold",
                  capacity: CapacitySpec | None = None) -> None:
         super().__init__()
-        num_blocks = int(getattr(backbone, "num_blocks"))
+        num_blocks = int(backbone.num_blocks)
         pk = getattr(policy_net, "num_blocks", num_blocks)
         if pk != num_blocks:
             raise ValueError(f"policy net has {pk} outputs but the backbone has {num_blocks} blocks")
@@ -61,7 +62,7 @@ class BlockDropNet(nn.Module):
         """K, the number of droppable blocks."""
         return int(self.backbone.num_blocks)
 
-    def set_mode(self, mode: str) -> "BlockDropNet":
+    def set_mode(self, mode: str) -> BlockDropNet:
         """Switch between ``"threshold"`` and ``"capacity"`` (which needs a capacity). Returns self."""
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")

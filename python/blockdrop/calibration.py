@@ -20,8 +20,9 @@ Python on host numbers, so a compiled graph holds them as constants (one graph p
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +87,7 @@ class CapacitySpec:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "CapacitySpec":
+    def from_json(cls, d: dict[str, Any]) -> CapacitySpec:
         """The spec :meth:`to_json` wrote."""
         bf = d.get("block_flops")
         return cls(tuple(d["shares"]), d.get("budget"), tuple(bf) if bf is not None else None,

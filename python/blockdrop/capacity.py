@@ -57,7 +57,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

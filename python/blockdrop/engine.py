@@ -67,8 +67,9 @@ BN layer, i.e. once per group for ``"group"``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -226,19 +227,19 @@ class _Kernels:
     merge_block_: Callable[..., None]
 
     @staticmethod
-    def on(device: torch.device) -> "_Kernels":
+    def on(device: torch.device) -> _Kernels:
         if torch.compiler.is_compiling():  # looked up once per trace; dynamo warns on lru_cache
             return _Kernels._make(device)
         return _Kernels._cached(device)
 
     @staticmethod
-    def _make(device: torch.device) -> "_Kernels":
+    def _make(device: torch.device) -> _Kernels:
         names = ("gather_rows", "scatter_add_rows", "merge_block", "merge_block_")
         return _Kernels(*(blockdrop_ext.kernel(name, device) for name in names))
 
     @staticmethod
-    @functools.lru_cache(maxsize=None)
-    def _cached(device: torch.device) -> "_Kernels":
+    @functools.cache
+    def _cached(device: torch.device) -> _Kernels:
         return _Kernels._make(device)
 
 

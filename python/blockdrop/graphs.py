@@ -28,7 +28,8 @@ Memory: the static input, the outputs and the graph's private pool (the forward'
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

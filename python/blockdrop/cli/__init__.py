@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from blockdrop.cli import bench, convert, demo, evaluate, reproduce, train
 from blockdrop.cli.train import train_config

@@ -34,11 +34,11 @@ def register(sub: Any) -> None:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from blockdrop.evaluation.accounting import ideal_speedup
     from blockdrop.checkpoint import load_backbone, load_blockdrop_net
     from blockdrop.engine import dynamic_forward
-    from blockdrop.runtime import resolve_device
+    from blockdrop.evaluation.accounting import ideal_speedup
     from blockdrop.evaluation.timing import interleaved
+    from blockdrop.runtime import resolve_device
     setup_threads(args)
     device = resolve_device(args.device)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]

@@ -7,8 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from blockdrop.cli._args import (AMP_MODES, STRATEGIES, add_runtime, nonneg_int, positive_int,
-                                 setup_threads, share, thresholds)
+from blockdrop.cli._args import (
+    AMP_MODES,
+    STRATEGIES,
+    add_runtime,
+    nonneg_int,
+    positive_int,
+    setup_threads,
+    share,
+    thresholds,
+)
 from blockdrop.errors import IncompatibleError
 
 __all__ = ["register", "check_fits", "check_capacity_args", "prepare_capacity"]
@@ -113,8 +121,14 @@ def _evaluate_checkpoint(args: argparse.Namespace, ck: str, net: Any, meta: dict
     """One checkpoint in each of ``modes`` (threshold mode at each of ``--thresholds``): evaluated,
     timed, printed. Returns ``[(label, EvalResult)]``."""
     import torch
+
     from blockdrop.data import make_loader, with_normalization
-    from blockdrop.evaluation.evaluate import evaluate, format_table, format_threshold_table, measure_throughput
+    from blockdrop.evaluation.evaluate import (
+        evaluate,
+        format_table,
+        format_threshold_table,
+        measure_throughput,
+    )
     norm = meta.get("input_normalization", "default")
     info = base_info
     if norm != "default":            # e.g. a converted official checkpoint's own inputs

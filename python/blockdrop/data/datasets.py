@@ -1,8 +1,9 @@
 """Datasets: images in memory (small ones, e.g. CIFAR) or on disk, with per-epoch augmentation."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ class DatasetNotFoundError(FileNotFoundError):
 @dataclass
 class DataInfo:
     """A dataset and what the trainer needs to know about it."""
-    dataset: "ImageArrayDataset | ImageFileDataset"
+    dataset: ImageArrayDataset | ImageFileDataset
     classes: list[str]
     image_size: int          # side of the network input (H == W)
     source: str              # what was loaded, for logs
@@ -56,7 +57,7 @@ class ImageArrayDataset(_EpochDataset):
             gen = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, i))
         return self.transform(self.images[i], gen), int(self.labels[i])
 
-    def with_transform(self, transform: SmallImageTransform) -> "ImageArrayDataset":
+    def with_transform(self, transform: SmallImageTransform) -> ImageArrayDataset:
         """Same images, another transform (e.g. train vs eval)."""
         return ImageArrayDataset(self.images, self.labels, transform, self.seed)
 

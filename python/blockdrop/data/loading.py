@@ -2,7 +2,7 @@
 epoch (and a batch within it, to resume)."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler

@@ -1,7 +1,8 @@
 """Derived datasets: a held-out validation split, a subset, another input normalisation."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -3,7 +3,8 @@ resumed mid-epoch sees the same images as an uninterrupted one, whatever the num
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

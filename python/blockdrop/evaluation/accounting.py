@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from blockdrop.engine import check_policy_values
-from blockdrop.models.wrap import as_backbone
 from blockdrop.models.base import ResNetBackbone
+from blockdrop.models.wrap import as_backbone
 from blockdrop.runtime import eval_mode
 
 __all__ = ["BlockFlops", "block_flops", "flops", "ideal_speedup"]
@@ -46,7 +46,7 @@ class BlockFlops:
         return self.stem_head + sum(self.residual) + sum(self.shortcut)
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, BlockFlops]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, BlockFlops]] = weakref.WeakKeyDictionary()
 
 
 def _count(fn: Any, *args: Any) -> tuple[int, Any]:

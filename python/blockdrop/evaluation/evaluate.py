@@ -2,16 +2,17 @@
 distinct policies, and measured throughput of the dynamic path vs the full network."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from blockdrop.evaluation.accounting import flops as count_flops
-from blockdrop.runtime import amp_autocast
 from blockdrop.evaluation.timing import interleaved
+from blockdrop.runtime import amp_autocast
 
 __all__ = ["EvalResult", "evaluate", "measure_throughput", "format_table", "format_threshold_table"]
 

@@ -10,7 +10,7 @@ seen, and on CUDA the cuDNN workspace is (it is allocated through the caching al
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -3,8 +3,9 @@ images grouped by their policy (the paper's qualitative figure)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -8,8 +8,8 @@ so any residual network that can describe itself this way can be run with real s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn

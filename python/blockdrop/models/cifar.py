@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import FileFormatError, IncompatibleError
 from blockdrop_ext.reference import downsample_a
 
+from ..errors import FileFormatError, IncompatibleError
 from .base import BlockView, Chain, ResNetBackbone
 from .registry import register_backbone_kind, register_family, register_model, register_old_prefix
 

@@ -67,7 +67,7 @@ class PolicyNet(nn.Module):
         return {"kind": self.kind, "num_blocks": self.num_blocks}
 
     @torch.no_grad()
-    def set_prior(self, keep: Tensor) -> "PolicyNet":
+    def set_prior(self, keep: Tensor) -> PolicyNet:
         """Start from a static policy: the head's weights zeroed and its bias ``logit(keep)``, so
         that ``forward`` returns ``keep [K]`` (probabilities in (0, 1)) for every image until
         training moves it (e.g. :func:`blockdrop.training.drop_costs.keep_prior`). Returns ``self``."""

@@ -21,7 +21,7 @@ from .base import ResNetBackbone
 
 __all__ = ["as_backbone", "unwrap"]
 
-_WRAPPERS: "weakref.WeakKeyDictionary[nn.Module, ResNetBackbone]" = weakref.WeakKeyDictionary()
+_WRAPPERS: weakref.WeakKeyDictionary[nn.Module, ResNetBackbone] = weakref.WeakKeyDictionary()
 
 
 def unwrap(model: Any) -> Any:

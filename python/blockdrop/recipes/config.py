@@ -174,7 +174,7 @@ class Preset:
         if self.n_val < 1:
             raise ValueError(f"n_val: expected >= 1, got {self.n_val}")
 
-    def replace(self, **changes: Any) -> "Preset":
+    def replace(self, **changes: Any) -> Preset:
         """A copy with some fields (top-level, or whole stage configs) replaced."""
         return dataclasses.replace(self, **changes)
 

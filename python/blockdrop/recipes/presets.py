@@ -35,8 +35,14 @@ The recipe, stage by stage (steps are optimisation steps of the stage's ``batch_
 """
 from __future__ import annotations
 
-from blockdrop.recipes.config import (AdaptConfig, BaselinesConfig, CurriculumConfig, EvalConfig,
-                                      Preset, SelectionConfig)
+from blockdrop.recipes.config import (
+    AdaptConfig,
+    BaselinesConfig,
+    CurriculumConfig,
+    EvalConfig,
+    Preset,
+    SelectionConfig,
+)
 from blockdrop.training.config import TrainConfig
 
 __all__ = ["PRESETS", "get_preset"]

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -34,8 +35,17 @@ from blockdrop.recipes.config import Preset
 from blockdrop.recipes.presets import get_preset
 from blockdrop.recipes.report import build_report, write_report
 from blockdrop.recipes.stages import RunPaths
-from blockdrop.recipes.steps import (DataArg, evaluate_also, evaluate_on_test, load_test, select,
-                                     start_run, train_baselines, train_candidates, write_validation)
+from blockdrop.recipes.steps import (
+    DataArg,
+    evaluate_also,
+    evaluate_on_test,
+    load_test,
+    select,
+    start_run,
+    train_baselines,
+    train_candidates,
+    write_validation,
+)
 
 __all__ = ["reproduce", "start_run", "RunPaths"]
 

@@ -10,24 +10,30 @@ import copy
 import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from blockdrop.blockdrop_net import BlockDropNet
-from blockdrop.checkpoint import (atomic_write_text, load_backbone, load_blockdrop_net,
-                                  save_blockdrop_net)
+from blockdrop.checkpoint import atomic_write_text, load_backbone, load_blockdrop_net, save_blockdrop_net
 from blockdrop.data import DataInfo, make_loader
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluation.evaluate import EvalResult, evaluate
 from blockdrop.recipes.config import Preset
 from blockdrop.training.averaging import average_weights
-from blockdrop.training.baselines import (BaselinePolicy, PolicySampler, drop_path_policy,
-                                          first_k_policy, full_policy, random_k_policy,
-                                          static_policy)
+from blockdrop.training.baselines import (
+    BaselinePolicy,
+    PolicySampler,
+    drop_path_policy,
+    first_k_policy,
+    full_policy,
+    random_k_policy,
+    static_policy,
+)
 from blockdrop.training.config import SupervisedConfig, TrainConfig
 from blockdrop.training.supervised import ReplayTeacher, train_supervised
 

@@ -16,29 +16,49 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from blockdrop.blockdrop_net import BlockDropNet
-from blockdrop.checkpoint import atomic_write_text, load_backbone, load_blockdrop_net, save_blockdrop_net
-from blockdrop.checkpoint import backbone_spec
+from blockdrop.checkpoint import (
+    atomic_write_text,
+    backbone_spec,
+    load_backbone,
+    load_blockdrop_net,
+    save_blockdrop_net,
+)
 from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val, take_subset
-from blockdrop.evaluation.speed import ModelSpeed, static_forward, time_models
-from blockdrop.training.drop_costs import greedy_drop_order
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluation.evaluate import EvalResult
+from blockdrop.evaluation.speed import ModelSpeed, static_forward, time_models
 from blockdrop.recipes import selection, stages
 from blockdrop.recipes.config import Preset, dump_config, preset_to_dict
 from blockdrop.recipes.ledger import record_test_use
-from blockdrop.recipes.policy_stage import curriculum_checkpoint, final_checkpoint, final_stage, stage_blockdrop
+from blockdrop.recipes.policy_stage import (
+    curriculum_checkpoint,
+    final_checkpoint,
+    final_stage,
+    stage_blockdrop,
+)
 from blockdrop.recipes.selection import Point, describe, val_points
-from blockdrop.recipes.stages import (Run, RunPaths, stage_adapt, stage_baseline, stage_family,
-                                      stage_full, stage_full_adapt, stage_pretrain, stage_soup)
+from blockdrop.recipes.stages import (
+    Run,
+    RunPaths,
+    stage_adapt,
+    stage_baseline,
+    stage_family,
+    stage_full,
+    stage_full_adapt,
+    stage_pretrain,
+    stage_soup,
+)
 from blockdrop.runtime import resolve_device
+from blockdrop.training.drop_costs import greedy_drop_order
 
 __all__ = ["Candidates", "Baseline", "TestResults", "as_data", "start_run", "train_candidates",
            "select", "write_validation", "train_baselines", "load_test", "evaluate_on_test",

@@ -16,7 +16,8 @@ other and is evaluated and checkpointed the same way.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

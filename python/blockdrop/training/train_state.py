@@ -19,8 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from blockdrop.checkpoint import (load_checkpoint, optimizer_from_tensors, optimizer_to_tensors,
-                                  prefixed, save_checkpoint, unprefixed)
+from blockdrop.checkpoint import (
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    prefixed,
+    save_checkpoint,
+    unprefixed,
+)
 from blockdrop.errors import IncompatibleError
 
 __all__ = ["Progress", "TrainState"]

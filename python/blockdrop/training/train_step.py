@@ -24,7 +24,7 @@ class BlockDropStep(nn.Module):
     """Policy network + backbone; ``forward`` computes one training step's loss, so that DDP
     sees every parameter use (both stages) inside one wrapped call."""
 
-    def __init__(self, policy_net: nn.Module, backbone: nn.Module, cfg: "TrainConfig",
+    def __init__(self, policy_net: nn.Module, backbone: nn.Module, cfg: TrainConfig,
                  teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.policy_net, self.backbone, self.cfg = policy_net, backbone, cfg
@@ -32,7 +32,7 @@ class BlockDropStep(nn.Module):
         self.generator: torch.Generator | None = None
         self._teacher = [teacher] if teacher is not None else []   # not a submodule: not trained
 
-    def train(self, mode: bool = True) -> "BlockDropStep":
+    def train(self, mode: bool = True) -> BlockDropStep:
         self.training = mode
         self.policy_net.train(mode)
         self.backbone.train(mode and self.finetune and self.cfg.bn == "train")

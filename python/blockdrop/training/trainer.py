@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -198,7 +199,7 @@ class Trainer:
         return stats.detach()
 
     def fit(self, resume: bool = False,
-            on_step: Callable[["Trainer"], None] | None = None) -> dict[str, Any]:
+            on_step: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
         """Train to ``cfg.epochs``; with ``resume`` continue from ``out_dir/last.safetensors``.
 
         ``on_step(trainer)`` runs after every step and its checkpoint (tests use it to simulate
@@ -210,7 +211,7 @@ class Trainer:
         with interrupt_at_step_end() as interrupted:
             return self._fit(resume, on_step, interrupted)
 
-    def _fit(self, resume: bool, on_step: Callable[["Trainer"], None] | None,
+    def _fit(self, resume: bool, on_step: Callable[[Trainer], None] | None,
              interrupted: Callable[[], bool]) -> dict[str, Any]:
         if resume:
             self.resume()
