@@ -20,8 +20,7 @@ import pytest
 import torch
 
 from cases import Case, Prepared, mix_label, model_cases
-from env import bench_rounds as rounds
-from env import default_machine, full_matrix
+from env import bench_rounds as rounds, default_machine, full_matrix
 
 
 def _cases() -> list[Case]:

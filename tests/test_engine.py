@@ -10,27 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from _helpers import (
+    MODELS,
+    expect_value_error as _expect,
+    grads as _grads,
+    inputs as _inputs,
+    load_lossless_test1000 as _load_test1000,
+    model as _model,
+    oracle as _oracle,
+    policy as _policy,
+    tol as _tol,
+)
 from blockdrop import dynamic_forward, models
 from blockdrop.engine import AUTO_MIN_GROUP_SIZE, choose_strategy
 
 FAST = ("loop", "gather", "group", "auto")
 ALL = ("masked",) + FAST
 
-
-# ----------------------------------------------------------------------------------------- helpers
-
-
-
-
-from _helpers import MODELS
-from _helpers import expect_value_error as _expect
-from _helpers import grads as _grads
-from _helpers import inputs as _inputs
-from _helpers import load_lossless_test1000 as _load_test1000
-from _helpers import model as _model
-from _helpers import oracle as _oracle
-from _helpers import policy as _policy
-from _helpers import tol as _tol
 
 # ------------------------------------------------------------------------------------ equivalence
 

@@ -8,15 +8,16 @@ import copy
 import pytest
 import torch
 
-from _helpers import expect_value_error as _expect
-from _helpers import grads as _grads
-from _helpers import inputs as _inputs
-from _helpers import model as _model
-from _helpers import policy as _policy
-
-ALL = ("masked", "loop", "gather", "group", "auto")
+from _helpers import (
+    expect_value_error as _expect,
+    grads as _grads,
+    inputs as _inputs,
+    model as _model,
+    policy as _policy,
+)
 from blockdrop import dynamic_forward
 
+ALL = ("masked", "loop", "gather", "group", "auto")
 FAST = ("loop", "gather", "group", "auto")
 
 
@@ -58,7 +59,8 @@ def test_cuda_gradients_and_bad_values() -> None:
     bad = policy.float()
     bad[0, 0] = float("nan")
     for strategy in ALL:
-        _expect("policy", lambda: dynamic_forward(model, x, bad, strategy))
+        # B023: the lambda is called at once, inside the loop
+        _expect("policy", lambda: dynamic_forward(model, x, bad, strategy))  # noqa: B023
     _expect("policy", lambda: dynamic_forward(model, x, policy.cpu(), "gather"))
 
 

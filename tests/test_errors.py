@@ -41,7 +41,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     from blockdrop.models.policy import CifarPolicyNet
     root = tmp_path_factory.mktemp("errors")
     rng = np.random.default_rng(0)
-    for ci, c in enumerate(("red", "green", "blue")):
+    for c in ("red", "green", "blue"):
         d = root / "data" / c
         d.mkdir(parents=True)
         for i in range(4):

@@ -8,8 +8,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import blockdrop_ext as bx
 from blockdrop import dynamic_forward

@@ -78,8 +78,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     disk until then -- and its use is counted in the ledger."""
     import shutil
 
-    from blockdrop.recipes import reproduce as rep
-    from blockdrop.recipes import stages
+    from blockdrop.recipes import reproduce as rep, stages
     monkeypatch.setenv("BLOCKDROP_TEST_LEDGER", str(tmp_path / "ledger.json"))
     evaluated: list[str] = []
     real = stages.evaluate_on
@@ -307,8 +306,7 @@ def test_finetune_distils_from_the_backbone_it_starts_from(tiny, tmp_path, monke
     """The joint stage's soft targets come from the backbone BlockDrop starts from (as the adapt
     stage saved it), tensor for tensor, not from the full network finetuned alike."""
     from blockdrop.checkpoint import load_blockdrop_net
-    from blockdrop.recipes import policy_stage
-    from blockdrop.recipes import reproduce as rep
+    from blockdrop.recipes import policy_stage, reproduce as rep
     seen: list[dict[str, torch.Tensor]] = []
     real = policy_stage.Trainer
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (train, evaluate, bench, reproduce, demo, convert):
         module.register(sub)
-    for name, sp in sub.choices.items():
+    for sp in sub.choices.values():
         sp.set_defaults(parser=sp)
     return p
 
