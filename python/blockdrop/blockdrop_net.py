@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from blockdrop.calibration import CapacitySpec, calibrate, with_budget
 from blockdrop.capacity import capacity_forward, capacity_policy
 from blockdrop.engine import dynamic_forward
+from blockdrop.models.base import ResNetBackbone
 from blockdrop.training.rl import sample_policy, threshold_policy
 
 __all__ = ["BlockDropNet", "MODES"]
@@ -39,7 +40,7 @@ class BlockDropNet(nn.Module):
       FLOP budget met for every batch); both are stored in checkpoints.
     """
 
-    def __init__(self, policy_net: nn.Module, backbone: nn.Module, strategy: str = "auto",
+    def __init__(self, policy_net: nn.Module, backbone: ResNetBackbone, strategy: str = "auto",
                  threshold: float = 0.5, mode: str = "threshold",
                  capacity: CapacitySpec | None = None) -> None:
         super().__init__()

@@ -22,12 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .capacity import counts_from_shares
+
+if TYPE_CHECKING:  # blockdrop_net imports this module
+    from .blockdrop_net import BlockDropNet
 
 __all__ = ["CapacitySpec", "budget_counts", "budget_shares", "calibrate", "with_budget"]
 
@@ -160,7 +163,7 @@ def budget_shares(profile: Sequence[float] | None, block_flops: Sequence[int],
     return tuple(rest(_largest_fitting(rest, block_flops, allowance, 1.0)))
 
 
-def with_budget(net: nn.Module, budget: float, profile: Sequence[float] | None = None,
+def with_budget(net: BlockDropNet, budget: float, profile: Sequence[float] | None = None,
                 input_size: tuple[int, int, int] | None = None,
                 info: dict[str, Any] | None = None) -> CapacitySpec:
     """A :class:`CapacitySpec` for ``net`` (a BlockDropNet) within ``budget`` of the full network's
@@ -172,7 +175,7 @@ def with_budget(net: nn.Module, budget: float, profile: Sequence[float] | None =
     from .evaluation.accounting import block_flops, flops
 
     b = check_budget(budget)
-    size = tuple(input_size or net.backbone.default_input_size)
+    size = cast("tuple[int, int, int]", tuple(input_size or net.backbone.default_input_size))
     parts = block_flops(net.backbone, size)
     none = torch.zeros(1, net.num_blocks)
     fixed = float(flops(net.backbone, none, net.policy_net, input_size=size)[0])
@@ -184,11 +187,11 @@ def with_budget(net: nn.Module, budget: float, profile: Sequence[float] | None =
     uniform = profile is None or not any(profile) or len(set(profile)) == 1
     return CapacitySpec(shares, b, parts.residual, allowance,
                         {**(info or {}), "input_size": list(size),
-                         "profile_shares": None if uniform else [float(v) for v in profile]})
+                         "profile_shares": None if uniform or profile is None else [float(v) for v in profile]})
 
 
 @torch.inference_mode()
-def calibrate(net: nn.Module, loader: Iterable[Any], device: torch.device | str = "cpu",
+def calibrate(net: BlockDropNet, loader: Iterable[Any], device: torch.device | str = "cpu",
               amp: str | bool = "off") -> CapacitySpec:
     """Per-block shares = the keep rates of ``net``'s threshold policy (``probs >= net.threshold``)
     over ``loader`` (batches ``x [B, C, H, W]`` or ``(x, y)``). ``net`` is run in eval mode (its

@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors import safe_open
@@ -23,8 +23,12 @@ from safetensors.torch import save as serialize
 from torch import Tensor, nn
 
 from blockdrop.errors import FileFormatError
+from blockdrop.models.base import ResNetBackbone
 from blockdrop.models.cifar import CifarResNet, load_cifar_resnet
 from blockdrop.models.registry import backbone_spec, build_backbone, build_policy, get_model
+
+if TYPE_CHECKING:  # blockdrop_net imports this module
+    from blockdrop.blockdrop_net import BlockDropNet
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_write_text", "backbone_spec",
            "build_backbone", "load_backbone", "load_blockdrop_net", "save_blockdrop_net", "load",
@@ -186,7 +190,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor
 # --------------------------------------------------------------------------- models
 
 def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
-                  num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+                  num_classes: int) -> tuple[ResNetBackbone, dict[str, Any]]:
     """A backbone and its spec: ``weights`` (a blockdrop checkpoint; a CIFAR ResNet
     ``.th``/``.pt``, its depth checked against a CIFAR ``arch``; a torchvision or timm state dict
     with ``arch``) or, without weights, a fresh ``get_model(arch, num_classes)``.
@@ -209,19 +213,21 @@ def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
     if probe is None or isinstance(probe, CifarResNet):
         model = load_cifar_resnet(w, probe.depth if probe is not None else None)
         return model, backbone_spec(model)
+    assert arch is not None  # else probe is None: a CIFAR file, returned above
     model = get_model(arch, num_classes=num_classes)
     what = f"a state dict of {arch}"
     try:
         sd = torch.load(w, map_location="cpu", weights_only=True)
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-        model.resnet.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})  # type: ignore
+        resnet = cast(nn.Module, model.resnet)  # the torchvision or timm module its wrapper holds
+        resnet.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
     except Exception as e:
         raise FileFormatError(w, what, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from None
     return model, backbone_spec(model)
 
 
 def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                   path: str | os.PathLike[str] = "checkpoint") -> nn.Module:
+                   path: str | os.PathLike[str] = "checkpoint") -> ResNetBackbone:
     """The backbone stored in a blockdrop checkpoint (its spec and ``backbone.*`` tensors)."""
     what = "a blockdrop checkpoint holding a backbone"
     if not isinstance(meta.get("backbone_spec"), dict):
@@ -235,7 +241,7 @@ def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
     return model
 
 
-def save_blockdrop_net(path: str | os.PathLike[str], net: nn.Module,
+def save_blockdrop_net(path: str | os.PathLike[str], net: BlockDropNet,
                        meta: dict[str, Any] | None = None) -> Path:
     """Write a :class:`~blockdrop.blockdrop_net.BlockDropNet` (policy network or fixed baseline
     policy + backbone) as a checkpoint that :func:`load_blockdrop_net` reads back; ``meta`` (JSON)
@@ -244,14 +250,15 @@ def save_blockdrop_net(path: str | os.PathLike[str], net: nn.Module,
                **prefixed(net.backbone.state_dict(), "backbone.")}
     doc = {**(meta or {}), "stage": (meta or {}).get("stage", "model"),
            "backbone_spec": backbone_spec(net.backbone),
-           "policy_spec": net.policy_net.spec(), "threshold": float(net.threshold),
+           "policy_spec": net.policy_net.spec(),  # type: ignore[operator]  # policy modules define spec()
+           "threshold": float(net.threshold),
            "mode": getattr(net, "mode", "threshold"),
-           "capacity": net.capacity.to_json() if getattr(net, "capacity", None) else None}
+           "capacity": net.capacity.to_json() if net.capacity else None}
     return save_checkpoint(path, tensors, doc)
 
 
 def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device = "cpu",
-                       strategy: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                       strategy: str | None = None) -> tuple[BlockDropNet, dict[str, Any]]:
     """A :class:`~blockdrop.blockdrop_net.BlockDropNet` (eval mode) from any checkpoint the
     library writes (training stages, :func:`save_blockdrop_net`, the reproduce pipeline's
     models and baselines), plus the checkpoint's JSON."""
@@ -279,7 +286,7 @@ def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device 
     return net.to(device).eval(), meta
 
 
-def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> BlockDropNet:
     """``blockdrop.load``: the :class:`~blockdrop.blockdrop_net.BlockDropNet` (``.policy_net``,
     ``.backbone``; eval mode, ``strategy="auto"``, in the mode it was saved in, with its capacity)
     of a checkpoint file, or of a run directory's ``last.safetensors``."""

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from blockdrop.evaluation.accounting import flops as count_flops
 from blockdrop.evaluation.timing import interleaved
 from blockdrop.runtime import amp_autocast
+
+if TYPE_CHECKING:
+    from blockdrop.blockdrop_net import BlockDropNet
 
 __all__ = ["EvalResult", "evaluate", "measure_throughput", "format_table", "format_threshold_table"]
 
@@ -45,7 +48,7 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]],
+def evaluate(net: BlockDropNet, loader: DataLoader | Iterable[tuple[Tensor, Tensor]],
              device: torch.device | str = "cpu", amp: str | bool = "off", full: bool = True,
              flops: bool = True, progress: bool = True, strategy: str | None = None,
              channels_last: bool = False) -> EvalResult:
@@ -67,7 +70,7 @@ def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]
             x, y = x.to(device), y_host.to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            size = tuple(x.shape[1:])  # type: ignore[assignment]
+            size = tuple(x.shape[1:])
             with amp_autocast(device, amp):
                 if getattr(net, "mode", "threshold") == "capacity":  # the top-C_k path itself
                     logits, policy = net(x)
@@ -107,7 +110,7 @@ def evaluate(net: nn.Module, loader: DataLoader | Iterable[tuple[Tensor, Tensor]
 
 
 @torch.inference_mode()
-def measure_throughput(net: nn.Module, batches: Sequence[Tensor], device: torch.device | str = "cpu",
+def measure_throughput(net: BlockDropNet, batches: Sequence[Tensor], device: torch.device | str = "cpu",
                        repeats: int = 5, warmup: int = 1, amp: str | bool = "off",
                        strategy: str | None = None,
                        plain_chunks: Sequence[int] = ()) -> dict[str, float]:

@@ -3,7 +3,7 @@ images grouped by their policy (the paper's qualitative figure)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ def plot_acc_vs_flops(points: Sequence[dict], path: str | os.PathLike[str],
     return _save(fig, path)
 
 
-def plot_tradeoff(series: dict[str, Sequence[dict]], path: str | os.PathLike[str],
+def plot_tradeoff(series: Mapping[str, Sequence[dict]], path: str | os.PathLike[str],
                   full: dict | None = None, title: str = "Accuracy vs FLOPs",
                   axes: Sequence[str] = ("flops",)) -> Path:
     """Several methods on the same axes: ``series = {name: [{"accuracy", "flops",
@@ -62,7 +62,7 @@ def plot_tradeoff(series: dict[str, Sequence[dict]], path: str | os.PathLike[str
 _XLABELS = {"flops": "FLOPs / image", "ms_per_image": "measured ms / image (each at its fastest chunk)"}
 
 
-def _draw(ax: Any, series: dict[str, Sequence[dict]], full: dict | None, x: str) -> None:
+def _draw(ax: Any, series: Mapping[str, Sequence[dict]], full: dict | None, x: str) -> None:
     for (name, pts), marker in zip(series.items(), "osD^v<>ph"):
         srt = sorted(pts, key=lambda p: p[x])
         ax.plot([p[x] for p in srt], [100 * p["accuracy"] for p in srt], marker=marker,

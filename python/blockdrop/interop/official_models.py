@@ -19,7 +19,8 @@ BasicBlocks with DownsampleB shortcuts, on the 32x32 image) and :class:`Official
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +85,7 @@ class _Bottleneck(nn.Module):
         return self.chain()(x)
 
 
-def _flat_layers(block: type, widths: tuple[int, ...], layers: list[int], strides: tuple[int, ...],
+def _flat_layers(block: type[_Basic] | type[_Bottleneck], widths: tuple[int, ...], layers: list[int], strides: tuple[int, ...],
                  inplanes: int, cifar: bool) -> tuple[nn.ModuleList, nn.ModuleList]:
     """``blocks`` and ``ds`` exactly as the official ``_make_layer`` builds them."""
     blocks, ds = [], []
@@ -106,12 +107,15 @@ def _identity(x: Tensor) -> Tensor:
 
 
 class _OfficialBackbone(ResNetBackbone):
-    blocks: nn.ModuleList
     ds: nn.ModuleList
+    layer_config: list[int]
 
     def _views(self) -> None:
+        # The official module named ``blocks`` (its state-dict keys): ResNetBackbone.blocks, the
+        # views, shadows that name, so it is reached as a submodule.
+        stages = cast("Sequence[Sequence[_Basic | _Bottleneck]]", self.get_submodule("blocks"))
         views = []
-        for s, stage in enumerate(self.blocks):
+        for s, stage in enumerate(stages):
             for i, b in enumerate(stage):
                 down = self.ds[s]          # an empty nn.Sequential() is the official identity
                 has_ds = i == 0 and not (isinstance(down, nn.Sequential) and len(down) == 0)
@@ -124,6 +128,12 @@ class _OfficialBackbone(ResNetBackbone):
                     stride=int((b.conv2 if isinstance(b, _Bottleneck) else b.conv1).stride[0])))
         self._block_views = tuple(views)
 
+    def _add_layers(self, blocks: nn.ModuleList, ds: nn.ModuleList) -> None:
+        """The official submodules ``blocks`` and ``ds`` (their state-dict names). ``blocks`` is
+        added by name: as an attribute it is ResNetBackbone.blocks, the views (a property)."""
+        self.add_module("blocks", blocks)
+        self.ds = ds
+
 
 class OfficialCifarResNet(_OfficialBackbone):
     """``FlatResNet32(BasicBlock, layers)``: ``[5,5,5]`` = R32, ``[18,18,18]`` = R110."""
@@ -133,7 +143,7 @@ class OfficialCifarResNet(_OfficialBackbone):
         self.layer_config, self.num_classes, self.in_channels = list(layers), num_classes, 3
         self.default_input_size = (3, 32, 32)
         self.conv1, self.bn1 = _conv3x3(3, 16), nn.BatchNorm2d(16)
-        self.blocks, self.ds = _flat_layers(_Basic, (16, 32, 64), self.layer_config, (1, 2, 2), 16, True)
+        self._add_layers(*_flat_layers(_Basic, (16, 32, 64), self.layer_config, (1, 2, 2), 16, True))
         self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(64, num_classes)
         self._views()
@@ -155,8 +165,8 @@ class OfficialImageNetResNet(_OfficialBackbone):
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.blocks, self.ds = _flat_layers(_Bottleneck, (64, 128, 256, 512), self.layer_config,
-                                            (1, 2, 2, 2), 64, False)
+        self._add_layers(*_flat_layers(_Bottleneck, (64, 128, 256, 512), self.layer_config,
+                                            (1, 2, 2, 2), 64, False))
         self.avgpool = nn.AvgPool2d(7)
         self.fc = nn.Linear(2048, num_classes)
         self._views()
@@ -176,13 +186,13 @@ class _Features(_OfficialBackbone):
         self.num_classes, self.in_channels = 0, 3
         if cifar:
             self.conv1, self.bn1 = _conv3x3(3, 16), nn.BatchNorm2d(16)
-            self.blocks, self.ds = _flat_layers(_Basic, (16, 32, 64), [1, 1, 1], (1, 2, 2), 16, True)
+            self._add_layers(*_flat_layers(_Basic, (16, 32, 64), [1, 1, 1], (1, 2, 2), 16, True))
             self.pool: nn.Module = nn.AvgPool2d(8)
         else:
             self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
-            self.blocks, self.ds = _flat_layers(_Basic, (64, 128, 256, 512), [1, 1, 1, 1],
-                                                (1, 2, 2, 2), 64, False)
+            self._add_layers(*_flat_layers(_Basic, (64, 128, 256, 512), [1, 1, 1, 1],
+                                                (1, 2, 2, 2), 64, False))
             self.pool = nn.AvgPool2d(4)
         self.cifar = cifar
         self._views()

@@ -8,9 +8,10 @@ conv2, bn2}, linear``), so :func:`load_cifar_resnet` loads them after stripping 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,10 @@ class CifarBasicBlock(nn.Module):
 class CifarResNet(ResNetBackbone):
     """CIFAR ResNet of depth ``6n + 2`` (``n`` BasicBlocks per stage, ``K = 3n`` blocks)."""
 
+    layer1: nn.Sequential  # the three stages, set by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, depth: int, num_classes: int = 10) -> None:
         super().__init__()
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
@@ -112,7 +117,7 @@ class CifarResNet(ResNetBackbone):
                 stride=b.stride,
             )
             for layer in (self.layer1, self.layer2, self.layer3)
-            for b in layer
+            for b in cast("Iterable[CifarBasicBlock]", layer)
         )
 
     def stem(self, x: Tensor) -> Tensor:

@@ -50,6 +50,7 @@ class PolicyNet(nn.Module):
 
     num_blocks: int
     kind: str = "base"
+    fc: nn.Linear  # the head, set by each subclass
 
     def features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -26,9 +26,12 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from .base import ResNetBackbone
 
 __all__ = ["ARCH_HELP", "ModelRef", "register_model", "register_family", "register_old_prefix",
            "get_model", "list_models", "resolve_model", "register_backbone_kind",
@@ -40,7 +43,7 @@ ARCH_HELP = ("cifar_resnet<6n+2> (CIFAR), resnet18..152 / resnext* / wide_resnet
              "timm/<name> (timm); a bare name such as resnet56 works when one family has it")
 
 #: ``builder(num_classes=..., **kwargs) -> ResNetBackbone``
-Builder = Callable[..., nn.Module]
+Builder = Callable[..., "ResNetBackbone"]
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def resolve_model(arch: str) -> ModelRef:
     raise ValueError(f"arch: unknown model {arch!r}{hint} (names: {ARCH_HELP})")
 
 
-def get_model(arch: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+def get_model(arch: str, num_classes: int | None = None, **kwargs: Any) -> ResNetBackbone:
     """A freshly initialised backbone named ``arch`` (see :func:`resolve_model`).
 
     Args:
@@ -209,7 +212,7 @@ def list_models(pattern: str | None = None, family: str | None = None) -> list[s
 class _BackboneKind:
     cls: type
     to_spec: Callable[[Any], dict[str, Any]]
-    from_spec: Callable[[dict[str, Any]], nn.Module]
+    from_spec: Callable[[dict[str, Any]], ResNetBackbone]
 
 
 _BACKBONE_KINDS: dict[str, _BackboneKind] = {}
@@ -217,7 +220,7 @@ _POLICY_KINDS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
 
 
 def register_backbone_kind(kind: str, cls: type, to_spec: Callable[[Any], dict[str, Any]],
-                           from_spec: Callable[[dict[str, Any]], nn.Module]) -> None:
+                           from_spec: Callable[[dict[str, Any]], ResNetBackbone]) -> None:
     """Backbones of class ``cls`` are stored as ``{"kind": kind, **to_spec(model)}`` and rebuilt
     (freshly initialised) by ``from_spec(spec)``."""
     if kind in _BACKBONE_KINDS:
@@ -264,7 +267,7 @@ def _kind(spec: Any, what: str, registered: dict[str, Any]) -> str:
     return kind
 
 
-def build_backbone(spec: dict[str, Any]) -> nn.Module:
+def build_backbone(spec: dict[str, Any]) -> ResNetBackbone:
     """A freshly initialised backbone from :func:`backbone_spec`'s output."""
     return _BACKBONE_KINDS[_kind(spec, "spec", _BACKBONE_KINDS)].from_spec(spec)
 

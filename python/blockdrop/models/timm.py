@@ -18,12 +18,15 @@ models that are not timm ResNets) and its spec kind is ``timm``.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from .base import BlockView, Chain, ResNetBackbone
 from .registry import register_backbone_kind, register_family, register_old_prefix
+
+if TYPE_CHECKING:  # timm is optional, imported when a model is built
+    from timm.models.resnet import BasicBlock, Bottleneck
 
 __all__ = ["TimmResNet", "from_timm", "is_timm_resnet"]
 
@@ -73,7 +76,7 @@ class _Shortcut:
     """The block's ``downsample`` (projection, or avg-pool + projection in ``d`` variants) or
     the identity."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: BasicBlock | Bottleneck) -> None:
         self.b = block
 
     def __call__(self, x: Tensor) -> Tensor:

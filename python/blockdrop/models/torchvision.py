@@ -9,13 +9,16 @@ weights (and later updates to them) are used as they are.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from .base import BlockView, Chain, ResNetBackbone
 from .registry import register_backbone_kind, register_model, register_old_prefix
+
+if TYPE_CHECKING:  # torchvision is imported when a model is built
+    from torchvision.models.resnet import BasicBlock, Bottleneck
 
 __all__ = ["TORCHVISION_RESNETS", "TorchvisionResNet", "from_torchvision", "infer_arch"]
 
@@ -31,12 +34,12 @@ def _tv():
     return tvr
 
 
-def _basic_residual(b: nn.Module) -> Chain:
+def _basic_residual(b: BasicBlock) -> Chain:
     """``F(x)`` of a torchvision BasicBlock: conv-BN-ReLU-conv-BN (no add, no final ReLU)."""
     return Chain(b.conv1, b.bn1, b.relu, b.conv2, b.bn2)
 
 
-def _bottleneck_residual(b: nn.Module) -> Chain:
+def _bottleneck_residual(b: Bottleneck) -> Chain:
     """``F(x)`` of a torchvision Bottleneck: 1x1-3x3-1x1 convs with BN/ReLU (no add, no final ReLU)."""
     return Chain(b.conv1, b.bn1, b.relu, b.conv2, b.bn2, b.relu, b.conv3, b.bn3)
 
@@ -44,7 +47,7 @@ def _bottleneck_residual(b: nn.Module) -> Chain:
 class _Shortcut:
     """The block's ``downsample`` module (projection) or the identity."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: BasicBlock | Bottleneck) -> None:
         self.b = block
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -10,11 +10,11 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import load_blockdrop_net, read_meta
 from blockdrop.data import make_loader, take_subset
+from blockdrop.models.base import ResNetBackbone
 from blockdrop.models.policy import make_policy_net
 from blockdrop.recipes.stages import Run
 from blockdrop.training.drop_costs import keep_prior, single_drop_costs
@@ -27,7 +27,7 @@ def _stage_dir(run: Run, gamma: float, stage: str, draw: int) -> Path:
     return run.paths.stage(gamma, stage if draw == 0 else f"{stage}_draw{draw}")
 
 
-def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float, draw: int = 0) -> BlockDropNet:
+def stage_blockdrop(run: Run, backbone: ResNetBackbone, gamma: float, draw: int = 0) -> BlockDropNet:
     """The policy network's curriculum over ``backbone`` (frozen), then, with a finetune stage,
     the joint finetuning of both, distilled from ``backbone`` as it starts; draw ``draw`` trains
     with seed ``run.seed + draw``. With ``curriculum.prior`` the policy network starts as the
@@ -40,7 +40,7 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float, draw: int = 0) 
     tag = f"[gamma {gamma:g}{f', draw {draw}' if draw else ''}]"
     if run.resume and _finished(run, gamma, draw):
         run.log(f"{tag} reusing {final_checkpoint(run, gamma, draw)}")
-        return load_blockdrop_net(final_checkpoint(run, gamma, draw), run.device)[0]  # type: ignore[return-value]
+        return load_blockdrop_net(final_checkpoint(run, gamma, draw), run.device)[0]
     executed = copy.deepcopy(backbone)
     torch.manual_seed(run.seed + draw)
     k = executed.num_blocks
@@ -69,7 +69,7 @@ def stage_blockdrop(run: Run, backbone: nn.Module, gamma: float, draw: int = 0) 
     return BlockDropNet(pnet, executed, strategy="auto").to(run.device).eval()
 
 
-def _drop_costs(run: Run, backbone: nn.Module) -> torch.Tensor:
+def _drop_costs(run: Run, backbone: ResNetBackbone) -> torch.Tensor:
     """Single-block drop costs ``[K]`` of ``backbone`` on ``curriculum.prior_images`` training
     images (never the validation split); measured once per backbone object and run."""
     key = ("drop_costs", id(backbone))

@@ -29,7 +29,7 @@ class Point:
     draw: int = 0                     # which of the preset's policy draws (seeds) trained it
 
 
-def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
+def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult | None,
                stage: str = "finetune", checkpoint: Path | None = None,
                draw: int = 0) -> list[Point]:
     """The model at every threshold of ``run.preset.selection`` on the validation split, then
@@ -67,7 +67,7 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult,
     return points
 
 
-def select(points: list[Point], full_val: EvalResult, cfg: SelectionConfig) -> Point:
+def select(points: list[Point], full_val: EvalResult | None, cfg: SelectionConfig) -> Point:
     """Rule "tolerance": the point with the fewest validation blocks whose validation accuracy is
     within ``tolerance`` of the full network's; when none is, the most accurate one. Rule
     "budget" (needs ``max_blocks``): of each trained model (gamma, stage, draw) the point with the
@@ -115,8 +115,9 @@ def _in_budget(p: Point, max_blocks: float | None) -> bool:
     return max_blocks is None or p.val.blocks_mean <= max_blocks * p.val.num_blocks
 
 
-def _within(p: Point, full_val: EvalResult, tolerance: float) -> bool:
+def _within(p: Point, full_val: EvalResult | None, tolerance: float) -> bool:
     """Validation accuracy at most ``tolerance`` under the full network's."""
+    assert full_val is not None  # None only under rule "budget", which never asks
     return p.val.accuracy >= full_val.accuracy - tolerance
 
 

@@ -23,6 +23,7 @@ from blockdrop.checkpoint import atomic_write_text, load_backbone, load_blockdro
 from blockdrop.data import DataInfo, make_loader
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluation.evaluate import EvalResult, evaluate
+from blockdrop.models.base import ResNetBackbone
 from blockdrop.recipes.config import Preset
 from blockdrop.training.averaging import average_weights
 from blockdrop.training.baselines import (
@@ -161,7 +162,7 @@ def ft_steps(run: Run) -> int:
         return 0
     if ft.steps is not None:
         return ft.steps
-    batches = len(run.train.dataset) // int(ft.batch_size or 1)  # type: ignore[arg-type]
+    batches = len(run.train.dataset) // int(ft.batch_size or 1)
     return int(ft.epochs or 10) * min(batches, ft.steps_per_epoch or batches)
 
 
@@ -176,18 +177,18 @@ def supervised_alike(run: Run, steps: int) -> SupervisedConfig:
         strategy=ft.strategy, amp=ft.amp))
 
 
-def _train_fixed(run: Run, backbone: nn.Module, sampler: PolicySampler, cfg: SupervisedConfig,
+def _train_fixed(run: Run, backbone: ResNetBackbone, sampler: PolicySampler, cfg: SupervisedConfig,
                  timer: str, teacher: nn.Module | None) -> None:
     run.timed(timer, lambda: train_supervised(backbone, run.train, sampler, cfg, run.device,
                                               teacher=teacher))
 
 
-def _save_full_path(run: Run, path: Path, backbone: nn.Module, stage: str) -> None:
+def _save_full_path(run: Run, path: Path, backbone: ResNetBackbone, stage: str) -> None:
     save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
                        {**run.meta, "stage": stage})
 
 
-def stage_pretrain(run: Run, backbone: nn.Module) -> nn.Module:
+def stage_pretrain(run: Run, backbone: ResNetBackbone) -> ResNetBackbone:
     """No pretrained weights: train ``backbone`` from scratch (``preset.pretrain``: stochastic
     depth at its ``keep``)."""
     path, cfg = run.paths.pretrained(), run.preset.pretrain
@@ -213,7 +214,7 @@ def _replayed(run: Run, teacher: nn.Module) -> ReplayTeacher:
     return run.replay
 
 
-def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
+def stage_adapt(run: Run, pretrained: ResNetBackbone) -> ResNetBackbone:
     """A copy of ``pretrained`` trained under stochastic depth (``preset.adapt``; without it the
     copy as it is), distilled from ``pretrained``."""
     path, cfg = run.paths.adapted(), run.preset.adapt
@@ -230,7 +231,7 @@ def stage_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
     return backbone
 
 
-def stage_full_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
+def stage_full_adapt(run: Run, pretrained: ResNetBackbone) -> ResNetBackbone:
     """The full network after the adapt stage's steps, optimiser and loss (every block, every
     image; distilled from ``pretrained``, whose outputs the adapt stage recorded): the partner of
     the weight average and the start of :func:`stage_full`. Saved at :meth:`RunPaths.full_adapt`;
@@ -249,14 +250,14 @@ def stage_full_adapt(run: Run, pretrained: nn.Module) -> nn.Module:
     return backbone
 
 
-def stage_full(run: Run, pretrained: nn.Module) -> BlockDropNet:
+def stage_full(run: Run, pretrained: ResNetBackbone) -> BlockDropNet:
     """The full network finetuned alike: from the pretrained weights, the adapt stage's steps,
     optimiser and loss (:func:`stage_full_adapt`), then the finetune stage's -- every block,
     every image."""
     path = run.paths.full()
     if run.resume and path.is_file():
         run.log(f"[baseline full] reusing {path}")
-        return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
+        return load_blockdrop_net(path, run.device)[0]
     backbone = copy.deepcopy(stage_full_adapt(run, pretrained))
     return _finetune_phase(run, backbone, "full", path)
 
@@ -266,7 +267,7 @@ def stage_family(run: Run, weights: Path, path: Path) -> BlockDropNet:
     full network is (:func:`stage_full`), distilled from its own pretrained weights."""
     if run.resume and path.is_file():
         run.log(f"[baseline {path.stem}] reusing {path}")
-        return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
+        return load_blockdrop_net(path, run.device)[0]
     member, spec = load_backbone(weights, None, run.train.num_classes)
     if spec.get("num_classes") != run.train.num_classes:
         raise IncompatibleError(f"family_weights: {weights} predicts {spec.get('num_classes')} "
@@ -277,7 +278,7 @@ def stage_family(run: Run, weights: Path, path: Path) -> BlockDropNet:
     return _finetune_phase(run, backbone, path.stem, path)
 
 
-def _adapt_phase(run: Run, backbone: nn.Module, name: str, teacher: nn.Module) -> None:
+def _adapt_phase(run: Run, backbone: ResNetBackbone, name: str, teacher: nn.Module) -> None:
     """``backbone`` trained in place with every block as the adapt stage trains (``teacher`` the
     source of its soft targets); nothing without an adapt stage."""
     cfg = run.preset.adapt
@@ -295,7 +296,7 @@ def _adapt_phase(run: Run, backbone: nn.Module, name: str, teacher: nn.Module) -
                 f"{teacher.hits - hits} of {cfg.steps} steps")
 
 
-def _finetune_phase(run: Run, backbone: nn.Module, name: str, path: Path) -> BlockDropNet:
+def _finetune_phase(run: Run, backbone: ResNetBackbone, name: str, path: Path) -> BlockDropNet:
     """``backbone`` trained with every block as the joint stage trains the backbone (distilled
     from itself as it starts), saved at ``path`` as a full-policy model."""
     nb = backbone.num_blocks
@@ -309,7 +310,7 @@ def _finetune_phase(run: Run, backbone: nn.Module, name: str, path: Path) -> Blo
     return net.to(run.device).eval()
 
 
-def stage_soup(run: Run, adapted: nn.Module, partner: nn.Module | None) -> nn.Module:
+def stage_soup(run: Run, adapted: ResNetBackbone, partner: ResNetBackbone | None) -> ResNetBackbone:
     """The backbone BlockDrop starts from: ``adapted`` itself, or with ``adapt.soup`` = s > 0
     ``(1 - s) * adapted + s * partner`` weight by weight, ``partner`` being the full network
     trained alike to the point ``adapted`` is at (:func:`stage_full_adapt`, required then)."""
@@ -329,19 +330,19 @@ def stage_soup(run: Run, adapted: nn.Module, partner: nn.Module | None) -> nn.Mo
     return souped
 
 
-def stage_baseline(run: Run, adapted: nn.Module, kind: str, k: float, path: Path,
+def stage_baseline(run: Run, adapted: ResNetBackbone, kind: str, k: float, path: Path,
                    dropped: list[int] | None = None) -> BlockDropNet:
     """FirstK / RandomK at ``k`` blocks, or StaticK without the blocks ``dropped``: from the
     backbone BlockDrop starts from, the finetune stage's steps, optimiser and loss under the
     fixed policy."""
     if run.resume and path.is_file():
         run.log(f"[baseline {kind}] reusing {path}")
-        return load_blockdrop_net(path, run.device)[0]  # type: ignore[return-value]
+        return load_blockdrop_net(path, run.device)[0]
     nb = adapted.num_blocks
     backbone = copy.deepcopy(adapted)
     policy = BaselinePolicy(kind, nb, k=k, seed=run.seed, dropped=dropped)
-    sampler = {"first_k": first_k_policy, "random_k": random_k_policy}.get(kind)
-    sampler = sampler(k, nb) if sampler else static_policy(dropped or [], nb)
+    make = {"first_k": first_k_policy, "random_k": random_k_policy}.get(kind)
+    sampler = make(k, nb) if make else static_policy(dropped or [], nb)
     steps = ft_steps(run)
     if steps:
         run.log(f"[baseline {kind}] k = {k:.2f}: {steps} finetune steps")

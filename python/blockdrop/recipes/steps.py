@@ -13,16 +13,16 @@ Nothing before step 5 reads the test set.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import nn
 
 from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.checkpoint import (
@@ -36,6 +36,7 @@ from blockdrop.data import DataInfo, load_dataset, make_loader, split_train_val,
 from blockdrop.errors import IncompatibleError
 from blockdrop.evaluation.evaluate import EvalResult
 from blockdrop.evaluation.speed import ModelSpeed, static_forward, time_models
+from blockdrop.models.base import ResNetBackbone
 from blockdrop.recipes import selection, stages
 from blockdrop.recipes.config import Preset, dump_config, preset_to_dict
 from blockdrop.recipes.ledger import record_test_use
@@ -74,9 +75,9 @@ class Candidates:
     validation, and the full network finetuned alike with its validation result (trained here
     when the selection rule needs it as its reference, else by :func:`train_baselines`; the
     weight average needs only its adapt-stage point, :func:`stage_full_adapt`)."""
-    pretrained: nn.Module
-    adapted: nn.Module
-    backbone: nn.Module                 # what BlockDrop executes: adapted, or the weight average
+    pretrained: ResNetBackbone
+    adapted: ResNetBackbone
+    backbone: ResNetBackbone            # what BlockDrop executes: adapted, or the weight average
     full: BlockDropNet | None = None
     full_val: EvalResult | None = None
     points: list[Point] = field(default_factory=list)
@@ -113,7 +114,7 @@ def start_run(p: Preset, arch: str, train_data: DataArg, weights: str | os.PathL
               out: str | os.PathLike[str], seed: int = 0, device: str = "auto",
               progress: bool = True, resume: bool = False, overwrite: bool = False,
               log: Callable[[str], None] = print,
-              val_data: DataArg | None = None) -> tuple[Run, nn.Module, DataInfo]:
+              val_data: DataArg | None = None) -> tuple[Run, ResNetBackbone, DataInfo]:
     """What every run of the recipe starts from: ``out`` claimed (see :meth:`RunPaths.claim`;
     resuming a run made with other settings is refused), the data (every choice is made on
     ``val_data``, the whole of ``train_data`` trains; without ``val_data``, ``p.n_val`` images
@@ -131,7 +132,7 @@ def start_run(p: Preset, arch: str, train_data: DataArg, weights: str | os.PathL
             raise IncompatibleError(f"val_data: classes {val.classes[:10]} differ from "
                                     f"train_data's {train.classes[:10]}")
     else:
-        n = len(full_train.dataset)  # type: ignore[arg-type]
+        n = len(full_train.dataset)
         if n <= p.n_val:
             raise IncompatibleError(f"train_data: {full_train.source} holds {n} images; preset "
                                     f"{p.name!r} holds {p.n_val} of them out for validation and "
@@ -149,7 +150,7 @@ def start_run(p: Preset, arch: str, train_data: DataArg, weights: str | os.PathL
     return Run(p, paths, dev, seed, progress, resume, train, val, meta, log), pretrained, full_train
 
 
-def train_candidates(run: Run, pretrained: nn.Module, gammas: list[float] | tuple[float, ...],
+def train_candidates(run: Run, pretrained: ResNetBackbone, gammas: list[float] | tuple[float, ...],
                      from_scratch: bool = False) -> Candidates:
     """Steps 2: (pretrain,) adapt, the full network, the weight average, then per gamma and draw
     the policy stages; every model at every threshold on validation."""
@@ -170,7 +171,7 @@ def train_candidates(run: Run, pretrained: nn.Module, gammas: list[float] | tupl
         # the curriculum (its own gamma, the same for every finetune gamma) is a candidate too
         path = curriculum_checkpoint(run, gammas[0])
         net = load_blockdrop_net(path, run.device)[0]
-        _add_points(run, cands, run.preset.curriculum.gamma or 0.0, net, "curriculum", path)  # type: ignore[arg-type]
+        _add_points(run, cands, run.preset.curriculum.gamma or 0.0, net, "curriculum", path)
     return cands
 
 
@@ -183,7 +184,7 @@ def _train_full(run: Run, cands: Candidates) -> None:
 
 def _add_points(run: Run, cands: Candidates, gamma: float, net: BlockDropNet, stage: str,
                 path: Path, draw: int = 0) -> None:
-    pts = run.timed("eval", lambda: val_points(run, gamma, net, cands.full_val, stage, path, draw))  # type: ignore[arg-type]
+    pts = run.timed("eval", lambda: val_points(run, gamma, net, cands.full_val, stage, path, draw))
     cands.points.extend(pts)
     tag = "" if stage == final_stage(run) else ", " + stage
     ref = f" (full network {100 * cands.full_val.accuracy:.2f}%)" if cands.full_val else ""
@@ -196,7 +197,7 @@ def select(run: Run, cands: Candidates) -> tuple[Point, list[Point], Path]:
     """Step 3: the operating point chosen on validation, saved to ``OUT/blockdrop.safetensors``;
     also the points shown in the report (every gamma at the paper's threshold 0.5, draw 0, and
     the chosen one). Returns ``(chosen, shown, its checkpoint)``."""
-    chosen = selection.select(cands.points, cands.full_val, run.preset.selection)  # type: ignore[arg-type]
+    chosen = selection.select(cands.points, cands.full_val, run.preset.selection)
     last = final_stage(run)
     shown = [q for q in cands.points
              if (q.threshold == 0.5 and q.stage == last and q.draw == 0) or q is chosen]
@@ -214,7 +215,7 @@ def write_validation(run: Run, cands: Candidates, chosen: Point, minutes: float)
         return {"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage, "draw": q.draw,
                 "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean,
                 "flops_mean": q.val.flops_mean}
-    out = {"validation_only": True, "val_data": run.val.source, "val_images": len(run.val.dataset),  # type: ignore[arg-type]
+    out = {"validation_only": True, "val_data": run.val.source, "val_images": len(run.val.dataset),
            "full": ({"accuracy": cands.full_val.accuracy, "flops_mean": cands.full_val.flops_mean}
                     if cands.full_val else None),
            "chosen": point(chosen), "points": [point(q) for q in cands.points],
@@ -251,7 +252,7 @@ def train_baselines(run: Run, cands: Candidates, shown: list[Point], chosen: Poi
         order = _static_order(run, cands.backbone, k - ks[-1]) if ks else []
     for n in ks:
         net = stage_baseline(run, cands.backbone, "static_k", n, paths[n], dropped=order[:k - n])
-        dropped = list(net.policy_net.dropped)
+        dropped = list(cast("list[int]", net.policy_net.dropped))  # a static_k BaselinePolicy's
         out.append(Baseline("static_k", f"static_k k={n}", paths[n], net, dropped=dropped))
     for w in family_weights:
         path = run.paths.out / "baselines" / f"family_{Path(w).name.split('.')[0]}.safetensors"
@@ -260,13 +261,13 @@ def train_baselines(run: Run, cands: Candidates, shown: list[Point], chosen: Poi
     return out
 
 
-def _arch_name(backbone: nn.Module) -> str:
+def _arch_name(backbone: ResNetBackbone) -> str:
     """``cifar_resnet32`` for a CIFAR ResNet, else the spec's architecture name."""
     spec = backbone_spec(backbone)
     return f"cifar_resnet{spec['depth']}" if spec.get("kind") == "cifar" else str(spec.get("arch", spec))
 
 
-def _static_order(run: Run, backbone: nn.Module, drops: int) -> list[int]:
+def _static_order(run: Run, backbone: ResNetBackbone, drops: int) -> list[int]:
     """StaticK's greedy drop order (its first ``drops`` blocks) on ``baselines.static_images``
     training images (the validation set is never used for training choices)."""
     n = run.preset.baselines.static_images
@@ -342,7 +343,7 @@ def timed_models(full: BlockDropNet, shown: list[Point],
     for b in baselines:
         if b.kind == "static_k":
             bb, dropped = b.net.backbone, b.dropped or []
-            models[b.name] = lambda x, bb=bb, d=dropped: static_forward(bb, d, x)
+            models[b.name] = functools.partial(static_forward, bb, dropped)
         else:
             models[b.name] = b.net.backbone if b.kind == "family" else b.net
     return models
@@ -356,7 +357,7 @@ def point_name(q: Point) -> str:
 
 def _speed_batches(test: DataInfo, batch: int, n: int = 2) -> list[torch.Tensor]:
     """Up to ``n`` full batches of test images (one smaller batch if the set is smaller)."""
-    xs = []
+    xs: list[torch.Tensor] = []
     for x, _ in make_loader(test.dataset, batch, train=False):
         if x.shape[0] == batch or not xs:
             xs.append(x)

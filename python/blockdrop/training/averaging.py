@@ -10,14 +10,17 @@ finetuned from the same starting weights (they then lie in one basin of the loss
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 __all__ = ["average_weights"]
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def average_weights(a: nn.Module, b: nn.Module, weight: float) -> nn.Module:
+
+def average_weights(a: ModuleT, b: nn.Module, weight: float) -> ModuleT:
     """``(1 - weight) * a + weight * b``, parameter by parameter and buffer by buffer.
 
     Args:

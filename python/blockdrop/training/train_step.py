@@ -15,6 +15,7 @@ from blockdrop.training import rl
 from blockdrop.training.losses import distillation_loss
 
 if TYPE_CHECKING:
+    from blockdrop.models.base import ResNetBackbone
     from blockdrop.training.config import TrainConfig
 
 __all__ = ["BlockDropStep", "ForcedOn", "STAT_NAMES", "stats_dict"]
@@ -24,7 +25,7 @@ class BlockDropStep(nn.Module):
     """Policy network + backbone; ``forward`` computes one training step's loss, so that DDP
     sees every parameter use (both stages) inside one wrapped call."""
 
-    def __init__(self, policy_net: nn.Module, backbone: nn.Module, cfg: TrainConfig,
+    def __init__(self, policy_net: nn.Module, backbone: ResNetBackbone, cfg: TrainConfig,
                  teacher: nn.Module | None = None) -> None:
         super().__init__()
         self.policy_net, self.backbone, self.cfg = policy_net, backbone, cfg
@@ -84,6 +85,7 @@ class BlockDropStep(nn.Module):
             logits_s = sampled_pass()
         correct_s = logits_s.detach().argmax(1) == y
         correct_g = logits_g.detach().argmax(1) == y
+        assert cfg.gamma is not None  # TrainConfig.__post_init__ sets it
         r_s = rl.reward(correct_s, sample, float(cfg.gamma))
         r_g = rl.reward(correct_g, greedy, float(cfg.gamma))
         logp = rl.log_prob(pb, sample, mask)

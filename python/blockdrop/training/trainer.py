@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from blockdrop.checkpoint import atomic_write_bytes
 from blockdrop.data import DataInfo, make_loader
+from blockdrop.models.base import ResNetBackbone
 from blockdrop.runtime import DistInfo, eval_mode, interrupt_at_step_end, resolve_device
 from blockdrop.training import rl
 from blockdrop.training.config import TrainConfig, resolve_schedule
@@ -71,7 +72,7 @@ class Trainer:
             required when ``cfg.distill > 0``, kept in eval mode and never trained.
     """
 
-    def __init__(self, cfg: TrainConfig, policy_net: nn.Module, backbone: nn.Module,
+    def __init__(self, cfg: TrainConfig, policy_net: nn.Module, backbone: ResNetBackbone,
                  train_data: DataInfo, out_dir: str | os.PathLike[str],
                  val_data: DataInfo | None = None, dist_info: DistInfo | None = None,
                  extra_meta: dict[str, Any] | None = None,
@@ -109,12 +110,13 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.step_module, device_ids=ids, find_unused_parameters=finetune)
+        assert cfg.batch_size is not None  # TrainConfig.__post_init__ sets it
         self.loader = make_loader(train_data.dataset, cfg.batch_size, train=True, seed=cfg.seed,
                                   rank=self.dist.rank, world_size=self.dist.world_size,
                                   workers=cfg.workers, pin_memory=self.device.type == "cuda")
         nb = len(self.loader)
         if nb == 0:
-            raise ValueError(f"dataset of {len(train_data.dataset)} images is smaller than one "  # type: ignore
+            raise ValueError(f"dataset of {len(train_data.dataset)} images is smaller than one "
                              f"batch ({cfg.batch_size} x {self.dist.world_size} processes)")
         cfg = self.cfg = self.step_module.cfg = resolve_schedule(cfg, self.num_blocks, nb)
         self.batches_per_epoch = min(nb, cfg.steps_per_epoch or nb)
@@ -138,7 +140,7 @@ class Trainer:
         if not self.dist.distributed:
             return [st]
         out = [torch.empty_like(st) for _ in range(self.dist.world_size)]
-        dist.all_gather_object(out, st)  # type: ignore[arg-type]
+        dist.all_gather_object(out, st)
         return out
 
     def checkpoint_path(self) -> Path:
@@ -185,6 +187,7 @@ class Trainer:
         """Bool ``[K]`` of learned blocks at ``epoch`` (None once all are learned / finetune)."""
         if self.cfg.stage != "curriculum":
             return None
+        assert self.cfg.cl_step is not None  # resolve_schedule sets it
         if rl.num_learned_blocks(self.num_blocks, epoch, self.cfg.cl_step) >= self.num_blocks:
             return None
         return rl.curriculum_mask(self.num_blocks, epoch, self.cfg.cl_step, self.device)
@@ -275,7 +278,7 @@ class Trainer:
         """Accuracy / blocks of the thresholded policy on ``val_data`` (rank 0)."""
         from blockdrop.blockdrop_net import BlockDropNet
         from blockdrop.evaluation.evaluate import evaluate
-        assert self.val_data is not None
+        assert self.val_data is not None and self.cfg.batch_size is not None
         mask = self.curriculum_mask(epoch)
         pnet = self.policy_net if mask is None else ForcedOn(self.policy_net, mask)
         net = BlockDropNet(pnet, self.backbone, strategy=self.cfg.strategy)
