@@ -21,7 +21,7 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).resolve().parent
 # the one version source: blockdrop/__init__.py (read, not imported: importing needs the extension)
 VERSION = re.search(r'^__version__ = "([^"]+)"$', (ROOT / "python" / "blockdrop" / "__init__.py").read_text(),
-                    re.M).group(1)  # type: ignore[union-attr]
+                    re.M).group(1)  # type: ignore[union-attr]  # __init__.py has the line
 DEFAULT_ARCH_LIST = "8.0;9.0"
 
 

@@ -2,6 +2,8 @@
 Output shapes never depend on data (plan pads its outputs), so no dynamic sizes are needed."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -15,7 +17,7 @@ def row_format(t: torch.Tensor) -> torch.memory_format:
 @torch.library.register_fake("blockdrop::plan")
 def _plan_fake(policy: torch.Tensor):
     n, k = policy.shape
-    long = dict(dtype=torch.long, device=policy.device)
+    long: dict[str, Any] = dict(dtype=torch.long, device=policy.device)
     return (
         policy.new_empty(k + n + 2, **long),
         policy.new_empty(k + 1, **long),

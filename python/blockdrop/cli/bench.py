@@ -3,6 +3,7 @@ policies, timed interleaved (:mod:`blockdrop.evaluation.timing`)."""
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 import torch
@@ -52,7 +53,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         model = load_backbone(args.weights, arch, 10)[0]
     dtype = getattr(torch, args.dtype)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(device=device, dtype=dtype, memory_format=fmt).eval()
+    model = model.to(  # type: ignore[call-overload]  # torch stubs: no overload with memory_format
+        device=device, dtype=dtype, memory_format=fmt
+    ).eval()
     size = args.image_size or model.default_input_size[1]
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch_size, 3, size, size, generator=g).to(device=device, dtype=dtype)
@@ -60,7 +63,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     policy = (torch.rand(args.batch_size, model.num_blocks, generator=g) < args.keep).to(device)
     fns = {"full": lambda: model(x)}
     for s in strategies:
-        fns[s] = (lambda s=s: dynamic_forward(model, x, policy, strategy=s))
+        fns[s] = functools.partial(dynamic_forward, model, x, policy, strategy=s)
     with torch.inference_mode():
         t = interleaved(fns, rounds=args.repeats, warmup=1, device=device)
     ideal = ideal_speedup(model, policy, input_size=(3, size, size))

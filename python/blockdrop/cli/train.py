@@ -104,12 +104,13 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -
     k = backbone.num_blocks
     cfg = train_config(args, stage)
     teacher = copy.deepcopy(backbone).eval() if cfg.distill else None   # the starting backbone
-    meta = {"backbone_spec": spec, "policy_spec": pnet.spec(), "classes": train.classes,
+    meta = {"backbone_spec": spec, "policy_spec": pnet.spec(),  # type: ignore[operator]  # policy modules define spec()
+            "classes": train.classes,
             "image_size": train.image_size, "data": train.source}
     trainer = Trainer(cfg, pnet, backbone, train, out, val, dist_info, meta, teacher=teacher)
     epochs = trainer.cfg.epochs
     if dist_info.is_main:
-        print(f"[{stage}] {train.source}: {len(train.dataset)} images, {train.num_classes} classes; "  # type: ignore[arg-type]
+        print(f"[{stage}] {train.source}: {len(train.dataset)} images, {train.num_classes} classes; "
               f"backbone {spec}, K={k}; {epochs} epochs x {trainer.batches_per_epoch} steps "
               f"x {cfg.batch_size} x {dist_info.world_size} proc on {dist_info.device}", flush=True)
     last = trainer.fit(resume=args.resume)   # Ctrl-C: checkpoint at the step's end, then exit

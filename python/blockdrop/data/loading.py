@@ -3,6 +3,7 @@ epoch (and a batch within it, to resume)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -50,8 +51,8 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, r
     """A DataLoader over an :class:`EpochSampler` (``loader.sampler``); training drops the last
     partial batch.  Call ``loader.sampler.set_epoch(e, start)`` and ``dataset.set_epoch(e)``
     (or :func:`set_loader_epoch`) before each epoch."""
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank,  # type: ignore
-                           world_size=world_size)
+    n = len(dataset)  # type: ignore[arg-type]  # torch stubs: Dataset has no __len__
+    sampler = EpochSampler(n, shuffle=train, seed=seed, rank=rank, world_size=world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
                       num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False)
@@ -59,9 +60,9 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, r
 
 def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
     """Point ``loader`` at ``epoch``, skipping its first ``start_batch`` batches."""
-    loader.sampler.set_epoch(epoch, start_batch * int(loader.batch_size or 1))  # type: ignore
+    cast(EpochSampler, loader.sampler).set_epoch(epoch, start_batch * int(loader.batch_size or 1))
     ds = loader.dataset
     if not hasattr(ds, "set_epoch"):  # a torch.utils.data.Subset: its underlying dataset's epoch
         ds = getattr(ds, "dataset", ds)
     if hasattr(ds, "set_epoch"):
-        ds.set_epoch(epoch)  # type: ignore[attr-defined]
+        ds.set_epoch(epoch)

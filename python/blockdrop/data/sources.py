@@ -99,13 +99,14 @@ def _read_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> 
     keep = [m for m in members if split_dir is None or Path(m.name).parts[drop] == split_dir]
     off = drop + (1 if split_dir else 0)
     with tarfile.open(path) as tf:
-        first = tf.extractfile(keep[0]).read()  # type: ignore[union-attr]
+        first = tf.extractfile(keep[0]).read()  # type: ignore[union-attr]  # a regular file: not None
         small = max(_decode(first, f"{path}: {keep[0].name}").shape[:2]) <= SMALL_IMAGE
         if small:
             entries = []
             for m in keep:
                 parts = Path(m.name).parts[off:]
-                entries.append((parts[0], parts[1], tf.extractfile(m).read()))  # type: ignore
+                data = tf.extractfile(m).read()  # type: ignore[union-attr]  # a regular file: not None
+                entries.append((parts[0], parts[1], data))
             images, labels, classes = _stack(entries, str(path))
             return _array_info(images, labels, classes, split, seed, f"{path} (in memory)")
     root = _extract(path, cache_dir)

@@ -57,7 +57,7 @@ def _read(path: Path, trust_pickle: bool) -> dict[str, Any]:
         raise FileFormatError(path, what, "the file is empty")
     try:
         # Python 2 strings: ASCII in the allow-list unpickler, latin-1 when fully unpickling
-        extra = {"encoding": "latin1"} if trust_pickle else {}
+        extra: dict[str, Any] = {"encoding": "latin1"} if trust_pickle else {}
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, **extra)
     except Exception as e:
         hint = "" if trust_pickle else ("; if it holds more than tensors and you trust the file, "

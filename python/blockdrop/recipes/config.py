@@ -288,7 +288,7 @@ def preset_from_dict(data: dict[str, Any], base: Preset | None = None) -> Preset
     if "name" not in merged:
         raise ValueError("config: expected a name (or a base preset)")
     stages = {k: _build(cls, merged.get(k), k) for k, cls in _SECTIONS.items() if k in merged}
-    top_kw = {k: merged[k] for k in ("name", "summary", "n_val") if k in merged}
+    top_kw: dict[str, Any] = {k: merged[k] for k in ("name", "summary", "n_val") if k in merged}
     if "gammas" in merged:
         top_kw["gammas"] = tuple(float(g) for g in merged["gammas"])
     return Preset(**top_kw, **stages)

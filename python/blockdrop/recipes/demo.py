@@ -93,7 +93,7 @@ def run_demo(out: str | os.PathLike[str], seed: int = 0, quick: bool = False,
         f"{'measured speedup':<22}{1.0:>13.2f}x{b['measured_speedup']:>13.2f}x",
         f"{'  vs best plain chunk':<22}{'':>14}{b['measured_speedup_vs_best_plain']:>13.2f}x",
         f"{'  both best chunks':<22}{'':>14}{b['measured_speedup_best_vs_best']:>13.2f}x",
-        f"(test set: {len(test.dataset)} digits; speed at batch {results['speed_batch']}, "  # type: ignore[arg-type]
+        f"(test set: {len(test.dataset)} digits; speed at batch {results['speed_batch']}, "
         f"{results['threads']} thread(s); both networks finetuned the same way)"])
     atomic_write_text(out / "results.txt", table + "\n")
     log(table)

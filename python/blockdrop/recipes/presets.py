@@ -35,6 +35,8 @@ The recipe, stage by stage (steps are optimisation steps of the stage's ``batch_
 """
 from __future__ import annotations
 
+from typing import Any
+
 from blockdrop.recipes.config import (
     AdaptConfig,
     BaselinesConfig,
@@ -48,16 +50,16 @@ from blockdrop.training.config import TrainConfig
 __all__ = ["PRESETS", "get_preset"]
 
 
-def _finetune(**kw: object) -> TrainConfig:
-    return TrainConfig(stage="finetune", **kw)  # type: ignore[arg-type]
+def _finetune(**kw: Any) -> TrainConfig:
+    return TrainConfig(stage="finetune", **kw)
 
 
 # the CPU presets train in bfloat16 at batch 128 (the official batch sizes are 2048 / 256)
-_CPU = {"batch_size": 128, "amp": "bf16"}
+_CPU: dict[str, Any] = {"batch_size": 128, "amp": "bf16"}
 # the recipe's policy network: a ResNet-8 of 12/24/48 channels on the 2x-pooled image, 1.4% of a
 # ResNet-56's FLOPs (the official agent, 16/32/64 channels on the full image, costs 10%); on
 # validation it keeps the official agent's accuracy at 20-23 of 27 blocks (docs/experiments/)
-_POLICY = {"width": 12, "pool": 2}
+_POLICY: dict[str, Any] = {"width": 12, "pool": 2}
 
 PRESETS: dict[str, Preset] = {
     "official": Preset(

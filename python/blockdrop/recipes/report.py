@@ -130,7 +130,7 @@ def write_report(out: Path, report: dict[str, Any], final_net: Any, final: EvalR
     paths.append(plot_block_usage(final.block_freq, out / "block_usage.png",
                                   title=f"Block usage (BlockDrop, gamma {report['gamma']:g})"))
     assert final.policies is not None and final.labels is not None
-    n = min(len(test.dataset), final.policies.shape[0])  # type: ignore[arg-type]
+    n = min(len(test.dataset), final.policies.shape[0])
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:512].sort().values
     imgs = torch.stack([test.dataset[int(i)][0] for i in pick])
     names = [test.classes[int(final.labels[i])] for i in pick]
@@ -228,7 +228,7 @@ def build_report(run: Run, cands: Candidates, shown: list[Point], chosen: Point,
              "timing": {"threads": 1, "batch": whole, "repeats": p.evaluation.speed_repeats,
                         "chunks": sorted(full_s.ms_by_chunk), "method": "interleaved rounds, "
                         "medians, each model at its fastest chunk (blockdrop.evaluation.speed)"}}
-    val = {"images": len(run.val.dataset), "full_accuracy": cands.full_val.accuracy,  # type: ignore[arg-type]
+    val = {"images": len(run.val.dataset), "full_accuracy": cands.full_val.accuracy,
            "selection": describe(cfg), "select_rule": cfg.rule,
            "tolerance": cfg.tolerance if cfg.rule == "tolerance" else None,   # unused by "budget"
            "max_blocks": cfg.max_blocks,

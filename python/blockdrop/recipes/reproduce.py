@@ -87,8 +87,8 @@ def reproduce(preset: str | Preset, arch: str, train_data: DataArg, test_data: D
             raise DatasetNotFoundError(f"{name}: {d} does not exist")   # checked, not read
     run, pretrained, full_train = start_run(p, arch, train_data, weights, out, seed, device,
                                             progress, resume, overwrite, log, val_data)
-    log(f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(run.train.dataset)} "  # type: ignore[arg-type]
-        f"train / {len(run.val.dataset)} validation images ({run.val.source}), gammas "  # type: ignore[arg-type]
+    log(f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(run.train.dataset)} "
+        f"train / {len(run.val.dataset)} validation images ({run.val.source}), gammas "
         f"{list(p.gammas)}, {run.device}, {torch.get_num_threads()} threads")
     cands = train_candidates(run, pretrained, p.gammas, from_scratch=weights is None)
     chosen, shown, final_path = select(run, cands)

@@ -142,8 +142,8 @@ def resolve_schedule(cfg: TrainConfig, num_blocks: int, batches_per_epoch: int) 
     of ``num_blocks`` blocks and ``batches_per_epoch`` batches per epoch (module docstring)."""
     cl_step = cfg.cl_step or num_blocks
     if cfg.steps is not None:
-        epochs, per_epoch = split_steps(cfg.steps, batches_per_epoch)
-        return dataclasses.replace(cfg, steps=None, epochs=epochs, steps_per_epoch=per_epoch,
+        n_epochs, per_epoch = split_steps(cfg.steps, batches_per_epoch)
+        return dataclasses.replace(cfg, steps=None, epochs=n_epochs, steps_per_epoch=per_epoch,
                                    cl_step=cl_step)
     epochs = cfg.epochs
     if epochs is None:

@@ -134,7 +134,7 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
         opt.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     loader = make_loader(data.dataset, cfg.batch_size, train=True, seed=cfg.seed)
     if len(loader) == 0:
-        raise ValueError(f"data: {len(data.dataset)} images is less than one batch of {cfg.batch_size}")  # type: ignore[arg-type]
+        raise ValueError(f"data: {len(data.dataset)} images is less than one batch of {cfg.batch_size}")
     tail: list[Tensor] = []
     bar = progress(cfg.steps, "backbone", cfg.progress)
     t0, step = time.time(), 0
