@@ -79,8 +79,10 @@ def _compiled_plain(model) -> Callable:
 def _compiled_capacity(model, counts: tuple[int, ...]) -> Callable:
     key = ("capacity", id(model), counts)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(lambda x, s: capacity_forward(model, x, s, counts),
-                                       fullgraph=True, dynamic=False)
+        def run(x: Tensor, s: Tensor) -> Tensor:
+            return capacity_forward(model, x, s, counts)
+
+        _COMPILED[key] = torch.compile(run, fullgraph=True, dynamic=False)
     return _COMPILED[key]
 
 

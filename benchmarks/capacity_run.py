@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,15 +25,15 @@ def run_capacity_case(case: CapCase, log=print) -> dict:
     fns, errs, compile_s = {}, {}, {}
     for v in case.variants:
         for c in case.sizes:
-            t = time.perf_counter()
+            t1 = time.perf_counter()
             errs[(v, c)] = prep.check(v, c)
-            compile_s[(v, c)] = round(time.perf_counter() - t, 1)
+            compile_s[(v, c)] = round(time.perf_counter() - t1, 1)
             fns[f"{v}@{c}"] = prep.fn(v, c)
     log(f"  {case.key}: checked in {time.perf_counter() - t0:.0f}s; timing {len(fns)} calls x {case.reps} rounds")
     t = interleaved(fns, rounds=case.reps, warmup=0, clock=clock("cpu"), rotate=True)
-    variants = {}
+    variants: dict[str, dict[str, Any]] = {}
     for v in case.variants:
-        per = {c: {"median_s": t[f"{v}@{c}"].median, "times_s": list(t[f"{v}@{c}"].samples),
+        per: dict[int, dict[str, Any]] = {c: {"median_s": t[f"{v}@{c}"].median, "times_s": list(t[f"{v}@{c}"].samples),
                    "spread": round(t[f"{v}@{c}"].spread, 4), "ideal": prep.ideal(v, c),
                    "rel_err": errs[(v, c)], "first_call_s": compile_s[(v, c)]} for c in case.sizes}
         best = min(per, key=lambda c: per[c]["median_s"])

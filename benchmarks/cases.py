@@ -18,6 +18,7 @@ from torch import Tensor
 import blockdrop_ext
 from blockdrop import dynamic_forward, models
 from blockdrop.evaluation.accounting import ideal_speedup
+from blockdrop.models import ResNetBackbone
 from opbench import OP_SIZES_CPU, OP_SIZES_GPU, OPS
 
 #: Strategies compared, in the order they are reported. ``full`` is the plain network (every block).
@@ -29,7 +30,7 @@ MIXES_ALL = ("iid:0.31", "iid:0.75", "proto10", "proto469", "ones", "zeros")
 
 # name -> (builder, input size, family). Weights random (He init); BatchNorm statistics are
 # calibrated on random data so activations stay O(1) through 54 blocks.
-MODEL_SPECS: dict[str, tuple[Callable[[], torch.nn.Module], tuple[int, int, int], str]] = {}
+MODEL_SPECS: dict[str, tuple[Callable[[], ResNetBackbone], tuple[int, int, int], str]] = {}
 
 
 def _register() -> None:
@@ -42,7 +43,7 @@ def _register() -> None:
 
 
 _register()
-_MODEL_CACHE: dict[tuple, torch.nn.Module] = {}
+_MODEL_CACHE: dict[tuple, ResNetBackbone] = {}
 
 
 def _calibrate_bn(model: torch.nn.Module, size: tuple[int, int, int], seed: int) -> None:
@@ -61,7 +62,7 @@ def _calibrate_bn(model: torch.nn.Module, size: tuple[int, int, int], seed: int)
 
 
 def build_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                channels_last: bool = False, seed: int = 0) -> torch.nn.Module:
+                channels_last: bool = False, seed: int = 0) -> ResNetBackbone:
     """The backbone ``name`` (R56/R110 CIFAR, R50/R101 torchvision at 224), eval mode, cached."""
     key = (name, device, dtype, channels_last, seed)
     if key not in _MODEL_CACHE:

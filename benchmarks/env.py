@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -117,7 +118,7 @@ def dirty_files() -> list[str]:
 
 
 def environment(device: str) -> dict:
-    info = {
+    info: dict[str, Any] = {
         "host": socket.gethostname(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),

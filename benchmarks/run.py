@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and (args.out / f"{machine}.json").exists():
         previous = json.loads((args.out / f"{machine}.json").read_text())
     if not args.no_ops:
-        cases = op_cases(args.subset, device)
-        log(f"== ops: {len(cases)} cases on {device}")
-        for op, name, shape, frac, dt, cl in cases:
+        ops = op_cases(args.subset, device)
+        log(f"== ops: {len(ops)} cases on {device}")
+        for op, name, shape, frac, dt, cl in ops:
             try:
                 r = run_op_case(op, name, shape, frac, dt, cl, device, args.op_reps)
             except Exception as exc:  # noqa: BLE001 - record and go on

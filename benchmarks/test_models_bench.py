@@ -55,7 +55,11 @@ def test_model(benchmark, case: Case, strategy: str):
     prep = _prepared(case)
     err = prep.check(strategy)  # asserts logits == masked's; also the warm-up call
     fn = prep.fn(strategy)
-    call = (lambda: (fn(), torch.cuda.synchronize())) if case.device == "cuda" else fn
+    def call_synced() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    call = call_synced if case.device == "cuda" else fn
     if case.device == "cuda":
         fn()
     benchmark.group = f"{case.model} {case.device} {case.dtype_name} {case.layout} batch {case.batch} {mix_label(case.resolved_mix)}"

@@ -16,6 +16,7 @@ Prints, per grad mode, the median over interleaved rounds of (strategy - full) /
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 
 import torch
@@ -71,7 +72,7 @@ def main() -> None:
         with ctx():
             fns = {"full": lambda: model(x)}
             for s in ("masked", "gather", "group"):
-                fns[s] = lambda s=s: blockdrop.dynamic_forward(model, x, policy, s)
+                fns[s] = functools.partial(blockdrop.dynamic_forward, model, x, policy, s)
             over = per_block_overhead_us(fns, args.rounds, k, args.device)
         print(f"{mode:15} " + " | ".join(f"{s} +{v:5.1f} us/block" for s, v in over.items()))
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     def correct(ck: str, data) -> torch.Tensor:
         res = evaluate(blockdrop.load(ck), make_loader(data.dataset, a.batch_size, train=False),
                        full=False, flops=False, progress=False)
+        assert res.correct is not None  # evaluate fills it
         return res.correct
 
     rows = rep["results"]
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['accuracy']:.4f}", file=sys.stderr)
             return 1
     chosen = next(i for i, r in enumerate(rows) if r.get("chosen"))
-    out = {"run": str(a.run), "test_images": int(test_c[0].numel()), "vs_full": [], "vs_baselines": []}
+    out: dict[str, Any] = {"run": str(a.run), "test_images": int(test_c[0].numel()), "vs_full": [], "vs_baselines": []}
     for i, r in enumerate(rows[1:], 1):
         out["vs_full"].append({**{k: r.get(k) for k in ("method", "gamma", "threshold", "stage",
                                                           "blocks_mean", "accuracy")},

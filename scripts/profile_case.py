@@ -99,7 +99,7 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(3):
                 fns[strategy]()
-        fam = defaultdict(float)
+        fam: defaultdict[str, float] = defaultdict(float)
         total = 0.0
         for e in prof.key_averages():
             if e.key.startswith("aten::") or e.key.startswith("blockdrop::"):

@@ -177,7 +177,7 @@ def test_unknown_names_are_one_line_errors_naming_arch(name: str, close: str | N
 @pytest.mark.parametrize("bad", ["", "  ", None, 56])
 def test_a_name_that_is_not_a_string_is_an_error(bad: object) -> None:
     with pytest.raises(ValueError, match="^arch: expected a model name"):
-        resolve_model(bad)  # type: ignore[arg-type]
+        resolve_model(bad)  # type: ignore[arg-type]  # not a str, on purpose
 
 
 @needs_timm

@@ -14,7 +14,7 @@ def test_select_never_picks_a_point_dearer_than_the_full_network() -> None:
     def pt(acc: float, blocks: float, flops: float) -> Point:
         r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
                        num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
-        return Point(1.0, blocks / 100, None, r)   # type: ignore[arg-type]
+        return Point(1.0, blocks / 100, None, r)  # type: ignore[arg-type]  # no net: selection never reads it
 
     full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
                       num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)
@@ -45,7 +45,7 @@ def test_select_honours_the_block_budget() -> None:
     def pt(acc: float, blocks: float, flops: float) -> Point:
         r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
                        num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
-        return Point(1.0, 0.5, None, r)   # type: ignore[arg-type]
+        return Point(1.0, 0.5, None, r)  # type: ignore[arg-type]  # no net: selection never reads it
 
     full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
                       num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)
@@ -106,7 +106,8 @@ def test_budget_rule_takes_each_models_edge_then_the_most_accurate() -> None:
     def pt(acc: float, blocks: float, model: tuple[float, str, int], flops: float) -> Point:
         r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
                        num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
-        return Point(model[0], 0.5, None, r, stage=model[1], draw=model[2])   # type: ignore[arg-type]
+        return Point(model[0], 0.5, None, r,  # type: ignore[arg-type]  # no net: selection never reads it
+                     stage=model[1], draw=model[2])
 
     full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
                       num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)

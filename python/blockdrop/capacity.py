@@ -58,7 +58,7 @@ import functools
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -242,6 +242,15 @@ def _run(model: ResNetBackbone, x: Tensor, ranking: Tensor, counts: Sequence[int
     return model.head(h)
 
 
+@overload
+def capacity_forward(model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *,
+                     return_policy: Literal[False] = ...) -> Tensor: ...
+@overload
+def capacity_forward(model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *,
+                     return_policy: Literal[True]) -> tuple[Tensor, Tensor]: ...
+@overload
+def capacity_forward(model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *,
+                     return_policy: bool) -> Tensor | tuple[Tensor, Tensor]: ...
 def capacity_forward(model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *,
                      return_policy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Run ``model`` on ``x``, block ``k`` on exactly ``C_k`` images: those with the highest
