@@ -29,7 +29,7 @@ def run_capacity_case(case: CapCase, log=print) -> dict:
             errs[(v, c)] = prep.check(v, c)
             compile_s[(v, c)] = round(time.perf_counter() - t1, 1)
             fns[f"{v}@{c}"] = prep.fn(v, c)
-    log(f"  {case.key}: checked in {time.perf_counter() - t0:.0f}s; timing {len(fns)} calls x {case.reps} rounds")
+    log(f"  {case.key}: checked in {time.perf_counter() - t0:.0f}s; timing {len(fns)} " f"calls x {case.reps} rounds")
     t = interleaved(fns, rounds=case.reps, warmup=0, clock=clock("cpu"), rotate=True)
     variants: dict[str, dict[str, Any]] = {}
     for v in case.variants:
@@ -63,7 +63,7 @@ def capacity_targets(cases: list[dict]) -> list[dict]:
         if c["batch"] == 256 and "capacity" in v and "auto" in v:
             r = v["capacity"]["sizes"]["256"]["median_s"] / v["auto"]["sizes"]["256"]["median_s"]
             add(f"{tag}: time(capacity) / time(auto) <= 1.03", r, r <= 1.03,
-                f"spreads {v['capacity']['sizes']['256']['spread']:.2f} / {v['auto']['sizes']['256']['spread']:.2f}")
+                f"spreads {v['capacity']['sizes']['256']['spread']:.2f} / " f"{v['auto']['sizes']['256']['spread']:.2f}")
         for s in ("auto", "capacity", "capacity_compiled"):
             if s in v:
                 add(f"{tag}: {s} realized/ideal vs {BASELINE[s]} at its fastest chunk >= 0.9",
@@ -90,12 +90,12 @@ def render_capacity(data: dict) -> str:
              "fastest chunk) / time(variant) / ideal, where the plain network is eager for eager variants "
              "and compiled for compiled ones; `@N` = the variant on the whole batch, `best` = at its own "
              "fastest chunk (which one in brackets).", "",
-             "| model | batch | keep | blocks | variant | ms @N | ms @128 | ms @64 | ms @32 | ideal | realized/ideal @N | best (chunk) |",
+             "| model | batch | keep | blocks | variant | ms @N | " "ms @128 | ms @64 | ms @32 | ideal | realized/ideal @N | best (chunk) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in data["cases"]:
         for v, r in c["variants"].items():
             ideal = r["sizes"][str(c["batch"])]["ideal"]
-            lines.append(f"| {c['model']} | {c['batch']} | {c['keep']} | {c['mean_blocks']:.1f}/{c['num_blocks']} | {v} | "
+            lines.append(f"| {c['model']} | {c['batch']} | {c['keep']} | " f"{c['mean_blocks']:.1f}/{c['num_blocks']} | {v} | "
                          + " | ".join(_fmt_ms(r, s) for s in (c["batch"], 128, 64, 32) if s <= c["batch"] or True)
                          + f" | {ideal:.2f}x | {r['ri_whole']:.2f} | {r['ri_best']:.2f} ({r['best_chunk']}) |")
     lines += ["", "## Targets", "", "| target | measured | status | note |", "|---|---|---|---|"]

@@ -3,11 +3,11 @@
 Measurement setup for the whole session (why: benchmarks/README.md): one CPU thread, glibc's trim/mmap
 thresholds raised (mallopt; for the same effect from the start, export MALLOC_MMAP_THRESHOLD_ and
 MALLOC_TRIM_THRESHOLD_), denormals flushed. CUDA cases carry the ``gpu`` marker and are skipped
-with a reason when no GPU is visible (the repository's conftest.py). Knobs: BLOCKDROP_BENCH_FULL=1 (the full model matrix),
-BLOCKDROP_BENCH_ROUNDS (timed rounds per model case; default 2 on CPU, 10 on GPU),
-BLOCKDROP_BENCH_THREADS (default 1 without a GPU, torch's default with one). Without a GPU the
-timer is time.process_time (this process's CPU time; BLOCKDROP_BENCH_CLOCK=wall or
---benchmark-timer time.perf_counter for wall time).
+with a reason when no GPU is visible (the repository's conftest.py). Knobs:
+BLOCKDROP_BENCH_FULL=1 (the full model matrix), BLOCKDROP_BENCH_ROUNDS (timed rounds per model
+case; default 2 on CPU, 10 on GPU), BLOCKDROP_BENCH_THREADS (default 1 without a GPU, torch's
+default with one). Without a GPU the timer is time.process_time (this process's CPU time;
+BLOCKDROP_BENCH_CLOCK=wall or --benchmark-timer time.perf_counter for wall time).
 """
 from __future__ import annotations
 

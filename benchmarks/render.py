@@ -50,12 +50,12 @@ def evaluate_targets(data: dict) -> list[dict]:
             if c and "auto" in c["strategies"]:
                 v = c["strategies"]["auto"]["realized_over_ideal"]
                 add(f"CPU {model} iid 0.31 b{batch}: auto realized/ideal >= {need}", round(v, 3), v >= need,
-                    f"fastest rounds: {best_ri(c, 'auto'):.2f}; torch_gather {c['strategies']['torch_gather']['realized_over_ideal']:.2f}; spread {c['strategies']['auto']['spread']:.2f}")
+                    f"fastest rounds: {best_ri(c, 'auto'):.2f}; " f"torch_gather {c['strategies']['torch_gather']['realized_over_ideal']:.2f}; " f"spread {c['strategies']['auto']['spread']:.2f}")
         c = _find(cpu, model, 256, "proto10")
         if c and "auto" in c["strategies"]:
             v = c["strategies"]["auto"]["realized_over_ideal"]
             add(f"CPU {model} 10 prototypes b256: auto realized/ideal >= 1.03", round(v, 3), v >= 1.03,
-                f"fastest rounds: {best_ri(c, 'auto'):.2f}; gather {c['strategies']['gather']['realized_over_ideal']:.2f}, "
+                f"fastest rounds: {best_ri(c, 'auto'):.2f}; " f"gather {c['strategies']['gather']['realized_over_ideal']:.2f}, "
                 f"group {c['strategies']['group']['realized_over_ideal']:.2f}; auto chose {c['auto_choice']}")
     worst = None
     for c in cases:
@@ -134,28 +134,28 @@ def render_markdown(data: dict) -> str:
     env = data["env"]
     lines = [f"# blockdrop benchmarks: `{data['machine']}`", ""]
     dev = env.get("gpu") or env.get("cpu")
-    lines.append(f"{dev}; torch {env['torch']}; {env['threads']} thread(s); clock: {data['settings'].get('clock', 'wall')}; git {env.get('git', '')}; "
+    lines.append(f"{dev}; torch {env['torch']}; {env['threads']} thread(s); " f"clock: {data['settings'].get('clock', 'wall')}; git {env.get('git', '')}; "
                  f"{env['date']}; malloc thresholds: {data['settings']['malloc']}. "
                  f"{data['settings'].get('note', '')}")
     lines += ["", "Realized speedup = median time of `full` (the plain network) / median time of the strategy, "
-              "over interleaved rounds (`reps`); ideal = FLOPs(full) / FLOPs(executed) (blockdrop.evaluation.accounting). "
+              "over interleaved rounds (`reps`); ideal = FLOPs(full) / FLOPs(executed) " "(blockdrop.evaluation.accounting). "
               "`auto, fastest rounds` = min(full) / min(auto) / ideal; `spread` = IQR / median of auto's rounds. "
               "`auto→` is the strategy auto chose. Blank: not run (loop only at batch <= 16).", ""]
     cases = data["cases"]
     if cases:
         lines += ["## Models: realized speedup over the plain network", "",
-                  "| model | device | dtype / layout | batch | policy mix | groups | ideal | full ms | masked | loop | gather | group | auto | auto→ | torch_gather | reps |",
+                  "| model | device | dtype / layout | batch | policy mix | groups | ideal | " "full ms | masked | loop | " "gather | group | auto | auto→ | torch_gather | reps |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in cases:
             st = c["strategies"]
             sp = {s: (st[s]["speedup"] if s in st else None) for s in STRATEGY_ORDER}
             lines.append(
-                f"| {c['model']} | {c['device']} | {c['dtype']} {c['layout']} | {c['batch']} | {c['mix_label']} | "
-                f"{c['distinct_policies']} | {c['ideal_speedup']:.2f}x | {st['full']['median_s'] * 1e3:.1f} | "
+                f"| {c['model']} | {c['device']} | {c['dtype']} {c['layout']} | " f"{c['batch']} | {c['mix_label']} | "
+                f"{c['distinct_policies']} | {c['ideal_speedup']:.2f}x | " f"{st['full']['median_s'] * 1e3:.1f} | "
                 + " | ".join(fmt_x(sp[s]) for s in ("masked", "loop", "gather", "group", "auto"))
                 + f" | {c['auto_choice']} | {fmt_x(sp['torch_gather'])} | {c['reps']} |")
         lines += ["", "## Models: realized / ideal", "",
-                  "| model | device | dtype | batch | policy mix | ideal | masked | loop | gather | group | auto | torch_gather | auto vs torch_gather | auto, fastest rounds | spread (auto) |",
+                  "| model | device | dtype | batch | policy mix | ideal | " "masked | loop | gather | group | auto | torch_gather | " "auto vs torch_gather | auto, fastest rounds | spread (auto) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in cases:
             st = c["strategies"]
@@ -180,19 +180,19 @@ def render_markdown(data: dict) -> str:
     ops = data.get("ops", [])
     if ops:
         lines += ["", "## Ops: achieved bandwidth (bytes moved at the least / median time)", "",
-                  "| op | device | dtype | layout | shape | rows | MB moved | copy GB/s | blockdrop GB/s | torch GB/s | blockdrop / copy | torch / blockdrop time |",
+                  "| op | device | dtype | layout | shape | rows | " "MB moved | copy GB/s | blockdrop GB/s | " "torch GB/s | blockdrop / copy | torch / blockdrop time |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for o in ops:
             im = o["impls"]
             lines.append(
-                f"| {o['op']} | {o['device']} | {o['dtype']} | {o['layout']} | {o['size']} {o['shape']} | {o['rows']} | "
-                f"{o['bytes'] / 1e6:.1f} | {im['copy']['GBps']:.1f} | {im['blockdrop']['GBps']:.1f} | {im['torch']['GBps']:.1f} | "
-                f"{im['blockdrop']['fraction_of_copy']:.2f} | {im['torch']['median_s'] / im['blockdrop']['median_s']:.2f}x |")
+                f"| {o['op']} | {o['device']} | {o['dtype']} | {o['layout']} | " f"{o['size']} {o['shape']} | {o['rows']} | "
+                f"{o['bytes'] / 1e6:.1f} | {im['copy']['GBps']:.1f} | " f"{im['blockdrop']['GBps']:.1f} | {im['torch']['GBps']:.1f} | "
+                f"{im['blockdrop']['fraction_of_copy']:.2f} | " f"{im['torch']['median_s'] / im['blockdrop']['median_s']:.2f}x |")
     targets = data.get("targets", [])
     if targets:
         lines += ["", "## Targets (issue 5)", "", "| target | measured | status | note |", "|---|---|---|---|"]
         for t in targets:
-            lines.append(f"| {t['target']} | {'' if t['value'] is None else t['value']} | {t['status']} | {t['note']} |")
+            lines.append(f"| {t['target']} | {'' if t['value'] is None else t['value']} | " f"{t['status']} | {t['note']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -269,8 +269,8 @@ def summary(data: dict) -> str:
     rows = ["case                                   ideal  full_ms   auto  auto/ideal  torch_gather/ideal"]
     for c in data["cases"]:
         st = c["strategies"]
-        rows.append(f"{c['model']:5} {c['device']:4} {c['dtype'][:4]} b{c['batch']:<4} {c['mix']:15} {c['ideal_speedup']:5.2f}x "
-                    f"{st['full']['median_s'] * 1e3:8.1f} {st['auto']['speedup']:5.2f}x {st['auto']['realized_over_ideal']:10.2f} "
+        rows.append(f"{c['model']:5} {c['device']:4} {c['dtype'][:4]} b{c['batch']:<4} " f"{c['mix']:15} {c['ideal_speedup']:5.2f}x "
+                    f"{st['full']['median_s'] * 1e3:8.1f} {st['auto']['speedup']:5.2f}x " f"{st['auto']['realized_over_ideal']:10.2f} "
                     f"{st.get('torch_gather', {}).get('realized_over_ideal', float('nan')):18.2f}")
     for t in data.get("targets", []):
         rows.append(f"[{t['status']:6}] {t['target']}: {t['value']} {t['note']}")

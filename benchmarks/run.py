@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             data["ops"].append(r)
             im = r["impls"]
-            log(f"{op:17} {name:9} {r['dtype']:8} {r['layout']:13} rows={r['rows']:<4} copy {im['copy']['GBps']:7.1f} "
+            log(f"{op:17} {name:9} {r['dtype']:8} {r['layout']:13} rows={r['rows']:<4} " f"copy {im['copy']['GBps']:7.1f} "
                 f"blockdrop {im['blockdrop']['GBps']:7.1f} torch {im['torch']['GBps']:7.1f} GB/s")
     if not args.no_models:
         cases = [c for c in model_cases(args.subset, device, args.reps) if not args.only or args.only in c.key]
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             data["cases"].append(r)
             st = r["strategies"]
-            log(f"{case.key:50} ideal {r['ideal_speedup']:5.2f}x full {st['full']['median_s'] * 1e3:8.1f} ms | "
+            log(f"{case.key:50} ideal {r['ideal_speedup']:5.2f}x " f"full {st['full']['median_s'] * 1e3:8.1f} ms | "
                 + " ".join(f"{s} {v['speedup']:.2f}x" for s, v in st.items() if s != "full")
                 + f" | {r['wall_s']}s")
             write_outputs(data if previous is None else merge(previous, data), args.out, plot=False)  # partial results survive a timeout

@@ -62,7 +62,7 @@ def test_model(benchmark, case: Case, strategy: str):
     call = call_synced if case.device == "cuda" else fn
     if case.device == "cuda":
         fn()
-    benchmark.group = f"{case.model} {case.device} {case.dtype_name} {case.layout} batch {case.batch} {mix_label(case.resolved_mix)}"
+    benchmark.group = f"{case.model} {case.device} {case.dtype_name} {case.layout} " f"batch {case.batch} {mix_label(case.resolved_mix)}"
     benchmark.extra_info.update(prep.info())
     benchmark.extra_info.update(strategy=strategy, machine=default_machine(case.device),
                                 rel_err_vs_masked=err)

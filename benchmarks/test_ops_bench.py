@@ -42,7 +42,7 @@ def test_op(benchmark, device, op, size_name, shape, dtype, channels_last, frac,
     fn = payload.fns[impl]
     inner = opbench.inner_repeats(fn, device)
     call = opbench.repeated(fn, inner, device)
-    benchmark.group = f"{op} {device} {payload.info['dtype']} {payload.info['layout']} {size_name}{list(shape)} rows={payload.info['rows']}"
+    benchmark.group = f"{op} {device} {payload.info['dtype']} {payload.info['layout']} " f"{size_name}{list(shape)} rows={payload.info['rows']}"
     benchmark.extra_info.update(payload.info)
     benchmark.extra_info.update(impl=impl, inner=inner, machine=default_machine(device))
     rounds = 20 if device == "cuda" else max(5, min(50, int(0.15 / max(opbench.once(fn, device), 1e-6))))

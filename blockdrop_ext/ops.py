@@ -176,7 +176,7 @@ def scatter_add_rows(src: torch.Tensor, rows: torch.Tensor, n: int, *, check: bo
     _check_rows(rows, n, src.device, "scatter_add_rows", check)
     if src.dim() < 1 or src.shape[0] != rows.shape[0]:
         raise ValueError(
-            f"scatter_add_rows: src must have one row per entry of rows ({rows.shape[0]}), got shape {tuple(src.shape)}"
+            f"scatter_add_rows: src must have one row per entry of rows ({rows.shape[0]}), " f"got shape {tuple(src.shape)}"
         )
     return _impl("scatter_add_rows", src)(src, rows, n)
 
@@ -257,7 +257,7 @@ def downsample_a(x: torch.Tensor, out_channels: int) -> torch.Tensor:
     c = x.shape[1]
     if out_channels < c or (out_channels - c) % 2:
         raise ValueError(
-            f"downsample_a: out_channels must be >= {c} and differ from it by an even number, got {out_channels}"
+            f"downsample_a: out_channels must be >= {c} " f"and differ from it by an even number, got {out_channels}"
         )
     empty = x.new_empty((0, out_channels, (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2))
     rows = torch.empty(0, dtype=torch.long, device=x.device)

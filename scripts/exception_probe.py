@@ -63,9 +63,9 @@ PROBES = {
     "torch's own op (control)": "torch.ones(2).view(3)",
     "blockdrop plan (bad dtype)": "import blockdrop_ext; torch.ops.blockdrop.plan(torch.ones(3, 2))",
     "blockdrop gather_rows (row out of range)":
-        "import blockdrop_ext; torch.ops.blockdrop.gather_rows(torch.ones(2, 3, 4, 4), torch.tensor([0, 7]))",
+        "import blockdrop_ext; " "torch.ops.blockdrop.gather_rows(torch.ones(2, 3, 4, 4), torch.tensor([0, 7]))",
     "blockdrop gather_rows CUDA (row out of range)":
-        "import blockdrop_ext; torch.ops.blockdrop.gather_rows(torch.ones(2, 3, 4, 4, device='cuda'), "
+        "import blockdrop_ext; " "torch.ops.blockdrop.gather_rows(torch.ones(2, 3, 4, 4, device='cuda'), "
         "torch.tensor([0, 7], device='cuda'))",
 }
 
@@ -123,7 +123,7 @@ def run_probe(stmt: str, build_dir: str | None) -> str:
     code = CHILD.format(build_dir=build_dir or "", stmt=stmt)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     if r.returncode < 0:
-        return f"DIED (signal {-r.returncode}): {r.stderr.strip().splitlines()[-1][:100] if r.stderr.strip() else ''}"
+        return f"DIED (signal {-r.returncode}): " f"{r.stderr.strip().splitlines()[-1][:100] if r.stderr.strip() else ''}"
     if r.returncode != 0:
         return f"exit {r.returncode}: {r.stderr.strip().splitlines()[-1][:120] if r.stderr.strip() else ''}"
     return r.stdout.strip().splitlines()[-1]

@@ -343,10 +343,12 @@ def test_gradcheck_float64(device, kind):
     assert torch.autograd.gradcheck(lambda a: blockdrop_ext.scatter_add_rows(a, rows, n), (y,))
     for relu in (True, False):  # B023: each lambda is called at once, inside the loop
         assert torch.autograd.gradcheck(
-            lambda a, b: blockdrop_ext.merge_block(a, b, rows, relu=relu), (x, y)  # noqa: B023
+            lambda a, b: blockdrop_ext.merge_block(a, b, rows, relu=relu),  # noqa: B023
+            (x, y),
         )
         assert torch.autograd.gradcheck(
-            lambda a, b: blockdrop_ext.merge_block(a, b, rows, relu=relu, downsample=True), (x, yd)  # noqa: B023
+            lambda a, b: blockdrop_ext.merge_block(a, b, rows, relu=relu, downsample=True),  # noqa: B023
+            (x, yd),
         )
     assert torch.autograd.gradcheck(lambda a: blockdrop_ext.downsample_a(a, 8), (x,))
     assert torch.autograd.gradgradcheck(lambda a: blockdrop_ext.gather_rows(a, rows), (x,))
