@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` (the main job) and `make test` (the tests).
+# The README's two commands: `make demo` (the main job) and `make test` (`make lint`, then the tests).
 # Both set everything up from nothing: a virtual environment in .venv with torch 2.14.1 (the CUDA 13.0
 # build, whose headers let the .cu kernels compile even without a GPU) and blockdrop built from source.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -14,7 +14,7 @@ DEPS    := torch==2.14.1 torchvision==0.29.1 ninja pybind11 numpy tqdm safetenso
            pyyaml timm pytest pytest-benchmark expecttest hypothesis setuptools wheel ruff mypy
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cpp csrc/cuda/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 
-.PHONY: all install demo test test-gpu bench clean
+.PHONY: all install demo lint test test-gpu bench clean
 all: test
 
 $(VENV)/.deps:
@@ -35,7 +35,13 @@ install: $(VENV)/.built
 demo: install
 	$(VENV)/bin/blockdrop demo --out runs/demo
 
-test: install
+# ruff (lint rules and formatting) and mypy, configured in pyproject.toml; no build needed.
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint install
 	$(PY) -m pytest tests -q
 
 test-gpu: install

@@ -309,7 +309,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, stage: str,
             assert torch.equal(v, opt[pid][k]), f"optimizer {pid}.{k} differs"
     a = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
     b = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
-    strip = lambda rows: [r.rsplit(",", 1)[0] for r in rows]   # drop the wall-clock column
+    def strip(rows: list[str]) -> list[str]:
+        return [r.rsplit(",", 1)[0] for r in rows]  # drop the wall-clock column
+
     assert strip(a) == strip(b)
 
 
