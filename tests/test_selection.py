@@ -106,8 +106,14 @@ def test_budget_rule_takes_each_models_edge_then_the_most_accurate() -> None:
     def pt(acc: float, blocks: float, model: tuple[float, str, int], flops: float) -> Point:
         r = EvalResult(n=100, accuracy=acc, blocks_mean=blocks, blocks_std=0.0, num_blocks=27,
                        num_policies=1, block_freq=[], flops_mean=flops, full_flops=100.0)
-        return Point(model[0], 0.5, None, r,  # type: ignore[arg-type]  # no net: selection never reads it
-                     stage=model[1], draw=model[2])
+        return Point(
+            model[0],
+            0.5,
+            None,  # type: ignore[arg-type]  # no net: selection never reads it
+            r,
+            stage=model[1],
+            draw=model[2],
+        )
 
     full = EvalResult(n=100, accuracy=0.90, blocks_mean=27, blocks_std=0, num_blocks=27,
                       num_policies=1, block_freq=[], flops_mean=100.0, full_flops=100.0)
