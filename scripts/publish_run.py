@@ -13,11 +13,12 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _relative(obj: object, run: Path) -> object:
+def _relative(obj: Any, run: Path) -> Any:
     if isinstance(obj, str) and obj.startswith(str(run)):
         return "runs/" + run.name + obj[len(str(run)):]
     if isinstance(obj, dict):
