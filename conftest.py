@@ -1,5 +1,6 @@
 """Repository-wide pytest hook, shared by both suites (``pytest tests``, ``pytest benchmarks``):
 items marked ``gpu`` are skipped with a reason when no CUDA GPU is visible."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,5 +14,5 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason=NO_GPU)
     for item in items:
-        if item.get_closest_marker("gpu") is not None:   # the marker, not a test id naming "gpu"
+        if item.get_closest_marker("gpu") is not None:  # the marker, not a test id naming "gpu"
             item.add_marker(skip)

@@ -8,6 +8,7 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST     GPU architectures (default with no visible GPU: "8.0;9.0", A100 and H100/H200)
   MAX_JOBS                 parallel compile jobs (ninja)
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 # the one version source: blockdrop/__init__.py (read, not imported: importing needs the extension)
-VERSION = re.search(r'^__version__ = "([^"]+)"$', (ROOT / "python" / "blockdrop" / "__init__.py").read_text(),
-                    re.M).group(1)  # type: ignore[union-attr]  # __init__.py has the line
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"$', (ROOT / "python" / "blockdrop" / "__init__.py").read_text(), re.M
+).group(1)  # type: ignore[union-attr]  # __init__.py has the line
 DEFAULT_ARCH_LIST = "8.0;9.0"
 
 
@@ -31,7 +33,11 @@ def _flag(name: str) -> bool:
 
 # torch.utils.cpp_extension reads CUDA_HOME when it is imported: set the default first. (On some
 # machines a /usr/local/bin/nvcc wrapper makes torch guess /usr/local, and the link then fails.)
-if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH") and Path("/usr/local/cuda/bin/nvcc").exists():
+if (
+    not os.environ.get("CUDA_HOME")
+    and not os.environ.get("CUDA_PATH")
+    and Path("/usr/local/cuda/bin/nvcc").exists()
+):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 import torch  # noqa: E402
@@ -87,10 +93,20 @@ setup(
     package_dir={"blockdrop_ext": "blockdrop_ext", "": "python"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch>=2.4", "torchvision", "numpy", "tqdm", "safetensors", "matplotlib", "scikit-learn",
-                      "pyyaml"],
-    extras_require={"timm": ["timm"],
-                    "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis", "timm"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "numpy",
+        "tqdm",
+        "safetensors",
+        "matplotlib",
+        "scikit-learn",
+        "pyyaml",
+    ],
+    extras_require={
+        "timm": ["timm"],
+        "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis", "timm"],
+    },
     package_data={"blockdrop": ["py.typed"]},
     license="BSD-3-Clause",
     entry_points={"console_scripts": ["blockdrop = blockdrop.cli:main"]},

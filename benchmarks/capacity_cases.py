@@ -17,6 +17,7 @@ for ``auto``/``masked``, counts from the shares at ``c`` for capacity), so each 
 compared at its fastest size. Ideal = FLOPs(full) / FLOPs(executed), per variant and chunk
 (capacity's counts round the shares; ``auto``'s policy is the same at every chunk).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -34,8 +35,14 @@ VARIANTS = ("full", "full_compiled", "masked", "auto", "capacity", "capacity_com
 EAGER = ("full", "masked", "auto", "capacity")
 CHUNKS = (32, 64, 128)
 #: variant -> what its speedup is measured against (the plain network of the same kind)
-BASELINE = {"full": "full", "masked": "full", "auto": "full", "capacity": "full",
-            "full_compiled": "full_compiled", "capacity_compiled": "full_compiled"}
+BASELINE = {
+    "full": "full",
+    "masked": "full",
+    "auto": "full",
+    "capacity": "full",
+    "full_compiled": "full_compiled",
+    "capacity_compiled": "full_compiled",
+}
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,12 @@ def capacity_cases(subset: str = "default", reps: int | None = None) -> list[Cap
     if subset == "quick":
         return [CapCase("R56", 64, 0.31, reps or 3)]
     variants = EAGER if subset == "eager" else VARIANTS
-    return [CapCase(m, b, k, reps or (5 if b == 256 else 9), variants)
-            for m in ("R110", "R56") for b in (256, 64) for k in (0.31, 0.75)]
+    return [
+        CapCase(m, b, k, reps or (5 if b == 256 else 9), variants)
+        for m in ("R110", "R56")
+        for b in (256, 64)
+        for k in (0.31, 0.75)
+    ]
 
 
 _COMPILED: dict[tuple, Callable] = {}
@@ -79,6 +90,7 @@ def _compiled_plain(model) -> Callable:
 def _compiled_capacity(model, counts: tuple[int, ...]) -> Callable:
     key = ("capacity", id(model), counts)
     if key not in _COMPILED:
+
         def run(x: Tensor, s: Tensor) -> Tensor:
             return capacity_forward(model, x, s, counts)
 
@@ -141,6 +153,7 @@ class CapPrepared:
         def run() -> Tensor:
             with ctx():
                 return torch.cat([one(x, p, s) for x, p, s in pieces])
+
         return run
 
     def check(self, variant: str, c: int) -> float:

@@ -6,6 +6,7 @@ lists -- one place, fed to both ``run.py`` and the pytest-benchmark suites.
 Nothing here edits the library; it only calls its public API (``blockdrop.dynamic_forward``,
 ``blockdrop.evaluation.accounting.ideal_speedup``, ``blockdrop_ext.*``).
 """
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,16 @@ def _register() -> None:
 
     MODEL_SPECS["R56"] = (lambda: models.cifar_resnet(56), (3, 32, 32), "cifar")
     MODEL_SPECS["R110"] = (lambda: models.cifar_resnet(110), (3, 32, 32), "cifar")
-    MODEL_SPECS["R50"] = (lambda: models.from_torchvision(torchvision.models.resnet50()), (3, 224, 224), "imagenet")
-    MODEL_SPECS["R101"] = (lambda: models.from_torchvision(torchvision.models.resnet101()), (3, 224, 224), "imagenet")
+    MODEL_SPECS["R50"] = (
+        lambda: models.from_torchvision(torchvision.models.resnet50()),
+        (3, 224, 224),
+        "imagenet",
+    )
+    MODEL_SPECS["R101"] = (
+        lambda: models.from_torchvision(torchvision.models.resnet101()),
+        (3, 224, 224),
+        "imagenet",
+    )
 
 
 _register()
@@ -61,8 +70,13 @@ def _calibrate_bn(model: torch.nn.Module, size: tuple[int, int, int], seed: int)
     model.eval()
 
 
-def build_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                channels_last: bool = False, seed: int = 0) -> ResNetBackbone:
+def build_model(
+    name: str,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    seed: int = 0,
+) -> ResNetBackbone:
     """The backbone ``name`` (R56/R110 CIFAR, R50/R101 torchvision at 224), eval mode, cached."""
     key = (name, device, dtype, channels_last, seed)
     if key not in _MODEL_CACHE:
@@ -85,8 +99,9 @@ def family(name: str) -> str:
     return MODEL_SPECS[name][2]
 
 
-def make_input(name: str, batch: int, device: str, dtype: torch.dtype, channels_last: bool,
-               seed: int = 1) -> Tensor:
+def make_input(
+    name: str, batch: int, device: str, dtype: torch.dtype, channels_last: bool, seed: int = 1
+) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, *input_size(name)), generator=g).to(device=device, dtype=dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -167,17 +182,21 @@ def torch_gather_forward(model, x: Tensor, policy: Tensor) -> Tensor:
 def runner(strategy: str, model, x: Tensor, policy: Tensor) -> Callable[[], Tensor]:
     """A zero-argument callable computing the logits with ``strategy`` (under inference_mode)."""
     if strategy == "full":
+
         def fn():
             with torch.inference_mode():
                 return model(x)
     elif strategy == "torch_gather":
+
         def fn():
             with torch.inference_mode():
                 return torch_gather_forward(model, x, policy)
     else:
+
         def fn():
             with torch.inference_mode():
                 return dynamic_forward(model, x, policy, strategy)
+
     return fn
 
 
@@ -267,10 +286,17 @@ class Prepared:
     def info(self) -> dict:
         c = self.case
         return {
-            "model": c.model, "device": c.device, "dtype": c.dtype_name, "layout": c.layout,
-            "batch": c.batch, "mix": c.resolved_mix, "mix_label": mix_label(c.resolved_mix),
-            "ideal_speedup": round(self.ideal, 4), "kept_fraction": round(self.kept, 4),
-            "distinct_policies": self.groups, "auto_choice": self.auto_choice,
+            "model": c.model,
+            "device": c.device,
+            "dtype": c.dtype_name,
+            "layout": c.layout,
+            "batch": c.batch,
+            "mix": c.resolved_mix,
+            "mix_label": mix_label(c.resolved_mix),
+            "ideal_speedup": round(self.ideal, 4),
+            "kept_fraction": round(self.kept, 4),
+            "distinct_policies": self.groups,
+            "auto_choice": self.auto_choice,
         }
 
 
@@ -282,6 +308,7 @@ def model_cases(subset: str, device: str, reps: int | None = None) -> list[Case]
     cases, more rounds), ``quick`` (a smoke run), ``memory``, ``pytest`` (the CPU suite's few
     minutes), ``full`` (every model x batch x mix). ``loop`` runs only at batch <= 16 (at 64+ it is
     N batch-1 forwards)."""
+
     def C(model, batch, mix, r, **kw):
         if device == "cuda":
             kw.setdefault("dtype", torch.bfloat16)
@@ -302,14 +329,29 @@ def model_cases(subset: str, device: str, reps: int | None = None) -> list[Case]
     if subset == "pytest":
         subset = "default"
     if subset == "targets":  # the issue's CPU target cases again, with more rounds (use with --merge)
-        return [C(m, b, mix, r) for m in ("R110", "R56") for b, mix, r in
-                ((16, "iid:0.31", 15), (64, "iid:0.31", 11), (256, "iid:0.31", 9), (256, "proto10", 9),
-                 (16, "ones", 11))]
+        return [
+            C(m, b, mix, r)
+            for m in ("R110", "R56")
+            for b, mix, r in (
+                (16, "iid:0.31", 15),
+                (64, "iid:0.31", 11),
+                (256, "iid:0.31", 9),
+                (256, "proto10", 9),
+                (16, "ones", 11),
+            )
+        ]
     if subset == "quick":
         return [C("R56", 16, "iid:0.31", 3), C("R56", 64, "proto10", 3), C("R56", 1, "iid:0.31", 3)]
     if subset == "memory":  # peak memory where gather's copies matter most (bottleneck nets), few rounds
-        return [C(m, b, mix, 3) for m, b, mix in
-                (("R50", 16, "proto10"), ("R101", 16, "proto10"), ("R101", 16, "iid:0.75"), ("R101", 16, "ones"))]
+        return [
+            C(m, b, mix, 3)
+            for m, b, mix in (
+                ("R50", 16, "proto10"),
+                ("R101", 16, "proto10"),
+                ("R101", 16, "iid:0.75"),
+                ("R101", 16, "ones"),
+            )
+        ]
     if subset == "full":
         out = []
         for m in ("R110", "R56", "R50", "R101"):
@@ -318,22 +360,43 @@ def model_cases(subset: str, device: str, reps: int | None = None) -> list[Case]
         return out
     if device == "cuda":
         return [
-            C("R101", 256, "proto10", 10), C("R110", 256, "iid:0.31", 10),
-            C("R101", 256, "ones", 10), C("R110", 256, "ones", 10),
-            C("R101", 1, "proto10", 10), C("R110", 1, "iid:0.31", 10),
-            C("R50", 256, "proto10", 10), C("R56", 256, "iid:0.31", 10),
-            C("R110", 256, "proto10", 10), C("R110", 256, "proto469", 10),
-            C("R101", 256, "iid:0.75", 10), C("R101", 16, "proto10", 10), C("R110", 16, "iid:0.31", 10),
+            C("R101", 256, "proto10", 10),
+            C("R110", 256, "iid:0.31", 10),
+            C("R101", 256, "ones", 10),
+            C("R110", 256, "ones", 10),
+            C("R101", 1, "proto10", 10),
+            C("R110", 1, "iid:0.31", 10),
+            C("R50", 256, "proto10", 10),
+            C("R56", 256, "iid:0.31", 10),
+            C("R110", 256, "proto10", 10),
+            C("R110", 256, "proto469", 10),
+            C("R101", 256, "iid:0.75", 10),
+            C("R101", 16, "proto10", 10),
+            C("R110", 16, "iid:0.31", 10),
             C("R110", 256, "iid:0.31", 10, dtype=torch.float32, channels_last=False),
         ]
     out = []
     for m in ("R110", "R56"):  # the issue's CPU targets first (a run cut short keeps them)
-        out += [C(m, 16, "iid:0.31", 7), C(m, 64, "iid:0.31", 7), C(m, 256, "iid:0.31", 5),
-                C(m, 256, "proto10", 5), C(m, 1, "iid:0.31", 9), C(m, 16, "ones", 5)]
-    out += [C("R110", 256, "ones", 3), C("R110", 1, "ones", 9), C("R56", 1, "ones", 9),
-            C("R110", 16, "proto10", 5), C("R110", 64, "proto10", 5),
-            C("R110", 256, "iid:0.75", 3), C("R110", 256, "proto469", 3), C("R110", 256, "zeros", 3),
-            C("R50", 1, "proto10", 5), C("R101", 1, "proto10", 5)]
+        out += [
+            C(m, 16, "iid:0.31", 7),
+            C(m, 64, "iid:0.31", 7),
+            C(m, 256, "iid:0.31", 5),
+            C(m, 256, "proto10", 5),
+            C(m, 1, "iid:0.31", 9),
+            C(m, 16, "ones", 5),
+        ]
+    out += [
+        C("R110", 256, "ones", 3),
+        C("R110", 1, "ones", 9),
+        C("R56", 1, "ones", 9),
+        C("R110", 16, "proto10", 5),
+        C("R110", 64, "proto10", 5),
+        C("R110", 256, "iid:0.75", 3),
+        C("R110", 256, "proto469", 3),
+        C("R110", 256, "zeros", 3),
+        C("R50", 1, "proto10", 5),
+        C("R101", 1, "proto10", 5),
+    ]
     return out
 
 
@@ -341,10 +404,26 @@ def op_cases(subset: str, device: str) -> list[tuple]:
     """Op cases ``(op, size name, shape, fraction of rows, dtype, channels_last)`` of a subset:
     ``quick``, ``full`` (both row fractions on CPU too) or the device's default."""
     if subset == "quick":
-        return [(op, "cifar-l1", OP_SIZES_CPU["cifar-l1"], 0.31, torch.float32, cl) for op in OPS for cl in (False, True)]
+        return [
+            (op, "cifar-l1", OP_SIZES_CPU["cifar-l1"], 0.31, torch.float32, cl)
+            for op in OPS
+            for cl in (False, True)
+        ]
     if device == "cuda":
-        return [(op, name, shape, frac, dt, cl) for op in OPS for name, shape in OP_SIZES_GPU.items()
-                for frac in (0.31, 0.75) for dt in (torch.bfloat16, torch.float32) for cl in (False, True)]
+        return [
+            (op, name, shape, frac, dt, cl)
+            for op in OPS
+            for name, shape in OP_SIZES_GPU.items()
+            for frac in (0.31, 0.75)
+            for dt in (torch.bfloat16, torch.float32)
+            for cl in (False, True)
+        ]
     fracs = (0.31, 0.75) if subset == "full" else (0.31,)
-    return [(op, name, shape, frac, dt, cl) for op in OPS for name, shape in OP_SIZES_CPU.items()
-            for dt in (torch.float32, torch.bfloat16) for cl in (False, True) for frac in fracs]
+    return [
+        (op, name, shape, frac, dt, cl)
+        for op in OPS
+        for name, shape in OP_SIZES_CPU.items()
+        for dt in (torch.float32, torch.bfloat16)
+        for cl in (False, True)
+        for frac in fracs
+    ]

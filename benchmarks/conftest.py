@@ -9,6 +9,7 @@ case; default 2 on CPU, 10 on GPU), BLOCKDROP_BENCH_THREADS (default 1 without a
 default with one). Without a GPU the timer is time.process_time (this process's CPU time;
 BLOCKDROP_BENCH_CLOCK=wall or --benchmark-timer time.perf_counter for wall time).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,4 +48,3 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "gpu": torch.cuda.get_device_name() if dev == "cuda" else None,
         "git": env.git_commit(),
     }
-

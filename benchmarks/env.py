@@ -1,5 +1,6 @@
 """The measurement environment of the benchmarks: one CPU thread, glibc's malloc thresholds, the
 clock, and what machine, commit and load a result was measured on (why: benchmarks/README.md)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -110,8 +111,13 @@ def git_commit() -> str:
 def dirty_files() -> list[str]:
     """Uncommitted changes to the library/kernels the numbers were taken with."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "python", "blockdrop_ext", "csrc", "setup.py"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=5).stdout
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "python", "blockdrop_ext", "csrc", "setup.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
         return [line[3:] for line in out.splitlines()]
     except (OSError, subprocess.SubprocessError):
         return []

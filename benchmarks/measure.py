@@ -1,6 +1,7 @@
 """One case measured: every strategy (or op implementation) checked against the reference first,
 then timed in interleaved, rotated rounds with :func:`blockdrop.evaluation.timing.interleaved` on the
 benchmarks' clock (:mod:`env`); medians, spreads, speedups, peak memory."""
+
 from __future__ import annotations
 
 import time
@@ -25,15 +26,25 @@ def run_model_case(case: Case) -> dict:
         if case.device == "cuda" or s != "loop":  # loop is batch 1 at a time; CPU profiling is slow
             prep.fn(s)()
             peaks[s] = peak_memory(prep.fn(s), case.device) / 2**20
-    t = interleaved({s: prep.fn(s) for s in case.strategies}, rounds=case.reps, warmup=0,
-                    device=case.device, clock=clock(case.device), rotate=True)
+    t = interleaved(
+        {s: prep.fn(s) for s in case.strategies},
+        rounds=case.reps,
+        warmup=0,
+        device=case.device,
+        clock=clock(case.device),
+        rotate=True,
+    )
     full = t["full"].median
     for s in case.strategies:
         med = t[s].median
         res["strategies"][s] = {
-            "median_s": med, "times_s": list(t[s].samples), "spread": round(t[s].spread, 4),
-            "speedup": full / med, "realized_over_ideal": full / med / prep.ideal,
-            "rel_err_vs_masked": errs[s], "peak_mib": peaks.get(s),
+            "median_s": med,
+            "times_s": list(t[s].samples),
+            "spread": round(t[s].spread, 4),
+            "speedup": full / med,
+            "realized_over_ideal": full / med / prep.ideal,
+            "rel_err_vs_masked": errs[s],
+            "peak_mib": peaks.get(s),
         }
     res["reps"] = case.reps
     res["clock"] = clock_name(case.device)
@@ -55,6 +66,11 @@ def run_op_case(op, size_name, shape, frac, dtype, cl, device, reps) -> dict:
     copy_bw = p.bytes / per_call["copy"] / 1e9
     for impl in opbench.OP_IMPLS:
         bw = p.bytes / per_call[impl] / 1e9
-        res["impls"][impl] = {"median_s": per_call[impl], "GBps": bw, "fraction_of_copy": bw / copy_bw,
-                              "inner": inner[impl], "spread": round(t[impl].spread, 4)}
+        res["impls"][impl] = {
+            "median_s": per_call[impl],
+            "GBps": bw,
+            "fraction_of_copy": bw / copy_bw,
+            "inner": inner[impl],
+            "spread": round(t[impl].spread, 4),
+        }
     return res

@@ -1,6 +1,7 @@
 """The benchmark results as a report: the issue's targets with their status, markdown tables and
 the plot (``results/<machine>.{md,png}`` from ``results/<machine>.json``), merging runs, and the
 summary printed at the end of a run."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,12 @@ __all__ = ["evaluate_targets", "render_markdown", "render_plot", "merge", "write
 
 def _find(cases, model, batch, mix_prefix, device=None):
     for c in cases:
-        if c["model"] == model and c["batch"] == batch and c["mix"].startswith(mix_prefix) and \
-                (device is None or c["device"] == device):
+        if (
+            c["model"] == model
+            and c["batch"] == batch
+            and c["mix"].startswith(mix_prefix)
+            and (device is None or c["device"] == device)
+        ):
             return c
     return None
 
@@ -40,8 +45,14 @@ def evaluate_targets(data: dict) -> list[dict]:
     out = []
 
     def add(name, value, ok, note=""):
-        out.append({"target": name, "value": value, "status": "n/a" if ok is None else ("met" if ok else "MISSED"),
-                    "note": note})
+        out.append(
+            {
+                "target": name,
+                "value": value,
+                "status": "n/a" if ok is None else ("met" if ok else "MISSED"),
+                "note": note,
+            }
+        )
 
     cpu = [c for c in cases if c["device"] == "cpu" and c["dtype"] == "float32"]
     for model in ("R110", "R56"):
@@ -49,14 +60,25 @@ def evaluate_targets(data: dict) -> list[dict]:
             c = _find(cpu, model, batch, "iid:0.31")
             if c and "auto" in c["strategies"]:
                 v = c["strategies"]["auto"]["realized_over_ideal"]
-                add(f"CPU {model} iid 0.31 b{batch}: auto realized/ideal >= {need}", round(v, 3), v >= need,
-                    f"fastest rounds: {best_ri(c, 'auto'):.2f}; " f"torch_gather {c['strategies']['torch_gather']['realized_over_ideal']:.2f}; " f"spread {c['strategies']['auto']['spread']:.2f}")
+                add(
+                    f"CPU {model} iid 0.31 b{batch}: auto realized/ideal >= {need}",
+                    round(v, 3),
+                    v >= need,
+                    f"fastest rounds: {best_ri(c, 'auto'):.2f}; "
+                    f"torch_gather {c['strategies']['torch_gather']['realized_over_ideal']:.2f}; "
+                    f"spread {c['strategies']['auto']['spread']:.2f}",
+                )
         c = _find(cpu, model, 256, "proto10")
         if c and "auto" in c["strategies"]:
             v = c["strategies"]["auto"]["realized_over_ideal"]
-            add(f"CPU {model} 10 prototypes b256: auto realized/ideal >= 1.03", round(v, 3), v >= 1.03,
-                f"fastest rounds: {best_ri(c, 'auto'):.2f}; " f"gather {c['strategies']['gather']['realized_over_ideal']:.2f}, "
-                f"group {c['strategies']['group']['realized_over_ideal']:.2f}; auto chose {c['auto_choice']}")
+            add(
+                f"CPU {model} 10 prototypes b256: auto realized/ideal >= 1.03",
+                round(v, 3),
+                v >= 1.03,
+                f"fastest rounds: {best_ri(c, 'auto'):.2f}; "
+                f"gather {c['strategies']['gather']['realized_over_ideal']:.2f}, "
+                f"group {c['strategies']['group']['realized_over_ideal']:.2f}; auto chose {c['auto_choice']}",
+            )
     worst = None
     for c in cases:
         st = c["strategies"]
@@ -67,8 +89,12 @@ def evaluate_targets(data: dict) -> list[dict]:
                 worst = (slack, ratio, c)
     if worst:
         slack, ratio, c = worst
-        add("auto never slower than torch_gather by more than noise (worst case)", round(ratio, 3), slack >= 0,
-            f"{c['model']} {c['device']} b{c['batch']} {c['mix']}: torch_gather/auto time = {ratio:.3f}")
+        add(
+            "auto never slower than torch_gather by more than noise (worst case)",
+            round(ratio, 3),
+            slack >= 0,
+            f"{c['model']} {c['device']} b{c['batch']} {c['mix']}: torch_gather/auto time = {ratio:.3f}",
+        )
     worst_fixed = None
     for c in cases:  # issue 3: auto never worse than the best fixed strategy by more than noise
         st = c["strategies"]
@@ -82,22 +108,34 @@ def evaluate_targets(data: dict) -> list[dict]:
             worst_fixed = (slack, ratio, best, c)
     if worst_fixed:
         slack, ratio, best, c = worst_fixed
-        add("auto never slower than the best fixed strategy by more than noise (worst case)", round(ratio, 3),
-            slack >= 0, f"{c['model']} {c['device']} b{c['batch']} {c['mix']}: auto/{best} time = {ratio:.3f}, "
-            f"noise {_noise(c, 'auto', best):.2f}; auto chose {c['auto_choice']}")
+        add(
+            "auto never slower than the best fixed strategy by more than noise (worst case)",
+            round(ratio, 3),
+            slack >= 0,
+            f"{c['model']} {c['device']} b{c['batch']} {c['mix']}: auto/{best} time = {ratio:.3f}, "
+            f"noise {_noise(c, 'auto', best):.2f}; auto chose {c['auto_choice']}",
+        )
     for c in cases:
         st = c["strategies"]
         if c["mix"] == "ones" and "auto" in st:
             v = st["auto"]["median_s"] / st["full"]["median_s"]
             vmin = min(st["auto"]["times_s"]) / min(st["full"]["times_s"])
-            add(f"all ones {c['model']} {c['device']} {c['dtype']} b{c['batch']}: auto time <= 1.03 x full",
-                round(v, 3), v <= 1.03, f"fastest rounds: {vmin:.3f}; spread {st['auto']['spread']:.2f}")
+            add(
+                f"all ones {c['model']} {c['device']} {c['dtype']} b{c['batch']}: auto time <= 1.03 x full",
+                round(v, 3),
+                v <= 1.03,
+                f"fastest rounds: {vmin:.3f}; spread {st['auto']['spread']:.2f}",
+            )
     for c in cases:
         st = c["strategies"]
         if c["batch"] == 1 and c["ideal_speedup"] > 1.0001 and "auto" in st:
             v = st["auto"]["speedup"]
             add(f"batch 1 {c['model']} {c['device']} {c['mix']}: auto faster than full", round(v, 3), v > 1.0)
-    gpu = [c for c in cases if c["device"] == "cuda" and c["dtype"] == "bfloat16" and c["layout"] == "channels_last"]
+    gpu = [
+        c
+        for c in cases
+        if c["device"] == "cuda" and c["dtype"] == "bfloat16" and c["layout"] == "channels_last"
+    ]
     for model, mix in (("R101", "proto10"), ("R110", "iid:0.31")):
         c = _find(gpu, model, 256, mix)
         if c:
@@ -106,18 +144,29 @@ def evaluate_targets(data: dict) -> list[dict]:
     for c in cases:
         st = c["strategies"]
         if st.get("full", {}).get("peak_mib"):
-            peak = max((v["peak_mib"] / st["full"]["peak_mib"], s) for s, v in st.items()
-                        if v.get("peak_mib") is not None and s in ("masked", "auto", "gather", "group"))
+            peak = max(
+                (v["peak_mib"] / st["full"]["peak_mib"], s)
+                for s, v in st.items()
+                if v.get("peak_mib") is not None and s in ("masked", "auto", "gather", "group")
+            )
             dev = "GPU" if c["device"] == "cuda" else "CPU"
-            add(f"{dev} memory {c['model']} b{c['batch']} {c['mix']}: peak <= 1.10 x full", round(peak[0], 3),
-                peak[0] <= 1.10, f"worst: {peak[1]}")
+            add(
+                f"{dev} memory {c['model']} b{c['batch']} {c['mix']}: peak <= 1.10 x full",
+                round(peak[0], 3),
+                peak[0] <= 1.10,
+                f"worst: {peak[1]}",
+            )
     ops = [o for o in data.get("ops", []) if o["device"] == "cuda"]
     if ops:
         for name in ("gather_rows", "merge_block", "merge_block_", "merge_block_ds", "scatter_add_rows"):
             sel = [o for o in ops if o["op"] == name and o["size"] != "cifar-l1"]
             if sel:
                 v = min(o["impls"]["blockdrop"]["fraction_of_copy"] for o in sel)
-                add(f"GPU {name}: bandwidth >= 0.8 x device-to-device copy (worst large case)", round(v, 3), v >= 0.8)
+                add(
+                    f"GPU {name}: bandwidth >= 0.8 x device-to-device copy (worst large case)",
+                    round(v, 3),
+                    v >= 0.8,
+                )
     if not gpu:
         add("GPU targets (H100 bf16 channels_last)", None, None, "no GPU on this machine: scripts/gpu_run.sh")
     return out
@@ -134,65 +183,117 @@ def render_markdown(data: dict) -> str:
     env = data["env"]
     lines = [f"# blockdrop benchmarks: `{data['machine']}`", ""]
     dev = env.get("gpu") or env.get("cpu")
-    lines.append(f"{dev}; torch {env['torch']}; {env['threads']} thread(s); " f"clock: {data['settings'].get('clock', 'wall')}; git {env.get('git', '')}; "
-                 f"{env['date']}; malloc thresholds: {data['settings']['malloc']}. "
-                 f"{data['settings'].get('note', '')}")
-    lines += ["", "Realized speedup = median time of `full` (the plain network) / median time of the strategy, "
-              "over interleaved rounds (`reps`); ideal = FLOPs(full) / FLOPs(executed) " "(blockdrop.evaluation.accounting). "
-              "`auto, fastest rounds` = min(full) / min(auto) / ideal; `spread` = IQR / median of auto's rounds. "
-              "`auto→` is the strategy auto chose. Blank: not run (loop only at batch <= 16).", ""]
+    lines.append(
+        f"{dev}; torch {env['torch']}; {env['threads']} thread(s); "
+        f"clock: {data['settings'].get('clock', 'wall')}; git {env.get('git', '')}; "
+        f"{env['date']}; malloc thresholds: {data['settings']['malloc']}. "
+        f"{data['settings'].get('note', '')}"
+    )
+    lines += [
+        "",
+        "Realized speedup = median time of `full` (the plain network) / median time of the strategy, "
+        "over interleaved rounds (`reps`); ideal = FLOPs(full) / FLOPs(executed) "
+        "(blockdrop.evaluation.accounting). "
+        "`auto, fastest rounds` = min(full) / min(auto) / ideal; `spread` = IQR / median of auto's rounds. "
+        "`auto→` is the strategy auto chose. Blank: not run (loop only at batch <= 16).",
+        "",
+    ]
     cases = data["cases"]
     if cases:
-        lines += ["## Models: realized speedup over the plain network", "",
-                  "| model | device | dtype / layout | batch | policy mix | groups | ideal | " "full ms | masked | loop | " "gather | group | auto | auto→ | torch_gather | reps |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Models: realized speedup over the plain network",
+            "",
+            "| model | device | dtype / layout | batch | policy mix | groups | ideal | "
+            "full ms | masked | loop | "
+            "gather | group | auto | auto→ | torch_gather | reps |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for c in cases:
             st = c["strategies"]
             sp = {s: (st[s]["speedup"] if s in st else None) for s in STRATEGY_ORDER}
             lines.append(
-                f"| {c['model']} | {c['device']} | {c['dtype']} {c['layout']} | " f"{c['batch']} | {c['mix_label']} | "
-                f"{c['distinct_policies']} | {c['ideal_speedup']:.2f}x | " f"{st['full']['median_s'] * 1e3:.1f} | "
+                f"| {c['model']} | {c['device']} | {c['dtype']} {c['layout']} | "
+                f"{c['batch']} | {c['mix_label']} | "
+                f"{c['distinct_policies']} | {c['ideal_speedup']:.2f}x | "
+                f"{st['full']['median_s'] * 1e3:.1f} | "
                 + " | ".join(fmt_x(sp[s]) for s in ("masked", "loop", "gather", "group", "auto"))
-                + f" | {c['auto_choice']} | {fmt_x(sp['torch_gather'])} | {c['reps']} |")
-        lines += ["", "## Models: realized / ideal", "",
-                  "| model | device | dtype | batch | policy mix | ideal | " "masked | loop | gather | group | auto | torch_gather | " "auto vs torch_gather | auto, fastest rounds | spread (auto) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                + f" | {c['auto_choice']} | {fmt_x(sp['torch_gather'])} | {c['reps']} |"
+            )
+        lines += [
+            "",
+            "## Models: realized / ideal",
+            "",
+            "| model | device | dtype | batch | policy mix | ideal | "
+            "masked | loop | gather | group | auto | torch_gather | "
+            "auto vs torch_gather | auto, fastest rounds | spread (auto) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for c in cases:
             st = c["strategies"]
             ri = {s: (f"{st[s]['realized_over_ideal']:.2f}" if s in st else "") for s in STRATEGY_ORDER}
             vs = ""
             if "auto" in st and "torch_gather" in st:
                 vs = f"{st['torch_gather']['median_s'] / st['auto']['median_s']:.2f}x"
-            lines.append(f"| {c['model']} | {c['device']} | {c['dtype']} | {c['batch']} | {c['mix_label']} | "
-                         f"{c['ideal_speedup']:.2f}x | "
-                         + " | ".join(ri[s] for s in ("masked", "loop", "gather", "group", "auto", "torch_gather"))
-                         + f" | {vs} | {best_ri(c, 'auto'):.2f} | {st['auto']['spread']:.2f} |")
+            lines.append(
+                f"| {c['model']} | {c['device']} | {c['dtype']} | {c['batch']} | {c['mix_label']} | "
+                f"{c['ideal_speedup']:.2f}x | "
+                + " | ".join(ri[s] for s in ("masked", "loop", "gather", "group", "auto", "torch_gather"))
+                + f" | {vs} | {best_ri(c, 'auto'):.2f} | {st['auto']['spread']:.2f} |"
+            )
         if any(c["strategies"]["full"].get("peak_mib") is not None for c in cases):
-            lines += ["", "## Memory: peak allocated during the call (MiB, above weights and input; "
-                      "CPU: profiler allocation events, see blockdrop.evaluation.memory)", "",
-                      "| model | batch | policy mix | " + " | ".join(STRATEGY_ORDER) + " |",
-                      "|---|---|---|" + "---|" * len(STRATEGY_ORDER)]
+            lines += [
+                "",
+                "## Memory: peak allocated during the call (MiB, above weights and input; "
+                "CPU: profiler allocation events, see blockdrop.evaluation.memory)",
+                "",
+                "| model | batch | policy mix | " + " | ".join(STRATEGY_ORDER) + " |",
+                "|---|---|---|" + "---|" * len(STRATEGY_ORDER),
+            ]
             for c in cases:
                 st = c["strategies"]
-                lines.append(f"| {c['model']} | {c['batch']} | {c['mix_label']} | " + " | ".join(
-                    (f"{st[s]['peak_mib']:.0f}" if s in st and st[s].get("peak_mib") is not None else "")
-                    for s in STRATEGY_ORDER) + " |")
+                lines.append(
+                    f"| {c['model']} | {c['batch']} | {c['mix_label']} | "
+                    + " | ".join(
+                        (f"{st[s]['peak_mib']:.0f}" if s in st and st[s].get("peak_mib") is not None else "")
+                        for s in STRATEGY_ORDER
+                    )
+                    + " |"
+                )
     ops = data.get("ops", [])
     if ops:
-        lines += ["", "## Ops: achieved bandwidth (bytes moved at the least / median time)", "",
-                  "| op | device | dtype | layout | shape | rows | " "MB moved | copy GB/s | blockdrop GB/s | " "torch GB/s | blockdrop / copy | torch / blockdrop time |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Ops: achieved bandwidth (bytes moved at the least / median time)",
+            "",
+            "| op | device | dtype | layout | shape | rows | "
+            "MB moved | copy GB/s | blockdrop GB/s | "
+            "torch GB/s | blockdrop / copy | torch / blockdrop time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for o in ops:
             im = o["impls"]
             lines.append(
-                f"| {o['op']} | {o['device']} | {o['dtype']} | {o['layout']} | " f"{o['size']} {o['shape']} | {o['rows']} | "
-                f"{o['bytes'] / 1e6:.1f} | {im['copy']['GBps']:.1f} | " f"{im['blockdrop']['GBps']:.1f} | {im['torch']['GBps']:.1f} | "
-                f"{im['blockdrop']['fraction_of_copy']:.2f} | " f"{im['torch']['median_s'] / im['blockdrop']['median_s']:.2f}x |")
+                f"| {o['op']} | {o['device']} | {o['dtype']} | {o['layout']} | "
+                f"{o['size']} {o['shape']} | {o['rows']} | "
+                f"{o['bytes'] / 1e6:.1f} | {im['copy']['GBps']:.1f} | "
+                f"{im['blockdrop']['GBps']:.1f} | {im['torch']['GBps']:.1f} | "
+                f"{im['blockdrop']['fraction_of_copy']:.2f} | "
+                f"{im['torch']['median_s'] / im['blockdrop']['median_s']:.2f}x |"
+            )
     targets = data.get("targets", [])
     if targets:
-        lines += ["", "## Targets (issue 5)", "", "| target | measured | status | note |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Targets (issue 5)",
+            "",
+            "| target | measured | status | note |",
+            "|---|---|---|---|",
+        ]
         for t in targets:
-            lines.append(f"| {t['target']} | {'' if t['value'] is None else t['value']} | " f"{t['status']} | {t['note']} |")
+            lines.append(
+                f"| {t['target']} | {'' if t['value'] is None else t['value']} | "
+                f"{t['status']} | {t['note']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -205,8 +306,11 @@ def render_plot(data: dict, path: Path) -> None:
     cases = data["cases"]
     if not cases:
         return
-    labels = [f"{c['model']} b{c['batch']}\n{c['mix'].replace('proto', 'p')}" + ("" if c["device"] == "cpu" else f"\n{c['dtype'][:4]}")
-              for c in cases]
+    labels = [
+        f"{c['model']} b{c['batch']}\n{c['mix'].replace('proto', 'p')}"
+        + ("" if c["device"] == "cpu" else f"\n{c['dtype'][:4]}")
+        for c in cases
+    ]
     strategies = [s for s in STRATEGY_ORDER if s != "full"]
     colors = dict(zip(strategies, ("#999999", "#c7a76c", "#1f77b4", "#2ca02c", "#d62728", "#9467bd")))
     n, width = len(cases), 0.8 / len(strategies)
@@ -217,8 +321,15 @@ def render_plot(data: dict, path: Path) -> None:
         ri = [c["strategies"].get(s, {}).get("realized_over_ideal", float("nan")) for c in cases]
         axes[0].bar(xs, sp, width, label=s, color=colors[s])
         axes[1].bar(xs, ri, width, label=s, color=colors[s])
-    axes[0].scatter(range(n), [c["ideal_speedup"] for c in cases], marker="_", s=400, color="black", zorder=3,
-                    label="ideal (FLOPs)")
+    axes[0].scatter(
+        range(n),
+        [c["ideal_speedup"] for c in cases],
+        marker="_",
+        s=400,
+        color="black",
+        zorder=3,
+        label="ideal (FLOPs)",
+    )
     axes[0].axhline(1.0, color="black", lw=0.5)
     axes[0].set_yscale("log")  # all-zeros policies reach hundreds
     axes[0].set_ylabel("speedup over the plain network (log)")
@@ -269,9 +380,13 @@ def summary(data: dict) -> str:
     rows = ["case                                   ideal  full_ms   auto  auto/ideal  torch_gather/ideal"]
     for c in data["cases"]:
         st = c["strategies"]
-        rows.append(f"{c['model']:5} {c['device']:4} {c['dtype'][:4]} b{c['batch']:<4} " f"{c['mix']:15} {c['ideal_speedup']:5.2f}x "
-                    f"{st['full']['median_s'] * 1e3:8.1f} {st['auto']['speedup']:5.2f}x " f"{st['auto']['realized_over_ideal']:10.2f} "
-                    f"{st.get('torch_gather', {}).get('realized_over_ideal', float('nan')):18.2f}")
+        rows.append(
+            f"{c['model']:5} {c['device']:4} {c['dtype'][:4]} b{c['batch']:<4} "
+            f"{c['mix']:15} {c['ideal_speedup']:5.2f}x "
+            f"{st['full']['median_s'] * 1e3:8.1f} {st['auto']['speedup']:5.2f}x "
+            f"{st['auto']['realized_over_ideal']:10.2f} "
+            f"{st.get('torch_gather', {}).get('realized_over_ideal', float('nan')):18.2f}"
+        )
     for t in data.get("targets", []):
         rows.append(f"[{t['status']:6}] {t['target']}: {t['value']} {t['note']}")
     return "\n".join(rows)

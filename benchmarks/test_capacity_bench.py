@@ -11,6 +11,7 @@ call -- minutes per shape on a small CPU --, so by default they run only for Res
 BLOCKDROP_BENCH_FULL=1 runs the whole matrix. For interleaved medians and the targets:
 ``python benchmarks/run.py --subset capacity``.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -28,7 +29,9 @@ def _params():
             for v in case.variants:
                 if v.endswith("compiled") and not (small or full_matrix()):
                     continue
-                out.append(pytest.param(case, v, c, id=f"{case.model}-b{case.batch}-keep{case.keep}-chunk{c}-{v}"))
+                out.append(
+                    pytest.param(case, v, c, id=f"{case.model}-b{case.batch}-keep{case.keep}-chunk{c}-{v}")
+                )
     return out
 
 
@@ -45,6 +48,7 @@ def _prepared(case: CapCase) -> CapPrepared:
 @pytest.fixture(scope="module", autouse=True)
 def _freezing():
     import torch._inductor.config as inductor_config
+
     with inductor_config.patch(freezing=True), torch._dynamo.config.patch(recompile_limit=64):
         yield
     torch._dynamo.reset()
@@ -55,7 +59,14 @@ def test_capacity(benchmark, case: CapCase, variant: str, chunk: int) -> None:
     prep = _prepared(case)
     err = prep.check(variant, chunk)  # asserts == masked under the executed policy; warm-up/compile
     benchmark.group = f"{case.model} batch {case.batch} iid keep {case.keep} chunk {chunk}"
-    benchmark.extra_info.update(machine=default_machine("cpu"), model=case.model, batch=case.batch,
-                                keep=case.keep, chunk=chunk, variant=variant,
-                                ideal_speedup=round(prep.ideal(variant, chunk), 4), rel_err_vs_masked=err)
+    benchmark.extra_info.update(
+        machine=default_machine("cpu"),
+        model=case.model,
+        batch=case.batch,
+        keep=case.keep,
+        chunk=chunk,
+        variant=variant,
+        ideal_speedup=round(prep.ideal(variant, chunk), 4),
+        rel_err_vs_masked=err,
+    )
     benchmark.pedantic(prep.fn(variant, chunk), rounds=bench_rounds("cpu"), warmup_rounds=0, iterations=1)

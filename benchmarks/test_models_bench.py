@@ -14,6 +14,7 @@ batch 1), with BLOCKDROP_BENCH_FULL=1 the whole matrix; CUDA cases (``gpu`` mark
 default subset, bfloat16, channels_last. ``loop`` only at batch <= 16.
 pytest-benchmark runs one case after another; for interleaved medians use benchmarks/run.py.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -55,6 +56,7 @@ def test_model(benchmark, case: Case, strategy: str):
     prep = _prepared(case)
     err = prep.check(strategy)  # asserts logits == masked's; also the warm-up call
     fn = prep.fn(strategy)
+
     def call_synced() -> None:
         fn()
         torch.cuda.synchronize()
@@ -62,10 +64,14 @@ def test_model(benchmark, case: Case, strategy: str):
     call = call_synced if case.device == "cuda" else fn
     if case.device == "cuda":
         fn()
-    benchmark.group = f"{case.model} {case.device} {case.dtype_name} {case.layout} " f"batch {case.batch} {mix_label(case.resolved_mix)}"
+    benchmark.group = (
+        f"{case.model} {case.device} {case.dtype_name} {case.layout} "
+        f"batch {case.batch} {mix_label(case.resolved_mix)}"
+    )
     benchmark.extra_info.update(prep.info())
-    benchmark.extra_info.update(strategy=strategy, machine=default_machine(case.device),
-                                rel_err_vs_masked=err)
+    benchmark.extra_info.update(
+        strategy=strategy, machine=default_machine(case.device), rel_err_vs_masked=err
+    )
     benchmark.pedantic(call, rounds=rounds(case.device), warmup_rounds=0, iterations=1)
     stats = getattr(benchmark, "stats", None)
     if stats is None:  # --benchmark-disable
@@ -75,5 +81,6 @@ def test_model(benchmark, case: Case, strategy: str):
         _FULL_MEDIAN[case.key] = med
     if case.key in _FULL_MEDIAN:
         speedup = _FULL_MEDIAN[case.key] / med
-        benchmark.extra_info.update(speedup_vs_full=round(speedup, 3),
-                                    realized_over_ideal=round(speedup / prep.ideal, 3))
+        benchmark.extra_info.update(
+            speedup_vs_full=round(speedup, 3), realized_over_ideal=round(speedup / prep.ideal, 3)
+        )

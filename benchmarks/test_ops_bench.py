@@ -9,6 +9,7 @@ CPU sizes run in seconds (one thread); the CUDA sizes (``gpu`` marker) are activ
 a batch-256 ImageNet ResNet and a batch-2048 CIFAR one. GPU samples are ``inner`` back-to-back
 calls followed by a synchronisation; times in extra_info are per call.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -29,8 +30,9 @@ def _cases():
             for impl in opbench.OP_IMPLS:
                 dt = str(dtype).replace("torch.", "")
                 pid = f"{device}-{op}-{size_name}-{dt}-{'cl' if cl else 'nchw'}-m{frac}-{impl}"
-                out.append(pytest.param(device, op, size_name, shape, dtype, cl, frac, impl, id=pid,
-                                        marks=marks))
+                out.append(
+                    pytest.param(device, op, size_name, shape, dtype, cl, frac, impl, id=pid, marks=marks)
+                )
     return out
 
 
@@ -42,7 +44,10 @@ def test_op(benchmark, device, op, size_name, shape, dtype, channels_last, frac,
     fn = payload.fns[impl]
     inner = opbench.inner_repeats(fn, device)
     call = opbench.repeated(fn, inner, device)
-    benchmark.group = f"{op} {device} {payload.info['dtype']} {payload.info['layout']} " f"{size_name}{list(shape)} rows={payload.info['rows']}"
+    benchmark.group = (
+        f"{op} {device} {payload.info['dtype']} {payload.info['layout']} "
+        f"{size_name}{list(shape)} rows={payload.info['rows']}"
+    )
     benchmark.extra_info.update(payload.info)
     benchmark.extra_info.update(impl=impl, inner=inner, machine=default_machine(device))
     rounds = 20 if device == "cuda" else max(5, min(50, int(0.15 / max(opbench.once(fn, device), 1e-6))))

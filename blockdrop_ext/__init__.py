@@ -1,11 +1,12 @@
 """blockdrop_ext: the compiled ops of blockdrop (`torch.ops.blockdrop.*`) as typed Python functions.
 
-    import blockdrop_ext
-    blockdrop_ext.build_info()          # which backends were built
-    p = blockdrop_ext.plan(policy)      # policy [N, K] 0/1 -> Plan (CSR rows per block, groups)
-    xs = blockdrop_ext.gather_rows(x, p.block_rows(k))
-    x = blockdrop_ext.merge_block(x, block(xs), p.block_rows(k))
+import blockdrop_ext
+blockdrop_ext.build_info()          # which backends were built
+p = blockdrop_ext.plan(policy)      # policy [N, K] 0/1 -> Plan (CSR rows per block, groups)
+xs = blockdrop_ext.gather_rows(x, p.block_rows(k))
+x = blockdrop_ext.merge_block(x, block(xs), p.block_rows(k))
 """
+
 from __future__ import annotations
 
 import warnings

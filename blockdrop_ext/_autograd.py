@@ -1,6 +1,7 @@
 """Autograd for the blockdrop ops: gather_rows and scatter_add_rows are each other's gradient;
 merge_block's gradient flows to the shortcut and to y through the relu mask (and, for the option-A
 shortcut, back through its strided, channel-padded view). merge_block_ (in place) is inference-only."""
+
 from __future__ import annotations
 
 import torch
@@ -56,5 +57,7 @@ def _merge_backward(ctx, grad: torch.Tensor):
 
 
 torch.library.register_autograd("blockdrop::gather_rows", _gather_backward, setup_context=_gather_setup)
-torch.library.register_autograd("blockdrop::scatter_add_rows", _scatter_backward, setup_context=_scatter_setup)
+torch.library.register_autograd(
+    "blockdrop::scatter_add_rows", _scatter_backward, setup_context=_scatter_setup
+)
 torch.library.register_autograd("blockdrop::merge_block", _merge_backward, setup_context=_merge_setup)

@@ -1,5 +1,6 @@
 """Fake (meta) implementations of the blockdrop ops, for torch.compile, FakeTensor and opcheck.
 Output shapes never depend on data (plan pads its outputs), so no dynamic sizes are needed."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,7 +31,9 @@ def _plan_fake(policy: torch.Tensor):
 
 @torch.library.register_fake("blockdrop::gather_rows")
 def _gather_rows_fake(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return torch.empty((rows.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=row_format(x))
+    return torch.empty(
+        (rows.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=row_format(x)
+    )
 
 
 @torch.library.register_fake("blockdrop::scatter_add_rows")
@@ -41,7 +44,9 @@ def _scatter_add_rows_fake(src: torch.Tensor, rows: torch.Tensor, n) -> torch.Te
 @torch.library.register_fake("blockdrop::merge_block")
 def _merge_block_fake(shortcut, y, rows, relu=True, downsample=False) -> torch.Tensor:
     shape = (shortcut.shape[0], *y.shape[1:])
-    return torch.empty(shape, dtype=shortcut.dtype, device=shortcut.device, memory_format=row_format(shortcut))
+    return torch.empty(
+        shape, dtype=shortcut.dtype, device=shortcut.device, memory_format=row_format(shortcut)
+    )
 
 
 @torch.library.register_fake("blockdrop::merge_block_")

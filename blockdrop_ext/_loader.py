@@ -1,4 +1,5 @@
 """Loads the compiled extension (blockdrop_ext._C) once and tells which backends it holds."""
+
 from __future__ import annotations
 
 import functools

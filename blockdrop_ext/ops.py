@@ -3,6 +3,7 @@
 Every function runs the compiled kernel (CPU or CUDA, `torch.ops.blockdrop.*`) when the extension
 is built, and the plain-PyTorch reference (`blockdrop_ext.reference`) when it is not.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -12,7 +13,16 @@ import torch
 
 from . import _loader, reference
 
-__all__ = ["Plan", "kernel", "plan", "gather_rows", "scatter_add_rows", "merge_block", "merge_block_", "downsample_a"]
+__all__ = [
+    "Plan",
+    "kernel",
+    "plan",
+    "gather_rows",
+    "scatter_add_rows",
+    "merge_block",
+    "merge_block_",
+    "downsample_a",
+]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -73,7 +83,9 @@ def _check_rows(
     else:
         flags = [bool(bad), False]
     if flags[0]:
-        raise ValueError(f"{op}: rows must lie in [0, {n}), got values from {int(rows.min())} to {int(rows.max())}")
+        raise ValueError(
+            f"{op}: rows must lie in [0, {n}), got values from {int(rows.min())} to {int(rows.max())}"
+        )
     if flags[1]:
         raise ValueError(f"{op}: rows must be distinct (each image merged once)")
 
@@ -151,7 +163,9 @@ def plan(policy: torch.Tensor) -> Plan:
     offsets = list(itertools.accumulate(counts, initial=0))
     group_offsets = list(itertools.accumulate(group_counts, initial=0))
     group_policy_host = packed[nmeta:].view(n, k)[:g]
-    return Plan(counts, offsets, rows, g, group_counts, group_offsets, perm, group_policy[:g], group_policy_host)
+    return Plan(
+        counts, offsets, rows, g, group_counts, group_offsets, perm, group_policy[:g], group_policy_host
+    )
 
 
 def gather_rows(x: torch.Tensor, rows: torch.Tensor, *, check: bool = True) -> torch.Tensor:
@@ -176,13 +190,20 @@ def scatter_add_rows(src: torch.Tensor, rows: torch.Tensor, n: int, *, check: bo
     _check_rows(rows, n, src.device, "scatter_add_rows", check)
     if src.dim() < 1 or src.shape[0] != rows.shape[0]:
         raise ValueError(
-            f"scatter_add_rows: src must have one row per entry of rows ({rows.shape[0]}), " f"got shape {tuple(src.shape)}"
+            f"scatter_add_rows: src must have one row per entry of rows ({rows.shape[0]}), "
+            f"got shape {tuple(src.shape)}"
         )
     return _impl("scatter_add_rows", src)(src, rows, n)
 
 
 def _check_merge(
-    shortcut: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, op: str, name: str, downsample: bool, check: bool
+    shortcut: torch.Tensor,
+    y: torch.Tensor,
+    rows: torch.Tensor,
+    op: str,
+    name: str,
+    downsample: bool,
+    check: bool,
 ) -> None:
     """The checks of csrc/ops.cpp check_merge, as ValueErrors naming the argument (`name` is the
     first one: "shortcut" for merge_block, "x" for merge_block_)."""
@@ -238,13 +259,17 @@ def merge_block(
     return _impl("merge_block", shortcut, y)(shortcut, y, rows, relu, downsample)
 
 
-def merge_block_(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, relu: bool = True, *, check: bool = True) -> None:
+def merge_block_(
+    x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, relu: bool = True, *, check: bool = True
+) -> None:
     """In place, identity shortcut, inference only: x[rows[i]] = relu(x[rows[i]] + y[i]);
     only executed rows are touched. x [N, C, H, W] (contiguous NCHW or channels_last),
     y [M, C, H, W], rows int64 [M] distinct."""
     _check_merge(x, y, rows, "merge_block_", "x", False, check)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-        raise ValueError("merge_block_: in-place merge is inference-only; use merge_block when gradients are needed")
+        raise ValueError(
+            "merge_block_: in-place merge is inference-only; use merge_block when gradients are needed"
+        )
     _impl("merge_block_", x, y)(x, y, rows, relu)
 
 
@@ -257,7 +282,8 @@ def downsample_a(x: torch.Tensor, out_channels: int) -> torch.Tensor:
     c = x.shape[1]
     if out_channels < c or (out_channels - c) % 2:
         raise ValueError(
-            f"downsample_a: out_channels must be >= {c} " f"and differ from it by an even number, got {out_channels}"
+            f"downsample_a: out_channels must be >= {c} "
+            f"and differ from it by an even number, got {out_channels}"
         )
     empty = x.new_empty((0, out_channels, (x.shape[2] + 1) // 2, (x.shape[3] + 1) // 2))
     rows = torch.empty(0, dtype=torch.long, device=x.device)

@@ -1,5 +1,6 @@
 """The blockdrop ops in plain PyTorch: the tests' independent reference and the fallback used when
 the compiled extension is absent. Same contracts as csrc/ops.cpp (shapes in each docstring)."""
+
 from __future__ import annotations
 
 import torch

@@ -15,6 +15,7 @@ libstdc++ and libgcc_s each process maps) it tells which of these holds:
 * only ``TORCH_LIBRARY`` probes die, ``pybind`` ones raise -> the dispatcher boundary (torch);
 * only blockdrop's ops die -> our build flags (setup.py) or a ``noexcept`` path in csrc/.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,11 +63,11 @@ PROBES = {
     "pybind + TORCH_CHECK": "ext.pybind_check(torch.ones(2))",
     "torch's own op (control)": "torch.ones(2).view(3)",
     "blockdrop plan (bad dtype)": "import blockdrop_ext; torch.ops.blockdrop.plan(torch.ones(3, 2))",
-    "blockdrop gather_rows (row out of range)":
-        "import blockdrop_ext; " "torch.ops.blockdrop.gather_rows(torch.ones(2, 3, 4, 4), torch.tensor([0, 7]))",
-    "blockdrop gather_rows CUDA (row out of range)":
-        "import blockdrop_ext; " "torch.ops.blockdrop.gather_rows(torch.ones(2, 3, 4, 4, device='cuda'), "
-        "torch.tensor([0, 7], device='cuda'))",
+    "blockdrop gather_rows (row out of range)": "import blockdrop_ext; "
+    "torch.ops.blockdrop.gather_rows(torch.ones(2, 3, 4, 4), torch.tensor([0, 7]))",
+    "blockdrop gather_rows CUDA (row out of range)": "import blockdrop_ext; "
+    "torch.ops.blockdrop.gather_rows(torch.ones(2, 3, 4, 4, device='cuda'), "
+    "torch.tensor([0, 7], device='cuda'))",
 }
 
 CHILD = r"""
@@ -87,30 +88,46 @@ except Exception as e:
 
 def _mapped_libs() -> list[str]:
     """libstdc++ / libgcc_s / libc10 paths mapped after importing torch and the extension."""
-    code = ("import torch\ntry:\n    import blockdrop_ext\nexcept Exception:\n    pass\n"
-            "print('\\n'.join(sorted({l.split()[-1] for l in open('/proc/self/maps') "
-            "if any(s in l for s in ('libstdc++', 'libgcc_s', 'libc10.so', 'blockdrop_ext'))})))")
+    code = (
+        "import torch\ntry:\n    import blockdrop_ext\nexcept Exception:\n    pass\n"
+        "print('\\n'.join(sorted({l.split()[-1] for l in open('/proc/self/maps') "
+        "if any(s in l for s in ('libstdc++', 'libgcc_s', 'libc10.so', 'blockdrop_ext'))})))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return r.stdout.split()
 
 
 def toolchain() -> dict[str, object]:
     import torch
+
     cfg = torch.__config__.show()
     cxx = os.environ.get("CXX", "c++")
     ver = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()
-    return {"torch": torch.__version__, "torch_compiler": next((ln.strip(" -") for ln in cfg.splitlines()
-                                                            if "GCC" in ln or "clang" in ln), "?"),
-            "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI), "system_cxx": ver[0] if ver else "?",
-            "python": sys.version.split()[0], "mapped": _mapped_libs()}
+    return {
+        "torch": torch.__version__,
+        "torch_compiler": next(
+            (ln.strip(" -") for ln in cfg.splitlines() if "GCC" in ln or "clang" in ln), "?"
+        ),
+        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+        "system_cxx": ver[0] if ver else "?",
+        "python": sys.version.split()[0],
+        "mapped": _mapped_libs(),
+    }
 
 
 def build(workdir: str) -> str | None:
     """Build the probe extension into ``workdir``; its path, or None (the error is printed)."""
     from torch.utils import cpp_extension
+
     try:
-        cpp_extension.load_inline("exprobe_ext", cpp_sources=[CPP], functions=["pybind_check"],
-                                  extra_cflags=["-O3"], build_directory=workdir, verbose=False)
+        cpp_extension.load_inline(
+            "exprobe_ext",
+            cpp_sources=[CPP],
+            functions=["pybind_check"],
+            extra_cflags=["-O3"],
+            build_directory=workdir,
+            verbose=False,
+        )
     except Exception as e:  # a failed build is a finding, not a crash of the probe
         print(f"probe extension: build failed: {str(e).splitlines()[-1][:200]}")
         return None
@@ -123,7 +140,10 @@ def run_probe(stmt: str, build_dir: str | None) -> str:
     code = CHILD.format(build_dir=build_dir or "", stmt=stmt)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     if r.returncode < 0:
-        return f"DIED (signal {-r.returncode}): " f"{r.stderr.strip().splitlines()[-1][:100] if r.stderr.strip() else ''}"
+        return (
+            f"DIED (signal {-r.returncode}): "
+            f"{r.stderr.strip().splitlines()[-1][:100] if r.stderr.strip() else ''}"
+        )
     if r.returncode != 0:
         return f"exit {r.returncode}: {r.stderr.strip().splitlines()[-1][:120] if r.stderr.strip() else ''}"
     return r.stdout.strip().splitlines()[-1]

@@ -7,6 +7,7 @@ with its signature and the first paragraph of its docstring.
 
 tests/test_docs.py runs the check, so the page cannot drift from the code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,22 @@ OUT = ROOT / "docs" / "API.md"
 PACKAGES = ("blockdrop_ext", "blockdrop")
 SKIP = ("blockdrop.cli", "blockdrop.__main__")
 # The layers from the bottom up; modules appear in this order, alphabetically within a layer.
-LAYERS = ("blockdrop_ext", "blockdrop", "blockdrop.engine", "blockdrop.capacity", "blockdrop.models",
-          "blockdrop.blockdrop_net", "blockdrop.interop", "blockdrop.checkpoint", "blockdrop.runtime",
-          "blockdrop.errors", "blockdrop.data", "blockdrop.training", "blockdrop.evaluation",
-          "blockdrop.recipes")
+LAYERS = (
+    "blockdrop_ext",
+    "blockdrop",
+    "blockdrop.engine",
+    "blockdrop.capacity",
+    "blockdrop.models",
+    "blockdrop.blockdrop_net",
+    "blockdrop.interop",
+    "blockdrop.checkpoint",
+    "blockdrop.runtime",
+    "blockdrop.errors",
+    "blockdrop.data",
+    "blockdrop.training",
+    "blockdrop.evaluation",
+    "blockdrop.recipes",
+)
 
 HEADER = """# API
 
@@ -64,8 +77,10 @@ def _no_address(text: str) -> str:
 
 
 def _layer(name: str) -> tuple[int, str]:
-    best = max((i for i, p in enumerate(LAYERS) if name == p or name.startswith(p + ".")),
-               key=lambda i: len(LAYERS[i]))
+    best = max(
+        (i for i, p in enumerate(LAYERS) if name == p or name.startswith(p + ".")),
+        key=lambda i: len(LAYERS[i]),
+    )
     return best, name
 
 
@@ -90,7 +105,9 @@ def _submodules(mod: ModuleType) -> list[ModuleType]:
     if not hasattr(mod, "__path__"):
         return []
     prefix = mod.__name__ + "."
-    return [sys.modules[k] for k in sorted(sys.modules) if k.startswith(prefix) and sys.modules[k] is not None]
+    return [
+        sys.modules[k] for k in sorted(sys.modules) if k.startswith(prefix) and sys.modules[k] is not None
+    ]
 
 
 def render_class(name: str, cls: type) -> list[str]:
@@ -108,7 +125,11 @@ def render_class(name: str, cls: type) -> list[str]:
             fn = fn.__func__
         if not inspect.isfunction(fn) or not fn.__doc__:
             continue
-        sig = "" if isinstance(member, property) else signature(fn).replace("(self, ", "(").replace("(self)", "()")
+        sig = (
+            ""
+            if isinstance(member, property)
+            else signature(fn).replace("(self, ", "(").replace("(self)", "()")
+        )
         lines.append(f"  - `.{attr}{sig}` -- {first_paragraph(fn)}")
     return lines
 
@@ -127,7 +148,7 @@ def render_module(mod: ModuleType) -> list[str]:
             home = obj.__module__
         elif inspect.ismodule(obj):
             home = obj.__name__
-        else:                                     # a constant: defined in a submodule of a package?
+        else:  # a constant: defined in a submodule of a package?
             home = next((m.__name__ for m in _submodules(mod) if getattr(m, n, None) is obj), mod.__name__)
         if home != mod.__name__:
             reexported.append(n)

@@ -13,6 +13,7 @@ launch-bound cost of each strategy's kernel launches plus its host work.
 
 Prints, per grad mode, the median over interleaved rounds of (strategy - full) / K.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,17 @@ class TrivialBackbone(ResNetBackbone):
         self.num_classes, self.in_channels, self.default_input_size = 4, 4, (4, 1, 1)
         self.fc = torch.nn.Linear(4, 4)
         self._block_views = tuple(
-            BlockView(residual=Chain(torch.neg, torch.neg, torch.relu, torch.neg, torch.neg),
-                      shortcut=lambda h: h, shortcut_kind="identity", module=self.fc,
-                      in_channels=4, out_channels=4, stride=1)
-            for _ in range(k))
+            BlockView(
+                residual=Chain(torch.neg, torch.neg, torch.relu, torch.neg, torch.neg),
+                shortcut=lambda h: h,
+                shortcut_kind="identity",
+                module=self.fc,
+                in_channels=4,
+                out_channels=4,
+                stride=1,
+            )
+            for _ in range(k)
+        )
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return x * 1
@@ -51,8 +59,11 @@ def per_block_overhead_us(fns: dict, rounds: int, k: int, device: str = "cpu") -
     the median over rounds of (its time - full's time in the same round) / k, in microseconds."""
     t = interleaved(fns, rounds=rounds, warmup=5, device=device)
     full = t["full"].samples
-    return {name: statistics.median((a - b) / k * 1e6 for a, b in zip(v.samples, full))
-            for name, v in t.items() if name != "full"}
+    return {
+        name: statistics.median((a - b) / k * 1e6 for a, b in zip(v.samples, full))
+        for name, v in t.items()
+        if name != "full"
+    }
 
 
 def main() -> None:
@@ -75,6 +86,7 @@ def main() -> None:
                 fns[s] = functools.partial(blockdrop.dynamic_forward, model, x, policy, s)
             over = per_block_overhead_us(fns, args.rounds, k, args.device)
         print(f"{mode:15} " + " | ".join(f"{s} +{v:5.1f} us/block" for s, v in over.items()))
+
 
 if __name__ == "__main__":
     main()

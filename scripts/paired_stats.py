@@ -6,6 +6,7 @@ McNemar p). Reports written since ``blockdrop.evaluation.stats`` existed hold th
 
     python scripts/paired_stats.py runs/quick8 [--train-data T --test-data V] -> runs/quick8/paired.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,34 +46,58 @@ def main(argv: list[str] | None = None) -> int:
     _, val = split_train_val(train, rep["val"]["images"], seed=rep["seed"])
 
     def correct(ck: str, data) -> torch.Tensor:
-        res = evaluate(blockdrop.load(ck), make_loader(data.dataset, a.batch_size, train=False),
-                       full=False, flops=False, progress=False)
+        res = evaluate(
+            blockdrop.load(ck),
+            make_loader(data.dataset, a.batch_size, train=False),
+            full=False,
+            flops=False,
+            progress=False,
+        )
         assert res.correct is not None  # evaluate fills it
         return res.correct
 
     rows = rep["results"]
     test_c = [correct(r["checkpoint"], test) for r in rows]
-    for r, c in zip(rows, test_c):       # the same models as the report: the same accuracies
+    for r, c in zip(rows, test_c):  # the same models as the report: the same accuracies
         if abs(float(c.float().mean()) - r["accuracy"]) > 1e-6:
-            print(f"error: {r['checkpoint']}: {float(c.float().mean()):.4f} now, the report says "
-                  f"{r['accuracy']:.4f}", file=sys.stderr)
+            print(
+                f"error: {r['checkpoint']}: {float(c.float().mean()):.4f} now, the report says "
+                f"{r['accuracy']:.4f}",
+                file=sys.stderr,
+            )
             return 1
     chosen = next(i for i, r in enumerate(rows) if r.get("chosen"))
-    out: dict[str, Any] = {"run": str(a.run), "test_images": int(test_c[0].numel()), "vs_full": [], "vs_baselines": []}
+    out: dict[str, Any] = {
+        "run": str(a.run),
+        "test_images": int(test_c[0].numel()),
+        "vs_full": [],
+        "vs_baselines": [],
+    }
     for i, r in enumerate(rows[1:], 1):
-        out["vs_full"].append({**{k: r.get(k) for k in ("method", "gamma", "threshold", "stage",
-                                                          "blocks_mean", "accuracy")},
-                               "test": paired_difference(test_c[i], test_c[0]).to_dict()})
-    key = lambda r: (r.get("gamma"), r.get("threshold"), r.get("stage"))   # noqa: E731
-    for i, r in enumerate(rows):        # FirstK / RandomK at the chosen point's block count
+        out["vs_full"].append(
+            {
+                **{k: r.get(k) for k in ("method", "gamma", "threshold", "stage", "blocks_mean", "accuracy")},
+                "test": paired_difference(test_c[i], test_c[0]).to_dict(),
+            }
+        )
+    key = lambda r: (r.get("gamma"), r.get("threshold"), r.get("stage"))  # noqa: E731
+    for i, r in enumerate(rows):  # FirstK / RandomK at the chosen point's block count
         if r["method"] in ("first_k", "random_k") and key(r) == key(rows[chosen]):
-            out["vs_baselines"].append({"baseline": r["method"], "blocks_mean": r["blocks_mean"],
-                                        "test": paired_difference(test_c[chosen], test_c[i]).to_dict()})
+            out["vs_baselines"].append(
+                {
+                    "baseline": r["method"],
+                    "blocks_mean": r["blocks_mean"],
+                    "test": paired_difference(test_c[chosen], test_c[i]).to_dict(),
+                }
+            )
     val_c = [correct(rows[i]["checkpoint"], val) for i in (chosen, 0)]
     for c, want in zip(val_c, (rows[chosen]["val_accuracy"], rep["val"]["full_accuracy"])):
-        if abs(float(c.float().mean()) - want) > 1e-6:    # the same validation split as the run
-            print(f"error: validation split: {float(c.float().mean()):.4f} now, the report says "
-                  f"{want:.4f} -- is --train-data the run's?", file=sys.stderr)
+        if abs(float(c.float().mean()) - want) > 1e-6:  # the same validation split as the run
+            print(
+                f"error: validation split: {float(c.float().mean()):.4f} now, the report says "
+                f"{want:.4f} -- is --train-data the run's?",
+                file=sys.stderr,
+            )
             return 1
     out["val"] = paired_difference(*val_c).to_dict()
     atomic_write_text(a.run / "paired.json", json.dumps(out, indent=1) + "\n")
@@ -83,5 +108,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (BlockDropError, ValueError, FileNotFoundError) as e:   # one line naming the input
+    except (BlockDropError, ValueError, FileNotFoundError) as e:  # one line naming the input
         raise SystemExit(f"paired_stats: {e}") from None

@@ -13,6 +13,7 @@ Prints, from interleaved rounds (medians):
   * a torch.profiler breakdown of ``auto`` by operator family (convolution, batch norm, blockdrop
     ops, elementwise, other).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ def floor_fn(prep: Prepared):
                 if hin is not None:
                     block.residual(hin)
             model.head(h_head)
+
     return fn, n
 
 
@@ -84,15 +86,23 @@ def main() -> None:
     t = interleaved(fns, rounds=a.reps, warmup=1, clock=env.clock("cpu"), rotate=True)
     order = list(fns)
     med = {k: v.median for k, v in t.items()}
-    print(f"{case.key}: ideal {prep.ideal:.2f}x, auto chose {prep.auto_choice}, " f"{prep.groups} distinct policies, "
-          f"threads {torch.get_num_threads()}")
+    print(
+        f"{case.key}: ideal {prep.ideal:.2f}x, auto chose {prep.auto_choice}, "
+        f"{prep.groups} distinct policies, "
+        f"threads {torch.get_num_threads()}"
+    )
     for k in order:
         sp = med["full"] / med[k]
-        print(f"  {k:13} {med[k] * 1e3:9.1f} ms  speedup {sp:5.2f}x  realized/ideal {sp / prep.ideal:5.2f}  "
-              f"spread {t[k].spread:.2f}")
-    print(f"  compute floor / ideal time = {med['floor'] / (med['full'] / prep.ideal):.2f} "
-          f"(per-image cost of the sub-batch convs vs the full batch); " f"auto / floor = {med['auto'] / med['floor']:.2f}; "
-          f"torch_gather / floor = {med['torch_gather'] / med['floor']:.2f}")
+        print(
+            f"  {k:13} {med[k] * 1e3:9.1f} ms  speedup {sp:5.2f}x  realized/ideal {sp / prep.ideal:5.2f}  "
+            f"spread {t[k].spread:.2f}"
+        )
+    print(
+        f"  compute floor / ideal time = {med['floor'] / (med['full'] / prep.ideal):.2f} "
+        f"(per-image cost of the sub-batch convs vs the full batch); "
+        f"auto / floor = {med['auto'] / med['floor']:.2f}; "
+        f"torch_gather / floor = {med['torch_gather'] / med['floor']:.2f}"
+    )
     from torch.profiler import ProfilerActivity, profile
 
     for strategy in ("auto", "full"):

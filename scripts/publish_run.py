@@ -7,6 +7,7 @@ how the run was made) and ``report.md`` and ``tradeoff.png`` under ``benchmarks/
 Paths inside the report that point into the run folder are written relative to it (``runs/quick/...``)
 so that the committed file names no machine's folders.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _relative(obj: Any, run: Path) -> Any:
     if isinstance(obj, str) and obj.startswith(str(run)):
-        return "runs/" + run.name + obj[len(str(run)):]
+        return "runs/" + run.name + obj[len(str(run)) :]
     if isinstance(obj, dict):
         return {k: _relative(v, run) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -7,6 +7,7 @@ kernel slow. Exit status 0 when every check passed.
 
     compute-sanitizer --tool memcheck --error-exitcode 3 python3 scripts/sanitize_ops.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,17 +39,32 @@ def ops(dev: str = "cuda") -> int:
         for fmt in (torch.contiguous_format, torch.channels_last):
             for n, c, h in [(6, 4, 7), (33, 16, 8)]:
                 x = torch.randn(n, c, h, h, device=dev, dtype=dtype).contiguous(memory_format=fmt)
-                for rows in (torch.arange(1, n, 2, device=dev), torch.arange(n, device=dev),
-                             torch.empty(0, dtype=torch.long, device=dev)):
+                for rows in (
+                    torch.arange(1, n, 2, device=dev),
+                    torch.arange(n, device=dev),
+                    torch.empty(0, dtype=torch.long, device=dev),
+                ):
                     m = rows.numel()
                     what = f"{dtype} {fmt} n={n} c={c} h={h} m={m}"
                     close(bx.gather_rows(x, rows), ref.gather_rows(x, rows), "gather " + what)
                     y = torch.randn(m, c, h, h, device=dev, dtype=dtype).contiguous(memory_format=fmt)
-                    close(bx.scatter_add_rows(y, rows, n), ref.scatter_add_rows(y, rows, n), "scatter " + what)
+                    close(
+                        bx.scatter_add_rows(y, rows, n), ref.scatter_add_rows(y, rows, n), "scatter " + what
+                    )
                     close(bx.merge_block(x, y, rows), ref.merge_block(x, y, rows), "merge " + what)
-                    close(bx.merge_block(x, y, rows, relu=False), ref.merge_block(x, y, rows, relu=False), "merge norelu " + what)
-                    yd = torch.randn(m, 2 * c, (h + 1) // 2, (h + 1) // 2, device=dev, dtype=dtype).contiguous(memory_format=fmt)
-                    close(bx.merge_block(x, yd, rows, downsample=True), ref.merge_block(x, yd, rows, downsample=True), "merge ds " + what)
+                    close(
+                        bx.merge_block(x, y, rows, relu=False),
+                        ref.merge_block(x, y, rows, relu=False),
+                        "merge norelu " + what,
+                    )
+                    yd = torch.randn(
+                        m, 2 * c, (h + 1) // 2, (h + 1) // 2, device=dev, dtype=dtype
+                    ).contiguous(memory_format=fmt)
+                    close(
+                        bx.merge_block(x, yd, rows, downsample=True),
+                        ref.merge_block(x, yd, rows, downsample=True),
+                        "merge ds " + what,
+                    )
                     close(bx.downsample_a(x, 2 * c), ref.downsample_a(x, 2 * c), "downsample_a " + what)
                     x2, x3 = x.clone(), x.clone()
                     bx.merge_block_(x2, y, rows)
@@ -65,11 +81,18 @@ def ops(dev: str = "cuda") -> int:
                         ref.merge_block(xb, yb, rows, downsample=ds).backward(g)
                         close(xa.grad, xb.grad, f"merge ds={ds} grad x " + what)
                         zero = torch.zeros_like(yy)  # m = 0: the reference never touches y
-                        close(zero if ya.grad is None else ya.grad, zero if yb.grad is None else yb.grad,
-                              f"merge ds={ds} grad y " + what)
+                        close(
+                            zero if ya.grad is None else ya.grad,
+                            zero if yb.grad is None else yb.grad,
+                            f"merge ds={ds} grad y " + what,
+                        )
                     xa = x.detach().clone().requires_grad_()
                     (bx.gather_rows(xa, rows).float() * 2).sum().backward()
-                    close(xa.grad, ref.scatter_add_rows(torch.full_like(x[rows], 2.0), rows, n), "gather grad " + what)
+                    close(
+                        xa.grad,
+                        ref.scatter_add_rows(torch.full_like(x[rows], 2.0), rows, n),
+                        "gather grad " + what,
+                    )
                     ya = y.detach().clone().requires_grad_()
                     (bx.scatter_add_rows(ya, rows, n).float() * 3).sum().backward()
                     close(ya.grad, torch.full_like(y, 3.0), "scatter grad " + what)

@@ -1,6 +1,7 @@
 """Helpers shared by the test files: models with non-trivial BN statistics, inputs and policies,
 the per-image oracle (independent of the engine), tiny datasets and checkpoints, the subprocess
 environment, the lossless CIFAR-10 subset."""
+
 from __future__ import annotations
 
 import io
@@ -74,8 +75,7 @@ def policy(kind: str, n: int, k: int, seed: int = 2) -> torch.Tensor:
     raise AssertionError(kind)
 
 
-def oracle(model: torch.nn.Module, x: torch.Tensor, policy: torch.Tensor,
-           grad: bool = False) -> torch.Tensor:
+def oracle(model: torch.nn.Module, x: torch.Tensor, policy: torch.Tensor, grad: bool = False) -> torch.Tensor:
     """Per-image oracle from the blocks' own modules, independent of the engine (differentiable
     with ``grad``)."""
     outs = []
@@ -98,12 +98,18 @@ def tol(ref: torch.Tensor) -> float:
     return 1e-4 * max(float(ref.abs().max()), 1e-3)
 
 
-def tiny_image_folder(root: Path, classes: tuple[str, ...] = ("red", "green", "blue"),
-                      n_per_class: int = 8, size: int = 16, learnable: bool = True,
-                      seed: int = 0) -> Path:
+def tiny_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("red", "green", "blue"),
+    n_per_class: int = 8,
+    size: int = 16,
+    learnable: bool = True,
+    seed: int = 0,
+) -> Path:
     """A small ImageFolder tree ``root/<class>/<i>.png`` (with ``learnable``, the dominant colour
     channel is the class; ``seed`` draws the pixels)."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     for ci, c in enumerate(classes):
         (root / c).mkdir(parents=True, exist_ok=True)
@@ -125,8 +131,7 @@ def write_cifar_weights(path: Path, depth: int = 8, num_classes: int = 3, seed: 
 def subprocess_env() -> dict[str, str]:
     """The environment for running ``python -m blockdrop`` from a test: this checkout on the
     path, one thread."""
-    return {**os.environ, "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT / "python") + os.pathsep + str(ROOT)}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "python") + os.pathsep + str(ROOT)}
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

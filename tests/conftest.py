@@ -1,5 +1,6 @@
 """Shared fixtures: devices (CUDA cases carry the `gpu` marker; the repository's conftest.py skips
 them with a reason when no GPU is visible) and the location of ../shared/data (or $BLOCKDROP_DATA)."""
+
 from __future__ import annotations
 
 import os
@@ -55,9 +56,12 @@ def tiny_recipe_data(tmp_path_factory) -> dict[str, Path]:
     second one (another member of the family, ``family``): the data the recipe tests run
     ``blockdrop reproduce`` on."""
     from _helpers import tiny_image_folder, write_cifar_weights
+
     root = tmp_path_factory.mktemp("tiny")
-    return {"train": tiny_image_folder(root / "train", n_per_class=16),
-            "val": tiny_image_folder(root / "val", n_per_class=3, seed=1),
-            "test": tiny_image_folder(root / "test", n_per_class=4, seed=2),
-            "weights": write_cifar_weights(root / "r8.th"),
-            "family": write_cifar_weights(root / "r8b.th", seed=1)}
+    return {
+        "train": tiny_image_folder(root / "train", n_per_class=16),
+        "val": tiny_image_folder(root / "val", n_per_class=3, seed=1),
+        "test": tiny_image_folder(root / "test", n_per_class=4, seed=2),
+        "weights": write_cifar_weights(root / "r8.th"),
+        "family": write_cifar_weights(root / "r8b.th", seed=1),
+    }

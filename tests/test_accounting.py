@@ -62,7 +62,9 @@ def test_policy_net_and_state_untouched() -> None:
     policy = torch.ones(2, 9)
     with_net = blockdrop.flops(m, policy, policy_net=pnet)
     without = blockdrop.flops(m, policy)
-    assert torch.equal(with_net - without, torch.full((2,), float(_direct(pnet, (3, 32, 32))), dtype=torch.float64))
+    assert torch.equal(
+        with_net - without, torch.full((2,), float(_direct(pnet, (3, 32, 32))), dtype=torch.float64)
+    )
     assert m.training and all(mod.training for mod in m.modules()) and pnet.training
     assert torch.equal(m.bn1.running_mean, bn_before)
 

@@ -1,5 +1,6 @@
 """blockdrop.training.averaging against a float64 average computed here, tensor by tensor, and the
 averaged network's eval-mode outputs against a network built from that average by hand."""
+
 from __future__ import annotations
 
 import copy
@@ -26,7 +27,7 @@ def test_every_float_tensor_is_the_weighted_mean_and_integers_come_from_the_firs
     a, b = _trained_like(1), _trained_like(2)
     sa0 = {k: v.clone() for k, v in a.state_dict().items()}
     sb0 = {k: v.clone() for k, v in b.state_dict().items()}
-    w = float(torch.rand(()).item()) * 0.3 + 0.1      # away from 0.5: a swapped weight must fail
+    w = float(torch.rand(()).item()) * 0.3 + 0.1  # away from 0.5: a swapped weight must fail
     out = average_weights(a, b, w)
     so = out.state_dict()
     floats = 0
@@ -49,8 +50,12 @@ def test_outputs_equal_a_network_loaded_with_the_average_by_hand() -> None:
     w = 0.25
     ref = copy.deepcopy(a)
     sa, sb = a.state_dict(), b.state_dict()
-    ref.load_state_dict({k: (sa[k].double() * (1 - w) + sb[k].double() * w).float()
-                         if sa[k].is_floating_point() else sa[k] for k in sa})
+    ref.load_state_dict(
+        {
+            k: (sa[k].double() * (1 - w) + sb[k].double() * w).float() if sa[k].is_floating_point() else sa[k]
+            for k in sa
+        }
+    )
     x = torch.randn(8, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(average_weights(a, b, w)(x), ref(x), rtol=1e-5, atol=1e-5)

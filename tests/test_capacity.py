@@ -3,6 +3,7 @@ that policy -- the policy computed here by an independent plain-Python ranking -
 kind (CIFAR, torchvision, timm, official), fp32/bf16, NCHW/channels_last, with and without
 autograd; ties go to the lower index, deterministically; capacities 0 and N; counts from shares;
 bad input is a ValueError naming the argument."""
+
 from __future__ import annotations
 
 import copy
@@ -25,14 +26,20 @@ def _timm18() -> torch.nn.Module:
 
 def _official() -> torch.nn.Module:
     from blockdrop.interop.official_models import OfficialCifarResNet
+
     torch.manual_seed(0)
     return randomize_bn(OfficialCifarResNet([2, 2, 2], 10))
 
 
 KINDS = {  # kind -> (builder, input size)
     "cifar": (lambda: (torch.manual_seed(0), randomize_bn(models.cifar_resnet(20)))[1], (3, 32, 32)),
-    "torchvision": (lambda: (torch.manual_seed(0), models.from_torchvision(
-        randomize_bn(__import__("torchvision").models.resnet18(num_classes=10))))[1], (3, 64, 64)),
+    "torchvision": (
+        lambda: (
+            torch.manual_seed(0),
+            models.from_torchvision(randomize_bn(__import__("torchvision").models.resnet18(num_classes=10))),
+        )[1],
+        (3, 64, 64),
+    ),
     "timm": (_timm18, (3, 64, 64)),
     "official": (_official, (3, 32, 32)),
 }
@@ -106,8 +113,9 @@ def _grads(model, xg) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_equals_masked_under_the_executed_policy(kind: str, dtype: torch.dtype, layout: str,
-                                                 grad: bool) -> None:
+def test_equals_masked_under_the_executed_policy(
+    kind: str, dtype: torch.dtype, layout: str, grad: bool
+) -> None:
     base = _model(kind)
     n = 6
     x, scores = _inputs(kind, n)
@@ -150,8 +158,11 @@ def test_traced_path_equals_eager(kind: str, layout: str) -> None:
     x, scores = _inputs(kind, 6)
     x = x.contiguous(memory_format=fmt)
     counts = _counts(6, model.num_blocks)
-    f = torch.compile(lambda x, s: capacity_forward(model, x, s, counts, return_policy=True),
-                      fullgraph=True, backend="eager")
+    f = torch.compile(
+        lambda x, s: capacity_forward(model, x, s, counts, return_policy=True),
+        fullgraph=True,
+        backend="eager",
+    )
     with torch.no_grad():
         (out, p), (ref, ref_p) = f(x, scores), capacity_forward(model, x, scores, counts, return_policy=True)
     torch._dynamo.reset()
@@ -223,9 +234,9 @@ def test_batch_smaller_than_calibrated_and_batch_one() -> None:
         assert (out - dynamic_forward(model, x, p, "masked")).abs().max() <= tol(out)
         static = torch.tensor([[s in (0.9, 0.75, 0.6, 0.55) for s in shares]])  # round(3.85) = 4
         for i in range(3):
-            o1, p1 = capacity_forward(model, x[i:i + 1], scores[i:i + 1], shares, return_policy=True)
+            o1, p1 = capacity_forward(model, x[i : i + 1], scores[i : i + 1], shares, return_policy=True)
             assert torch.equal(p1, static)
-            assert (o1 - oracle(model, x[i:i + 1], static)).abs().max() <= tol(o1)
+            assert (o1 - oracle(model, x[i : i + 1], static)).abs().max() <= tol(o1)
 
 
 def test_no_grad_returns_ordinary_tensors() -> None:
@@ -242,6 +253,7 @@ def test_inference_peak_memory_within_full(kind: str, n: int, share: float) -> N
     """Inference peak <= 1.10 x the full network's at the same batch (0.9: nearly every row
     gathered, the worst case of a copy that is not freed after the block's first layer)."""
     from blockdrop.evaluation.memory import peak_memory
+
     model = _model(kind)
     x, scores = _inputs(kind, n)
     capacity = [share] * model.num_blocks
@@ -279,17 +291,20 @@ def test_capacity_forms() -> None:
 # ---------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("capacity,match", [
-    ([5, 0, 0, 0, 0, 0, 0, 0, 0], r"capacity: expected counts in \[0, N\] = \[0, 4\], got 5 at block 0"),
-    ([0, -1, 0, 0, 0, 0, 0, 0, 0], r"capacity: expected counts in \[0, N\].*-1 at block 1"),
-    ([1, 2], r"capacity: expected K = 9 values \(one per block\), got 2"),
-    ([0.5] * 8 + [1.5], r"capacity: expected shares in \[0, 1\], got 1.5 at block 8"),
-    ([0.5] * 8 + [float("nan")], r"capacity: expected shares in \[0, 1\], got nan"),
-    (torch.ones(9, dtype=torch.bool), r"capacity: expected integer counts or float shares"),
-    (torch.ones(3, 3), r"capacity: expected a 1-D tensor of length K = 9"),
-    ("all", r"capacity: expected K = 9 counts or shares"),
-    ([True] * 9, r"capacity: expected ints \(counts\) or floats \(shares\), got True"),
-])
+@pytest.mark.parametrize(
+    "capacity,match",
+    [
+        ([5, 0, 0, 0, 0, 0, 0, 0, 0], r"capacity: expected counts in \[0, N\] = \[0, 4\], got 5 at block 0"),
+        ([0, -1, 0, 0, 0, 0, 0, 0, 0], r"capacity: expected counts in \[0, N\].*-1 at block 1"),
+        ([1, 2], r"capacity: expected K = 9 values \(one per block\), got 2"),
+        ([0.5] * 8 + [1.5], r"capacity: expected shares in \[0, 1\], got 1.5 at block 8"),
+        ([0.5] * 8 + [float("nan")], r"capacity: expected shares in \[0, 1\], got nan"),
+        (torch.ones(9, dtype=torch.bool), r"capacity: expected integer counts or float shares"),
+        (torch.ones(3, 3), r"capacity: expected a 1-D tensor of length K = 9"),
+        ("all", r"capacity: expected K = 9 counts or shares"),
+        ([True] * 9, r"capacity: expected ints \(counts\) or floats \(shares\), got True"),
+    ],
+)
 def test_bad_capacity_is_a_value_error(capacity, match: str) -> None:
     model = _model("cifar")
     x, scores = _inputs("cifar", 4)

@@ -2,6 +2,7 @@
 budget met for every batch, the checkpoint round trip, ``torch.compile(fullgraph=True)`` with no
 recompilation over 20 batches, ``torch.export`` saved and run in a fresh process, ``cuda_graphed``'s
 static buffers (capture itself: GPU only), and ``blockdrop eval --mode capacity``."""
+
 from __future__ import annotations
 
 import subprocess
@@ -86,6 +87,7 @@ def test_budget_is_met_for_every_batch(budget: float) -> None:
 
 def test_budget_shares_follow_the_profile_then_fill() -> None:
     from blockdrop.calibration import budget_shares
+
     assert budget_shares([0.2, 0.4], [10, 10], 3.0) == pytest.approx((0.1, 0.2))
     assert budget_shares(None, [10, 30], 20.0) == pytest.approx((0.5, 0.5))
     assert budget_shares([0.0, 1.0, 0.5], [10, 10, 10], 25.0) == pytest.approx((0.5, 1.0, 1.0))
@@ -94,8 +96,8 @@ def test_budget_shares_follow_the_profile_then_fill() -> None:
 
 def test_budget_counts_fill_up_to_the_allowance() -> None:
     assert budget_counts([0.5, 0.5], 3, [10, 10], 10.0) == (2, 1)  # floor 1+1, one more fits in 30
-    assert budget_counts([0.5, 0.5], 3, [10, 10], 9.0) == (1, 1)   # 27 leaves no room for a third
-    assert budget_counts([0.4, 0.6], 1, [5, 20], 5.0) == (1, 0)    # block 1 does not fit, block 0 does
+    assert budget_counts([0.5, 0.5], 3, [10, 10], 9.0) == (1, 1)  # 27 leaves no room for a third
+    assert budget_counts([0.4, 0.6], 1, [5, 20], 5.0) == (1, 0)  # block 1 does not fit, block 0 does
 
 
 @pytest.mark.parametrize("budget", [0.0, -0.1, 1.5, float("nan"), "half"])
@@ -177,6 +179,7 @@ def test_fullgraph_compile_one_graph_no_recompile(fresh_dynamo) -> None:
 def test_aot_compile_of_capacity_forward_matches(fresh_dynamo) -> None:
     """Through AOTAutograd's functionalization (the ops' fake kernels), forward and backward."""
     from blockdrop import capacity_forward
+
     net = _net(8)
     bb = net.backbone
     f = torch.compile(lambda x, s: capacity_forward(bb, x, s, [2, 3, 5]), fullgraph=True, backend="aot_eager")
@@ -209,8 +212,13 @@ def test_export_round_trip_in_a_fresh_process(tmp_path: Path) -> None:
     with torch.no_grad():
         logits, policy = net(other)
     torch.save((other, logits, policy), tmp_path / "io.pt")
-    r = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "net.pt2"), str(tmp_path / "io.pt")],
-                       capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tmp_path / "net.pt2"), str(tmp_path / "io.pt")],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
     ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert {"aten.index_select.default", "aten.index_copy.default", "aten.argsort.stable"} <= ops, ops
@@ -276,19 +284,49 @@ def test_eval_capacity_mode_cli(tmp_path: Path, capsys) -> None:
     tiny_image_folder(data / "train", n_per_class=8)
     tiny_image_folder(data / "test", n_per_class=4)
     bb = models.cifar_resnet(8, num_classes=3).eval()
-    ck = save_blockdrop_net(tmp_path / "m", BlockDropNet(CifarPolicyNet(3, width=8), bb),
-                            {"classes": ["blue", "green", "red"]})
-    common = ["--data", str(data), "--batch-size", "8", "--bench-batches", "0", "--no-progress",
-              "--device", "cpu"]
+    ck = save_blockdrop_net(
+        tmp_path / "m", BlockDropNet(CifarPolicyNet(3, width=8), bb), {"classes": ["blue", "green", "red"]}
+    )
+    common = [
+        "--data",
+        str(data),
+        "--batch-size",
+        "8",
+        "--bench-batches",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(["eval", str(ck), *common, "--mode", "capacity"]) == 2
     assert "stores no capacity" in capsys.readouterr().err
     out = tmp_path / "cap.safetensors"
-    assert main(["eval", str(ck), *common, "--mode", "both", "--calibrate-data", str(data),
-                 "--calibrate-holdout", "6", "--budget", "0.8", "--save-calibrated", str(out),
-                 "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(ck),
+                *common,
+                "--mode",
+                "both",
+                "--calibrate-data",
+                str(data),
+                "--calibrate-holdout",
+                "6",
+                "--budget",
+                "0.8",
+                "--save-calibrated",
+                str(out),
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "m capacity - m threshold" in text and "within 0.8 of the full network's FLOPs" in text
     import json
+
     rows = json.loads((tmp_path / "r.json").read_text())
     assert [r["label"] for r in rows] == ["m threshold", "m capacity"]
     assert rows[1]["flops_mean"] <= 0.8 * rows[1]["full_flops"] * (1 + 1e-9)

@@ -1,6 +1,7 @@
 """Checkpoints survive a kill: a child process saving in a loop is SIGKILLed at random moments,
 many times; after each kill the checkpoint on disk must load and be one complete save (its
 tensors agree with its metadata), never a torn one."""
+
 from __future__ import annotations
 
 import os
@@ -38,13 +39,14 @@ def test_sigkill_during_save_never_leaves_a_torn_checkpoint(tmp_path: Path) -> N
     steps_seen: list[int] = []
     start = 0
     for _ in range(12):
-        p = subprocess.Popen([sys.executable, "-c", _SAVER, str(path), str(start)], env=env,
-                             stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(path), str(start)], env=env, stdout=subprocess.PIPE, text=True
+        )
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.05, 0.6))            # somewhere inside some save
+        time.sleep(rng.uniform(0.05, 0.6))  # somewhere inside some save
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        if not path.exists():                          # killed before the first save finished
+        if not path.exists():  # killed before the first save finished
             continue
         tensors, meta = load_checkpoint(path)
         i = meta["step"]

@@ -1,5 +1,6 @@
 """torch.compile over dynamic_forward and BlockDropNet: batches with new policies do not recompile,
 results match eager; torch.export captures the masked path."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,11 +41,12 @@ def test_compiled_dynamic_forward_does_not_recompile_per_policy(strategy: str) -
             x = torch.randn(16, 3, 32, 32, generator=g)
             p = (torch.rand(16, model.num_blocks, generator=g) < 0.5).float()
             got = f(x, p)
-            torch.testing.assert_close(got, dynamic_forward(model, x, p, strategy="masked"),
-                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                got, dynamic_forward(model, x, p, strategy="masked"), rtol=1e-4, atol=1e-5
+            )
             if i == 1:
                 after_two = backend.graphs
-    assert backend.graphs == after_two <= 3       # nothing new after the second batch
+    assert backend.graphs == after_two <= 3  # nothing new after the second batch
 
 
 def test_compiled_blockdrop_net_does_not_recompile_per_policy() -> None:

@@ -1,6 +1,7 @@
 """blockdrop.recipes.config: every preset survives YAML and JSON round trips, a partial file
 updates a base preset field by field, overrides parse as YAML, and bad settings are errors
 naming the setting."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,7 @@ def test_every_preset_round_trips_through_yaml_and_json(name: str, tmp_path: Pat
 
 def test_a_partial_file_updates_its_base_preset(tmp_path: Path) -> None:
     f = tmp_path / "variant.yaml"
-    f.write_text("preset: quick\nname: quick-kd\nadapt:\n  distill: 0.2\ngammas: [1, 3]\n"
-                 "finetune: null\n")
+    f.write_text("preset: quick\nname: quick-kd\nadapt:\n  distill: 0.2\ngammas: [1, 3]\nfinetune: null\n")
     p, q = load_config(f), get_preset("quick")
     assert p.name == "quick-kd" and p.gammas == (1.0, 3.0) and p.finetune is None
     assert p.adapt is not None and q.adapt is not None
@@ -45,19 +45,29 @@ def test_a_partial_file_updates_its_base_preset(tmp_path: Path) -> None:
 
 def test_overrides_parse_as_yaml_and_name_what_is_wrong() -> None:
     q = get_preset("cpu")
-    p = apply_overrides(q, ["adapt.steps=20", "selection.thresholds=[0.4, 0.6]",
-                            "selection.max_blocks=null", "curriculum.cl_step=null", "n_val=100",
-                            "finetune.lr=1e-3"])
+    p = apply_overrides(
+        q,
+        [
+            "adapt.steps=20",
+            "selection.thresholds=[0.4, 0.6]",
+            "selection.max_blocks=null",
+            "curriculum.cl_step=null",
+            "n_val=100",
+            "finetune.lr=1e-3",
+        ],
+    )
     assert p.adapt is not None and p.adapt.steps == 20 and p.selection.thresholds == (0.4, 0.6)
     assert p.curriculum.cl_step is None and p.n_val == 100 and p.finetune.lr == 1e-3
     assert isinstance(p.finetune.lr, float)
     assert apply_overrides(q, []) is q
-    for bad, msg in [("adapt.stps=2", "adapt: unknown setting 'stps'"),
-                     ("adaptt.steps=2", "unknown section 'adaptt'"),
-                     ("adapt.keep=1.5", "keep"),
-                     ("selection.rule=most", "rule"),
-                     ("nonsense", "SECTION.FIELD=VALUE"),
-                     ("curriculum.stage=finetune", "stage")]:
+    for bad, msg in [
+        ("adapt.stps=2", "adapt: unknown setting 'stps'"),
+        ("adaptt.steps=2", "unknown section 'adaptt'"),
+        ("adapt.keep=1.5", "keep"),
+        ("selection.rule=most", "rule"),
+        ("nonsense", "SECTION.FIELD=VALUE"),
+        ("curriculum.stage=finetune", "stage"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             apply_overrides(q, [bad])
     with pytest.raises(ValueError, match="adapt does not run"):
@@ -66,6 +76,7 @@ def test_overrides_parse_as_yaml_and_name_what_is_wrong() -> None:
 
 def test_a_config_file_must_exist_and_parse(tmp_path: Path) -> None:
     from blockdrop.errors import FileFormatError
+
     with pytest.raises(FileNotFoundError, match="config"):
         load_config(tmp_path / "none.yaml")
     bad = tmp_path / "bad.json"
@@ -82,9 +93,23 @@ def test_print_config_is_what_config_reads(tmp_path: Path) -> None:
     """The CLI's --print-config output, read back with --config, is the same preset."""
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "blockdrop", "reproduce", "--preset", "cpu",
-                        "--set", "adapt.steps=7", "--print-config"], capture_output=True, text=True,
-                       timeout=120)
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blockdrop",
+            "reproduce",
+            "--preset",
+            "cpu",
+            "--set",
+            "adapt.steps=7",
+            "--print-config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     f = tmp_path / "p.yaml"
     f.write_text(r.stdout)

@@ -1,4 +1,5 @@
 """Data loading: ImageFolder trees, .tar.gz archives, CIFAR folders, digits, sampling."""
+
 from __future__ import annotations
 
 import pickle
@@ -24,10 +25,17 @@ from blockdrop.data import (
 )
 
 
-def make_image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 4, size: int = 16,
-                      seed: int = 0, ext: str = "png") -> Path:
+def make_image_folder(
+    root: Path,
+    classes=("cat", "dog", "emu"),
+    per_class: int = 4,
+    size: int = 16,
+    seed: int = 0,
+    ext: str = "png",
+) -> Path:
     """Write a tiny ImageFolder tree ``root/<class>/<i>.<ext>`` of random RGB images."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     for c in classes:
         (root / c).mkdir(parents=True, exist_ok=True)
@@ -47,6 +55,7 @@ def test_image_folder_in_memory(tmp_path: Path) -> None:
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == 1
     # eval transform = normalisation only: denormalising gives back the stored pixels
     from PIL import Image
+
     ref = torch.from_numpy(np.array(Image.open(root / "dog" / "0001.png"))).permute(2, 0, 1) / 255
     torch.testing.assert_close(denormalize(x[None])[0], ref, atol=1e-6, rtol=0)
 
@@ -66,7 +75,7 @@ def test_augmentation_is_a_function_of_seed_epoch_index(tmp_path: Path) -> None:
         u = ds[i][0]
         ds.set_epoch(1)
         diffs += int(not torch.equal(u, ds[i][0]))
-    assert diffs >= len(ds) // 2      # crops/flips change between epochs
+    assert diffs >= len(ds) // 2  # crops/flips change between epochs
 
 
 def test_targz_archive_with_splits_streams_like_the_folder(tmp_path: Path) -> None:
@@ -77,7 +86,7 @@ def test_targz_archive_with_splits_streams_like_the_folder(tmp_path: Path) -> No
         tf.add(tmp_path / "tree" / "data", arcname="data")
     tr, te = load_dataset(arc, "train"), load_dataset(arc, "test")
     assert len(tr.dataset) == 9 and len(te.dataset) == 6
-    ref = load_dataset(tmp_path / "tree" / "data", "test")   # folder with split subdirs
+    ref = load_dataset(tmp_path / "tree" / "data", "test")  # folder with split subdirs
     assert torch.equal(te.dataset.images, ref.dataset.images)
     assert torch.equal(te.dataset.labels, ref.dataset.labels)
 
@@ -92,7 +101,7 @@ def test_large_image_archive_is_extracted_to_cache(tmp_path: Path) -> None:
     assert any((tmp_path / "cache").iterdir())
     x, y = info.dataset[1]
     assert x.shape == (3, 224, 224) and y == 1
-    again = load_dataset(arc, "test", cache_dir=tmp_path / "cache")   # reuses the extraction
+    again = load_dataset(arc, "test", cache_dir=tmp_path / "cache")  # reuses the extraction
     assert again.dataset.samples == info.dataset.samples
 
 
@@ -102,8 +111,7 @@ def test_cifar_python_folder(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(root / name, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
-                         "labels": [0, 1, 2, 9]}, f)
+            pickle.dump({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}, f)
     with open(root / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     tr = load_dataset(tmp_path / "cifar", "train")
@@ -138,7 +146,7 @@ def test_digits_dataset() -> None:
     x, y = te.dataset[0]
     assert x.shape == (3, 32, 32) and 0 <= y < 10
     rgb = denormalize(x[None])[0]
-    torch.testing.assert_close(rgb[0], rgb[1])   # grey replicated to 3 channels
+    torch.testing.assert_close(rgb[0], rgb[1])  # grey replicated to 3 channels
     assert tr.dataset.images.dtype == torch.uint8 and tr.dataset.images.shape[1:] == (32, 32, 3)
 
 
@@ -153,7 +161,7 @@ def test_epoch_sampler_shards_and_resumes() -> None:
     s.set_epoch(2, start=3)
     assert list(s) == s.indices()[3:] and len(s) == 7
     s.set_epoch(3, start=0)
-    assert s.indices() != EpochSampler(10, seed=1).indices()   # epoch 3 vs epoch 0
+    assert s.indices() != EpochSampler(10, seed=1).indices()  # epoch 3 vs epoch 0
 
 
 def test_epoch_sampler_fewer_images_than_ranks() -> None:
@@ -186,24 +194,27 @@ def test_shared_cifar10_lossless_archive(shared_data: Path) -> None:
 
 def test_split_train_val_is_stratified_disjoint_and_unaugmented() -> None:
     from blockdrop.data import DataInfo, ImageArrayDataset, SmallImageTransform, split_train_val
+
     g = torch.Generator().manual_seed(0)
     n = 90
     images = torch.randint(0, 256, (n, 8, 8, 3), dtype=torch.uint8, generator=g)
     labels = torch.arange(n) % 3
-    info = DataInfo(ImageArrayDataset(images, labels, SmallImageTransform(True, pad=1), 0),
-                    ["a", "b", "c"], 8, "toy")
+    info = DataInfo(
+        ImageArrayDataset(images, labels, SmallImageTransform(True, pad=1), 0), ["a", "b", "c"], 8, "toy"
+    )
     tr, va = split_train_val(info, 12, seed=5)
     assert len(tr.dataset) == 78 and len(va.dataset) == 12
     assert torch.bincount(va.dataset.labels).tolist() == [4, 4, 4]
     # disjoint and complete: every original image is in exactly one split
-    key = lambda ims: {bytes(im.flatten().tolist()) for im in ims}   # noqa: E731
+    key = lambda ims: {bytes(im.flatten().tolist()) for im in ims}  # noqa: E731
     assert key(tr.dataset.images) | key(va.dataset.images) == key(images)
     assert not key(tr.dataset.images) & key(va.dataset.images)
     # train keeps its augmentation; val is the plain normalised image
     assert tr.dataset.transform.train and not va.dataset.transform.train
     x, y = va.dataset[0]
-    ref = (va.dataset.images[0].permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) \
-        / torch.tensor(STD).view(3, 1, 1)
+    ref = (
+        va.dataset.images[0].permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)
+    ) / torch.tensor(STD).view(3, 1, 1)
     torch.testing.assert_close(x, ref)
     # another seed, another draw; the same seed, the same draw
     assert not torch.equal(split_train_val(info, 12, seed=6)[1].dataset.images, va.dataset.images)

@@ -30,6 +30,7 @@
 3. **Every relative link** in the README, docs/ and benchmarks/README.md resolves (the file, and
    a ``#heading`` anchor in a markdown file).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -52,10 +53,11 @@ _MEASURE_IN_LABEL = re.compile(r"\d\s*(%|x\b|min\b)")
 
 # ------------------------------------------------------------------------------ README tables
 
+
 def _results_section(text: str) -> str:
     start = text.index("\n## Results")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 def _cells(line: str) -> list[str]:
@@ -128,8 +130,10 @@ def _value(data: Any, key: str, where: str) -> float:
 
 def _numbers(text: str) -> list[tuple[float, int, str]]:
     """``(value, decimals shown, unit)`` of each number in ``text``."""
-    return [(float(i.replace(",", "") + (f or "")), len(f) - 1 if f else 0, u or "")
-            for i, f, u in _NUMBER.findall(text)]
+    return [
+        (float(i.replace(",", "") + (f or "")), len(f) - 1 if f else 0, u or "")
+        for i, f, u in _NUMBER.findall(text)
+    ]
 
 
 def _row_source(first: str, where: str) -> tuple[Any, str]:
@@ -153,7 +157,8 @@ def _column_specs(header: list[str], where: str) -> list[str]:
         spec = _comment(cell)
         assert spec is not None and (spec == "label" or spec[:1] in "=~"), (
             f"{where}: header cell {i + 1} ({_visible(cell)!r}) needs <!-- label -->, <!-- ~ KEY --> "
-            f"or <!-- = KEY; ... --> (see tests/test_docs.py)")
+            f"or <!-- = KEY; ... --> (see tests/test_docs.py)"
+        )
         specs.append(spec)
     return specs
 
@@ -175,20 +180,24 @@ def _check_cell(cell: str, spec: str, data: Any, where: str) -> int:
     if spec.startswith("~"):
         want = _words(str(_lookup(data, spec[1:].strip(), where)))
         assert want in _words(text) or _words(text) in want, (
-            f"{where}: {text!r} does not name the record's {spec[1:].strip()} {want!r}")
+            f"{where}: {text!r} does not name the record's {spec[1:].strip()} {want!r}"
+        )
         return 0
     keys = [k.strip() for k in spec[1:].split(";") if k.strip()]
     nums = _numbers(text)
     if not nums:
         assert re.search(r"not (measured|recorded)", text), (
-            f"{where}: no number in a measured cell {text!r} (write 'not measured' if there is none)")
+            f"{where}: no number in a measured cell {text!r} (write 'not measured' if there is none)"
+        )
         return 0
     assert len(nums) <= len(keys), (
-        f"{where}: {text!r} quotes {len(nums)} numbers, its column names {len(keys)} keys {keys}")
+        f"{where}: {text!r} quotes {len(nums)} numbers, its column names {len(keys)} keys {keys}"
+    )
     for (shown, decimals, unit), key in zip(nums, keys):
         v = _value(data, key, where) * (100 if unit == "%" else 1)
-        assert abs(shown - v) <= 0.5 * 10 ** -decimals + 1e-9, (
-            f"{where}: {shown:.{decimals}f}{unit} quoted for {key!r}, the results file says {v:.6g}")
+        assert abs(shown - v) <= 0.5 * 10**-decimals + 1e-9, (
+            f"{where}: {shown:.{decimals}f}{unit} quoted for {key!r}, the results file says {v:.6g}"
+        )
     return len(nums)
 
 
@@ -211,16 +220,19 @@ def check_results_tables(readme_text: str) -> int:
 
 def test_readme_results_numbers_come_from_the_committed_results_files():
     traced = check_results_tables(README.read_text())
-    assert traced >= 50          # the tables quote many numbers: this test must be reading them
+    assert traced >= 50  # the tables quote many numbers: this test must be reading them
 
 
-@pytest.mark.parametrize("old, new", [
-    ("| 91.80%", "| 91.90%"),                                      # an accuracy
-    ("22.74 / 27", "22.64 / 27"),                                  # blocks
-    ("| 14.0 min", "| 13.0 min"),                                  # minutes
-    ("**1.11x** (0.89)", "**1.11x** (0.91)"),                      # a GPU realized / ideal
-    ("<!-- = accuracy -->", ""),                                   # a header without its key
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("| 91.80%", "| 91.90%"),  # an accuracy
+        ("22.74 / 27", "22.64 / 27"),  # blocks
+        ("| 14.0 min", "| 13.0 min"),  # minutes
+        ("**1.11x** (0.89)", "**1.11x** (0.91)"),  # a GPU realized / ideal
+        ("<!-- = accuracy -->", ""),  # a header without its key
+    ],
+)
 def test_a_changed_readme_number_fails(old, new):
     text = README.read_text()
     assert old in text, f"the README no longer holds {old!r}: update this test's mutations"
@@ -230,7 +242,13 @@ def test_a_changed_readme_number_fails(old, new):
 
 def test_number_parsing_and_rounding():
     assert _numbers("91.80% at 22.74 / 27 (84%), 1,000 images, 1.06x") == [
-        (91.8, 2, "%"), (22.74, 2, ""), (27.0, 0, ""), (84.0, 0, "%"), (1000.0, 0, ""), (1.06, 2, "x")]
+        (91.8, 2, "%"),
+        (22.74, 2, ""),
+        (27.0, 0, ""),
+        (84.0, 0, "%"),
+        (1000.0, 0, ""),
+        (1.06, 2, "x"),
+    ]
     assert _numbers("CIFAR R110, ResNet-56, cifar10") == []
     data = {"a": 0.9179999828338623, "cases": [{"m": "R1", "v": 3.1453}, {"m": "R2", "v": 1.0}]}
     assert _check_cell("91.80%", "= a", data, "t") == 1
@@ -243,6 +261,7 @@ def test_number_parsing_and_rounding():
 
 # ------------------------------------------------------------------------------------ API.md
 
+
 def test_api_md_is_generated_from_the_docstrings():
     spec = importlib.util.spec_from_file_location("gen_api", ROOT / "scripts" / "gen_api.py")
     assert spec is not None and spec.loader is not None
@@ -253,6 +272,7 @@ def test_api_md_is_generated_from_the_docstrings():
 
 
 # ------------------------------------------------------------------------------------- links
+
 
 def _anchors(md: Path) -> set[str]:
     """GitHub's anchors of a markdown file's headings."""
@@ -266,16 +286,22 @@ def _anchors(md: Path) -> set[str]:
 
 
 def _doc_files() -> list[Path]:
-    return [README, ROOT / "CHANGELOG.md", ROOT / "benchmarks" / "README.md",
-            *sorted((ROOT / "docs").rglob("*.md"))]
+    return [
+        README,
+        ROOT / "CHANGELOG.md",
+        ROOT / "benchmarks" / "README.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+    ]
 
 
 @pytest.mark.parametrize("doc", _doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(doc):
-    text = re.sub(r"```.*?```|``[^\n]*?``|`[^`\n]*`", "", doc.read_text(), flags=re.DOTALL)   # code is not a link
+    text = re.sub(
+        r"```.*?```|``[^\n]*?``|`[^`\n]*`", "", doc.read_text(), flags=re.DOTALL
+    )  # code is not a link
     for _, target in _LINK.findall(text):
         if re.match(r"[a-z]+:", target):
-            continue                               # http(s), mailto
+            continue  # http(s), mailto
         path, _, anchor = target.partition("#")
         dest = (doc.parent / path).resolve() if path else doc
         assert dest.exists(), f"{doc.relative_to(ROOT)}: link to {target} -- no such file"

@@ -1,5 +1,6 @@
 """blockdrop.training.drop_costs and PolicyNet.set_prior against plain-PyTorch references: each block's
 drop cost from the engine-independent per-image oracle in float64."""
+
 from __future__ import annotations
 
 import copy
@@ -88,9 +89,10 @@ def test_greedy_drop_order_matches_a_brute_force_search() -> None:
     the full network's by KL in float64, and the cheapest block taken."""
     from blockdrop.models import cifar_resnet
     from blockdrop.training.drop_costs import drop_costs, greedy_drop_order
+
     torch.manual_seed(3)
     net = cifar_resnet(20, num_classes=5).eval()
-    for m in net.modules():            # random BN statistics: blocks that matter unequally
+    for m in net.modules():  # random BN statistics: blocks that matter unequally
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
@@ -119,7 +121,7 @@ def test_greedy_drop_order_matches_a_brute_force_search() -> None:
         cands = {k: cost(set(want) | {k}) for k in range(len(blocks)) if k not in want}
         want.append(min(cands, key=lambda k: (cands[k], k)))
     assert greedy_drop_order(net, xs, 5) == want
-    assert len(set(want)) == 5 and want != sorted(want)      # not simply the first or last blocks
+    assert len(set(want)) == 5 and want != sorted(want)  # not simply the first or last blocks
     c = drop_costs(net, xs, want[:2])
     assert torch.isinf(c[want[:2]]).all()
     ref = cost(set(want[:2]) | {want[2]})

@@ -279,7 +279,7 @@ def test_torchvision_resnet_accepted_directly() -> None:
     x = _inputs("resnet18", 3)
     policy = _policy("random", 3, wrapped.num_blocks)
     with torch.no_grad():
-        got = dynamic_forward(wrapped.resnet, x, policy, "gather")   # the bare torchvision module
+        got = dynamic_forward(wrapped.resnet, x, policy, "gather")  # the bare torchvision module
     ref = _oracle(wrapped, x, policy)
     torch.testing.assert_close(got, ref, rtol=0, atol=_tol(ref))
 
@@ -292,8 +292,10 @@ def test_pretrained_resnet32_accuracy_all_strategies(shared_data: Path) -> None:
     weights = sorted((root / "weights").glob("resnet32-*.th"))
     archive = root / "cifar10" / "cifar10-test1000-lossless.tar.gz"
     if not weights or not archive.is_file():
-        pytest.skip(f"pretrained ResNet-32 or lossless CIFAR-10 subset not found under {root} "
-                    "(set BLOCKDROP_DATA to the shared data folder)")
+        pytest.skip(
+            f"pretrained ResNet-32 or lossless CIFAR-10 subset not found under {root} "
+            "(set BLOCKDROP_DATA to the shared data folder)"
+        )
     model = models.load_cifar_resnet(weights[0])
     assert model.depth == 32 and model.num_blocks == 15
     x, y = _load_test1000(archive)
@@ -325,6 +327,7 @@ def test_wrapped_models_are_unwrapped() -> None:
     """DataParallel / DistributedDataParallel / torch.compile wrappers: the engine runs the module
     inside (its weights), with the same result as the bare model."""
     from blockdrop.models import cifar_resnet
+
     torch.manual_seed(0)
     m = cifar_resnet(8).eval()
     x = torch.randn(3, 3, 16, 16)

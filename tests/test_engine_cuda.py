@@ -1,6 +1,7 @@
 """dynamic_forward on CUDA (the `gpu` marker; skipped with a reason without a GPU): every
 strategy equals masked for each dtype and memory format, gradients, bad values, and a forward
 synchronises only in its plan."""
+
 from __future__ import annotations
 
 import copy
@@ -55,7 +56,10 @@ def test_cuda_gradients_and_bad_values() -> None:
     for strategy in ("gather", "group"):
         got = _grads(model, x, policy, strategy, w)
         for key, g in ref.items():
-            assert (got[key] - g).abs().max() <= 2e-4 * max(float(g.abs().max()), 1e-6) + 1e-6, (strategy, key)
+            assert (got[key] - g).abs().max() <= 2e-4 * max(float(g.abs().max()), 1e-6) + 1e-6, (
+                strategy,
+                key,
+            )
     bad = policy.float()
     bad[0, 0] = float("nan")
     for strategy in ALL:
@@ -70,11 +74,12 @@ def test_cuda_forward_syncs_only_in_the_plan(strategy: str, monkeypatch) -> None
     """One device->host synchronisation per forward, the plan's: with the plan computed first, the
     rest of the forward runs under torch's sync debug mode "error" (any sync raises)."""
     import blockdrop_ext
+
     model = copy.deepcopy(_model("cifar20")).cuda()
     x = _inputs("cifar20", 32).cuda()
     policy = _policy("prototypes" if strategy == "group" else "random", 32, model.num_blocks).cuda()
     with torch.no_grad():
-        ref = dynamic_forward(model, x, policy, strategy)   # warm-up (kernels, allocator)
+        ref = dynamic_forward(model, x, policy, strategy)  # warm-up (kernels, allocator)
         plan = blockdrop_ext.plan(policy)
         torch.cuda.synchronize()
         monkeypatch.setattr(blockdrop_ext, "plan", lambda p: plan)

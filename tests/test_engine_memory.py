@@ -1,5 +1,6 @@
 """Inference peak memory of every strategy stays within the full network's (+10%), also for
 channels_last, bf16 and autocast; the peak-memory meter itself counts live bytes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,9 @@ def test_inference_peak_memory_within_full(name: str, n: int, kind: str, device:
             dynamic_forward(model, x, policy, strategy)
             # B023: the lambda is called at once, inside the loop
             peak = peak_memory(lambda: dynamic_forward(model, x, policy, strategy), device)  # noqa: B023
-            assert peak <= 1.10 * full, f"{strategy}: peak {peak / 2**20:.1f} MiB vs full {full / 2**20:.1f} MiB"
+            assert peak <= 1.10 * full, (
+                f"{strategy}: peak {peak / 2**20:.1f} MiB vs full {full / 2**20:.1f} MiB"
+            )
 
 
 @pytest.mark.parametrize("variant", ["channels_last", "bfloat16", "autocast"])
@@ -54,7 +57,10 @@ def test_inference_peak_memory_formats_and_dtypes(variant: str) -> None:
     model = copy.deepcopy(_model(name))
     x = _inputs(name, n)
     if variant == "channels_last":
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
     elif variant == "bfloat16":
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     k = model.num_blocks
@@ -67,7 +73,9 @@ def test_inference_peak_memory_formats_and_dtypes(variant: str) -> None:
                 dynamic_forward(model, x, policy, strategy)
                 # B023: the lambda is called at once, inside the loop
                 peak = peak_memory(lambda: dynamic_forward(model, x, policy, strategy), "cpu")  # noqa: B023
-                assert peak <= 1.10 * full, f"{variant} {strategy}: {peak / 2**20:.1f} vs {full / 2**20:.1f} MiB"
+                assert peak <= 1.10 * full, (
+                    f"{variant} {strategy}: {peak / 2**20:.1f} vs {full / 2**20:.1f} MiB"
+                )
 
 
 def test_peak_memory_counts_live_bytes() -> None:

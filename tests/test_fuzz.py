@@ -2,6 +2,7 @@
 references written here, on random sizes (N = 0 included), dtypes, memory formats, non-contiguous
 inputs, policies and strategies. Bounded for CI (``BLOCKDROP_FUZZ_EXAMPLES``, default 25 per
 property; set it to e.g. 500 for a long run)."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,12 @@ from blockdrop import dynamic_forward
 from blockdrop.models import cifar_resnet
 
 EXAMPLES = int(os.environ.get("BLOCKDROP_FUZZ_EXAMPLES", "25"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 TOL = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-12, 1e-12), torch.bfloat16: (1.6e-2, 1e-2)}
 
@@ -29,9 +34,9 @@ def activations(draw, n_min: int = 0, c_even: bool = False):
     h, w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     dtype = draw(st.sampled_from(DTYPES))
     layout = draw(st.sampled_from(["contiguous", "channels_last", "strided"]))
-    seed = draw(st.integers(0, 2 ** 16))
+    seed = draw(st.integers(0, 2**16))
     g = torch.Generator().manual_seed(seed)
-    if layout == "strided":                           # every second channel of a wider tensor
+    if layout == "strided":  # every second channel of a wider tensor
         x = torch.randn(n, 2 * c, h, w, generator=g).to(dtype)[:, ::2]
     else:
         x = torch.randn(n, c, h, w, generator=g).to(dtype)
@@ -73,7 +78,7 @@ def _option_a(s: torch.Tensor, c_out: int) -> torch.Tensor:
     n, c, h, w = s.shape
     out = torch.zeros(n, c_out, (h + 1) // 2, (w + 1) // 2, dtype=s.dtype)
     pad = (c_out - c) // 2
-    out[:, pad:pad + c] = s[:, :, ::2, ::2]
+    out[:, pad : pad + c] = s[:, :, ::2, ::2]
     return out
 
 
@@ -96,14 +101,18 @@ def test_merge_block(data, relu: bool, downsample: bool) -> None:
     assert got.shape == (n, c_out, ho, wo) and got.dtype == s.dtype
     torch.testing.assert_close(got.double(), ref, rtol=rtol * 4, atol=atol * 4)
     if not downsample and s.is_contiguous(memory_format=torch.channels_last) and not s.is_contiguous():
-        assert got.is_contiguous(memory_format=torch.channels_last)    # keeps the layout
+        assert got.is_contiguous(memory_format=torch.channels_last)  # keeps the layout
 
 
 @FUZZ
 @given(data=st.data(), relu=st.booleans())
 def test_merge_block_in_place(data, relu: bool) -> None:
     x, g = data.draw(activations())
-    x = x.clone() if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
+    x = (
+        x.clone()
+        if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        else x.contiguous()
+    )
     rows = _rows(data.draw, x.shape[0], g, distinct=True)
     y = torch.randn(rows.numel(), *x.shape[1:], generator=g).to(x.dtype)
     ref = x.double().clone()
@@ -117,9 +126,13 @@ def test_merge_block_in_place(data, relu: bool) -> None:
 
 
 @FUZZ
-@given(n=st.integers(0, 12), k=st.integers(1, 9), seed=st.integers(0, 2 ** 16),
-       dtype=st.sampled_from([torch.bool, torch.uint8, torch.float32, torch.int64]),
-       keep=st.floats(0.0, 1.0))
+@given(
+    n=st.integers(0, 12),
+    k=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.bool, torch.uint8, torch.float32, torch.int64]),
+    keep=st.floats(0.0, 1.0),
+)
 def test_plan(n: int, k: int, seed: int, dtype: torch.dtype, keep: float) -> None:
     g = torch.Generator().manual_seed(seed)
     on = torch.rand(n, k, generator=g) < keep
@@ -142,7 +155,7 @@ def _oracle(model, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
     blocks = [b for layer in (m.layer1, m.layer2, m.layer3) for b in layer]
     outs = []
     for i in range(x.shape[0]):
-        h = torch.relu(m.bn1(m.conv1(x[i:i + 1].double())))
+        h = torch.relu(m.bn1(m.conv1(x[i : i + 1].double())))
         for j, b in enumerate(blocks):
             h = b(h) if policy[i, j] else b.shortcut(h)
         outs.append(m.linear(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(h, 1), 1)))
@@ -155,7 +168,7 @@ def nets() -> dict[int, torch.nn.Module]:
     out = {}
     for depth in (8, 14):
         net = cifar_resnet(depth, num_classes=5).eval()
-        for mod in net.modules():                     # non-trivial BN statistics
+        for mod in net.modules():  # non-trivial BN statistics
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.5, 0.5)
                 mod.running_var.uniform_(0.5, 2.0)
@@ -164,14 +177,22 @@ def nets() -> dict[int, torch.nn.Module]:
 
 
 @FUZZ
-@given(depth=st.sampled_from([8, 14]), n=st.integers(0, 9), size=st.sampled_from([4, 7, 8]),
-       strategy=st.sampled_from(["auto", "masked", "loop", "gather", "group"]),
-       channels_last=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]),
-       policy_kind=st.sampled_from(["iid", "prototypes", "ones", "zeros"]), seed=st.integers(0, 2 ** 16),
-       grad=st.booleans())
-def test_dynamic_forward_matches_the_per_image_oracle(nets, depth, n, size, strategy, channels_last,
-                                                      dtype, policy_kind, seed, grad) -> None:
+@given(
+    depth=st.sampled_from([8, 14]),
+    n=st.integers(0, 9),
+    size=st.sampled_from([4, 7, 8]),
+    strategy=st.sampled_from(["auto", "masked", "loop", "gather", "group"]),
+    channels_last=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    policy_kind=st.sampled_from(["iid", "prototypes", "ones", "zeros"]),
+    seed=st.integers(0, 2**16),
+    grad=st.booleans(),
+)
+def test_dynamic_forward_matches_the_per_image_oracle(
+    nets, depth, n, size, strategy, channels_last, dtype, policy_kind, seed, grad
+) -> None:
     import copy
+
     model = copy.deepcopy(nets[depth]).to(dtype)
     k = model.num_blocks
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
 """blockdrop.training.losses against float64 references written here from the definitions."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,10 +31,12 @@ def test_distillation_loss_matches_its_definition(dtype: torch.dtype) -> None:
         assert got.dtype == torch.float32
         assert float(got) == pytest.approx(_reference(logits, y, teacher, w, t), rel=1e-5, abs=1e-6)
         assert float(soft_target_kl(logits, teacher, t)) == pytest.approx(
-            _reference(logits, y, teacher, 1.0, t), rel=1e-5, abs=1e-6)
+            _reference(logits, y, teacher, 1.0, t), rel=1e-5, abs=1e-6
+        )
     # weight 0 is plain cross-entropy and needs no teacher
     assert float(distillation_loss(logits, y, None, 0.0, 4.0)) == pytest.approx(
-        _reference(logits, y, teacher, 0.0, 1.0), rel=1e-5)
+        _reference(logits, y, teacher, 0.0, 1.0), rel=1e-5
+    )
 
 
 def test_distillation_loss_gradient_matches_float64_autograd() -> None:
@@ -44,8 +47,10 @@ def test_distillation_loss_gradient_matches_float64_autograd() -> None:
     ref = logits.detach().double().requires_grad_()
     lp = torch.log_softmax(ref, 1)
     q = torch.softmax(teacher.double() / 2.0, 1)
-    loss = 0.6 * -lp[torch.arange(6), y].mean() + 0.4 * 4.0 * (
-        q * (q.log() - torch.log_softmax(ref / 2.0, 1))).sum(1).mean()
+    loss = (
+        0.6 * -lp[torch.arange(6), y].mean()
+        + 0.4 * 4.0 * (q * (q.log() - torch.log_softmax(ref / 2.0, 1))).sum(1).mean()
+    )
     loss.backward()
     torch.testing.assert_close(logits.grad.double(), ref.grad, rtol=1e-5, atol=1e-7)
 

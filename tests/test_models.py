@@ -31,8 +31,15 @@ def test_cifar_bad_depth(depth) -> None:
 
 def test_cifar_state_dict_names_match_public_format() -> None:
     keys = set(models.cifar_resnet(20).state_dict())
-    for key in ("conv1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer2.2.bn2.bias",
-                "layer3.0.conv2.weight", "linear.weight", "linear.bias"):
+    for key in (
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer2.2.bn2.bias",
+        "layer3.0.conv2.weight",
+        "linear.weight",
+        "linear.bias",
+    ):
         assert key in keys
     assert not any("shortcut" in k for k in keys)  # option A has no parameters
 
@@ -99,15 +106,23 @@ def test_load_errors(tmp_path: Path) -> None:
 def test_load_public_checkpoints(depth: int, shared_data: Path) -> None:
     found = sorted((shared_data / "weights").glob(f"resnet{depth}-*.th"))
     if not found:
-        pytest.skip(f"no public resnet{depth} checkpoint under {shared_data / 'weights'} (set BLOCKDROP_DATA)")
+        pytest.skip(
+            f"no public resnet{depth} checkpoint under {shared_data / 'weights'} (set BLOCKDROP_DATA)"
+        )
     m = models.load_cifar_resnet(found[0])
     assert m.depth == depth and m.num_blocks == (depth - 2) // 2
     assert m.conv1.weight.abs().sum() > 0
 
 
 @pytest.mark.parametrize(
-    "name,k,proj", [("resnet18", 8, 3), ("resnet34", 16, 3), ("resnet50", 16, 4), ("resnet101", 33, 4),
-                    ("resnet152", 50, 4)]
+    "name,k,proj",
+    [
+        ("resnet18", 8, 3),
+        ("resnet34", 16, 3),
+        ("resnet50", 16, 4),
+        ("resnet101", 33, 4),
+        ("resnet152", 50, 4),
+    ],
 )
 def test_torchvision_block_counts(name: str, k: int, proj: int) -> None:
     with torch.device("meta"):  # no real allocation or init: fast
@@ -126,7 +141,9 @@ def test_torchvision_shares_weights_and_reproduces_forward() -> None:
     ours = dict(w.named_parameters())
     for name, p in tv.named_parameters():
         assert ours["resnet." + name] is p
-    assert all(view.module is blk for view, blk in zip(w.blocks, [*tv.layer1, *tv.layer2, *tv.layer3, *tv.layer4]))
+    assert all(
+        view.module is blk for view, blk in zip(w.blocks, [*tv.layer1, *tv.layer2, *tv.layer3, *tv.layer4])
+    )
     x = torch.randn(2, 3, 64, 64)
     _check_forward_is_blocks(w, x)
     with torch.no_grad():

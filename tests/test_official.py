@@ -3,6 +3,7 @@
 modules (Tushar-N/blockdrop models/base.py, models/resnet.py) with random weights and non-trivial
 BN statistics; loaded with blockdrop.interop.load_official, every strategy must give the policy
 and the logits of the official semantics: ``forward`` (masked) and ``forward_single`` (batch 1)."""
+
 from __future__ import annotations
 
 import math
@@ -84,9 +85,14 @@ class RefFlatResNet(nn.Module):
         for f, n, s in zip(filt, layers, strides):
             ds = nn.Sequential()
             if s != 1 or self.inplanes != f * block.expansion:
-                ds = (nn.Sequential(nn.Conv2d(self.inplanes, f * block.expansion, 1, s, bias=False),
-                                    nn.BatchNorm2d(f * block.expansion)) if imagenet
-                      else RefDownsampleB(self.inplanes, f * block.expansion, s))
+                ds = (
+                    nn.Sequential(
+                        nn.Conv2d(self.inplanes, f * block.expansion, 1, s, bias=False),
+                        nn.BatchNorm2d(f * block.expansion),
+                    )
+                    if imagenet
+                    else RefDownsampleB(self.inplanes, f * block.expansion, s)
+                )
             blocks = [block(self.inplanes, f, s)]
             self.inplanes = f * block.expansion
             blocks += [block(self.inplanes, f) for _ in range(1, n)]
@@ -100,7 +106,7 @@ class RefFlatResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         return self.maxpool(x) if self.imagenet else x
 
-    def forward(self, x, policy):           # official masked forward
+    def forward(self, x, policy):  # official masked forward
         x = self.seed(x)
         t = 0
         for segment, num_blocks in enumerate(self.layer_config):
@@ -117,7 +123,7 @@ class RefFlatResNet(nn.Module):
                 t += 1
         return self.fc(self.avgpool(x).view(x.size(0), -1))
 
-    def forward_single(self, x, policy):    # official batch-1 forward
+    def forward_single(self, x, policy):  # official batch-1 forward
         x = self.seed(x)
         t = 0
         for segment, num_blocks in enumerate(self.layer_config):
@@ -140,8 +146,9 @@ class RefPolicy(nn.Module):
     def __init__(self, num_blocks, imagenet):
         super().__init__()
         self.imagenet = imagenet
-        self.features = RefFlatResNet(RefBasic, [1, 1, 1, 1] if imagenet else [1, 1, 1], 1000 if imagenet else 10,
-                                      imagenet)
+        self.features = RefFlatResNet(
+            RefBasic, [1, 1, 1, 1] if imagenet else [1, 1, 1], 1000 if imagenet else 10, imagenet
+        )
         if imagenet:
             self.features.avgpool = nn.AvgPool2d(4)
         dim = self.features.fc.weight.shape[1]
@@ -156,9 +163,13 @@ class RefPolicy(nn.Module):
         return torch.sigmoid(self.logit(x)), self.vnet(x)
 
 
-CONFIGS = {"R32_C10": ([5, 5, 5], 10, 15, False), "R110_C10": ([18, 18, 18], 10, 54, False),
-           "R32_C100": ([5, 5, 5], 100, 15, False), "R110_C100": ([18, 18, 18], 100, 54, False),
-           "R101_ImgNet": ([3, 4, 23, 3], 1000, 33, True)}
+CONFIGS = {
+    "R32_C10": ([5, 5, 5], 10, 15, False),
+    "R110_C10": ([18, 18, 18], 10, 54, False),
+    "R32_C100": ([5, 5, 5], 100, 15, False),
+    "R110_C100": ([18, 18, 18], 100, 54, False),
+    "R101_ImgNet": ([3, 4, 23, 3], 1000, 33, True),
+}
 
 
 def _randomise(m: nn.Module, g: torch.Generator) -> None:
@@ -186,7 +197,7 @@ def write_official(path: Path, name: str, seed: int = 0, with_resnet: bool = Tru
     agent = RefPolicy(k, imagenet).eval()
     _randomise(rnet, g)
     _randomise(agent, g)
-    with torch.no_grad():              # logits large enough that p >= 0.5 splits the blocks
+    with torch.no_grad():  # logits large enough that p >= 0.5 splits the blocks
         agent.logit.weight.mul_(20.0)
     obj = {"agent": _legacy_state(agent), "epoch": 17, "acc": 0.9, "reward": 0.4}
     if with_resnet:
@@ -199,15 +210,15 @@ def write_official(path: Path, name: str, seed: int = 0, with_resnet: bool = Tru
 def test_official_cifar_checkpoints_every_strategy(tmp_path: Path, name: str) -> None:
     path = tmp_path / f"{name}.t7"
     rnet, agent = write_official(path, name)
-    net = load_official(path, name).double()        # float64 on both sides: rounding out of the way
+    net = load_official(path, name).double()  # float64 on both sides: rounding out of the way
     rnet, agent = rnet.double(), agent.double()
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         probs, _ = agent(x)
         policy = (probs >= 0.5).float()
-        assert 0 < float(policy.mean()) < 1                  # a mixed policy, not all or nothing
+        assert 0 < float(policy.mean()) < 1  # a mixed policy, not all or nothing
         ref = rnet(x, policy)
-        singles = torch.cat([rnet.forward_single(x[i:i + 1], policy[i]) for i in range(6)])
+        singles = torch.cat([rnet.forward_single(x[i : i + 1], policy[i]) for i in range(6)])
         torch.testing.assert_close(ref, singles, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(net.probs(x).double(), probs, rtol=1e-6, atol=1e-7)
         for strategy in STRATEGIES:
@@ -216,7 +227,7 @@ def test_official_cifar_checkpoints_every_strategy(tmp_path: Path, name: str) ->
             assert torch.equal(pol, policy), strategy
             torch.testing.assert_close(logits, ref, rtol=1e-9, atol=1e-9, msg=strategy)
         net.strategy = "auto"
-        logits1, pol1 = net(x[2:3])                       # batch 1: forward_single's setting
+        logits1, pol1 = net(x[2:3])  # batch 1: forward_single's setting
         torch.testing.assert_close(logits1, singles[2:3], rtol=1e-9, atol=1e-9)
 
 
@@ -240,14 +251,15 @@ def test_official_imagenet_checkpoint(tmp_path: Path) -> None:
 
 def test_official_errors_and_trust(tmp_path: Path) -> None:
     from blockdrop.errors import FileFormatError
+
     path = tmp_path / "c.t7"
     write_official(path, "R32_C10")
     with pytest.raises(ValueError, match="model"):
         load_official(path, "R56_C10")
     with pytest.raises(FileFormatError, match="agent state dict"):
-        load_official(path, "R110_C10")                 # another model's shapes
+        load_official(path, "R110_C10")  # another model's shapes
     bad = tmp_path / "code.t7"
-    torch.save({"agent": {}, "extra": Path("x")}, bad)   # a pickle of more than tensors
+    torch.save({"agent": {}, "extra": Path("x")}, bad)  # a pickle of more than tensors
     with pytest.raises(FileFormatError, match="trust_pickle"):
         load_official(bad, "R32_C10")
     (tmp_path / "empty.t7").write_bytes(b"")
@@ -271,6 +283,7 @@ def test_convert_then_eval_applies_the_official_input_normalisation(tmp_path: Pa
 
     from blockdrop.cli import main
     from blockdrop.interop.official import CIFAR10_CLASSES
+
     rnet, agent = write_official(tmp_path / "r32.t7", "R32_C10")
     rng = np.random.default_rng(0)
     imgs, labels = [], []
@@ -281,11 +294,37 @@ def test_convert_then_eval_applies_the_official_input_normalisation(tmp_path: Pa
             Image.fromarray(arr).save(tmp_path / "data" / c / f"{i}.png")
             imgs.append(arr)
             labels.append(ci)
-    assert main(["convert", str(tmp_path / "r32.t7"), "--official", "R32_C10",
-                 "--out", str(tmp_path / "r32.safetensors")]) == 0
-    assert main(["eval", str(tmp_path / "r32.safetensors"), "--data", str(tmp_path / "data"),
-                 "--bench-batches", "0", "--json", str(tmp_path / "r.json"), "--no-progress",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "r32.t7"),
+                "--official",
+                "R32_C10",
+                "--out",
+                str(tmp_path / "r32.safetensors"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "r32.safetensors"),
+                "--data",
+                str(tmp_path / "data"),
+                "--bench-batches",
+                "0",
+                "--json",
+                str(tmp_path / "r.json"),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     got = json.loads((tmp_path / "r.json").read_text())[0]
     mean = torch.tensor([125.3, 123.0, 113.9]).view(1, 3, 1, 1) / 255
     std = torch.tensor([63.0, 62.1, 66.7]).view(1, 3, 1, 1) / 255

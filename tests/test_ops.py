@@ -1,6 +1,7 @@
 """blockdrop_ext ops against plain-PyTorch references (blockdrop_ext.reference / indexing), on fresh
 random inputs: plan, gather_rows, scatter_add_rows, merge_block (+ option A), merge_block_;
 opcheck, gradcheck (float64), torch.compile(fullgraph=True), bad input, build info."""
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,19 @@ def _act(shape, dtype, fmt, device, seed) -> torch.Tensor:
 
 # ---------------------------------------------------------------- plan
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("n,k,keep", [(0, 5, 0.5), (1, 54, 0.3), (17, 15, 0.5), (256, 54, 0.31), (300, 256, 0.5), (64, 130, 0.9), (40, 7, 0.0), (40, 7, 1.0)])
+@pytest.mark.parametrize(
+    "n,k,keep",
+    [
+        (0, 5, 0.5),
+        (1, 54, 0.3),
+        (17, 15, 0.5),
+        (256, 54, 0.31),
+        (300, 256, 0.5),
+        (64, 130, 0.9),
+        (40, 7, 0.0),
+        (40, 7, 1.0),
+    ],
+)
 def test_plan_matches_reference(device, n, k, keep):
     policy = torch.rand(n, k, generator=_gen("cpu", n * 1000 + k)) < keep
     got = torch.ops.blockdrop.plan(policy.to(device=device, dtype=torch.uint8))
@@ -314,10 +327,22 @@ def _opcheck_cases(device: str):
     return [
         (torch.ops.blockdrop.plan.default, (policy,), {}),
         (torch.ops.blockdrop.gather_rows.default, (x.requires_grad_(), rows), {}),
-        (torch.ops.blockdrop.gather_rows.default, (x.detach().contiguous(memory_format=torch.channels_last), rows), {}),
+        (
+            torch.ops.blockdrop.gather_rows.default,
+            (x.detach().contiguous(memory_format=torch.channels_last), rows),
+            {},
+        ),
         (torch.ops.blockdrop.scatter_add_rows.default, (y.requires_grad_(), rows, 6), {}),
-        (torch.ops.blockdrop.merge_block.default, (x.detach().requires_grad_(), y.detach().requires_grad_(), rows), {}),
-        (torch.ops.blockdrop.merge_block.default, (x.detach().requires_grad_(), yd.requires_grad_(), rows, True, True), {}),
+        (
+            torch.ops.blockdrop.merge_block.default,
+            (x.detach().requires_grad_(), y.detach().requires_grad_(), rows),
+            {},
+        ),
+        (
+            torch.ops.blockdrop.merge_block.default,
+            (x.detach().requires_grad_(), yd.requires_grad_(), rows, True, True),
+            {},
+        ),
         (torch.ops.blockdrop.merge_block_.default, (x.detach().clone(), y.detach(), rows, True), {}),
     ]
 
@@ -361,7 +386,9 @@ def test_torch_compile_fullgraph(device):
     def block(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         y = torch.relu(conv(torch.ops.blockdrop.gather_rows(x, rows)))
         h = torch.ops.blockdrop.merge_block(x, y, rows, True, False)
-        return torch.ops.blockdrop.merge_block(h, torch.ops.blockdrop.gather_rows(h, rows)[:, :, ::2, ::2].repeat(1, 2, 1, 1), rows, True, True)
+        return torch.ops.blockdrop.merge_block(
+            h, torch.ops.blockdrop.gather_rows(h, rows)[:, :, ::2, ::2].repeat(1, 2, 1, 1), rows, True, True
+        )
 
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
     x = torch.randn(10, 8, 6, 6, device=device)

@@ -2,6 +2,7 @@
 (and the demo), the policy network its curriculum config builds costs at most 2% of the backbone's
 FLOPs, both counted here by torch.utils.flop_counter (an independent counter), and the library's
 own accounting (blockdrop.flops, which reports accuracy-vs-FLOPs) agrees with it."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The README's quick start runs as printed, and its results match the per-image oracle."""
+
 from __future__ import annotations
 
 import re
@@ -14,7 +15,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _quick_start() -> str:
     text = README.read_text()
-    section = text[text.index("## Quick start"):]
+    section = text[text.index("## Quick start") :]
     m = re.search(r"```python\n(.*?)```", section, re.S)
     assert m, "README: no python block under '## Quick start'"
     return m.group(1)
@@ -24,7 +25,7 @@ def test_quick_start_runs_and_matches_the_oracle():
     pytest.importorskip("timm")
     code = _quick_start()
     # the lines that need files the reader brings (a trained run, an official checkpoint) stop here
-    runnable = code[:code.index("net = blockdrop.load(")]
+    runnable = code[: code.index("net = blockdrop.load(")]
     assert "dynamic_forward" in runnable
     torch.manual_seed(0)
     ns: dict = {}
@@ -37,4 +38,5 @@ def test_quick_start_runs_and_matches_the_oracle():
     assert ns["out"].shape == (4, 1000)
     # the lines that need files name real public functions
     import blockdrop
+
     assert callable(blockdrop.load) and callable(blockdrop.interop.load_official)

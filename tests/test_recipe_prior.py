@@ -1,6 +1,7 @@
 """The recipe's drop-cost prior on tiny data: a policy network that starts as the static
 "cheapest blocks first" policy (``curriculum.prior``), every block learned from the first step
 (``curriculum.cl_step=None``), and several policy draws per gamma (``curriculum.draws``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,12 +22,29 @@ from blockdrop.recipes.config import (
 )
 from blockdrop.training.drop_costs import keep_prior, single_drop_costs
 
-CL = CurriculumConfig(prior=True, prior_keep=(0.2, 0.8), prior_images=20, cl_step=None,
-                      steps_per_epoch=1, extra_epochs=1, lr=1e-3, batch_size=8, amp="off")
-TINY = Preset(name="tiny", summary="test", n_val=12, gammas=(1.0,),
-              adapt=AdaptConfig(steps=2, distill=0.5, batch_size=8, amp="off"), curriculum=CL,
-              finetune=None, baselines=BaselinesConfig(first_random_k=False, static_k=()),
-              selection=SelectionConfig(thresholds=(0.4, 0.5)), evaluation=EvalConfig(speed_batch=4))
+CL = CurriculumConfig(
+    prior=True,
+    prior_keep=(0.2, 0.8),
+    prior_images=20,
+    cl_step=None,
+    steps_per_epoch=1,
+    extra_epochs=1,
+    lr=1e-3,
+    batch_size=8,
+    amp="off",
+)
+TINY = Preset(
+    name="tiny",
+    summary="test",
+    n_val=12,
+    gammas=(1.0,),
+    adapt=AdaptConfig(steps=2, distill=0.5, batch_size=8, amp="off"),
+    curriculum=CL,
+    finetune=None,
+    baselines=BaselinesConfig(first_random_k=False, static_k=()),
+    selection=SelectionConfig(thresholds=(0.4, 0.5)),
+    evaluation=EvalConfig(speed_batch=4),
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +59,33 @@ def _subset_loader(train_path: Path, n: int, seed: int = 0):
 
 
 def test_presets_validate_the_prior_settings() -> None:
-    for bad in (dict(prior_keep=(0.0, 0.5)), dict(prior_keep=(0.6, 0.5)), dict(prior_images=0),
-                dict(cl_step=0), dict(draws=0)):
+    for bad in (
+        dict(prior_keep=(0.0, 0.5)),
+        dict(prior_keep=(0.6, 0.5)),
+        dict(prior_images=0),
+        dict(cl_step=0),
+        dict(draws=0),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             dataclasses.replace(CL, **bad)
 
 
 def test_reproduce_with_the_drop_cost_prior(tiny: dict[str, Path], tmp_path: Path) -> None:
     from blockdrop.recipes import reproduce as rep
+
     out = tmp_path / "run"
     logs: list[str] = []
-    rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                  device="cpu", progress=False, log=logs.append)
+    rep.reproduce(
+        TINY,
+        "resnet8",
+        tiny["train"],
+        tiny["test"],
+        tiny["weights"],
+        out,
+        device="cpu",
+        progress=False,
+        log=logs.append,
+    )
     # curriculum: costs of the (frozen) backbone it learns over; the policy started at the prior
     cl = out / "gamma1" / "curriculum" / "last"
     net, _ = load_blockdrop_net(cl.with_suffix(".safetensors"))
@@ -73,15 +106,25 @@ def test_policy_draws_are_candidates_and_resume(tiny: dict[str, Path], tmp_path:
     """curriculum.draws = 2: two policies from seeds 0 and 1 over the same backbone, both evaluated on
     validation at every threshold; the report names the chosen draw; resume reuses both."""
     from blockdrop.recipes import reproduce as rep
+
     p = TINY.replace(curriculum=dataclasses.replace(CL, draws=2))
     out = tmp_path / "draws"
-    report = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                           device="cpu", progress=False, log=lambda s: None)
+    report = rep.reproduce(
+        p,
+        "resnet8",
+        tiny["train"],
+        tiny["test"],
+        tiny["weights"],
+        out,
+        device="cpu",
+        progress=False,
+        log=lambda s: None,
+    )
     d0 = load_blockdrop_net(out / "gamma1" / "curriculum" / "last.safetensors")[0]
     d1 = load_blockdrop_net(out / "gamma1" / "curriculum_draw1" / "last.safetensors")[0]
     assert read_meta(out / "gamma1" / "curriculum_draw1")["config"]["seed"] == 1
     assert not torch.equal(d0.policy_net.stem[0].weight, d1.policy_net.stem[0].weight)
-    for k, t in d0.backbone.state_dict().items():          # one backbone, frozen in both
+    for k, t in d0.backbone.state_dict().items():  # one backbone, frozen in both
         assert torch.equal(t, d1.backbone.state_dict()[k]), k
     draws = {(q["draw"], q["threshold"]) for q in report["val"]["points"]}
     assert {(0, 0.4), (0, 0.5), (1, 0.4), (1, 0.5)} <= draws
@@ -89,7 +132,17 @@ def test_policy_draws_are_candidates_and_resume(tiny: dict[str, Path], tmp_path:
     chosen = [r for r in report["results"] if r.get("chosen")]
     assert len(chosen) == 1 and chosen[0]["draw"] == report["draw"]
     logs: list[str] = []
-    again = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                          device="cpu", progress=False, resume=True, log=logs.append)
+    again = rep.reproduce(
+        p,
+        "resnet8",
+        tiny["train"],
+        tiny["test"],
+        tiny["weights"],
+        out,
+        device="cpu",
+        progress=False,
+        resume=True,
+        log=logs.append,
+    )
     assert any(line.startswith("[gamma 1, draw 1] reusing") for line in logs), logs
     assert again["accuracy"] == report["accuracy"] and again["draw"] == report["draw"]

@@ -5,6 +5,7 @@ timm is represented by a few names (it has ~80 ResNets; they share one wrapper, 
 an oracle in test_timm.py). Every net runs at 32x32 (the ImageNet ones end at 1x1), batch 2,
 3 classes, in float64.
 """
+
 from __future__ import annotations
 
 import ast
@@ -73,8 +74,7 @@ def _expected_family(name: str) -> type:
     return TimmResNet if name.startswith("timm/") else TorchvisionResNet
 
 
-@pytest.mark.parametrize("name", list_models() + [pytest.param(n, marks=needs_timm)
-                                                  for n in TIMM_NAMES])
+@pytest.mark.parametrize("name", list_models() + [pytest.param(n, marks=needs_timm) for n in TIMM_NAMES])
 def test_every_name_builds_runs_skips_and_round_trips(name: str) -> None:
     torch.manual_seed(0)
     model = get_model(name, num_classes=3).double().eval()
@@ -84,14 +84,14 @@ def test_every_name_builds_runs_skips_and_round_trips(name: str) -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, size, size, generator=g, dtype=torch.float64)
     policy = (torch.rand(2, model.num_blocks, generator=g) < 0.5).float()
-    policy[0, 0], policy[1, 0] = 1.0, 0.0          # both kinds of decision on the first block
+    policy[0, 0], policy[1, 0] = 1.0, 0.0  # both kinds of decision on the first block
     with torch.no_grad():
         full = model(x)
         got = dynamic_forward(model, x, policy)
         ref = dynamic_forward(model, x, policy, strategy="masked")
     assert full.shape == (2, 3) and torch.isfinite(full).all()
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
-    spec = json.loads(json.dumps(backbone_spec(model)))   # what a checkpoint stores
+    spec = json.loads(json.dumps(backbone_spec(model)))  # what a checkpoint stores
     rebuilt = build_backbone(spec)
     assert type(rebuilt) is type(model) and backbone_spec(rebuilt) == spec
     assert _shapes(rebuilt) == _shapes(model)
@@ -101,13 +101,14 @@ def test_registered_names_are_the_documented_sets() -> None:
     assert list_models(family="cifar") == [f"cifar_resnet{d}" for d in CIFAR_DEPTHS]
     assert set(list_models(family="torchvision")) == set(TORCHVISION_RESNETS)
     assert set(list_models()) == set(list_models(family="cifar")) | set(TORCHVISION_RESNETS)
-    assert list_models("resnet1*") == ["resnet18", "resnet101", "resnet152"]   # natural order
+    assert list_models("resnet1*") == ["resnet18", "resnet101", "resnet152"]  # natural order
     for d in CIFAR_DEPTHS:
         assert get_model(f"cifar_resnet{d}").depth == d
 
 
 def test_torchvision_names_build_torchvisions_own_architecture() -> None:
     import torchvision.models as tvm
+
     for name in TORCHVISION_RESNETS:
         with torch.device("meta"):
             ours = get_model(name, num_classes=5)
@@ -115,36 +116,47 @@ def test_torchvision_names_build_torchvisions_own_architecture() -> None:
         assert ours.arch == name and _shapes(ours.resnet) == _shapes(theirs), name
 
 
-@pytest.mark.parametrize("old,new", [
-    ("resnet8", "cifar_resnet8"), ("resnet20", "cifar_resnet20"), ("resnet32", "cifar_resnet32"),
-    ("resnet56", "cifar_resnet56"), ("resnet110", "cifar_resnet110"),
-    ("RESNET56", "cifar_resnet56"),
-    ("cifar-resnet32", "cifar_resnet32"), ("cifar-resnet50", "cifar_resnet50"),
-    ("tv-resnet50", "resnet50"), ("tv-wide_resnet50_2", "wide_resnet50_2"),
-    ("resnet50", "resnet50"), ("resnet101", "resnet101"), ("resnet152", "resnet152"),
-    ("cifar_resnet26", "cifar_resnet26"), ("cifar_resnet98", "cifar_resnet98"),
-    pytest.param("timm-resnet50d", "timm/resnet50d", marks=needs_timm),
-    pytest.param("resnet50d", "timm/resnet50d", marks=needs_timm),
-])
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("resnet8", "cifar_resnet8"),
+        ("resnet20", "cifar_resnet20"),
+        ("resnet32", "cifar_resnet32"),
+        ("resnet56", "cifar_resnet56"),
+        ("resnet110", "cifar_resnet110"),
+        ("RESNET56", "cifar_resnet56"),
+        ("cifar-resnet32", "cifar_resnet32"),
+        ("cifar-resnet50", "cifar_resnet50"),
+        ("tv-resnet50", "resnet50"),
+        ("tv-wide_resnet50_2", "wide_resnet50_2"),
+        ("resnet50", "resnet50"),
+        ("resnet101", "resnet101"),
+        ("resnet152", "resnet152"),
+        ("cifar_resnet26", "cifar_resnet26"),
+        ("cifar_resnet98", "cifar_resnet98"),
+        pytest.param("timm-resnet50d", "timm/resnet50d", marks=needs_timm),
+        pytest.param("resnet50d", "timm/resnet50d", marks=needs_timm),
+    ],
+)
 def test_names_resolve(old: str, new: str) -> None:
     ref = resolve_model(old)
-    family = ("cifar" if new.startswith("cifar_") else "timm" if new.startswith("timm/")
-              else "torchvision")
+    family = "cifar" if new.startswith("cifar_") else "timm" if new.startswith("timm/") else "torchvision"
     assert (ref.name, ref.family) == (new, family)
 
 
 def test_depths_are_cifar_only_with_the_prefix_and_resnet50_is_torchvision() -> None:
-    assert isinstance(get_model("resnet50"), TorchvisionResNet)        # not CIFAR depth 50
-    assert isinstance(get_model("resnet152"), TorchvisionResNet)       # not CIFAR depth 152
+    assert isinstance(get_model("resnet50"), TorchvisionResNet)  # not CIFAR depth 50
+    assert isinstance(get_model("resnet152"), TorchvisionResNet)  # not CIFAR depth 152
     assert get_model("cifar_resnet50", num_classes=4).depth == 50
     assert get_model("cifar_resnet26").num_blocks == 12
 
 
 @needs_timm
-@pytest.mark.parametrize("name,choices", [("resnet26", ("cifar_resnet26", "timm/resnet26")),
-                                          ("resnet200", ("cifar_resnet200", "timm/resnet200"))])
-def test_a_name_of_two_families_is_an_error_listing_both(name: str,
-                                                         choices: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "name,choices",
+    [("resnet26", ("cifar_resnet26", "timm/resnet26")), ("resnet200", ("cifar_resnet200", "timm/resnet200"))],
+)
+def test_a_name_of_two_families_is_an_error_listing_both(name: str, choices: tuple[str, ...]) -> None:
     with pytest.raises(ValueError) as e:
         resolve_model(name)
     msg = str(e.value)
@@ -159,12 +171,19 @@ def test_old_cifar_names_are_no_timm_names() -> None:
         assert not timm.is_model(f"resnet{d}"), d
 
 
-@pytest.mark.parametrize("name,close", [
-    ("resnt56", "cifar_resnet56"), ("cifar_resnet57", "cifar_resnet56"), ("resnet999", None),
-    ("tv-resnet56", None), ("cifar_resnet056", None), ("cifar-resnet7", None),
-    pytest.param("timm/resnet5o", "timm/resnet50", marks=needs_timm),
-    pytest.param("timm-nothing", None, marks=needs_timm),
-])
+@pytest.mark.parametrize(
+    "name,close",
+    [
+        ("resnt56", "cifar_resnet56"),
+        ("cifar_resnet57", "cifar_resnet56"),
+        ("resnet999", None),
+        ("tv-resnet56", None),
+        ("cifar_resnet056", None),
+        ("cifar-resnet7", None),
+        pytest.param("timm/resnet5o", "timm/resnet50", marks=needs_timm),
+        pytest.param("timm-nothing", None, marks=needs_timm),
+    ],
+)
 def test_unknown_names_are_one_line_errors_naming_arch(name: str, close: str | None) -> None:
     with pytest.raises(ValueError) as e:
         get_model(name)
@@ -197,9 +216,11 @@ def test_register_model_refuses_duplicates_and_bad_names() -> None:
 
 def test_a_user_registered_name_builds() -> None:
     from blockdrop.models import registry
+
     @register_model
     def test_only_resnet14(num_classes: int = 10) -> CifarResNet:
         return CifarResNet(14, num_classes)
+
     try:
         assert get_model("test_only_resnet14", num_classes=2).depth == 14
         assert "test_only_resnet14" in list_models(family="custom")
@@ -217,9 +238,12 @@ BACKBONES = {
     "official_imagenet": lambda: OfficialImageNetResNet([1, 1, 1, 1], 3),
 }
 POLICIES = {
-    "cifar": lambda: CifarPolicyNet(5, width=6, pool=2), "imagenet": lambda: ImageNetPolicyNet(5, 56),
-    "official32": lambda: OfficialPolicy32(5), "official224": lambda: OfficialPolicy224(5),
-    "full": lambda: BaselinePolicy("full", 5), "first_k": lambda: BaselinePolicy("first_k", 5, 2.5),
+    "cifar": lambda: CifarPolicyNet(5, width=6, pool=2),
+    "imagenet": lambda: ImageNetPolicyNet(5, 56),
+    "official32": lambda: OfficialPolicy32(5),
+    "official224": lambda: OfficialPolicy224(5),
+    "full": lambda: BaselinePolicy("full", 5),
+    "first_k": lambda: BaselinePolicy("first_k", 5, 2.5),
     "random_k": lambda: BaselinePolicy("random_k", 5, 2.5, seed=3),
     "static_k": lambda: BaselinePolicy("static_k", 5, dropped=[1, 3]),
 }
@@ -249,7 +273,7 @@ def test_policy_kinds_round_trip(kind: str) -> None:
     rebuilt = build_policy(spec)
     assert type(rebuilt) is type(module) and rebuilt.spec() == spec
     assert _shapes(rebuilt) == _shapes(module)
-    size = 224 if kind == "official224" else 32               # its pools fix the input size
+    size = 224 if kind == "official224" else 32  # its pools fix the input size
     assert rebuilt.eval()(torch.randn(2, 3, size, size)).shape == (2, 5)
 
 
@@ -288,26 +312,29 @@ def test_a_user_wrapped_torchvision_resnet_has_a_spec() -> None:
     import torchvision
 
     from blockdrop.models import from_torchvision
+
     bb = from_torchvision(torchvision.models.resnet34(num_classes=7))
     assert backbone_spec(bb) == {"kind": "torchvision", "arch": "resnet34", "num_classes": 7}
     odd = torchvision.models.resnet18()
-    odd.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)      # one input channel
+    odd.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # one input channel
     with pytest.raises(ValueError, match="^resnet: its tensors match none"):
         backbone_spec(from_torchvision(odd))
 
 
 # --------------------------------------------------------------------------- load_backbone
 
+
 def test_load_backbone_resolves_arch_through_the_registry(tmp_path: Path) -> None:
     from blockdrop.checkpoint import load_backbone
     from blockdrop.errors import IncompatibleError
+
     weights = write_cifar_weights(tmp_path / "r8.th", depth=8, num_classes=3)
     torch.manual_seed(0)
     load_cifar_resnet(weights)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    model, spec = load_backbone(weights, "resnet8", 10)        # the file's class count wins
-    assert torch.equal(torch.rand(3), expected)                 # no draw beyond the loader's own
+    model, spec = load_backbone(weights, "resnet8", 10)  # the file's class count wins
+    assert torch.equal(torch.rand(3), expected)  # no draw beyond the loader's own
     assert isinstance(model, CifarResNet)
     assert spec == {"kind": "cifar", "depth": 8, "num_classes": 3}
     with pytest.raises(IncompatibleError, match="depth: expected 14"):
@@ -317,19 +344,26 @@ def test_load_backbone_resolves_arch_through_the_registry(tmp_path: Path) -> Non
     model, spec = load_backbone(tmp_path / "r18.pt", "tv-resnet18", 4)
     assert spec == {"kind": "torchvision", "arch": "resnet18", "num_classes": 4}
     torch.testing.assert_close(model.resnet.fc.weight, r18.resnet.fc.weight)
-    assert load_backbone(None, "resnet34", 5)[1] == {"kind": "torchvision", "arch": "resnet34",
-                                                      "num_classes": 5}
+    assert load_backbone(None, "resnet34", 5)[1] == {
+        "kind": "torchvision",
+        "arch": "resnet34",
+        "num_classes": 5,
+    }
     with pytest.raises(ValueError, match="^arch: unknown model 'resnet9'"):
         load_backbone(weights, "resnet9", 3)
 
 
 # --------------------------------------------------------------------------- imports
 
+
 def test_importing_the_package_registers_every_kind() -> None:
-    code = ("import blockdrop.models.registry as r; print(sorted(r.backbone_kinds())); "
-            "print(sorted(r.policy_kinds()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=subprocess_env())
+    code = (
+        "import blockdrop.models.registry as r; print(sorted(r.backbone_kinds())); "
+        "print(sorted(r.policy_kinds()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env()
+    )
     assert out.stdout.split("\n")[:2] == [str(sorted(BACKBONES)), str(sorted(POLICIES))]
 
 
@@ -342,7 +376,7 @@ def _imports(path: Path) -> list[tuple[str, list[str]]]:
             out += [(a.name, []) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = pkg.split(".")
-            base = base[:len(base) - node.level] if node.level else []
+            base = base[: len(base) - node.level] if node.level else []
             mod = ".".join(base + ([node.module] if node.module else []))
             out.append((mod, [a.name for a in node.names]))
     return out

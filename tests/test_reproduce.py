@@ -1,5 +1,6 @@
 """``blockdrop reproduce`` on tiny data: every stage runs, the report holds what it promises, the
 test set is evaluated once, resume reuses the stages, and the checkpoints load back."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,14 +25,18 @@ from blockdrop.recipes.report import REPORT_KEYS
 from blockdrop.training.config import TrainConfig
 
 _TINY = {"batch_size": 8, "amp": "off"}
-TINY = Preset(name="tiny", summary="test", n_val=12, gammas=(1.0, 5.0),
-              adapt=AdaptConfig(steps=2, distill=0.5, **_TINY),
-              curriculum=CurriculumConfig(cl_step=2, steps_per_epoch=1, extra_epochs=0, **_TINY),
-              finetune=TrainConfig(stage="finetune", steps=8, distill=0.5, alpha=0.9,
-                                   backbone_on="greedy", **_TINY),
-              selection=SelectionConfig(thresholds=(0.4, 0.5)),
-              baselines=BaselinesConfig(static_k=(0, -1), static_images=20),
-              evaluation=EvalConfig(speed_batch=4, chunks=(2,), speed_repeats=1))
+TINY = Preset(
+    name="tiny",
+    summary="test",
+    n_val=12,
+    gammas=(1.0, 5.0),
+    adapt=AdaptConfig(steps=2, distill=0.5, **_TINY),
+    curriculum=CurriculumConfig(cl_step=2, steps_per_epoch=1, extra_epochs=0, **_TINY),
+    finetune=TrainConfig(stage="finetune", steps=8, distill=0.5, alpha=0.9, backbone_on="greedy", **_TINY),
+    selection=SelectionConfig(thresholds=(0.4, 0.5)),
+    baselines=BaselinesConfig(static_k=(0, -1), static_images=20),
+    evaluation=EvalConfig(speed_batch=4, chunks=(2,), speed_repeats=1),
+)
 NO_BASELINES = BaselinesConfig(first_random_k=False, static_k=())
 
 
@@ -42,9 +47,10 @@ def tiny(tiny_recipe_data: dict[str, Path]) -> dict[str, Path]:
 
 def test_split_steps_makes_the_requested_steps() -> None:
     from blockdrop.training.config import split_steps
+
     assert split_steps(500, 351) == (2, 250)
     assert split_steps(100, 351) == (1, 100)
-    assert split_steps(7, 3) == (3, 3)        # 9 >= 7, the fewest epochs of at most 3
+    assert split_steps(7, 3) == (3, 3)  # 9 >= 7, the fewest epochs of at most 3
     for steps, nb in [(1, 1), (13, 5), (351, 351), (352, 351), (1000, 7)]:
         e, s = split_steps(steps, nb)
         assert s <= nb and steps <= e * s < steps + e
@@ -59,11 +65,23 @@ def test_presets_are_complete_and_named() -> None:
     assert ft is not None
     # the authors' schedule: no adaptation, no distillation, whole-epoch curriculum of 5000 epochs
     # at batch 2048 with gamma 1, finetune 2000 epochs at batch 256 with gamma 5, masked forward
-    assert (off.adapt, ft.distill, cl.epochs, cl.batch_size, cl.gamma, cl.steps_per_epoch,
-            ft.epochs, ft.batch_size, off.gammas, cl.strategy, ft.strategy, ft.alpha,
-            ft.backbone_on, cl.lr, ft.lr) == (
-        None, 0.0, 5000, 2048, 1.0, None, 2000, 256, (5.0,), "masked", "masked", 0.8, "sample",
-        1e-3, 1e-4)
+    assert (
+        off.adapt,
+        ft.distill,
+        cl.epochs,
+        cl.batch_size,
+        cl.gamma,
+        cl.steps_per_epoch,
+        ft.epochs,
+        ft.batch_size,
+        off.gammas,
+        cl.strategy,
+        ft.strategy,
+        ft.alpha,
+        ft.backbone_on,
+        cl.lr,
+        ft.lr,
+    ) == (None, 0.0, 5000, 2048, 1.0, None, 2000, 256, (5.0,), "masked", "masked", 0.8, "sample", 1e-3, 1e-4)
     with pytest.raises(ValueError, match="preset"):
         get_preset("fast")
     with pytest.raises(ValueError, match="backbone_on"):
@@ -79,6 +97,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     import shutil
 
     from blockdrop.recipes import reproduce as rep, stages
+
     monkeypatch.setenv("BLOCKDROP_TEST_LEDGER", str(tmp_path / "ledger.json"))
     evaluated: list[str] = []
     real = stages.evaluate_on
@@ -89,7 +108,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
 
     monkeypatch.setattr(stages, "evaluate_on", spy)
     test = tmp_path / "test.tar.gz"
-    test.write_bytes(b"not yet a dataset")        # any read before the final evaluation fails
+    test.write_bytes(b"not yet a dataset")  # any read before the final evaluation fails
     archive = shutil.make_archive(str(tmp_path / "real_test"), "gztar", tiny["test"].parent, "test")
     real_load = rep.load_test
 
@@ -100,9 +119,20 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     monkeypatch.setattr(rep, "load_test", swap_in)
     out = tmp_path / "run"
     logs: list[str] = []
-    report = rep.reproduce(TINY, "resnet8", tiny["train"], test, tiny["weights"], out,
-                           device="cpu", progress=False, log=logs.append, val_data=tiny["val"],
-                           family_weights=[tiny["family"]], also_test=[tiny["test"]])
+    report = rep.reproduce(
+        TINY,
+        "resnet8",
+        tiny["train"],
+        test,
+        tiny["weights"],
+        out,
+        device="cpu",
+        progress=False,
+        log=logs.append,
+        val_data=tiny["val"],
+        family_weights=[tiny["family"]],
+        also_test=[tiny["test"]],
+    )
     on_disk = json.loads((out / "report.json").read_text())
     # the full baseline sees the adapt stage's batches: the pretrained teacher runs once per step
     assert any("replayed from the adapt stage: 2 of 2 steps" in line for line in logs), logs
@@ -111,6 +141,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     assert report["test_set"]["uses"] == 1 and report["test_images"] == 12
     # the finetune makes the preset's steps although they exceed one epoch (48 images / 8 = 6)
     from blockdrop.checkpoint import read_meta
+
     for g in TINY.gammas:
         meta = read_meta(out / f"gamma{g:g}" / "finetune")
         assert meta["progress"]["global_step"] == TINY.finetune.steps
@@ -124,8 +155,9 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     rows = report["results"]
     bd = [r for r in rows if r["method"] == "blockdrop"]
     # every gamma at the paper's threshold 0.5, plus the operating point chosen on validation
-    assert [(r["gamma"], r["threshold"]) for r in bd
-            if r["threshold"] == 0.5 and r["stage"] == "finetune"] == [(1.0, 0.5), (5.0, 0.5)]
+    assert [
+        (r["gamma"], r["threshold"]) for r in bd if r["threshold"] == 0.5 and r["stage"] == "finetune"
+    ] == [(1.0, 0.5), (5.0, 0.5)]
     chosen = [r for r in bd if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["accuracy"] == report["accuracy"]
     assert (chosen[0]["gamma"], chosen[0]["threshold"]) == (report["gamma"], report["threshold"])
@@ -150,8 +182,11 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     base = [r for r in rows if r["method"] in ("first_k", "random_k")]
     assert len(base) == 2 * len(bd)
     for r in base:
-        match = [b for b in bd if (b["gamma"], b["threshold"], b["stage"]) ==
-                 (r["gamma"], r["threshold"], r["stage"])]
+        match = [
+            b
+            for b in bd
+            if (b["gamma"], b["threshold"], b["stage"]) == (r["gamma"], r["threshold"], r["stage"])
+        ]
         assert r["k"] == pytest.approx(match[0]["val_blocks"])
     assert blockdrop.load(report["checkpoint"]).threshold == report["threshold"]
     # the test set: once per model, after every validation evaluation
@@ -163,11 +198,14 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     assert set(evaluated[first_test:]) == {report["test_data"], also_src}
     # every model on the same axes: measured time (one thread, its best chunk) and FLOPs
     from blockdrop.recipes.report import ROW_KEYS
+
     for r in rows:
         assert all(k in r for k in ROW_KEYS), r
         assert r["best_chunk"] in (2, 4) and r["ms_per_image"] > 0
         assert r["ms_per_image"] == min(r["ms_by_chunk"].values())
-        assert r["measured_speedup_best_vs_best"] == pytest.approx(rows[0]["ms_per_image"] / r["ms_per_image"])
+        assert r["measured_speedup_best_vs_best"] == pytest.approx(
+            rows[0]["ms_per_image"] / r["ms_per_image"]
+        )
     assert report["minutes_blockdrop"] <= report["minutes_total"]
     # StaticK at the chosen point's validation blocks (rounded) and one block fewer, the same
     # blocks dropped for every image; the smaller family member finetuned like the full network
@@ -183,9 +221,10 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     also = report["also_test"][0]
     assert also["test_set"]["uses"] == 1 and also["images"] == 12
     assert [a["name"] for a in also["results"]] == [r["name"] for r in rows]
-    fixed = ("full", "blockdrop", "static_k", "family")     # FirstK/RandomK draw their blocks anew
-    assert [a["accuracy"] for a in also["results"] if a["method"] in fixed] == \
-        [r["accuracy"] for r in rows if r["method"] in fixed]
+    fixed = ("full", "blockdrop", "static_k", "family")  # FirstK/RandomK draw their blocks anew
+    assert [a["accuracy"] for a in also["results"] if a["method"] in fixed] == [
+        r["accuracy"] for r in rows if r["method"] in fixed
+    ]
     fam = [r for r in rows if r["method"] == "family"]
     assert len(fam) == 1 and "r8b.th" in fam[0]["name"] and fam[0]["blocks_mean"] == 3
     for name in ("report.md", "tradeoff.png", "block_usage.png", "policy_grid.png"):
@@ -196,13 +235,23 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     net = blockdrop.load(report["checkpoint"])
     from blockdrop.data import load_dataset, make_loader
     from blockdrop.evaluation.evaluate import evaluate
-    res = evaluate(net, make_loader(load_dataset(tiny["test"], "test").dataset, 5, train=False),
-                   full=False, flops=False, progress=False)
+
+    res = evaluate(
+        net,
+        make_loader(load_dataset(tiny["test"], "test").dataset, 5, train=False),
+        full=False,
+        flops=False,
+        progress=False,
+    )
     assert res.accuracy == pytest.approx(report["accuracy"])
     # the paired comparison with the full network: the discordant images, counted here
-    fres = evaluate(blockdrop.load(rows[0]["checkpoint"]),
-                    make_loader(load_dataset(tiny["test"], "test").dataset, 5, train=False),
-                    full=False, flops=False, progress=False)
+    fres = evaluate(
+        blockdrop.load(rows[0]["checkpoint"]),
+        make_loader(load_dataset(tiny["test"], "test").dataset, 5, train=False),
+        full=False,
+        flops=False,
+        progress=False,
+    )
     a, b = res.correct, fres.correct
     vs = report["vs_full"]["test"]
     assert (vs["a_only"], vs["b_only"], vs["n"]) == (int((a & ~b).sum()), int((b & ~a).sum()), 12)
@@ -215,18 +264,39 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
         assert blockdrop.load(r["checkpoint"]).backbone.num_blocks == 3
     # resume: no stage runs again, same numbers; the test set's second use is counted
     logs.clear()
-    again = rep.reproduce(TINY, "resnet8", tiny["train"], test, tiny["weights"], out,
-                          device="cpu", progress=False, resume=True, log=logs.append,
-                          val_data=tiny["val"], family_weights=[tiny["family"]])
+    again = rep.reproduce(
+        TINY,
+        "resnet8",
+        tiny["train"],
+        test,
+        tiny["weights"],
+        out,
+        device="cpu",
+        progress=False,
+        resume=True,
+        log=logs.append,
+        val_data=tiny["val"],
+        family_weights=[tiny["family"]],
+    )
     assert sum("reusing" in line for line in logs) == 1 + 1 + 2 + len(base) + len(static) + 1
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
     assert again["test_set"]["uses"] == 2
     # resuming with other settings is refused, naming the setting
     from blockdrop.errors import IncompatibleError
+
     with pytest.raises(IncompatibleError, match="adapt.steps: 2 -> 3"):
-        rep.reproduce(TINY.replace(adapt=dataclasses.replace(TINY.adapt, steps=3)), "resnet8",
-                      tiny["train"], test, tiny["weights"], out, device="cpu", progress=False,
-                      resume=True, val_data=tiny["val"])
+        rep.reproduce(
+            TINY.replace(adapt=dataclasses.replace(TINY.adapt, steps=3)),
+            "resnet8",
+            tiny["train"],
+            test,
+            tiny["weights"],
+            out,
+            device="cpu",
+            progress=False,
+            resume=True,
+            val_data=tiny["val"],
+        )
 
 
 def test_soup_full_starts_blockdrop_from_the_weight_average(tiny, tmp_path) -> None:
@@ -234,12 +304,23 @@ def test_soup_full_starts_blockdrop_from_the_weight_average(tiny, tmp_path) -> N
     network finetuned alike, each tensor as computed here in float64 from the two checkpoints."""
     from blockdrop.checkpoint import load_blockdrop_net
     from blockdrop.recipes import reproduce as rep
-    p = TINY.replace(adapt=dataclasses.replace(TINY.adapt, soup=0.3), gammas=(1.0,), finetune=None,
-                     baselines=NO_BASELINES)
+
+    p = TINY.replace(
+        adapt=dataclasses.replace(TINY.adapt, soup=0.3), gammas=(1.0,), finetune=None, baselines=NO_BASELINES
+    )
     out = tmp_path / "soup"
     logs: list[str] = []
-    report = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                           device="cpu", progress=False, log=logs.append)
+    report = rep.reproduce(
+        p,
+        "resnet8",
+        tiny["train"],
+        tiny["test"],
+        tiny["weights"],
+        out,
+        device="cpu",
+        progress=False,
+        log=logs.append,
+    )
     sa = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.state_dict()
     sf = load_blockdrop_net(out / "baselines" / "full.safetensors")[0].backbone.state_dict()
     final = blockdrop.load(report["checkpoint"]).backbone.state_dict()
@@ -249,8 +330,18 @@ def test_soup_full_starts_blockdrop_from_the_weight_average(tiny, tmp_path) -> N
         torch.testing.assert_close(final[k].double(), ref.double(), rtol=1e-6, atol=1e-7, msg=k)
     assert any("[soup]" in line for line in logs)
     logs.clear()
-    rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, device="cpu",
-                  progress=False, resume=True, log=logs.append)
+    rep.reproduce(
+        p,
+        "resnet8",
+        tiny["train"],
+        tiny["test"],
+        tiny["weights"],
+        out,
+        device="cpu",
+        progress=False,
+        resume=True,
+        log=logs.append,
+    )
     assert any(line.startswith("[soup] reusing") for line in logs), logs
 
 
@@ -260,12 +351,18 @@ def test_soup_averages_with_the_full_network_before_its_finetune_steps(tiny, tmp
     selection.include_curriculum off the curriculum's policy is no validation candidate."""
     from blockdrop.checkpoint import load_blockdrop_net
     from blockdrop.recipes import reproduce as rep
-    p = TINY.replace(adapt=dataclasses.replace(TINY.adapt, soup=0.3), gammas=(1.0,),
-                     finetune=dataclasses.replace(TINY.finetune, steps=2), baselines=NO_BASELINES,
-                     selection=dataclasses.replace(TINY.selection, include_curriculum=False))
+
+    p = TINY.replace(
+        adapt=dataclasses.replace(TINY.adapt, soup=0.3),
+        gammas=(1.0,),
+        finetune=dataclasses.replace(TINY.finetune, steps=2),
+        baselines=NO_BASELINES,
+        selection=dataclasses.replace(TINY.selection, include_curriculum=False),
+    )
     out = tmp_path / "soupft"
-    report = rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out,
-                           device="cpu", progress=False)
+    report = rep.reproduce(
+        p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, device="cpu", progress=False
+    )
     sa = load_blockdrop_net(out / "adapt" / "backbone.safetensors")[0].backbone.state_dict()
     mid = load_blockdrop_net(out / "baselines" / "full_adapt.safetensors")[0].backbone.state_dict()
     end = load_blockdrop_net(out / "baselines" / "full.safetensors")[0].backbone.state_dict()
@@ -283,20 +380,38 @@ def test_reproduce_rejects_bad_settings(tiny, tmp_path) -> None:
     written) on the command line."""
     import subprocess
     import sys
+
     with pytest.raises(ValueError, match="max_blocks"):
         SelectionConfig(max_blocks=1.5)
     with pytest.raises(ValueError, match="rule 'budget'.*max_blocks"):
         SelectionConfig(rule="budget")
     with pytest.raises(ValueError, match="rule: expected one of tolerance, budget"):
         SelectionConfig(rule="most")
-    base = [sys.executable, "-m", "blockdrop", "reproduce", "--arch", "resnet8", "--train-data",
-            str(tiny["train"]), "--test-data", str(tiny["test"]), "--weights", str(tiny["weights"]),
-            "--out", str(tmp_path / "c"), "--preset", "official"]
-    for extra, want in ((["--set", "selection.max_blocks=0"], "max_blocks"),
-                        (["--set", "selection.rule=budget"], "max_blocks"),
-                        (["--set", "selection.rule=most"], "rule"),
-                        (["--set", "adapt.steps=3"], "adapt does not run"),
-                        (["--set", "curriculum.stps=1"], "unknown setting 'stps'")):
+    base = [
+        sys.executable,
+        "-m",
+        "blockdrop",
+        "reproduce",
+        "--arch",
+        "resnet8",
+        "--train-data",
+        str(tiny["train"]),
+        "--test-data",
+        str(tiny["test"]),
+        "--weights",
+        str(tiny["weights"]),
+        "--out",
+        str(tmp_path / "c"),
+        "--preset",
+        "official",
+    ]
+    for extra, want in (
+        (["--set", "selection.max_blocks=0"], "max_blocks"),
+        (["--set", "selection.rule=budget"], "max_blocks"),
+        (["--set", "selection.rule=most"], "rule"),
+        (["--set", "adapt.steps=3"], "adapt does not run"),
+        (["--set", "curriculum.stps=1"], "unknown setting 'stps'"),
+    ):
         r = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and want in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
@@ -307,6 +422,7 @@ def test_finetune_distils_from_the_backbone_it_starts_from(tiny, tmp_path, monke
     stage saved it), tensor for tensor, not from the full network finetuned alike."""
     from blockdrop.checkpoint import load_blockdrop_net
     from blockdrop.recipes import policy_stage, reproduce as rep
+
     seen: list[dict[str, torch.Tensor]] = []
     real = policy_stage.Trainer
 
@@ -318,8 +434,9 @@ def test_finetune_distils_from_the_backbone_it_starts_from(tiny, tmp_path, monke
     monkeypatch.setattr(policy_stage, "Trainer", spy)
     p = TINY.replace(gammas=(1.0,), baselines=NO_BASELINES)
     out = tmp_path / "teacher"
-    rep.reproduce(p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, device="cpu",
-                  progress=False)
+    rep.reproduce(
+        p, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, device="cpu", progress=False
+    )
     want = load_blockdrop_net(out / "adapt/backbone.safetensors")[0].backbone.state_dict()
     other = load_blockdrop_net(out / "baselines/full.safetensors")[0].backbone.state_dict()
     assert len(seen) == 1 and not torch.equal(want["conv1.weight"], other["conv1.weight"])

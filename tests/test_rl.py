@@ -1,4 +1,5 @@
 """The RL pieces (reward, bounded Bernoulli, curriculum mask, REINFORCE) and BlockDropNet."""
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,10 @@ def test_log_prob_under_bounded_distribution_matches_torch() -> None:
 def test_entropy_is_the_official_keep_term_over_all_blocks() -> None:
     # official cl_training.py: entropy_loss = -probs * log(probs), summed over every block
     p = torch.tensor([[0.2, 0.5, 0.8], [1 / math.e, 0.99, 0.01]], dtype=torch.float64)
-    expected = [-(0.2 * math.log(0.2) + 0.5 * math.log(0.5) + 0.8 * math.log(0.8)),
-                -(1 / math.e * -1.0 + 0.99 * math.log(0.99) + 0.01 * math.log(0.01))]
+    expected = [
+        -(0.2 * math.log(0.2) + 0.5 * math.log(0.5) + 0.8 * math.log(0.8)),
+        -(1 / math.e * -1.0 + 0.99 * math.log(0.99) + 0.01 * math.log(0.01)),
+    ]
     torch.testing.assert_close(rl.entropy(p), torch.tensor(expected, dtype=torch.float32))
     # not the Bernoulli entropy (which would add the -(1-p) log(1-p) half)
     assert not torch.allclose(rl.entropy(p), Bernoulli(probs=p).entropy().sum(1).float())
@@ -76,13 +79,14 @@ def test_threshold_policy_keeps_at_half() -> None:
     assert rl.threshold_policy(p).tolist() == [[0.0, 1.0, 1.0]]
 
 
-@pytest.mark.parametrize("k,stage,step,learned", [(5, 0, 1, 1), (5, 1, 1, 2), (5, 1, 2, 4),
-                                                   (5, 9, 1, 5), (15, 0, 3, 3)])
+@pytest.mark.parametrize(
+    "k,stage,step,learned", [(5, 0, 1, 1), (5, 1, 1, 2), (5, 1, 2, 4), (5, 9, 1, 5), (15, 0, 3, 3)]
+)
 def test_curriculum_mask_learns_last_blocks_first(k: int, stage: int, step: int, learned: int) -> None:
     m = rl.curriculum_mask(k, stage, step)
     assert m.dtype == torch.bool and m.shape == (k,)
     assert int(m.sum()) == learned == rl.num_learned_blocks(k, stage, step)
-    assert m[k - learned:].all() and not m[: k - learned].any()
+    assert m[k - learned :].all() and not m[: k - learned].any()
 
 
 def test_curriculum_step_must_be_positive() -> None:
@@ -94,12 +98,12 @@ def test_apply_curriculum_forces_blocks_on_and_masks_their_log_probs() -> None:
     torch.manual_seed(1)
     probs = torch.rand(8, 5, requires_grad=True)
     pb = rl.bound_probs(probs)
-    mask = rl.curriculum_mask(5, 1)                       # learn the last 2
+    mask = rl.curriculum_mask(5, 1)  # learn the last 2
     a = rl.apply_curriculum(rl.sample_policy(pb), mask)
     assert a[:, :3].eq(1).all()
     lp = rl.log_prob(pb, a, mask)
     lp.sum().backward()
-    assert probs.grad[:, :3].abs().max() == 0             # forced blocks: no log-prob gradient
+    assert probs.grad[:, :3].abs().max() == 0  # forced blocks: no log-prob gradient
     assert probs.grad[:, 3:].abs().max() > 0
 
 
@@ -122,6 +126,7 @@ def test_policy_gradient_step_moves_towards_positive_advantage() -> None:
 
 # --------------------------------------------------------------------------- policy nets / BlockDropNet
 
+
 def test_policy_nets_shapes_and_specs() -> None:
     from blockdrop.models.policy import (
         CifarPolicyNet,
@@ -129,13 +134,14 @@ def test_policy_nets_shapes_and_specs() -> None:
         make_policy_net,
         policy_net_from_spec,
     )
+
     p = CifarPolicyNet(15).eval()
     out = p(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 15) and out.dtype == torch.float32
     assert ((out > 0) & (out < 1)).all()
     q = ImageNetPolicyNet(33).eval()
     assert q(torch.randn(1, 3, 224, 224)).shape == (1, 33)
-    assert q(torch.randn(1, 3, 160, 160)).shape == (1, 33)   # adaptive pooling path
+    assert q(torch.randn(1, 3, 160, 160)).shape == (1, 33)  # adaptive pooling path
     assert isinstance(make_policy_net(9, 32), CifarPolicyNet)
     assert isinstance(make_policy_net(9, 224), ImageNetPolicyNet)
     r = policy_net_from_spec(p.spec())
@@ -147,6 +153,7 @@ def test_blockdrop_net_threshold_in_eval_sample_in_train() -> None:
     from blockdrop import BlockDropNet, dynamic_forward
     from blockdrop.models import cifar_resnet
     from blockdrop.models.policy import CifarPolicyNet
+
     torch.manual_seed(0)
     backbone = cifar_resnet(14).eval()
     net = BlockDropNet(CifarPolicyNet(backbone.num_blocks), backbone, strategy="gather")
@@ -155,8 +162,7 @@ def test_blockdrop_net_threshold_in_eval_sample_in_train() -> None:
     logits, policy = net(x)
     probs = net.probs(x)
     assert torch.equal(policy, (probs >= 0.5).float())
-    torch.testing.assert_close(logits, dynamic_forward(backbone, x, policy, "masked"),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, dynamic_forward(backbone, x, policy, "masked"), rtol=1e-4, atol=1e-5)
     net.train()
     torch.manual_seed(5)
     _, sampled = net(x)

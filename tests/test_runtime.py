@@ -1,4 +1,5 @@
 """Device resolution, mixed-precision modes and eval_mode."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,7 @@ def test_amp_modes_map_to_dtypes() -> None:
     assert amp_dtype(cpu, "auto") is None and amp_dtype(cuda, "auto") is torch.float16
     assert amp_dtype(cpu, "bf16") is torch.bfloat16 and amp_dtype(cpu, "off") is None
     assert amp_dtype(cuda, "fp16") is torch.float16
-    assert amp_dtype(cpu, True) is None and amp_dtype(cuda, True) is torch.float16   # bool = auto/off
+    assert amp_dtype(cpu, True) is None and amp_dtype(cuda, True) is torch.float16  # bool = auto/off
     with pytest.raises(ValueError, match="amp"):
         amp_dtype(cpu, "fp8")
 
@@ -34,17 +35,35 @@ def test_trainer_bf16_on_cpu_has_no_grad_scaler(tmp_path) -> None:
     from blockdrop.models import cifar_resnet
     from blockdrop.models.policy import CifarPolicyNet
     from blockdrop.training.trainer import TrainConfig, Trainer
+
     torch.manual_seed(0)
     bb = cifar_resnet(8, num_classes=3)
     imgs = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8)
-    data = DataInfo(ImageArrayDataset(imgs, torch.arange(8) % 3, SmallImageTransform(True, pad=2)),
-                    ["a", "b", "c"], 16, "toy")
-    tr = Trainer(TrainConfig(stage="finetune", epochs=1, steps_per_epoch=2, batch_size=4, amp="bf16",
-                             progress=False, device="cpu"), CifarPolicyNet(3, width=8), bb, data, tmp_path)
+    data = DataInfo(
+        ImageArrayDataset(imgs, torch.arange(8) % 3, SmallImageTransform(True, pad=2)),
+        ["a", "b", "c"],
+        16,
+        "toy",
+    )
+    tr = Trainer(
+        TrainConfig(
+            stage="finetune",
+            epochs=1,
+            steps_per_epoch=2,
+            batch_size=4,
+            amp="bf16",
+            progress=False,
+            device="cpu",
+        ),
+        CifarPolicyNet(3, width=8),
+        bb,
+        data,
+        tmp_path,
+    )
     assert not tr.scaler.is_enabled()
     last = tr.fit()
     assert torch.isfinite(torch.tensor(last["loss"]))
-    assert all(p.dtype == torch.float32 for p in bb.parameters())   # master weights stay float32
+    assert all(p.dtype == torch.float32 for p in bb.parameters())  # master weights stay float32
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="half")
 

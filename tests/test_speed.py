@@ -1,6 +1,7 @@
 """blockdrop.evaluation.speed: every model timed over the same images in every chunk size, each
 judged at its fastest; the pruned network is the plain blocks it keeps. Checked with models whose
 cost per call is known (sleeps), and the pruned forward against a plain-PyTorch reference."""
+
 from __future__ import annotations
 
 import time
@@ -27,10 +28,11 @@ def test_each_model_is_judged_at_its_fastest_chunk() -> None:
 
     batches = [torch.zeros(16, 1), torch.zeros(16, 1)]
     before = torch.get_num_threads()
-    s = time_models({"per_call": per_call, "quadratic": quadratic}, batches, chunks=(8, 4, 32),
-                    repeats=2, warmup=0)
+    s = time_models(
+        {"per_call": per_call, "quadratic": quadratic}, batches, chunks=(8, 4, 32), repeats=2, warmup=0
+    )
     assert torch.get_num_threads() == before
-    assert set(s["per_call"].ms_by_chunk) == {16, 8, 4}          # 32 >= the batch: ignored
+    assert set(s["per_call"].ms_by_chunk) == {16, 8, 4}  # 32 >= the batch: ignored
     assert s["per_call"].best_chunk == 16 and s["quadratic"].best_chunk == 4
     # every size, both batches, every round: the same images in each
     assert sorted(calls["per_call"]) == sorted([16] * 4 + [8] * 8 + [4] * 16)
@@ -54,6 +56,7 @@ def test_static_forward_is_the_pruned_network() -> None:
     (float64), and the masked engine path with the same static policy."""
     import blockdrop
     from blockdrop.models import cifar_resnet
+
     torch.manual_seed(2)
     net = cifar_resnet(14, num_classes=4).double().eval()
     x = torch.randn(5, 3, 16, 16, dtype=torch.float64)

@@ -1,5 +1,6 @@
 """Accuracy standard errors and the paired comparison of two models against independent
 references: numpy in float64 for the standard errors, scipy's binomial test for McNemar."""
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ from blockdrop.evaluation.stats import accuracy_se, mcnemar_p, paired_difference
 def _pair(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     a = torch.rand(n, generator=g) < 0.9
-    flip = torch.rand(n, generator=g) < 0.08       # b disagrees with a on about 8% of images
+    flip = torch.rand(n, generator=g) < 0.08  # b disagrees with a on about 8% of images
     return a, a ^ flip
 
 
@@ -40,7 +41,7 @@ def test_accuracy_se_matches_numpy() -> None:
     x = c.numpy().astype(np.float64)
     acc, se = accuracy_se(c)
     assert acc == pytest.approx(x.mean()) and se == pytest.approx(math.sqrt(x.mean() * (1 - x.mean()) / 777))
-    assert accuracy_se(c.to(torch.uint8)) == (acc, se)        # 0/1 integers are accepted
+    assert accuracy_se(c.to(torch.uint8)) == (acc, se)  # 0/1 integers are accepted
 
 
 def test_mcnemar_matches_scipy_binomtest() -> None:
@@ -56,10 +57,11 @@ def test_mcnemar_matches_scipy_binomtest() -> None:
 
 def test_one_image_has_no_standard_error_and_large_counts_are_fast() -> None:
     import time
+
     res = paired_difference(torch.tensor([True]), torch.tensor([False]))
     assert res.diff == 1.0 and math.isnan(res.se) and res.p_value == 1.0
     t0 = time.perf_counter()
-    p = mcnemar_p(25000, 25200)                 # 50,200 discordant images
+    p = mcnemar_p(25000, 25200)  # 50,200 discordant images
     assert time.perf_counter() - t0 < 5.0
     stats = pytest.importorskip("scipy.stats", reason="scipy is the reference for the exact test")
     assert p == pytest.approx(stats.binomtest(25000, 50200, 0.5).pvalue, rel=1e-6)

@@ -1,4 +1,5 @@
 """Fixed-policy baselines (the samplers' distributions) and backbone training under them."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,7 +29,7 @@ def test_first_k_runs_the_leading_blocks() -> None:
     g = torch.Generator().manual_seed(0)
     p = first_k_policy(3, 6)(4, g)
     assert p.tolist() == [[1, 1, 1, 0, 0, 0]] * 4
-    q = first_k_policy(2.25, 6)(4000, g)                 # 2 or 3 leading blocks, mean 2.25
+    q = first_k_policy(2.25, 6)(4000, g)  # 2 or 3 leading blocks, mean 2.25
     rows = {tuple(r) for r in q.tolist()}
     assert rows == {(1, 1, 0, 0, 0, 0), (1, 1, 1, 0, 0, 0)}
     assert abs(float(q.sum(1).mean()) - 2.25) < 0.04
@@ -38,9 +39,9 @@ def test_random_k_takes_k_uniform_blocks_per_image() -> None:
     g = torch.Generator().manual_seed(1)
     p = random_k_policy(4, 10)(5000, g)
     assert (p.sum(1) == 4).all()
-    freq = p.mean(0)                                     # each block with probability 4/10
+    freq = p.mean(0)  # each block with probability 4/10
     assert float((freq - 0.4).abs().max()) < 0.03
-    assert len({tuple(r) for r in p[:200].tolist()}) > 100   # per-image draws (of C(10,4) = 210)
+    assert len({tuple(r) for r in p[:200].tolist()}) > 100  # per-image draws (of C(10,4) = 210)
     q = random_k_policy(7.5, 10)(4000, g)
     assert set(q.sum(1).tolist()) == {7.0, 8.0} and abs(float(q.sum(1).mean()) - 7.5) < 0.05
     with pytest.raises(ValueError, match="k"):
@@ -65,10 +66,10 @@ def test_train_supervised_full_policy_is_plain_sgd() -> None:
     ref = cifar_resnet(8, num_classes=3)
     ref.load_state_dict(net.state_dict())
     data = toy_data()
-    cfg = SupervisedConfig(steps=1, batch_size=8, lr=0.05, bn="frozen", progress=False,
-                           weight_decay=0.0)
+    cfg = SupervisedConfig(steps=1, batch_size=8, lr=0.05, bn="frozen", progress=False, weight_decay=0.0)
     train_supervised(net, data, full_policy(net.num_blocks), cfg)
     from blockdrop.data import make_loader, set_loader_epoch
+
     loader = make_loader(data.dataset, 8, train=True, seed=0)
     set_loader_epoch(loader, 0)
     x, y = next(iter(loader))
@@ -84,17 +85,25 @@ def test_train_supervised_dropped_blocks_get_no_gradient_and_distillation_needs_
     torch.manual_seed(0)
     net = cifar_resnet(14, num_classes=3)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    out = train_supervised(net, toy_data(), first_k_policy(2, net.num_blocks),
-                           SupervisedConfig(steps=2, batch_size=8, progress=False, weight_decay=0.0))
+    out = train_supervised(
+        net,
+        toy_data(),
+        first_k_policy(2, net.num_blocks),
+        SupervisedConfig(steps=2, batch_size=8, progress=False, weight_decay=0.0),
+    )
     assert out["loss"] > 0 and not net.training
     after = net.state_dict()
     assert not torch.equal(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
-    for k in before:          # blocks 2.. never ran: untouched (weight decay off)
+    for k in before:  # blocks 2.. never ran: untouched (weight decay off)
         if k.startswith(("layer2.", "layer3.")):
             assert torch.equal(before[k], after[k]), k
     with pytest.raises(ValueError, match="teacher"):
-        train_supervised(net, toy_data(), full_policy(6),
-                         SupervisedConfig(steps=1, batch_size=8, distill=0.5, progress=False))
+        train_supervised(
+            net,
+            toy_data(),
+            full_policy(6),
+            SupervisedConfig(steps=1, batch_size=8, distill=0.5, progress=False),
+        )
 
 
 def test_baseline_policy_module_replays_and_round_trips() -> None:
@@ -120,10 +129,20 @@ def test_inplace_distillation_step_matches_a_plain_pytorch_reference() -> None:
     ref = cifar_resnet(14, num_classes=3)
     ref.load_state_dict(net.state_dict())
     data = toy_data()
-    cfg = SupervisedConfig(steps=1, batch_size=8, lr=0.05, bn="frozen", progress=False,
-                           weight_decay=0.0, distill=1.0, inplace=True, temperature=2.0)
+    cfg = SupervisedConfig(
+        steps=1,
+        batch_size=8,
+        lr=0.05,
+        bn="frozen",
+        progress=False,
+        weight_decay=0.0,
+        distill=1.0,
+        inplace=True,
+        temperature=2.0,
+    )
     train_supervised(net, data, first_k_policy(2, net.num_blocks), cfg)
     from blockdrop.data import make_loader, set_loader_epoch
+
     loader = make_loader(data.dataset, 8, train=True, seed=0)
     set_loader_epoch(loader, 0)
     x, y = next(iter(loader))
@@ -154,12 +173,12 @@ def test_replay_teacher_returns_the_teachers_outputs_and_recomputes_changed_batc
     rt = ReplayTeacher(teacher)
     xs = [torch.randn(4, 3, 16, 16) for _ in range(3)]
     with torch.no_grad():
-        ref = [teacher(x) for x in xs]                     # the independent reference
+        ref = [teacher(x) for x in xs]  # the independent reference
         calls.clear()
         first = [rt(x) for x in xs]
         rt.rewind()
         x1 = xs[1].clone()
-        x1[0, 0, 0, 1] += 1e-3                            # off the strided sample: caught by the sums
+        x1[0, 0, 0, 1] += 1e-3  # off the strided sample: caught by the sums
         again = [rt(xs[0]), rt(x1), rt(xs[2])]
     n_calls = len(calls)
     for a, b in zip(first, ref):
@@ -178,8 +197,9 @@ def test_a_replayed_teacher_trains_the_same_network_as_the_teacher() -> None:
     start = cifar_resnet(8, num_classes=3)
     cfg = SupervisedConfig(steps=6, batch_size=8, distill=0.7, progress=False)
     rt = ReplayTeacher(teacher)
-    train_supervised(cifar_resnet(8, num_classes=3), toy_data(), drop_path_policy(0.5, 3), cfg,
-                     teacher=rt)                           # records
+    train_supervised(
+        cifar_resnet(8, num_classes=3), toy_data(), drop_path_policy(0.5, 3), cfg, teacher=rt
+    )  # records
     a, b = cifar_resnet(8, num_classes=3), cifar_resnet(8, num_classes=3)
     a.load_state_dict(start.state_dict()), b.load_state_dict(start.state_dict())
     rt.rewind()

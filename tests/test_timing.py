@@ -1,4 +1,5 @@
 """The one timing module: interleaved (and rotated) rounds, medians, spread, clocks."""
+
 from __future__ import annotations
 
 import statistics
@@ -15,7 +16,7 @@ def test_rounds_are_interleaved_and_rotated() -> None:
     calls: list[str] = []
     fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
     interleaved(fns, rounds=3, warmup=1)
-    assert calls == list("abc") * 4                          # warm-up round + 3 rounds, in order
+    assert calls == list("abc") * 4  # warm-up round + 3 rounds, in order
     calls.clear()
     t = interleaved(fns, rounds=3, warmup=0, rotate=True)
     assert calls == list("abc") + list("bca") + list("cab")
@@ -27,11 +28,11 @@ def test_median_best_spread_and_clocks() -> None:
     assert t.median == 3.0 and t.best == 1.0
     q = statistics.quantiles(t.samples, n=4)
     assert t.spread == pytest.approx((q[2] - q[0]) / 3.0)
-    assert Timing((1.0, 3.0)).spread == pytest.approx(1.0)   # few rounds: (max - min) / median
+    assert Timing((1.0, 3.0)).spread == pytest.approx(1.0)  # few rounds: (max - min) / median
     slow = interleaved({"sleep": lambda: time.sleep(0.02), "noop": lambda: None}, rounds=3, warmup=0)
     assert slow["sleep"].median >= 0.018 > slow["noop"].median
     cpu = interleaved({"sleep": lambda: time.sleep(0.02)}, rounds=2, warmup=0, clock="process")
-    assert cpu["sleep"].median < 0.01                         # sleeping costs no CPU time
+    assert cpu["sleep"].median < 0.01  # sleeping costs no CPU time
     with pytest.raises(ValueError, match="clock"):
         interleaved({"a": lambda: None}, clock="gpu")
     with pytest.raises(ValueError, match="rounds"):
@@ -69,8 +70,8 @@ def test_throughput_finds_the_fastest_plain_chunk(superlinear: bool) -> None:
     r = measure_throughput(_SleepyNet(cost), xs, repeats=3, plain_chunks=(32, 16, 64, 128))
     assert r["best_plain_chunk"] == (16.0 if superlinear else 64.0)
     assert r["best_blockdrop_chunk"] == (16.0 if superlinear else 64.0)
-    assert r["speedup_best_vs_best"] > 1.2 and r["speedup"] > 1.2        # half the plain cost
-    assert r["best_plain_ips"] >= r["full_ips"]                 # every size's time is a candidate
+    assert r["speedup_best_vs_best"] > 1.2 and r["speedup"] > 1.2  # half the plain cost
+    assert r["best_plain_ips"] >= r["full_ips"]  # every size's time is a candidate
     assert r["speedup_vs_best_plain"] == pytest.approx(r["speedup"] * r["full_ips"] / r["best_plain_ips"])
     with pytest.raises(ValueError, match="plain_chunks"):
         measure_throughput(_SleepyNet(cost), xs, repeats=1, plain_chunks=(0,))

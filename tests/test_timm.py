@@ -1,5 +1,6 @@
 """timm ResNets through the engine: every strategy equals a per-image oracle built from timm's own
 block modules (executed = the block's forward, dropped = its shortcut), weights shared."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,7 +18,7 @@ def _oracle(m: torch.nn.Module, x: torch.Tensor, policy: torch.Tensor) -> torch.
     blocks = [b for layer in (m.layer1, m.layer2, m.layer3, m.layer4) for b in layer]
     outs = []
     for i in range(x.shape[0]):
-        h = m.maxpool(m.act1(m.bn1(m.conv1(x[i:i + 1]))))
+        h = m.maxpool(m.act1(m.bn1(m.conv1(x[i : i + 1]))))
         for j, b in enumerate(blocks):
             if policy[i, j]:
                 h = b(h)
@@ -45,9 +46,9 @@ def test_timm_resnet_matches_the_oracle(model: torch.nn.Module, strategy: str) -
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 40, 40, generator=g, dtype=torch.float64)
     policy = torch.rand(4, k, generator=g) < 0.6
-    policy[0] = True                                          # one image runs everything
+    policy[0] = True  # one image runs everything
     with torch.no_grad():
-        got = dynamic_forward(model, x, policy.float(), strategy=strategy)   # the timm module itself
+        got = dynamic_forward(model, x, policy.float(), strategy=strategy)  # the timm module itself
         ref = _oracle(model, x, policy)
         full = model(x)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)

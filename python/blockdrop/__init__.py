@@ -1,11 +1,11 @@
 """BlockDrop with real batched speedup: per-image block policies executed by skipping work.
 
-    import blockdrop
-    model = blockdrop.models.cifar_resnet(depth=110)      # or load_cifar_resnet / from_torchvision
-    logits = blockdrop.dynamic_forward(model, x, policy)  # x: [N, 3, H, W], policy: [N, K] of 0/1
-    net = blockdrop.load("runs/quick/blockdrop.safetensors")  # a BlockDropNet from `blockdrop reproduce`
-    logits, policy = net(x)
-    logits = blockdrop.capacity_forward(model, x, scores, capacity)  # block k on the top-C_k images
+import blockdrop
+model = blockdrop.models.cifar_resnet(depth=110)      # or load_cifar_resnet / from_torchvision
+logits = blockdrop.dynamic_forward(model, x, policy)  # x: [N, 3, H, W], policy: [N, K] of 0/1
+net = blockdrop.load("runs/quick/blockdrop.safetensors")  # a BlockDropNet from `blockdrop reproduce`
+logits, policy = net(x)
+logits = blockdrop.capacity_forward(model, x, scores, capacity)  # block k on the top-C_k images
 """
 
 __version__ = "0.2.0"
@@ -24,5 +24,15 @@ from .training import baselines  # noqa: E402,F401
 
 del baselines  # reached as blockdrop.training.baselines
 
-__all__ = ["BlockDropNet", "__version__", "capacity_forward", "cuda_graphed", "dynamic_forward", "flops",
-           "ideal_speedup", "interop", "load", "models"]
+__all__ = [
+    "BlockDropNet",
+    "__version__",
+    "capacity_forward",
+    "cuda_graphed",
+    "dynamic_forward",
+    "flops",
+    "ideal_speedup",
+    "interop",
+    "load",
+    "models",
+]

@@ -1,4 +1,5 @@
 """``python -m blockdrop`` = the ``blockdrop`` console script."""
+
 import sys
 
 from blockdrop.cli import main

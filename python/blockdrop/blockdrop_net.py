@@ -3,6 +3,7 @@
 It sits above the engine (it calls :func:`blockdrop.dynamic_forward` and
 :func:`blockdrop.capacity_forward`), so it lives beside them and not in :mod:`blockdrop.models`,
 which the engine imports."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -40,9 +41,15 @@ class BlockDropNet(nn.Module):
       FLOP budget met for every batch); both are stored in checkpoints.
     """
 
-    def __init__(self, policy_net: nn.Module, backbone: ResNetBackbone, strategy: str = "auto",
-                 threshold: float = 0.5, mode: str = "threshold",
-                 capacity: CapacitySpec | None = None) -> None:
+    def __init__(
+        self,
+        policy_net: nn.Module,
+        backbone: ResNetBackbone,
+        strategy: str = "auto",
+        threshold: float = 0.5,
+        mode: str = "threshold",
+        capacity: CapacitySpec | None = None,
+    ) -> None:
         super().__init__()
         num_blocks = int(backbone.num_blocks)
         pk = getattr(policy_net, "num_blocks", num_blocks)
@@ -68,14 +75,19 @@ class BlockDropNet(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if mode == "capacity" and self.capacity is None:
-            raise ValueError("mode: capacity mode needs per-block shares first: calibrate_capacity"
-                             "(loader) or set_capacity(shares=..., budget=...)")
+            raise ValueError(
+                "mode: capacity mode needs per-block shares first: calibrate_capacity"
+                "(loader) or set_capacity(shares=..., budget=...)"
+            )
         self.mode = mode
         return self
 
-    def set_capacity(self, capacity: CapacitySpec | Sequence[float] | None = None,
-                     budget: float | None = None,
-                     input_size: tuple[int, int, int] | None = None) -> CapacitySpec:
+    def set_capacity(
+        self,
+        capacity: CapacitySpec | Sequence[float] | None = None,
+        budget: float | None = None,
+        input_size: tuple[int, int, int] | None = None,
+    ) -> CapacitySpec:
         """Set the capacity and switch to capacity mode. ``capacity``: a :class:`CapacitySpec`,
         or ``K`` shares in ``[0, 1]`` (with ``budget``: the profile to scale; None: the current
         shares, or uniform). ``budget``: a share of the full network's FLOPs in ``(0, 1]``, met for
@@ -85,16 +97,19 @@ class BlockDropNet(nn.Module):
             spec = capacity
         elif capacity is not None:
             if isinstance(capacity, (str, bytes, Tensor)) or not isinstance(capacity, Sequence):
-                raise ValueError(f"capacity: expected a CapacitySpec or {self.num_blocks} shares in "
-                                 f"[0, 1], got {type(capacity).__name__}")
+                raise ValueError(
+                    f"capacity: expected a CapacitySpec or {self.num_blocks} shares in "
+                    f"[0, 1], got {type(capacity).__name__}"
+                )
             spec = CapacitySpec(tuple(capacity))
         elif budget is not None:
             spec = self.capacity or CapacitySpec((1.0,) * self.num_blocks)
         else:
             raise ValueError("capacity: expected a CapacitySpec, per-block shares or a budget, got None")
         if spec.num_blocks != self.num_blocks:
-            raise ValueError(f"capacity: expected {self.num_blocks} shares (one per block), "
-                             f"got {spec.num_blocks}")
+            raise ValueError(
+                f"capacity: expected {self.num_blocks} shares (one per block), got {spec.num_blocks}"
+            )
         if budget is not None:
             info = dict(spec.info or {})
             size = input_size or (tuple(info["input_size"]) if info.get("input_size") else None)
@@ -103,9 +118,13 @@ class BlockDropNet(nn.Module):
         self.mode = "capacity"
         return spec
 
-    def calibrate_capacity(self, loader: Iterable[Any], budget: float | None = None,
-                           device: torch.device | str | None = None,
-                           amp: str | bool = "off") -> CapacitySpec:
+    def calibrate_capacity(
+        self,
+        loader: Iterable[Any],
+        budget: float | None = None,
+        device: torch.device | str | None = None,
+        amp: str | bool = "off",
+    ) -> CapacitySpec:
         """Per-block shares = the keep rates of the threshold policy over ``loader`` (batches
         ``x [B,3,H,W]`` or ``(x, y)``), optionally scaled to a FLOP ``budget``
         (:mod:`blockdrop.calibration`); switches to capacity mode. Returns the spec."""
@@ -142,8 +161,7 @@ class BlockDropNet(nn.Module):
         if policy is None and self._capacity_mode():
             assert self.capacity is not None
             counts = self.capacity.counts(x.shape[0])
-            logits, executed = capacity_forward(self.backbone, x, self.probs(x), counts,
-                                                return_policy=True)
+            logits, executed = capacity_forward(self.backbone, x, self.probs(x), counts, return_policy=True)
             return logits, executed.float()
         if policy is None:
             policy = self.policy(x)
@@ -153,5 +171,7 @@ class BlockDropNet(nn.Module):
         cap = ""
         if self.capacity is not None:
             cap = f", mean_blocks={sum(self.capacity.shares):.2f}, budget={self.capacity.budget}"
-        return (f"num_blocks={self.num_blocks}, mode={self.mode!r}, strategy={self.strategy!r}, "
-                f"threshold={self.threshold}{cap}")
+        return (
+            f"num_blocks={self.num_blocks}, mode={self.mode!r}, strategy={self.strategy!r}, "
+            f"threshold={self.threshold}{cap}"
+        )

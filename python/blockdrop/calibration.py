@@ -17,6 +17,7 @@ validation loader, or fitted to a FLOP budget, and the counts they give each bat
 A :class:`CapacitySpec` is what a checkpoint stores (``to_json``/``from_json``). Counts are pure
 Python on host numbers, so a compiled graph holds them as constants (one graph per batch size).
 """
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,9 @@ class CapacitySpec:
         if self.budget is not None:
             check_budget(self.budget)
             if self.block_flops is None or self.allowance is None or len(self.block_flops) != len(shares):
-                raise ValueError("block_flops: a budget needs the K blocks' FLOPs and the allowance "
-                                 "(use with_budget)")
+                raise ValueError(
+                    "block_flops: a budget needs the K blocks' FLOPs and the allowance (use with_budget)"
+                )
             object.__setattr__(self, "block_flops", tuple(int(f) for f in self.block_flops))
 
     @property
@@ -85,16 +87,23 @@ class CapacitySpec:
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (:meth:`from_json` inverts it)."""
         d = asdict(self)
-        d["shares"], d["block_flops"] = list(self.shares), (list(self.block_flops)
-                                                            if self.block_flops is not None else None)
+        d["shares"], d["block_flops"] = (
+            list(self.shares),
+            (list(self.block_flops) if self.block_flops is not None else None),
+        )
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CapacitySpec:
         """The spec :meth:`to_json` wrote."""
         bf = d.get("block_flops")
-        return cls(tuple(d["shares"]), d.get("budget"), tuple(bf) if bf is not None else None,
-                   d.get("allowance"), d.get("info"))
+        return cls(
+            tuple(d["shares"]),
+            d.get("budget"),
+            tuple(bf) if bf is not None else None,
+            d.get("allowance"),
+            d.get("info"),
+        )
 
 
 def check_budget(budget: Any) -> float:
@@ -102,15 +111,17 @@ def check_budget(budget: Any) -> float:
     try:
         b = float(budget)
     except (TypeError, ValueError):
-        raise ValueError(f"budget: expected a share of the full network's FLOPs in (0, 1], "
-                         f"got {budget!r}") from None
+        raise ValueError(
+            f"budget: expected a share of the full network's FLOPs in (0, 1], got {budget!r}"
+        ) from None
     if not 0.0 < b <= 1.0:  # False for NaN
         raise ValueError(f"budget: expected a share of the full network's FLOPs in (0, 1], got {budget!r}")
     return b
 
 
-def budget_counts(shares: Sequence[float], n: int, block_flops: Sequence[int],
-                  allowance: float) -> tuple[int, ...]:
+def budget_counts(
+    shares: Sequence[float], n: int, block_flops: Sequence[int], allowance: float
+) -> tuple[int, ...]:
     """Counts for a batch of ``n`` whose residual FLOPs ``sum(c_k * block_flops[k])`` stay within
     ``allowance * n``: ``floor(shares[k] * n)`` (within the allowance when ``sum(shares[k] *
     block_flops[k]) <= allowance``), then one more for each block, by largest remainder (ties: the
@@ -130,10 +141,10 @@ def budget_counts(shares: Sequence[float], n: int, block_flops: Sequence[int],
     return tuple(counts)
 
 
-def _largest_fitting(shares_at: Any, block_flops: Sequence[int], allowance: float,
-                     hi: float) -> float:
+def _largest_fitting(shares_at: Any, block_flops: Sequence[int], allowance: float, hi: float) -> float:
     """The largest ``t`` in ``[0, hi]`` with ``sum(shares_at(t)[k] * block_flops[k]) <= allowance``
     (``shares_at`` non-decreasing in ``t``; bisection)."""
+
     def cost(t: float) -> float:
         return sum(s * f for s, f in zip(shares_at(t), block_flops))
 
@@ -146,8 +157,9 @@ def _largest_fitting(shares_at: Any, block_flops: Sequence[int], allowance: floa
     return lo
 
 
-def budget_shares(profile: Sequence[float] | None, block_flops: Sequence[int],
-                  allowance: float) -> tuple[float, ...]:
+def budget_shares(
+    profile: Sequence[float] | None, block_flops: Sequence[int], allowance: float
+) -> tuple[float, ...]:
     """Shares whose residual FLOPs per image ``sum(share_k * block_flops[k])`` stay within
     ``allowance``: ``min(1, lam * profile[k])`` with the largest such ``lam``; when every block the
     profile keeps is at 1 and FLOPs are left, the other blocks get the largest common share that
@@ -163,9 +175,13 @@ def budget_shares(profile: Sequence[float] | None, block_flops: Sequence[int],
     return tuple(rest(_largest_fitting(rest, block_flops, allowance, 1.0)))
 
 
-def with_budget(net: BlockDropNet, budget: float, profile: Sequence[float] | None = None,
-                input_size: tuple[int, int, int] | None = None,
-                info: dict[str, Any] | None = None) -> CapacitySpec:
+def with_budget(
+    net: BlockDropNet,
+    budget: float,
+    profile: Sequence[float] | None = None,
+    input_size: tuple[int, int, int] | None = None,
+    info: dict[str, Any] | None = None,
+) -> CapacitySpec:
     """A :class:`CapacitySpec` for ``net`` (a BlockDropNet) within ``budget`` of the full network's
     FLOPs per image (module docstring), shaped like ``profile`` (``K`` keep rates; None: uniform).
 
@@ -181,18 +197,29 @@ def with_budget(net: BlockDropNet, budget: float, profile: Sequence[float] | Non
     fixed = float(flops(net.backbone, none, net.policy_net, input_size=size)[0])
     allowance = b * parts.full - fixed
     if allowance < 0:
-        raise ValueError(f"budget: expected at least {fixed / parts.full:.4f} (the stem, head, "
-                         f"shortcuts and policy network alone), got {budget!r}")
+        raise ValueError(
+            f"budget: expected at least {fixed / parts.full:.4f} (the stem, head, "
+            f"shortcuts and policy network alone), got {budget!r}"
+        )
     shares = budget_shares(profile, parts.residual, allowance)
     uniform = profile is None or not any(profile) or len(set(profile)) == 1
-    return CapacitySpec(shares, b, parts.residual, allowance,
-                        {**(info or {}), "input_size": list(size),
-                         "profile_shares": None if uniform or profile is None else [float(v) for v in profile]})
+    return CapacitySpec(
+        shares,
+        b,
+        parts.residual,
+        allowance,
+        {
+            **(info or {}),
+            "input_size": list(size),
+            "profile_shares": None if uniform or profile is None else [float(v) for v in profile],
+        },
+    )
 
 
 @torch.inference_mode()
-def calibrate(net: BlockDropNet, loader: Iterable[Any], device: torch.device | str = "cpu",
-              amp: str | bool = "off") -> CapacitySpec:
+def calibrate(
+    net: BlockDropNet, loader: Iterable[Any], device: torch.device | str = "cpu", amp: str | bool = "off"
+) -> CapacitySpec:
     """Per-block shares = the keep rates of ``net``'s threshold policy (``probs >= net.threshold``)
     over ``loader`` (batches ``x [B, C, H, W]`` or ``(x, y)``). ``net`` is run in eval mode (its
     mode is restored). Raises ValueError when the loader is empty."""
@@ -208,12 +235,19 @@ def calibrate(net: BlockDropNet, loader: Iterable[Any], device: torch.device | s
             x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
             with amp_autocast(torch.device(device), amp):
                 p = threshold_policy(net.probs(x), net.threshold)
-            kept = p.sum(0) if kept is None else kept + p.sum(0)   # on the device: one copy at the end
+            kept = p.sum(0) if kept is None else kept + p.sum(0)  # on the device: one copy at the end
             n, size = n + x.shape[0], list(x.shape[1:])
     finally:
         net.train(was)
     if kept is None or n == 0:
         raise ValueError("loader: expected at least one calibration image, got none")
     shares = (kept.double().cpu() / n).tolist()
-    return CapacitySpec(tuple(shares), info={"images": n, "threshold": float(net.threshold),
-                                             "input_size": size, "mean_blocks": float(sum(shares))})
+    return CapacitySpec(
+        tuple(shares),
+        info={
+            "images": n,
+            "threshold": float(net.threshold),
+            "input_size": size,
+            "mean_blocks": float(sum(shares)),
+        },
+    )

@@ -52,6 +52,7 @@ differentiable) and equal those of ``"masked"`` under ``P`` up to float rounding
 rows is discrete, so ``scores`` get no gradient. BatchNorm in train mode sees only the executing
 rows, as in ``"gather"``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -91,7 +92,7 @@ def counts_from_shares(shares: Sequence[float], n: int) -> tuple[int, ...]:
     base = [math.floor(e) for e in exact]
     extra = math.floor(round(sum(exact), 9) + 0.5) - sum(base)
     by_remainder = sorted(range(len(exact)), key=lambda k: (-(exact[k] - base[k]), k))
-    for k in by_remainder[:max(0, extra)]:
+    for k in by_remainder[: max(0, extra)]:
         base[k] += 1
     return tuple(min(c, n) for c in base)
 
@@ -109,17 +110,22 @@ def resolve_capacity(capacity: Capacity, n: int, k: int) -> tuple[int, ...]:
     """
     if isinstance(capacity, Tensor):
         if capacity.device.type != "cpu":
-            raise ValueError(f"capacity: expected a CPU tensor or a sequence (counts define the "
-                             f"shapes, so they must be on the host), got a tensor on {capacity.device}")
+            raise ValueError(
+                f"capacity: expected a CPU tensor or a sequence (counts define the "
+                f"shapes, so they must be on the host), got a tensor on {capacity.device}"
+            )
         if capacity.dtype == torch.bool or capacity.is_complex():
             raise ValueError(f"capacity: expected integer counts or float shares, got {capacity.dtype}")
         if capacity.dim() != 1:
-            raise ValueError(f"capacity: expected a 1-D tensor of length K = {k}, "
-                             f"got shape {list(capacity.shape)}")
+            raise ValueError(
+                f"capacity: expected a 1-D tensor of length K = {k}, got shape {list(capacity.shape)}"
+            )
         values: list[Any] = capacity.tolist()
     elif isinstance(capacity, (str, bytes)) or not isinstance(capacity, Sequence):
-        raise ValueError(f"capacity: expected K = {k} counts or shares (a sequence or a CPU "
-                         f"tensor), got {type(capacity).__name__}")
+        raise ValueError(
+            f"capacity: expected K = {k} counts or shares (a sequence or a CPU "
+            f"tensor), got {type(capacity).__name__}"
+        )
     else:
         values = list(capacity)
     if len(values) != k:
@@ -149,8 +155,10 @@ def _check_scores(model: ResNetBackbone, x: Tensor, scores: Tensor) -> None:
         raise ValueError(f"scores: expected a torch.Tensor [N, K], got {type(scores).__name__}")
     expected = [x.shape[0], model.num_blocks]
     if scores.dim() != 2 or list(scores.shape) != expected:
-        raise ValueError(f"scores: expected shape [N, K] = {expected} (N = x.shape[0], K = "
-                         f"model.num_blocks), got {list(scores.shape)}")
+        raise ValueError(
+            f"scores: expected shape [N, K] = {expected} (N = x.shape[0], K = "
+            f"model.num_blocks), got {list(scores.shape)}"
+        )
     if not scores.is_floating_point():
         raise ValueError(f"scores: expected a floating-point tensor, got {scores.dtype}")
     if scores.device != x.device:
@@ -217,7 +225,9 @@ def _traced_block(block: Any, h: Tensor, rows: Tensor) -> Tensor:
     g = h.index_select(0, rows)
     kind = block.shortcut_kind
     s = h if kind == "identity" else block.shortcut(h)
-    s_rows = g if kind == "identity" else (block.shortcut(g) if kind == "option_a" else s.index_select(0, rows))
+    s_rows = (
+        g if kind == "identity" else (block.shortcut(g) if kind == "option_a" else s.index_select(0, rows))
+    )
     y = torch.relu(s_rows + block.residual(g))
     return s.to(y.dtype).index_copy(0, rows, y)
 
@@ -243,16 +253,20 @@ def _run(model: ResNetBackbone, x: Tensor, ranking: Tensor, counts: Sequence[int
 
 
 @overload
-def capacity_forward(model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *,
-                     return_policy: Literal[False] = ...) -> Tensor: ...
+def capacity_forward(
+    model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *, return_policy: Literal[False] = ...
+) -> Tensor: ...
 @overload
-def capacity_forward(model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *,
-                     return_policy: Literal[True]) -> tuple[Tensor, Tensor]: ...
+def capacity_forward(
+    model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *, return_policy: Literal[True]
+) -> tuple[Tensor, Tensor]: ...
 @overload
-def capacity_forward(model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *,
-                     return_policy: bool) -> Tensor | tuple[Tensor, Tensor]: ...
-def capacity_forward(model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *,
-                     return_policy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def capacity_forward(
+    model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *, return_policy: bool
+) -> Tensor | tuple[Tensor, Tensor]: ...
+def capacity_forward(
+    model: Any, x: Tensor, scores: Tensor, capacity: Capacity, *, return_policy: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """Run ``model`` on ``x``, block ``k`` on exactly ``C_k`` images: those with the highest
     ``scores[:, k]`` (module docstring: semantics, synchronisation, memory, small batches).
 
@@ -288,8 +302,9 @@ def capacity_forward(model: Any, x: Tensor, scores: Tensor, capacity: Capacity, 
     return result.clone()
 
 
-def _forward(model: ResNetBackbone, x: Tensor, scores: Tensor, counts: Sequence[int],
-             return_policy: bool) -> Tensor | tuple[Tensor, Tensor]:
+def _forward(
+    model: ResNetBackbone, x: Tensor, scores: Tensor, counts: Sequence[int], return_policy: bool
+) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`capacity_forward` on validated inputs and resolved counts."""
     ranking = _ranking(scores)
     out = _run(model, x, ranking, counts)

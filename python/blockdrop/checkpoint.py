@@ -9,6 +9,7 @@ with :func:`os.replace`, so a kill at any moment leaves either the old or the ne
 Also here: models from checkpoints (:func:`load_backbone`, :func:`load_blockdrop_net`,
 ``blockdrop.load``); the name <-> module registry itself is :mod:`blockdrop.models.registry`.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,23 @@ from blockdrop.models.registry import backbone_spec, build_backbone, build_polic
 if TYPE_CHECKING:  # blockdrop_net imports this module
     from blockdrop.blockdrop_net import BlockDropNet
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_write_text", "backbone_spec",
-           "build_backbone", "load_backbone", "load_blockdrop_net", "save_blockdrop_net", "load",
-           "read_meta", "optimizer_to_tensors",
-           "optimizer_from_tensors", "prefixed", "unprefixed"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "backbone_spec",
+    "build_backbone",
+    "load_backbone",
+    "load_blockdrop_net",
+    "save_blockdrop_net",
+    "load",
+    "read_meta",
+    "optimizer_to_tensors",
+    "optimizer_from_tensors",
+    "prefixed",
+    "unprefixed",
+]
 
 FORMAT = "blockdrop-checkpoint/1"
 
@@ -69,8 +83,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor],
-                    meta: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Atomically write ``tensors`` (any devices; copied to contiguous CPU) and the JSON ``meta``.
 
     Returns the ``.safetensors`` path.  ``path`` may be given with or without the suffix.
@@ -91,8 +104,9 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor],
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str],
-                    device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint` -> ``(tensors, meta)``."""
     path = Path(path)
     if path.is_dir():
@@ -135,7 +149,9 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
             md = f.metadata() or {}
         return json.loads(md["blockdrop"])
     except Exception as e:
-        raise FileFormatError(path, what, f"unreadable metadata: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}") from None
+        raise FileFormatError(
+            path, what, f"unreadable metadata: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}"
+        ) from None
 
 
 def _json_default(o: Any) -> Any:
@@ -161,6 +177,7 @@ def unprefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 # --------------------------------------------------------------------------- optimizer
 
+
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split ``opt.state_dict()`` into tensors ``optim.<param>.<key>`` and a JSON part."""
     sd = opt.state_dict()
@@ -175,8 +192,9 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor],
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor],
-                           meta: dict[str, Any]) -> None:
+def optimizer_from_tensors(
+    opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]
+) -> None:
     """Inverse of :func:`optimizer_to_tensors` (loads into ``opt``)."""
     state: dict[int, dict[str, Any]] = {}
     for k, v in unprefixed(tensors, "optim.").items():
@@ -189,8 +207,10 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor
 
 # --------------------------------------------------------------------------- models
 
-def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
-                  num_classes: int) -> tuple[ResNetBackbone, dict[str, Any]]:
+
+def load_backbone(
+    weights: str | os.PathLike[str] | None, arch: str | None, num_classes: int
+) -> tuple[ResNetBackbone, dict[str, Any]]:
     """A backbone and its spec: ``weights`` (a blockdrop checkpoint; a CIFAR ResNet
     ``.th``/``.pt``, its depth checked against a CIFAR ``arch``; a torchvision or timm state dict
     with ``arch``) or, without weights, a fresh ``get_model(arch, num_classes)``.
@@ -208,7 +228,7 @@ def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
     if w.suffix == ".safetensors":
         tensors, meta = load_checkpoint(w)
         return _backbone_from(tensors, meta, w), meta["backbone_spec"]
-    with torch.device("meta"):   # the family and depth only: no memory, no draw from the RNG
+    with torch.device("meta"):  # the family and depth only: no memory, no draw from the RNG
         probe = get_model(arch, num_classes=num_classes) if arch is not None else None
     if probe is None or isinstance(probe, CifarResNet):
         model = load_cifar_resnet(w, probe.depth if probe is not None else None)
@@ -222,12 +242,15 @@ def load_backbone(weights: str | os.PathLike[str] | None, arch: str | None,
         resnet = cast(nn.Module, model.resnet)  # the torchvision or timm module its wrapper holds
         resnet.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()})
     except Exception as e:
-        raise FileFormatError(w, what, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}") from None
+        raise FileFormatError(
+            w, what, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        ) from None
     return model, backbone_spec(model)
 
 
-def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                   path: str | os.PathLike[str] = "checkpoint") -> ResNetBackbone:
+def _backbone_from(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | os.PathLike[str] = "checkpoint"
+) -> ResNetBackbone:
     """The backbone stored in a blockdrop checkpoint (its spec and ``backbone.*`` tensors)."""
     what = "a blockdrop checkpoint holding a backbone"
     if not isinstance(meta.get("backbone_spec"), dict):
@@ -236,34 +259,43 @@ def _backbone_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
         model = build_backbone(meta["backbone_spec"])
         model.load_state_dict(unprefixed(tensors, "backbone."))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise FileFormatError(path, what, f"its tensors do not fit {meta['backbone_spec']}: "
-                                          f"{str(e).splitlines()[0][:160]}") from None
+        raise FileFormatError(
+            path, what, f"its tensors do not fit {meta['backbone_spec']}: {str(e).splitlines()[0][:160]}"
+        ) from None
     return model
 
 
-def save_blockdrop_net(path: str | os.PathLike[str], net: BlockDropNet,
-                       meta: dict[str, Any] | None = None) -> Path:
+def save_blockdrop_net(
+    path: str | os.PathLike[str], net: BlockDropNet, meta: dict[str, Any] | None = None
+) -> Path:
     """Write a :class:`~blockdrop.blockdrop_net.BlockDropNet` (policy network or fixed baseline
     policy + backbone) as a checkpoint that :func:`load_blockdrop_net` reads back; ``meta`` (JSON)
     is stored beside the specs. Returns the ``.safetensors`` path."""
-    tensors = {**prefixed(net.policy_net.state_dict(), "policy."),
-               **prefixed(net.backbone.state_dict(), "backbone.")}
-    doc = {**(meta or {}), "stage": (meta or {}).get("stage", "model"),
-           "backbone_spec": backbone_spec(net.backbone),
-           "policy_spec": net.policy_net.spec(),  # type: ignore[operator]  # policy modules define spec()
-           "threshold": float(net.threshold),
-           "mode": getattr(net, "mode", "threshold"),
-           "capacity": net.capacity.to_json() if net.capacity else None}
+    tensors = {
+        **prefixed(net.policy_net.state_dict(), "policy."),
+        **prefixed(net.backbone.state_dict(), "backbone."),
+    }
+    doc = {
+        **(meta or {}),
+        "stage": (meta or {}).get("stage", "model"),
+        "backbone_spec": backbone_spec(net.backbone),
+        "policy_spec": net.policy_net.spec(),  # type: ignore[operator]  # policy modules define spec()
+        "threshold": float(net.threshold),
+        "mode": getattr(net, "mode", "threshold"),
+        "capacity": net.capacity.to_json() if net.capacity else None,
+    }
     return save_checkpoint(path, tensors, doc)
 
 
-def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device = "cpu",
-                       strategy: str | None = None) -> tuple[BlockDropNet, dict[str, Any]]:
+def load_blockdrop_net(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", strategy: str | None = None
+) -> tuple[BlockDropNet, dict[str, Any]]:
     """A :class:`~blockdrop.blockdrop_net.BlockDropNet` (eval mode) from any checkpoint the
     library writes (training stages, :func:`save_blockdrop_net`, the reproduce pipeline's
     models and baselines), plus the checkpoint's JSON."""
     from blockdrop.blockdrop_net import BlockDropNet
     from blockdrop.calibration import CapacitySpec
+
     tensors, meta = load_checkpoint(path)
     what = "a blockdrop model checkpoint (policy network + backbone)"
     for key in ("backbone_spec", "policy_spec"):
@@ -274,13 +306,19 @@ def load_blockdrop_net(path: str | os.PathLike[str], device: str | torch.device 
         pnet = build_policy(meta["policy_spec"])
         pnet.load_state_dict(unprefixed(tensors, "policy."))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise FileFormatError(path, what, f"its policy tensors do not fit {meta['policy_spec']}: "
-                                          f"{str(e).splitlines()[0][:160]}") from None
+        raise FileFormatError(
+            path, what, f"its policy tensors do not fit {meta['policy_spec']}: {str(e).splitlines()[0][:160]}"
+        ) from None
     try:  # capacity mode (blockdrop.calibration): absent from older checkpoints
         capacity = CapacitySpec.from_json(meta["capacity"]) if meta.get("capacity") else None
-        net = BlockDropNet(pnet, backbone, strategy=strategy or "auto",
-                           threshold=float(meta.get("threshold", 0.5)),
-                           mode=meta.get("mode", "threshold"), capacity=capacity)
+        net = BlockDropNet(
+            pnet,
+            backbone,
+            strategy=strategy or "auto",
+            threshold=float(meta.get("threshold", 0.5)),
+            mode=meta.get("mode", "threshold"),
+            capacity=capacity,
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise FileFormatError(path, what, f"its capacity metadata is invalid: {e}") from None
     return net.to(device).eval(), meta

@@ -79,8 +79,16 @@ import blockdrop_ext
 from .models.base import ResNetBackbone
 from .models.wrap import as_backbone
 
-__all__ = ["STRATEGIES", "AUTO_MIN_GROUP_SIZE", "check_policy_values", "choose_strategy", "dynamic_forward",
-           "gather_block", "validate_inputs", "validate_model_input"]
+__all__ = [
+    "STRATEGIES",
+    "AUTO_MIN_GROUP_SIZE",
+    "check_policy_values",
+    "choose_strategy",
+    "dynamic_forward",
+    "gather_block",
+    "validate_inputs",
+    "validate_model_input",
+]
 
 STRATEGIES = ("auto", "masked", "loop", "gather", "group")
 
@@ -103,9 +111,7 @@ def check_policy_values(policy: Tensor) -> None:
     bad = ~((policy == 0) | (policy == 1))
     if bool(bad.any()):
         n, k = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"policy: expected only 0/1 values, got {policy[n, k].item()!r} at [{n}, {k}]"
-        )
+        raise ValueError(f"policy: expected only 0/1 values, got {policy[n, k].item()!r} at [{n}, {k}]")
 
 
 def validate_model_input(model: Any, x: Tensor) -> ResNetBackbone:
@@ -128,8 +134,7 @@ def validate_model_input(model: Any, x: Tensor) -> ResNetBackbone:
             raise ValueError(f"x: expected device {param.device} (the model's), got {x.device}")
         if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(
-                f"x: expected dtype {param.dtype} (the model's parameters; or enable autocast), "
-                f"got {x.dtype}"
+                f"x: expected dtype {param.dtype} (the model's parameters; or enable autocast), got {x.dtype}"
             )
     return model
 

@@ -10,6 +10,7 @@ and exits with status 2; ``--debug`` shows the traceback instead.
 * :class:`IncompatibleError` -- files or arguments that are fine alone but do not fit together
   (a checkpoint's classes vs the data's, a run directory that holds another run).
 """
+
 from __future__ import annotations
 
 import os

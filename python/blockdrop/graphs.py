@@ -26,6 +26,7 @@ the CPU tests check (static buffers, replay equals eager); the capture itself ru
 Synchronisation: none per call (the input copy and the replay are queued on the current stream).
 Memory: the static input, the outputs and the graph's private pool (the forward's activations).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -43,8 +44,9 @@ def _as_tuple(out: Any) -> tuple[Tensor, ...]:
     """The forward's outputs as a tuple of tensors (a tensor, or a tuple/list of tensors)."""
     outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
     if not outs or not all(isinstance(t, Tensor) for t in outs):
-        raise ValueError(f"net: expected a forward returning a tensor or a tuple of tensors, got "
-                         f"{type(out).__name__}")
+        raise ValueError(
+            f"net: expected a forward returning a tensor or a tuple of tensors, got {type(out).__name__}"
+        )
     return outs
 
 
@@ -52,25 +54,30 @@ def _check_net(net: nn.Module) -> None:
     if not isinstance(net, nn.Module):
         raise ValueError(f"net: expected a torch.nn.Module, got {type(net).__name__}")
     if net.training:
-        raise ValueError("net: expected eval mode (call net.eval() first: a graph replays the "
-                         "same kernels, so no sampled policies or batch statistics)")
+        raise ValueError(
+            "net: expected eval mode (call net.eval() first: a graph replays the "
+            "same kernels, so no sampled policies or batch statistics)"
+        )
     mode = getattr(net, "mode", None)
     if mode is not None and mode != "capacity":
-        raise ValueError(f"net: expected a BlockDropNet in capacity mode (static shapes, no host "
-                         f"synchronisation), got mode {mode!r}; call net.set_capacity(...) or "
-                         "net.calibrate_capacity(loader) first")
+        raise ValueError(
+            f"net: expected a BlockDropNet in capacity mode (static shapes, no host "
+            f"synchronisation), got mode {mode!r}; call net.set_capacity(...) or "
+            "net.calibrate_capacity(loader) first"
+        )
 
 
 class GraphedNet:
     """``net`` replayed on static buffers (see the module docstring). Call it with
     ``x: Tensor`` of the example's shape, dtype and device; returns what ``net(x)`` returns."""
 
-    def __init__(self, net: nn.Module, example: Tensor, warmup: int = 3,
-                 clone_outputs: bool = True) -> None:
+    def __init__(self, net: nn.Module, example: Tensor, warmup: int = 3, clone_outputs: bool = True) -> None:
         _check_net(net)
         if not isinstance(example, Tensor) or not example.is_floating_point():
-            raise ValueError(f"example: expected a floating-point tensor, got "
-                             f"{example.dtype if isinstance(example, Tensor) else type(example).__name__}")
+            raise ValueError(
+                f"example: expected a floating-point tensor, got "
+                f"{example.dtype if isinstance(example, Tensor) else type(example).__name__}"
+            )
         if warmup < 1:
             raise ValueError(f"warmup: expected at least 1 warm-up call, got {warmup}")
         self.net, self.clone_outputs = net, clone_outputs
@@ -103,10 +110,11 @@ class GraphedNet:
     def _check_input(self, x: Tensor) -> None:
         s = self.static_input
         if not isinstance(x, Tensor) or x.shape != s.shape or x.dtype != s.dtype or x.device != s.device:
-            got = (f"{list(x.shape)} {x.dtype} on {x.device}" if isinstance(x, Tensor)
-                   else type(x).__name__)
-            raise ValueError(f"x: expected {list(s.shape)} {s.dtype} on {s.device} (the captured "
-                             f"example; capture once per batch size), got {got}")
+            got = f"{list(x.shape)} {x.dtype} on {x.device}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"x: expected {list(s.shape)} {s.dtype} on {s.device} (the captured "
+                f"example; capture once per batch size), got {got}"
+            )
 
     def replay(self) -> None:
         """Run the network on the current static input into the static outputs."""
@@ -125,8 +133,9 @@ class GraphedNet:
         return outs[0] if self._single else outs
 
 
-def cuda_graphed(net: nn.Module, example: Tensor, *, warmup: int = 3,
-                 clone_outputs: bool = True) -> Callable[[Tensor], Outputs]:
+def cuda_graphed(
+    net: nn.Module, example: Tensor, *, warmup: int = 3, clone_outputs: bool = True
+) -> Callable[[Tensor], Outputs]:
     """Capture ``net`` (eval mode; a BlockDropNet must be in capacity mode) for inputs like
     ``example`` (``Tensor[N, C, H, W]``) into a CUDA graph, after ``warmup`` eager calls.
 

@@ -9,6 +9,7 @@
 * :func:`eval_mode` -- a module in eval mode for a block of code, its flags restored after;
 * :func:`interrupt_at_step_end` -- Ctrl-C as a flag a training loop polls between steps.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["AMP_MODES", "DistInfo", "amp_autocast", "amp_dtype", "eval_mode", "init_distributed",
-           "interrupt_at_step_end", "resolve_device"]
+__all__ = [
+    "AMP_MODES",
+    "DistInfo",
+    "amp_autocast",
+    "amp_dtype",
+    "eval_mode",
+    "init_distributed",
+    "interrupt_at_step_end",
+    "resolve_device",
+]
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
@@ -48,6 +57,7 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 @dataclass
 class DistInfo:
     """Where this process sits: ``rank``/``world_size`` (1 without torchrun) and its device."""
+
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -109,6 +119,7 @@ def interrupt_at_step_end() -> Iterator[Callable[[], bool]]:
     stops at a step boundary; a second Ctrl-C interrupts at once. Outside the main thread: no-op."""
     import signal
     import threading
+
     hit = [False]
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False

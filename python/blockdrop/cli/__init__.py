@@ -15,6 +15,7 @@ Errors a user can cause (a bad file, data that does not fit a checkpoint, a run 
 use, too little memory) end in one line on stderr naming what is wrong and exit status 2; a
 dependency's traceback is shown only with ``--debug``. Argument errors exit 2 with the usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,13 @@ __all__ = ["main", "build_parser", "train_config"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``blockdrop`` argument parser."""
-    p = argparse.ArgumentParser(prog="blockdrop", description=(
-        "BlockDrop (Wu et al., CVPR 2018): learn per-image residual-block policies and run them "
-        "with real batched skipping."))
+    p = argparse.ArgumentParser(
+        prog="blockdrop",
+        description=(
+            "BlockDrop (Wu et al., CVPR 2018): learn per-image residual-block policies and run them "
+            "with real batched skipping."
+        ),
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (train, evaluate, bench, reproduce, demo, convert):
         module.register(sub)
@@ -43,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _is_out_of_memory(e: BaseException) -> bool:
     import torch
+
     text = str(e)
     return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,13 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"blockdrop {cmd}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
-    except (BlockDropError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as e:   # ValueError: the library's bad-input convention
+    except (
+        BlockDropError,
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as e:  # ValueError: the library's bad-input convention
         if args.debug:
             raise
         print(f"blockdrop {cmd}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:   # e.g. a full disk or an unwritable --out
+    except OSError as e:  # e.g. a full disk or an unwritable --out
         if args.debug:
             raise
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
@@ -73,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, MemoryError) as e:
         if args.debug or not _is_out_of_memory(e):
             raise
-        print(f"blockdrop {cmd}: error: out of memory at --batch-size "
-              f"{getattr(args, 'batch_size', '?')}; try a smaller --batch-size", file=sys.stderr)
+        print(
+            f"blockdrop {cmd}: error: out of memory at --batch-size "
+            f"{getattr(args, 'batch_size', '?')}; try a smaller --batch-size",
+            file=sys.stderr,
+        )
         return 2

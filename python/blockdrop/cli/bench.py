@@ -1,5 +1,6 @@
 """``blockdrop bench``: ``dynamic_forward`` strategies against the plain network on random iid
 policies, timed interleaved (:mod:`blockdrop.evaluation.timing`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,16 +20,27 @@ def register(sub: Any) -> None:
     src = b.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="CKPT", help="use this BlockDropNet's backbone")
     src.add_argument("--weights", metavar="FILE", help="backbone weights")
-    b.add_argument("--arch", default=None, help="backbone name (default cifar_resnet110 without "
-                   f"--weights; with --weights of a CIFAR ResNet, checks its depth): {ARCH_HELP}")
+    b.add_argument(
+        "--arch",
+        default=None,
+        help="backbone name (default cifar_resnet110 without "
+        f"--weights; with --weights of a CIFAR ResNet, checks its depth): {ARCH_HELP}",
+    )
     b.add_argument("--batch-size", type=positive_int, default=64)
     b.add_argument("--image-size", type=positive_int, default=None)
     b.add_argument("--keep", type=fraction, default=0.3, help="iid keep probability (default 0.3)")
-    b.add_argument("--strategies", default="masked,gather,group,auto",
-                   help="comma-separated subset of " + ",".join(STRATEGIES))
+    b.add_argument(
+        "--strategies",
+        default="masked,gather,group,auto",
+        help="comma-separated subset of " + ",".join(STRATEGIES),
+    )
     b.add_argument("--repeats", type=positive_int, default=10)
-    b.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="weights and activations (default float32)")
+    b.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="weights and activations (default float32)",
+    )
     b.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     add_runtime(b)
     b.set_defaults(func=run)
@@ -40,6 +52,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from blockdrop.evaluation.accounting import ideal_speedup
     from blockdrop.evaluation.timing import interleaved
     from blockdrop.runtime import resolve_device
+
     setup_threads(args)
     device = resolve_device(args.device)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -67,13 +80,17 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     with torch.inference_mode():
         t = interleaved(fns, rounds=args.repeats, warmup=1, device=device)
     ideal = ideal_speedup(model, policy, input_size=(3, size, size))
-    print(f"{type(model).__name__} K={model.num_blocks}, batch {args.batch_size}, {size}px, "
-          f"iid keep {args.keep}, {args.dtype}{' channels_last' if args.channels_last else ''}, "
-          f"{device}, {torch.get_num_threads()} threads; "
-          f"ideal speedup {ideal:.2f}x; median of {args.repeats} interleaved rounds")
+    print(
+        f"{type(model).__name__} K={model.num_blocks}, batch {args.batch_size}, {size}px, "
+        f"iid keep {args.keep}, {args.dtype}{' channels_last' if args.channels_last else ''}, "
+        f"{device}, {torch.get_num_threads()} threads; "
+        f"ideal speedup {ideal:.2f}x; median of {args.repeats} interleaved rounds"
+    )
     print(f"{'strategy':<10} {'ms/batch':>10} {'img/s':>10} {'speedup':>8} {'spread':>7}")
     full = t["full"].median
     for k, v in t.items():
-        print(f"{k:<10} {1e3 * v.median:>10.2f} {args.batch_size / v.median:>10.0f} "
-              f"{full / v.median:>7.2f}x {100 * v.spread:>6.0f}%")
+        print(
+            f"{k:<10} {1e3 * v.median:>10.2f} {args.batch_size / v.median:>10.0f} "
+            f"{full / v.median:>7.2f}x {100 * v.spread:>6.0f}%"
+        )
     return 0

@@ -1,4 +1,5 @@
 """``blockdrop train`` (the curriculum) and ``blockdrop finetune`` (joint finetuning)."""
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,11 @@ def train_config(args: argparse.Namespace, stage: str) -> TrainConfig:
     command line: the options given (an option sets the field of its name), every other field at
     the config's own (official) default -- the CLI defines none of its own (the epochs, unless
     given, follow the config's one rule, resolved by the trainer)."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-             if f.name not in ("stage", "progress") and getattr(args, f.name, None) is not None}
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in ("stage", "progress") and getattr(args, f.name, None) is not None
+    }
     return TrainConfig(stage=stage, progress=not args.no_progress, **given)
 
 
@@ -56,8 +60,10 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise IncompatibleError(f"--out: {out} exists and is not a directory")
     if last.exists() and not (resume or overwrite):
-        raise IncompatibleError(f"--out: {out} already holds a run ({last.name}); pass --resume "
-                                f"to continue it or --overwrite to start afresh")
+        raise IncompatibleError(
+            f"--out: {out} already holds a run ({last.name}); pass --resume "
+            f"to continue it or --overwrite to start afresh"
+        )
     if resume and overwrite:
         raise IncompatibleError("--resume and --overwrite exclude each other")
 
@@ -72,52 +78,70 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, stage: str) -
     if stage == "finetune" and args.init and (args.weights or args.arch):
         parser.error("--init already holds the backbone; drop --weights/--arch")
     if not (getattr(args, "init", None) or args.weights or args.arch):
-        parser.error("give --weights (pretrained backbone) or --arch" +
-                     (" or --init" if stage == "finetune" else ""))
+        parser.error(
+            "give --weights (pretrained backbone) or --arch" + (" or --init" if stage == "finetune" else "")
+        )
     setup_threads(args)
     out = Path(args.out)
     _check_out_dir(out, args.resume, args.overwrite)
     dist_info = init_distributed(args.device)
     train = load_dataset(args.data, "train", seed=args.seed, cache_dir=args.cache_dir)
-    val = load_dataset(args.val_data, "test", seed=args.seed, cache_dir=args.cache_dir) if args.val_data else None
+    val = (
+        load_dataset(args.val_data, "test", seed=args.seed, cache_dir=args.cache_dir)
+        if args.val_data
+        else None
+    )
     if val is not None and val.classes != train.classes:
-        raise IncompatibleError(f"--val-data: classes {val.classes[:5]}... differ from --data's "
-                                f"{train.classes[:5]}...")
+        raise IncompatibleError(
+            f"--val-data: classes {val.classes[:5]}... differ from --data's {train.classes[:5]}..."
+        )
     pnet = None
     if stage == "finetune" and args.init:
-        init, meta = load_blockdrop_net(args.init)          # modes are set by the trainer
+        init, meta = load_blockdrop_net(args.init)  # modes are set by the trainer
         spec, backbone, pnet = meta["backbone_spec"], init.backbone, init.policy_net
         if meta.get("classes") not in (None, train.classes):
-            raise IncompatibleError(f"--init: {args.init} was trained on classes {meta['classes'][:5]}..., "
-                                    f"--data has {train.classes[:5]}...")
+            raise IncompatibleError(
+                f"--init: {args.init} was trained on classes {meta['classes'][:5]}..., "
+                f"--data has {train.classes[:5]}..."
+            )
     else:
         backbone, spec = load_backbone(args.weights, args.arch, train.num_classes)
         if not args.weights:
             import sys
+
             print(f"warning: backbone {args.arch} is randomly initialised (no --weights)", file=sys.stderr)
     if spec.get("num_classes") != train.num_classes:
-        raise IncompatibleError(f"the backbone has {spec.get('num_classes')} classes, --data "
-                                f"{args.data} has {train.num_classes}")
+        raise IncompatibleError(
+            f"the backbone has {spec.get('num_classes')} classes, --data {args.data} has {train.num_classes}"
+        )
     if pnet is None:
         torch.manual_seed(args.seed)
         pnet = make_policy_net(backbone.num_blocks, train.image_size)
     k = backbone.num_blocks
     cfg = train_config(args, stage)
-    teacher = copy.deepcopy(backbone).eval() if cfg.distill else None   # the starting backbone
-    meta = {"backbone_spec": spec, "policy_spec": pnet.spec(),  # type: ignore[operator]  # policy modules define spec()
-            "classes": train.classes,
-            "image_size": train.image_size, "data": train.source}
+    teacher = copy.deepcopy(backbone).eval() if cfg.distill else None  # the starting backbone
+    meta = {
+        "backbone_spec": spec,
+        "policy_spec": pnet.spec(),  # type: ignore[operator]  # policy modules define spec()
+        "classes": train.classes,
+        "image_size": train.image_size,
+        "data": train.source,
+    }
     trainer = Trainer(cfg, pnet, backbone, train, out, val, dist_info, meta, teacher=teacher)
     epochs = trainer.cfg.epochs
     if dist_info.is_main:
-        print(f"[{stage}] {train.source}: {len(train.dataset)} images, {train.num_classes} classes; "
-              f"backbone {spec}, K={k}; {epochs} epochs x {trainer.batches_per_epoch} steps "
-              f"x {cfg.batch_size} x {dist_info.world_size} proc on {dist_info.device}", flush=True)
-    last = trainer.fit(resume=args.resume)   # Ctrl-C: checkpoint at the step's end, then exit
+        print(
+            f"[{stage}] {train.source}: {len(train.dataset)} images, {train.num_classes} classes; "
+            f"backbone {spec}, K={k}; {epochs} epochs x {trainer.batches_per_epoch} steps "
+            f"x {cfg.batch_size} x {dist_info.world_size} proc on {dist_info.device}",
+            flush=True,
+        )
+    last = trainer.fit(resume=args.resume)  # Ctrl-C: checkpoint at the step's end, then exit
     if dist_info.is_main:
         print(f"[{stage}] done: {json.dumps(last)}\ncheckpoint: {trainer.checkpoint_path()}")
     if dist_info.distributed:
         import torch.distributed as dist
+
         dist.barrier()
         dist.destroy_process_group()
     return 0

@@ -12,13 +12,28 @@ Supported sources (nothing is ever downloaded; :mod:`.sources`):
 Augmentation is a function of ``(seed, epoch, index)`` only (:mod:`.transforms`); held-out splits,
 subsets and other normalisations are in :mod:`.splits`; the sampler and loader in :mod:`.loading`.
 """
+
 from blockdrop.data.datasets import DataInfo, DatasetNotFoundError, ImageArrayDataset, ImageFileDataset
 from blockdrop.data.loading import EpochSampler, make_loader, set_loader_epoch
 from blockdrop.data.sources import digits_dataset, load_dataset
 from blockdrop.data.splits import split_train_val, take_subset, with_normalization
 from blockdrop.data.transforms import MEAN, STD, SmallImageTransform, denormalize
 
-__all__ = ["DataInfo", "DatasetNotFoundError", "ImageArrayDataset", "ImageFileDataset",
-           "EpochSampler", "SmallImageTransform", "load_dataset", "digits_dataset", "make_loader",
-           "set_loader_epoch", "split_train_val", "take_subset", "with_normalization",
-           "denormalize", "MEAN", "STD"]
+__all__ = [
+    "DataInfo",
+    "DatasetNotFoundError",
+    "ImageArrayDataset",
+    "ImageFileDataset",
+    "EpochSampler",
+    "SmallImageTransform",
+    "load_dataset",
+    "digits_dataset",
+    "make_loader",
+    "set_loader_epoch",
+    "split_train_val",
+    "take_subset",
+    "with_normalization",
+    "denormalize",
+    "MEAN",
+    "STD",
+]

@@ -1,4 +1,5 @@
 """Datasets: images in memory (small ones, e.g. CIFAR) or on disk, with per-epoch augmentation."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,10 +22,11 @@ class DatasetNotFoundError(FileNotFoundError):
 @dataclass
 class DataInfo:
     """A dataset and what the trainer needs to know about it."""
+
     dataset: ImageArrayDataset | ImageFileDataset
     classes: list[str]
-    image_size: int          # side of the network input (H == W)
-    source: str              # what was loaded, for logs
+    image_size: int  # side of the network input (H == W)
+    source: str  # what was loaded, for logs
 
     @property
     def num_classes(self) -> int:
@@ -43,8 +45,7 @@ class _EpochDataset(Dataset):
 class ImageArrayDataset(_EpochDataset):
     """In-memory images ``uint8 [N,H,W,3]`` + labels ``int64 [N]``; item -> ``(float [3,H,W], int)``."""
 
-    def __init__(self, images: Tensor, labels: Tensor, transform: SmallImageTransform,
-                 seed: int = 0) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, transform: SmallImageTransform, seed: int = 0) -> None:
         assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[-1] == 3
         self.images, self.labels, self.transform, self.seed = images, labels.long(), transform, seed
 
@@ -66,8 +67,9 @@ class ImageFileDataset(_EpochDataset):
     """Images on disk (large ones); item -> ``(float [3,S,S], int)`` through torchvision transforms
     run under a per-sample seed."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[Any], Tensor],
-                 train: bool, seed: int = 0) -> None:
+    def __init__(
+        self, samples: list[tuple[str, int]], transform: Callable[[Any], Tensor], train: bool, seed: int = 0
+    ) -> None:
         self.samples, self.transform, self.train, self.seed = samples, transform, train, seed
 
     def __len__(self) -> int:
@@ -75,6 +77,7 @@ class ImageFileDataset(_EpochDataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         from PIL import Image
+
         path, label = self.samples[i]
         with Image.open(path) as im:
             img = im.convert("RGB")

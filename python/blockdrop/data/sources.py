@@ -1,6 +1,7 @@
 """Where datasets come from: ImageFolder trees, ``.tar.gz`` archives of them, torchvision's CIFAR
 folders, scikit-learn's digits. Nothing is downloaded; a missing, unreadable or truncated source
 is an error naming it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,11 +25,12 @@ from blockdrop.errors import FileFormatError
 __all__ = ["load_dataset", "digits_dataset", "IMG_EXTS"]
 
 IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
-SMALL_IMAGE = 64      # images up to this side are decoded into memory
+SMALL_IMAGE = 64  # images up to this side are decoded into memory
 
 
 def _decode(data: bytes, name: str = "image") -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -44,8 +46,9 @@ def _stack(entries: list[tuple[str, str, bytes]], what: str) -> tuple[Tensor, Te
     arrays = [_decode(b, f"{what}: {c}/{n}") for c, n, b in entries]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
-        raise ValueError(f"{what}: images of different sizes {sorted(shapes)[:3]}; "
-                         "small-image datasets must be uniform")
+        raise ValueError(
+            f"{what}: images of different sizes {sorted(shapes)[:3]}; small-image datasets must be uniform"
+        )
     images = torch.from_numpy(np.stack(arrays))
     labels = torch.tensor([idx[c] for c, _, _ in entries], dtype=torch.long)
     return images, labels, classes
@@ -57,8 +60,7 @@ def _split_names(split: str) -> tuple[str, ...]:
 
 def _archive_members(path: Path) -> list[tarfile.TarInfo]:
     with tarfile.open(path) as tf:
-        return [m for m in tf.getmembers()
-                if m.isfile() and m.name.lower().endswith(IMG_EXTS)]
+        return [m for m in tf.getmembers() if m.isfile() and m.name.lower().endswith(IMG_EXTS)]
 
 
 def _select_tree(names: list[str], split: str, what: str) -> tuple[int, str | None]:
@@ -67,8 +69,9 @@ def _select_tree(names: list[str], split: str, what: str) -> tuple[int, str | No
     parts = [Path(n).parts for n in names]
     depth = {len(p) for p in parts}
     if len(depth) != 1 or min(depth) < 2:
-        raise DatasetNotFoundError(f"{what}: not an ImageFolder tree (<class>/<image>), "
-                                   f"found paths like {names[:2]}")
+        raise DatasetNotFoundError(
+            f"{what}: not an ImageFolder tree (<class>/<image>), found paths like {names[:2]}"
+        )
     d = depth.pop()
     if d == 2:
         return 0, None
@@ -92,7 +95,7 @@ def _read_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> 
         with tarfile.open(path) as tf:
             names = tf.getnames()
         for name in ("cifar-10-batches-py", "cifar-100-python"):
-            if any(n.split("/")[0] == name for n in names):   # torchvision's own CIFAR archive
+            if any(n.split("/")[0] == name for n in names):  # torchvision's own CIFAR archive
                 return _load_cifar_pickle(_extract(path, cache_dir) / name, split, seed)
         raise DatasetNotFoundError(f"{path}: archive holds no images")
     drop, split_dir = _select_tree([m.name for m in members], split, str(path))
@@ -117,13 +120,17 @@ def _read_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> 
 def _load_archive(path: Path, split: str, seed: int, cache_dir: Path | None) -> DataInfo:
     """An archive as a dataset; a truncated or corrupt archive is a FileFormatError naming it."""
     import zlib
+
     try:
         return _read_archive(path, split, seed, cache_dir)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise FileFormatError(path, "a readable .tar.gz / .tar archive of an ImageFolder tree",
-                              f"truncated or corrupt: {type(e).__name__}: {e}") from None
+        raise FileFormatError(
+            path,
+            "a readable .tar.gz / .tar archive of an ImageFolder tree",
+            f"truncated or corrupt: {type(e).__name__}: {e}",
+        ) from None
 
 
 def _extract(path: Path, cache_dir: Path | None) -> Path:
@@ -142,6 +149,7 @@ def _extract(path: Path, cache_dir: Path | None) -> Path:
         os.replace(tmp, target)
     except OSError:  # another process won the race
         import shutil
+
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
@@ -156,11 +164,16 @@ def _load_folder(root: Path, split: str, seed: int, allow_split: bool = True) ->
                     root = sub
                     break
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    samples = [(str(f), i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
-               if f.suffix.lower() in IMG_EXTS]
+    samples = [
+        (str(f), i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).rglob("*"))
+        if f.suffix.lower() in IMG_EXTS
+    ]
     if not samples:
         raise DatasetNotFoundError(f"{root}: no images found in <class>/<image> folders")
     from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(samples[0][0]) as im:
             small = max(im.size) <= SMALL_IMAGE
@@ -177,9 +190,15 @@ def _load_folder(root: Path, split: str, seed: int, allow_split: bool = True) ->
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: a CIFAR batch file cannot run code."""
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-                ("collections", "OrderedDict")}
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("collections", "OrderedDict"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
@@ -192,11 +211,13 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             d = _ArrayUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise FileFormatError(path, "a CIFAR python batch file (a pickled dict of arrays)",
-                              f"{type(e).__name__}: {e}") from None
+        raise FileFormatError(
+            path, "a CIFAR python batch file (a pickled dict of arrays)", f"{type(e).__name__}: {e}"
+        ) from None
     if not isinstance(d, dict):
-        raise FileFormatError(path, "a CIFAR python batch file (a pickled dict of arrays)",
-                              f"holds a {type(d).__name__}")
+        raise FileFormatError(
+            path, "a CIFAR python batch file (a pickled dict of arrays)", f"holds a {type(d).__name__}"
+        )
     return d
 
 
@@ -222,15 +243,27 @@ def _load_cifar_pickle(root: Path, split: str, seed: int) -> DataInfo:
     return _array_info(images, torch.tensor(labels), classes, split, seed, str(root))
 
 
-def _array_info(images: Tensor, labels: Tensor, classes: list[str], split: str, seed: int,
-                source: str, pad: int | None = None, flip: bool = True) -> DataInfo:
+def _array_info(
+    images: Tensor,
+    labels: Tensor,
+    classes: list[str],
+    split: str,
+    seed: int,
+    source: str,
+    pad: int | None = None,
+    flip: bool = True,
+) -> DataInfo:
     side = int(images.shape[1])
     tf = SmallImageTransform(split == "train", pad=side // 8 if pad is None else pad, flip=flip)
     return DataInfo(ImageArrayDataset(images, labels, tf, seed), classes, side, source)
 
 
-def load_dataset(path: str | os.PathLike[str], split: str = "train", seed: int = 0,
-                 cache_dir: str | os.PathLike[str] | None = None) -> DataInfo:
+def load_dataset(
+    path: str | os.PathLike[str],
+    split: str = "train",
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> DataInfo:
     """Load a dataset from ``path`` (archive, ImageFolder root, or CIFAR folder).
 
     ``split`` is "train" (augmented) or "test" (no augmentation).  A missing or unrecognisable
@@ -240,8 +273,10 @@ def load_dataset(path: str | os.PathLike[str], split: str = "train", seed: int =
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     p = Path(path).expanduser()
     if not p.exists():
-        raise DatasetNotFoundError(f"dataset not found: {p} does not exist (nothing is downloaded; "
-                                   "pass --data with a folder, CIFAR directory or .tar.gz archive)")
+        raise DatasetNotFoundError(
+            f"dataset not found: {p} does not exist (nothing is downloaded; "
+            "pass --data with a folder, CIFAR directory or .tar.gz archive)"
+        )
     if p.is_file():
         if p.name.endswith((".tar.gz", ".tgz", ".tar")):
             return _load_archive(p, split, seed, Path(cache_dir) if cache_dir else None)
@@ -254,19 +289,30 @@ def load_dataset(path: str | os.PathLike[str], split: str = "train", seed: int =
     return _load_folder(p, split, seed)
 
 
-def digits_dataset(split: str = "train", seed: int = 0, size: int = 32,
-                   test_fraction: float = 0.2) -> DataInfo:
+def digits_dataset(
+    split: str = "train", seed: int = 0, size: int = 32, test_fraction: float = 0.2
+) -> DataInfo:
     """scikit-learn's 8x8 handwritten digits (1,797 real images), bilinearly upsampled to
     ``size`` x ``size`` grey-as-RGB uint8; a fixed stratified train/test split (seed 0)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     d = load_digits()
-    x = torch.from_numpy(d.images).float().div(16.0).unsqueeze(1)          # [N,1,8,8]
+    x = torch.from_numpy(d.images).float().div(16.0).unsqueeze(1)  # [N,1,8,8]
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1)
     y = torch.from_numpy(d.target).long()
-    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=test_fraction,
-                                      random_state=0, stratify=d.target)
+    idx_tr, idx_te = train_test_split(
+        np.arange(len(y)), test_size=test_fraction, random_state=0, stratify=d.target
+    )
     idx = torch.from_numpy(idx_tr if split == "train" else idx_te)
-    return _array_info(x[idx].contiguous(), y[idx], [str(i) for i in range(10)], split, seed,
-                       "sklearn digits", pad=2, flip=False)
+    return _array_info(
+        x[idx].contiguous(),
+        y[idx],
+        [str(i) for i in range(10)],
+        split,
+        seed,
+        "sklearn digits",
+        pad=2,
+        flip=False,
+    )

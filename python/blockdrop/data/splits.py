@@ -1,4 +1,5 @@
 """Derived datasets: a held-out validation split, a subset, another input normalisation."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,8 +23,9 @@ def _stratified_pick(labels: Tensor, n: int, seed: int) -> Tensor:
     per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
     quota = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
     if any(q > len(idx) for q, idx in zip(quota, per_class)):
-        raise ValueError(f"n_val: {n} held-out images do not fit the classes' sizes "
-                         f"{[len(i) for i in per_class]}")
+        raise ValueError(
+            f"n_val: {n} held-out images do not fit the classes' sizes {[len(i) for i in per_class]}"
+        )
     return torch.cat([idx[:q] for q, idx in zip(quota, per_class)]).sort().values
 
 
@@ -51,13 +53,20 @@ def split_train_val(info: DataInfo, n_val: int, seed: int = 0) -> tuple[DataInfo
         val_tf = SmallImageTransform(False, t.pad, t.flip, t.mean, t.std)
         val_ds: Any = ImageArrayDataset(ds.images[val_idx], ds.labels[val_idx], val_tf, ds.seed)
     else:
-        train_ds = ImageFileDataset([ds.samples[i] for i in train_idx.tolist()], ds.transform,
-                                    ds.train, ds.seed)
-        val_ds = ImageFileDataset([ds.samples[i] for i in val_idx.tolist()],
-                                  imagenet_transform(False, info.image_size), False, ds.seed)
+        train_ds = ImageFileDataset(
+            [ds.samples[i] for i in train_idx.tolist()], ds.transform, ds.train, ds.seed
+        )
+        val_ds = ImageFileDataset(
+            [ds.samples[i] for i in val_idx.tolist()],
+            imagenet_transform(False, info.image_size),
+            False,
+            ds.seed,
+        )
     tag = f"held out {n_val}, seed {seed}"
-    return (DataInfo(train_ds, info.classes, info.image_size, f"{info.source} (minus {tag})"),
-            DataInfo(val_ds, info.classes, info.image_size, f"{info.source} ({tag})"))
+    return (
+        DataInfo(train_ds, info.classes, info.image_size, f"{info.source} (minus {tag})"),
+        DataInfo(val_ds, info.classes, info.image_size, f"{info.source} ({tag})"),
+    )
 
 
 def with_normalization(info: DataInfo, mean: Sequence[float], std: Sequence[float]) -> DataInfo:
@@ -66,11 +75,13 @@ def with_normalization(info: DataInfo, mean: Sequence[float], std: Sequence[floa
     ds = info.dataset
     if isinstance(ds, ImageArrayDataset):
         t = ds.transform
-        new: Any = ImageArrayDataset(ds.images, ds.labels,
-                                     SmallImageTransform(t.train, t.pad, t.flip, mean, std), ds.seed)
+        new: Any = ImageArrayDataset(
+            ds.images, ds.labels, SmallImageTransform(t.train, t.pad, t.flip, mean, std), ds.seed
+        )
     elif isinstance(ds, ImageFileDataset):
-        new = ImageFileDataset(ds.samples, imagenet_transform(ds.train, info.image_size, mean, std),
-                               ds.train, ds.seed)
+        new = ImageFileDataset(
+            ds.samples, imagenet_transform(ds.train, info.image_size, mean, std), ds.train, ds.seed
+        )
     else:
         raise TypeError(f"with_normalization: unsupported dataset {type(ds).__name__}")
     return DataInfo(new, info.classes, info.image_size, info.source)

@@ -1,5 +1,6 @@
 """Normalisation constants and augmentation: a function of ``(seed, epoch, index)`` only, so a run
 resumed mid-epoch sees the same images as an uninterrupted one, whatever the number of workers."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MEAN", "STD", "SmallImageTransform", "denormalize", "imagenet_transform",
-           "sample_seed"]
+__all__ = ["MEAN", "STD", "SmallImageTransform", "denormalize", "imagenet_transform", "sample_seed"]
 
 #: Normalisation used by the pretrained CIFAR ResNets in ../shared/data (ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
@@ -39,8 +39,14 @@ class SmallImageTransform:
     horizontal flip, drawn from the per-sample generator.  eval: normalisation only.
     """
 
-    def __init__(self, train: bool, pad: int = 4, flip: bool = True,
-                 mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> None:
+    def __init__(
+        self,
+        train: bool,
+        pad: int = 4,
+        flip: bool = True,
+        mean: Sequence[float] = MEAN,
+        std: Sequence[float] = STD,
+    ) -> None:
         self.train, self.pad, self.flip, self.mean, self.std = train, pad, flip, mean, std
         self._m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # built once, not per image
         self._s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
@@ -52,14 +58,15 @@ class SmallImageTransform:
             if self.pad:
                 x = F.pad(x, (self.pad,) * 4)
                 i, j = torch.randint(0, 2 * self.pad + 1, (2,), generator=gen).tolist()
-                x = x[:, i:i + h, j:j + w]
+                x = x[:, i : i + h, j : j + w]
             if self.flip and torch.rand((), generator=gen).item() < 0.5:
                 x = x.flip(2)
         return (x.contiguous() - self._m) / self._s
 
 
-def imagenet_transform(train: bool, size: int = 224, mean: Sequence[float] = MEAN,
-                       std: Sequence[float] = STD) -> Callable[[Any], Tensor]:
+def imagenet_transform(
+    train: bool, size: int = 224, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+) -> Callable[[Any], Tensor]:
     """torchvision's ImageNet transform: a PIL image -> ``float [3, size, size]`` normalised.
 
     train: random resized crop and horizontal flip (drawn from torch's global generator, which
@@ -67,7 +74,12 @@ def imagenet_transform(train: bool, size: int = 224, mean: Sequence[float] = MEA
     and centre crop.
     """
     from torchvision.transforms import v2 as T
-    ops: list[Any] = ([T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if train
-                      else [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)])
-    return T.Compose([T.ToImage(), *ops, T.ToDtype(torch.float32, scale=True),
-                      T.Normalize(list(mean), list(std))])
+
+    ops: list[Any] = (
+        [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        if train
+        else [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)]
+    )
+    return T.Compose(
+        [T.ToImage(), *ops, T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std))]
+    )

@@ -1,5 +1,6 @@
 """Evaluation of a :class:`~blockdrop.blockdrop_net.BlockDropNet`: accuracy, blocks, FLOPs,
 distinct policies, and measured throughput of the dynamic path vs the full network."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +24,7 @@ __all__ = ["EvalResult", "evaluate", "measure_throughput", "format_table", "form
 @dataclass
 class EvalResult:
     """What :func:`evaluate` measures (floats in [0, 1] for accuracies)."""
+
     n: int
     accuracy: float
     blocks_mean: float
@@ -35,9 +37,9 @@ class EvalResult:
     full_accuracy: float | None = None
     full_flops: float | None = None
     throughput: dict[str, float] | None = None
-    policies: Tensor | None = field(default=None, repr=False)   # uint8 [N, K]
-    labels: Tensor | None = field(default=None, repr=False)     # int64 [N]
-    correct: Tensor | None = field(default=None, repr=False)    # bool [N]
+    policies: Tensor | None = field(default=None, repr=False)  # uint8 [N, K]
+    labels: Tensor | None = field(default=None, repr=False)  # int64 [N]
+    correct: Tensor | None = field(default=None, repr=False)  # bool [N]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (without the per-image tensors)."""
@@ -48,10 +50,17 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(net: BlockDropNet, loader: DataLoader | Iterable[tuple[Tensor, Tensor]],
-             device: torch.device | str = "cpu", amp: str | bool = "off", full: bool = True,
-             flops: bool = True, progress: bool = True, strategy: str | None = None,
-             channels_last: bool = False) -> EvalResult:
+def evaluate(
+    net: BlockDropNet,
+    loader: DataLoader | Iterable[tuple[Tensor, Tensor]],
+    device: torch.device | str = "cpu",
+    amp: str | bool = "off",
+    full: bool = True,
+    flops: bool = True,
+    progress: bool = True,
+    strategy: str | None = None,
+    channels_last: bool = False,
+) -> EvalResult:
     """Evaluate ``net`` (a BlockDropNet, put in eval mode: thresholded policies, or in capacity
     mode the top-``C_k`` images of each batch per block).
 
@@ -60,6 +69,7 @@ def evaluate(net: BlockDropNet, loader: DataLoader | Iterable[tuple[Tensor, Tens
     network included.  The training mode of ``net`` is restored afterwards.
     """
     from tqdm.auto import tqdm
+
     device = torch.device(device)
     was = net.training
     net.eval()
@@ -90,12 +100,18 @@ def evaluate(net: BlockDropNet, loader: DataLoader | Iterable[tuple[Tensor, Tens
     P = torch.cat(pols).cpu()
     blocks = P.float().sum(1)
     c = torch.cat(correct).cpu()
-    res = EvalResult(n=int(P.shape[0]), accuracy=float(c.float().mean()),
-                     blocks_mean=float(blocks.mean()),
-                     blocks_std=float(blocks.std(unbiased=False)),
-                     num_blocks=int(P.shape[1]), num_policies=int(torch.unique(P, dim=0).shape[0]),
-                     block_freq=P.float().mean(0).tolist(), policies=P, labels=torch.cat(labels).cpu(),
-                     correct=c)
+    res = EvalResult(
+        n=int(P.shape[0]),
+        accuracy=float(c.float().mean()),
+        blocks_mean=float(blocks.mean()),
+        blocks_std=float(blocks.std(unbiased=False)),
+        num_blocks=int(P.shape[1]),
+        num_policies=int(torch.unique(P, dim=0).shape[0]),
+        block_freq=P.float().mean(0).tolist(),
+        policies=P,
+        labels=torch.cat(labels).cpu(),
+        correct=c,
+    )
     if full:
         res.full_accuracy = float(torch.cat(fcorrect).float().mean())  # one sync
     if flops:
@@ -110,10 +126,16 @@ def evaluate(net: BlockDropNet, loader: DataLoader | Iterable[tuple[Tensor, Tens
 
 
 @torch.inference_mode()
-def measure_throughput(net: BlockDropNet, batches: Sequence[Tensor], device: torch.device | str = "cpu",
-                       repeats: int = 5, warmup: int = 1, amp: str | bool = "off",
-                       strategy: str | None = None,
-                       plain_chunks: Sequence[int] = ()) -> dict[str, float]:
+def measure_throughput(
+    net: BlockDropNet,
+    batches: Sequence[Tensor],
+    device: torch.device | str = "cpu",
+    repeats: int = 5,
+    warmup: int = 1,
+    amp: str | bool = "off",
+    strategy: str | None = None,
+    plain_chunks: Sequence[int] = (),
+) -> dict[str, float]:
     """Images/second of the full backbone vs BlockDrop (policy net + dynamic path) on the same
     ``batches`` (each ``[B,3,H,W]``), interleaved, median over ``repeats`` passes.
 
@@ -143,11 +165,13 @@ def measure_throughput(net: BlockDropNet, batches: Sequence[Tensor], device: tor
 
     def chunked(fn: Callable[[Tensor], Any], c: int) -> Callable[[], None]:
         """``fn`` over every batch, in pieces of at most ``c`` images."""
+
         def run() -> None:
             with amp_autocast(device, amp):
                 for x in xs:
                     for part in x.split(c):
                         fn(part)
+
         return run
 
     def run_bb() -> None:
@@ -156,11 +180,13 @@ def measure_throughput(net: BlockDropNet, batches: Sequence[Tensor], device: tor
                 net.run_backbone(x, p, strategy)
 
     batch = int(xs[0].shape[0])
-    whole = max(int(x.shape[0]) for x in xs)           # one piece per batch
+    whole = max(int(x.shape[0]) for x in xs)  # one piece per batch
     small = [c for c in chunks if c < batch]
-    fns: dict[str, Callable[[], None]] = {"full": chunked(net.backbone, whole),
-                                           "blockdrop": chunked(net, whole),
-                                           "backbone_only": run_bb}
+    fns: dict[str, Callable[[], None]] = {
+        "full": chunked(net.backbone, whole),
+        "blockdrop": chunked(net, whole),
+        "backbone_only": run_bb,
+    }
     for c in small:
         fns[f"full_chunk{c}"] = chunked(net.backbone, c)
         fns[f"blockdrop_chunk{c}"] = chunked(net, c)
@@ -169,24 +195,34 @@ def measure_throughput(net: BlockDropNet, batches: Sequence[Tensor], device: tor
     finally:
         net.train(was)
     med = {k: v.median for k, v in t.items()}
-    out = {"full_ips": n_img / med["full"], "blockdrop_ips": n_img / med["blockdrop"],
-           "backbone_only_ips": n_img / med["backbone_only"],
-           "speedup": med["full"] / med["blockdrop"],
-           "backbone_speedup": med["full"] / med["backbone_only"],
-           "batch_size": float(batch), "repeats": float(repeats)}
+    out = {
+        "full_ips": n_img / med["full"],
+        "blockdrop_ips": n_img / med["blockdrop"],
+        "backbone_only_ips": n_img / med["backbone_only"],
+        "speedup": med["full"] / med["blockdrop"],
+        "backbone_speedup": med["full"] / med["backbone_only"],
+        "batch_size": float(batch),
+        "repeats": float(repeats),
+    }
     if chunks:
         plain = {batch: med["full"], **{c: med[f"full_chunk{c}"] for c in small}}
         bd = {batch: med["blockdrop"], **{c: med[f"blockdrop_chunk{c}"] for c in small}}
         bp, bb = min(plain, key=lambda c: plain[c]), min(bd, key=lambda c: bd[c])
-        out.update({"best_plain_ips": n_img / plain[bp], "best_plain_chunk": float(bp),
-                    "speedup_vs_best_plain": plain[bp] / med["blockdrop"],
-                    "best_blockdrop_chunk": float(bb),
-                    "speedup_best_vs_best": plain[bp] / bd[bb]})
+        out.update(
+            {
+                "best_plain_ips": n_img / plain[bp],
+                "best_plain_chunk": float(bp),
+                "speedup_vs_best_plain": plain[bp] / med["blockdrop"],
+                "best_blockdrop_chunk": float(bb),
+                "speedup_best_vs_best": plain[bp] / bd[bb],
+            }
+        )
     return out
 
 
 def format_table(res: EvalResult, title: str = "") -> str:
     """Side-by-side text table: full network vs BlockDrop."""
+
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -216,24 +252,37 @@ def format_table(res: EvalResult, title: str = "") -> str:
     out += [line, f"| {'':{w0}} | {'full network':>{w1}} | {'BlockDrop':>{w2}} |", line]
     out += [f"| {a:{w0}} | {b:>{w1}} | {c:>{w2}} |" for a, b, c in rows]
     out.append(line)
-    out.append(f"({res.n} images" + (f"; throughput at batch {int(tp['batch_size'])}, median of "
-                                     f"{int(tp['repeats'])} interleaved passes" if tp else "") + ")")
+    out.append(
+        f"({res.n} images"
+        + (
+            f"; throughput at batch {int(tp['batch_size'])}, median of "
+            f"{int(tp['repeats'])} interleaved passes"
+            if tp
+            else ""
+        )
+        + ")"
+    )
     return "\n".join(out)
 
 
-def format_threshold_table(results: Sequence[tuple[str, EvalResult]], thresholds: Sequence[float],
-                           title: str = "") -> str:
+def format_threshold_table(
+    results: Sequence[tuple[str, EvalResult]], thresholds: Sequence[float], title: str = ""
+) -> str:
     """One checkpoint at several keep thresholds: a markdown table of threshold, accuracy,
     blocks, FLOPs, ideal and measured speedup (``results`` in the order of ``thresholds``)."""
     lines = [title] if title else []
-    lines += ["| threshold | accuracy | blocks | FLOPs / image | ideal speedup | measured speedup |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "| threshold | accuracy | blocks | FLOPs / image | ideal speedup | measured speedup |",
+        "|---|---|---|---|---|---|",
+    ]
     for t, (_, r) in zip(thresholds, results):
         ideal = f"{r.full_flops / r.flops_mean:.2f}x" if r.full_flops and r.flops_mean else "-"
         meas = f"{r.throughput['speedup']:.2f}x" if r.throughput else "-"
         fl = f"{r.flops_mean:.3e}" if r.flops_mean else "-"
-        lines.append(f"| {t:g} | {100 * r.accuracy:.2f}% | {r.blocks_mean:.2f} +- {r.blocks_std:.2f} "
-                     f"| {fl} | {ideal} | {meas} |")
+        lines.append(
+            f"| {t:g} | {100 * r.accuracy:.2f}% | {r.blocks_mean:.2f} +- {r.blocks_std:.2f} "
+            f"| {fl} | {ideal} | {meas} |"
+        )
     full = results[0][1].full_accuracy if results else None
     if full is not None:
         lines.append(f"(full network: {100 * full:.2f}%, {results[0][1].num_blocks} blocks)")

@@ -9,6 +9,7 @@ size (``B`` included) at which it runs fastest per image. On CPUs a small networ
 faster per image in chunks of 32-128 than at 256 (its activations stay in cache), so each model is
 judged at its own best chunk.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ __all__ = ["ModelSpeed", "static_forward", "time_models"]
 @dataclass(frozen=True)
 class ModelSpeed:
     """One model's measured time: milliseconds per image at each chunk size, and at its best."""
+
     ms_by_chunk: dict[int, float]
 
     @property
@@ -49,9 +51,14 @@ def static_forward(backbone: ResNetBackbone, dropped: Sequence[int], x: Tensor) 
     return backbone.head(h)
 
 
-def time_models(models: Mapping[str, Callable[[Tensor], Any]], batches: Sequence[Tensor],
-                chunks: Sequence[int] = (128, 64, 32), repeats: int = 3, warmup: int = 1,
-                threads: int | None = 1) -> dict[str, ModelSpeed]:
+def time_models(
+    models: Mapping[str, Callable[[Tensor], Any]],
+    batches: Sequence[Tensor],
+    chunks: Sequence[int] = (128, 64, 32),
+    repeats: int = 3,
+    warmup: int = 1,
+    threads: int | None = 1,
+) -> dict[str, ModelSpeed]:
     """``{name: ModelSpeed}`` for every model (see the module docstring); ``batches`` on the
     models' device, all of one size ``B``; chunks of ``B`` or more are ignored. ValueError for
     no batches, batches of unequal sizes or a chunk < 1."""
@@ -70,6 +77,7 @@ def time_models(models: Mapping[str, Callable[[Tensor], Any]], batches: Sequence
             for x in batches:
                 for part in x.split(c):
                     fn(part)
+
         return go
 
     fns = {(name, c): run(fn, c) for name, fn in models.items() for c in sizes}
@@ -78,9 +86,13 @@ def time_models(models: Mapping[str, Callable[[Tensor], Any]], batches: Sequence
         torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            t = interleaved({f"{n}@{c}": f for (n, c), f in fns.items()}, rounds=max(1, repeats),
-                            warmup=warmup, device=batches[0].device, rotate=True)
+            t = interleaved(
+                {f"{n}@{c}": f for (n, c), f in fns.items()},
+                rounds=max(1, repeats),
+                warmup=warmup,
+                device=batches[0].device,
+                rotate=True,
+            )
     finally:
         torch.set_num_threads(before)
-    return {name: ModelSpeed({c: 1000.0 * t[f"{name}@{c}"].median / n_img for c in sizes})
-            for name in models}
+    return {name: ModelSpeed({c: 1000.0 * t[f"{name}@{c}"].median / n_img for c in sizes}) for name in models}

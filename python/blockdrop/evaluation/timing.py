@@ -9,6 +9,7 @@ Clocks: ``"wall"`` (``time.perf_counter``; CUDA work is synchronised before and 
 or ``"process"`` (``time.process_time``: CPU time of this process, immune to other processes on a
 shared CPU; meaningless for GPU work).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -31,6 +32,7 @@ def sync(device: torch.device | str | None) -> None:
 @dataclass(frozen=True)
 class Timing:
     """Seconds per call of one candidate over the rounds."""
+
     samples: tuple[float, ...]
 
     @property
@@ -54,9 +56,14 @@ class Timing:
         return (q[2] - q[0]) / self.median
 
 
-def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1,
-                device: torch.device | str | None = None, clock: str = "wall",
-                rotate: bool = False) -> dict[str, Timing]:
+def interleaved(
+    fns: Mapping[str, Callable[[], Any]],
+    rounds: int = 5,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+    clock: str = "wall",
+    rotate: bool = False,
+) -> dict[str, Timing]:
     """Time each of ``fns`` (name -> zero-argument callable) ``rounds`` times, interleaved, after
     ``warmup`` untimed rounds; with ``rotate`` the order shifts by one each round, so no candidate
     always follows the same one. Returns name -> :class:`Timing`."""

@@ -18,6 +18,7 @@ message; ``trust_pickle=True`` lifts that for a file you trust (full unpickling)
 mean/std at 224x224. :func:`input_normalization` returns them; a converted checkpoint records
 them and ``blockdrop eval`` applies them.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,12 +31,10 @@ from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.errors import FileFormatError
 from blockdrop.interop.official_models import OFFICIAL_MODELS
 
-__all__ = ["OFFICIAL_NAMES", "CIFAR10_CLASSES", "load_official", "input_normalization",
-           "official_meta"]
+__all__ = ["OFFICIAL_NAMES", "CIFAR10_CLASSES", "load_official", "input_normalization", "official_meta"]
 
 OFFICIAL_NAMES = tuple(OFFICIAL_MODELS)
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                   "truck"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def input_normalization(model: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -60,8 +59,14 @@ def _read(path: Path, trust_pickle: bool) -> dict[str, Any]:
         extra: dict[str, Any] = {"encoding": "latin1"} if trust_pickle else {}
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, **extra)
     except Exception as e:
-        hint = "" if trust_pickle else ("; if it holds more than tensors and you trust the file, "
-                                        "pass trust_pickle=True (--trust-pickle)")
+        hint = (
+            ""
+            if trust_pickle
+            else (
+                "; if it holds more than tensors and you trust the file, "
+                "pass trust_pickle=True (--trust-pickle)"
+            )
+        )
         raise FileFormatError(path, what, f"torch.load failed with {type(e).__name__}{hint}") from None
     if not isinstance(obj, dict) or "agent" not in obj:
         keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
@@ -75,7 +80,7 @@ def _clean(state: Any, path: Path, part: str) -> dict[str, torch.Tensor]:
         raise FileFormatError(path, f"a state dict under {part!r}", f"found {type(state).__name__}")
     out = {}
     for k, v in state.items():
-        k = k[len("module."):] if k.startswith("module.") else k
+        k = k[len("module.") :] if k.startswith("module.") else k
         if not k.startswith("features.fc"):
             out[k] = v
     return out
@@ -83,14 +88,18 @@ def _clean(state: Any, path: Path, part: str) -> dict[str, torch.Tensor]:
 
 def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, part: str) -> None:
     try:
-        module.load_state_dict(state)     # BN without num_batches_tracked: filled in (version-less)
+        module.load_state_dict(state)  # BN without num_batches_tracked: filled in (version-less)
     except RuntimeError as e:
-        raise FileFormatError(path, f"a {part} state dict of this official model",
-                              str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0][:200].strip()) from None
+        raise FileFormatError(
+            path,
+            f"a {part} state dict of this official model",
+            str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0][:200].strip(),
+        ) from None
 
 
-def load_official(path: str | os.PathLike[str], model: str, trust_pickle: bool = False,
-                  device: str | torch.device = "cpu") -> BlockDropNet:
+def load_official(
+    path: str | os.PathLike[str], model: str, trust_pickle: bool = False, device: str | torch.device = "cpu"
+) -> BlockDropNet:
     """The official checkpoint at ``path`` as a :class:`BlockDropNet` (eval mode, threshold 0.5,
     ``strategy="auto"``); ``model`` is one of :data:`OFFICIAL_NAMES`. A checkpoint without a
     ``resnet`` entry (curriculum stage) gets a randomly initialised backbone and a warning."""
@@ -103,17 +112,23 @@ def load_official(path: str | os.PathLike[str], model: str, trust_pickle: bool =
         _load_into(backbone, _clean(obj["resnet"], p, "resnet"), p, "resnet")
     else:
         import warnings
-        warnings.warn(f"{p}: no 'resnet' entry (a curriculum checkpoint); the backbone is randomly "
-                      "initialised -- load the pretrained one into net.backbone", stacklevel=2)
+
+        warnings.warn(
+            f"{p}: no 'resnet' entry (a curriculum checkpoint); the backbone is randomly "
+            "initialised -- load the pretrained one into net.backbone",
+            stacklevel=2,
+        )
     return BlockDropNet(agent, backbone, strategy="auto").to(device).eval()
 
 
 def official_meta(model: str) -> dict[str, Any]:
     """What a converted checkpoint records: the official name, input normalisation, classes."""
     norm = input_normalization(model)
-    meta: dict[str, Any] = {"official": model, "image_size": 224 if "ImgNet" in model else 32,
-                            "input_normalization": None if norm is None else
-                            {"mean": list(norm[0]), "std": list(norm[1])}}
+    meta: dict[str, Any] = {
+        "official": model,
+        "image_size": 224 if "ImgNet" in model else 32,
+        "input_normalization": None if norm is None else {"mean": list(norm[0]), "std": list(norm[1])},
+    }
     if model.endswith("_C10"):
         meta["classes"] = CIFAR10_CLASSES
     return meta

@@ -17,6 +17,7 @@ BasicBlocks with DownsampleB shortcuts, on the 32x32 image) and :class:`Official
 [1,1,1,1] FlatResNet224 of BasicBlocks on the image average-pooled 2x, 4x4 average pool); both
 ``logit`` -> sigmoid, and an unused value head ``vnet``. ``forward`` returns the probabilities.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,8 +30,14 @@ from torch import Tensor, nn
 from blockdrop.models.base import BlockView, Chain, ResNetBackbone
 from blockdrop.models.registry import register_backbone_kind, register_policy_kind
 
-__all__ = ["DownsampleB", "OfficialCifarResNet", "OfficialImageNetResNet", "OfficialPolicy32",
-           "OfficialPolicy224", "OFFICIAL_MODELS"]
+__all__ = [
+    "DownsampleB",
+    "OfficialCifarResNet",
+    "OfficialImageNetResNet",
+    "OfficialPolicy32",
+    "OfficialPolicy224",
+    "OFFICIAL_MODELS",
+]
 
 
 class DownsampleB(nn.Module):
@@ -53,6 +60,7 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 class _Basic(nn.Module):
     """Official ``BasicBlock``: the residual branch only (conv-BN-ReLU-conv-BN)."""
+
     expansion = 1
 
     def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
@@ -69,6 +77,7 @@ class _Basic(nn.Module):
 
 class _Bottleneck(nn.Module):
     """Official ``Bottleneck``: the residual branch only (1x1-3x3-1x1 with BN/ReLU)."""
+
     expansion = 4
 
     def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
@@ -85,16 +94,25 @@ class _Bottleneck(nn.Module):
         return self.chain()(x)
 
 
-def _flat_layers(block: type[_Basic] | type[_Bottleneck], widths: tuple[int, ...], layers: list[int], strides: tuple[int, ...],
-                 inplanes: int, cifar: bool) -> tuple[nn.ModuleList, nn.ModuleList]:
+def _flat_layers(
+    block: type[_Basic] | type[_Bottleneck],
+    widths: tuple[int, ...],
+    layers: list[int],
+    strides: tuple[int, ...],
+    inplanes: int,
+    cifar: bool,
+) -> tuple[nn.ModuleList, nn.ModuleList]:
     """``blocks`` and ``ds`` exactly as the official ``_make_layer`` builds them."""
     blocks, ds = [], []
     for planes, n, stride in zip(widths, layers, strides):
         out = planes * block.expansion
         down: nn.Module = nn.Sequential()
         if stride != 1 or inplanes != out:
-            down = (DownsampleB(inplanes, out, stride) if cifar else
-                    nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out)))
+            down = (
+                DownsampleB(inplanes, out, stride)
+                if cifar
+                else nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            )
         stage = [block(inplanes, planes, stride)] + [block(out, planes) for _ in range(1, n)]
         inplanes = out
         blocks.append(nn.ModuleList(stage))
@@ -117,15 +135,21 @@ class _OfficialBackbone(ResNetBackbone):
         views = []
         for s, stage in enumerate(stages):
             for i, b in enumerate(stage):
-                down = self.ds[s]          # an empty nn.Sequential() is the official identity
+                down = self.ds[s]  # an empty nn.Sequential() is the official identity
                 has_ds = i == 0 and not (isinstance(down, nn.Sequential) and len(down) == 0)
                 shortcut = down if has_ds else _identity
                 last_bn = b.bn3 if isinstance(b, _Bottleneck) else b.bn2
-                views.append(BlockView(
-                    residual=b.chain(), shortcut=shortcut,
-                    shortcut_kind="projection" if has_ds else "identity", module=b,
-                    in_channels=b.conv1.in_channels, out_channels=last_bn.num_features,
-                    stride=int((b.conv2 if isinstance(b, _Bottleneck) else b.conv1).stride[0])))
+                views.append(
+                    BlockView(
+                        residual=b.chain(),
+                        shortcut=shortcut,
+                        shortcut_kind="projection" if has_ds else "identity",
+                        module=b,
+                        in_channels=b.conv1.in_channels,
+                        out_channels=last_bn.num_features,
+                        stride=int((b.conv2 if isinstance(b, _Bottleneck) else b.conv1).stride[0]),
+                    )
+                )
         self._block_views = tuple(views)
 
     def _add_layers(self, blocks: nn.ModuleList, ds: nn.ModuleList) -> None:
@@ -165,8 +189,9 @@ class OfficialImageNetResNet(_OfficialBackbone):
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self._add_layers(*_flat_layers(_Bottleneck, (64, 128, 256, 512), self.layer_config,
-                                            (1, 2, 2, 2), 64, False))
+        self._add_layers(
+            *_flat_layers(_Bottleneck, (64, 128, 256, 512), self.layer_config, (1, 2, 2, 2), 64, False)
+        )
         self.avgpool = nn.AvgPool2d(7)
         self.fc = nn.Linear(2048, num_classes)
         self._views()
@@ -191,8 +216,9 @@ class _Features(_OfficialBackbone):
         else:
             self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
-            self._add_layers(*_flat_layers(_Basic, (64, 128, 256, 512), [1, 1, 1, 1],
-                                                (1, 2, 2, 2), 64, False))
+            self._add_layers(
+                *_flat_layers(_Basic, (64, 128, 256, 512), [1, 1, 1, 1], (1, 2, 2, 2), 64, False)
+            )
             self.pool = nn.AvgPool2d(4)
         self.cifar = cifar
         self._views()
@@ -233,6 +259,7 @@ class _OfficialPolicy(nn.Module):
 
 class OfficialPolicy32(_OfficialPolicy):
     """``Policy32([1,1,1], num_blocks)`` on the 32x32 image."""
+
     kind = "official32"
 
     def __init__(self, num_blocks: int) -> None:
@@ -241,6 +268,7 @@ class OfficialPolicy32(_OfficialPolicy):
 
 class OfficialPolicy224(_OfficialPolicy):
     """``Policy224([1,1,1,1], num_blocks)``: the image average-pooled 2x (224 -> 112)."""
+
     kind = "official224"
 
     def __init__(self, num_blocks: int) -> None:
@@ -252,13 +280,19 @@ class OfficialPolicy224(_OfficialPolicy):
 
 #: name -> (backbone factory, policy factory, input normalisation (mean, std) or None)
 OFFICIAL_MODELS: dict[str, tuple[Any, Any, Any]] = {
-    "R32_C10": (lambda: OfficialCifarResNet([5, 5, 5], 10), lambda: OfficialPolicy32(15),
-                ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255))),
+    "R32_C10": (
+        lambda: OfficialCifarResNet([5, 5, 5], 10),
+        lambda: OfficialPolicy32(15),
+        ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)),
+    ),
     "R110_C10": (lambda: OfficialCifarResNet([18, 18, 18], 10), lambda: OfficialPolicy32(54), None),
     "R32_C100": (lambda: OfficialCifarResNet([5, 5, 5], 100), lambda: OfficialPolicy32(15), None),
     "R110_C100": (lambda: OfficialCifarResNet([18, 18, 18], 100), lambda: OfficialPolicy32(54), None),
-    "R101_ImgNet": (lambda: OfficialImageNetResNet([3, 4, 23, 3], 1000), lambda: OfficialPolicy224(33),
-                    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+    "R101_ImgNet": (
+        lambda: OfficialImageNetResNet([3, 4, 23, 3], 1000),
+        lambda: OfficialPolicy224(33),
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ),
 }
 
 
@@ -266,9 +300,17 @@ def _layers_spec(m: _OfficialBackbone) -> dict[str, Any]:
     return {"layers": list(m.layer_config), "num_classes": int(m.num_classes)}
 
 
-register_backbone_kind("official_cifar", OfficialCifarResNet, _layers_spec,
-                       lambda s: OfficialCifarResNet(list(s["layers"]), int(s["num_classes"])))
-register_backbone_kind("official_imagenet", OfficialImageNetResNet, _layers_spec,
-                       lambda s: OfficialImageNetResNet(list(s["layers"]), int(s["num_classes"])))
+register_backbone_kind(
+    "official_cifar",
+    OfficialCifarResNet,
+    _layers_spec,
+    lambda s: OfficialCifarResNet(list(s["layers"]), int(s["num_classes"])),
+)
+register_backbone_kind(
+    "official_imagenet",
+    OfficialImageNetResNet,
+    _layers_spec,
+    lambda s: OfficialImageNetResNet(list(s["layers"]), int(s["num_classes"])),
+)
 register_policy_kind("official32", lambda s: OfficialPolicy32(int(s["num_blocks"])))
 register_policy_kind("official224", lambda s: OfficialPolicy224(int(s["num_blocks"])))

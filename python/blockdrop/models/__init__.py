@@ -5,13 +5,13 @@ from . import policy  # noqa: F401  (registers the policy spec kinds cifar, imag
 from .base import SHORTCUT_KINDS, BlockView, Chain, ResNetBackbone
 from .cifar import CifarResNet, cifar_resnet, load_cifar_resnet
 from .registry import (
-                       backbone_spec,
-                       build_backbone,
-                       build_policy,
-                       get_model,
-                       list_models,
-                       register_model,
-                       resolve_model,
+    backbone_spec,
+    build_backbone,
+    build_policy,
+    get_model,
+    list_models,
+    register_model,
+    resolve_model,
 )
 from .timm import TimmResNet, from_timm
 from .torchvision import TorchvisionResNet, from_torchvision

@@ -79,9 +79,7 @@ class BlockView:
 
     def __post_init__(self) -> None:
         if self.shortcut_kind not in SHORTCUT_KINDS:
-            raise ValueError(
-                f"shortcut_kind must be one of {SHORTCUT_KINDS}, got {self.shortcut_kind!r}"
-            )
+            raise ValueError(f"shortcut_kind must be one of {SHORTCUT_KINDS}, got {self.shortcut_kind!r}")
 
     def residual_consume(self, box: list[Tensor]) -> Tensor:
         """``residual(box.pop())``; with a :class:`Chain` the input is freed after its first step.

@@ -23,8 +23,7 @@ from ..errors import FileFormatError, IncompatibleError
 from .base import BlockView, Chain, ResNetBackbone
 from .registry import register_backbone_kind, register_family, register_model, register_old_prefix
 
-__all__ = ["CIFAR_DEPTHS", "CifarBasicBlock", "CifarResNet", "cifar_resnet", "load_cifar_resnet",
-           "option_a"]
+__all__ = ["CIFAR_DEPTHS", "CifarBasicBlock", "CifarResNet", "cifar_resnet", "load_cifar_resnet", "option_a"]
 
 #: Depths registered by name (``cifar_resnet<depth>``): He et al.'s (20-1202) and the small ones
 #: the tests and demo use. Any other depth 6n+2 is reachable as ``cifar_resnet<depth>`` too.
@@ -43,7 +42,7 @@ def option_a(x: Tensor, out_channels: int) -> Tensor:
             f"option_a: out_channels must be >= C and differ by an even number, got C={x.shape[1]}, "
             f"out_channels={out_channels}"
         )
-    return downsample_a(x, out_channels)   # the plain-PyTorch definition the kernels are tested against
+    return downsample_a(x, out_channels)  # the plain-PyTorch definition the kernels are tested against
 
 
 class CifarBasicBlock(nn.Module):
@@ -151,9 +150,11 @@ for _depth in CIFAR_DEPTHS:
 register_family("cifar", "cifar_", _resolve)
 register_old_prefix("cifar-", "cifar_", "cifar")
 register_backbone_kind(
-    "cifar", CifarResNet,
+    "cifar",
+    CifarResNet,
     to_spec=lambda m: {"depth": int(m.depth), "num_classes": int(m.num_classes)},
-    from_spec=lambda s: CifarResNet(int(s["depth"]), int(s["num_classes"])))
+    from_spec=lambda s: CifarResNet(int(s["depth"]), int(s["num_classes"])),
+)
 
 
 _BLOCK_KEY = re.compile(r"^layer([123])\.(\d+)\.")
@@ -180,7 +181,7 @@ def load_cifar_resnet(path: str | Path, depth: int | None = None) -> CifarResNet
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state:
         raise FileFormatError(path, what, f"it holds a {type(ckpt).__name__}, not a state dict")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
     per_stage = [0, 0, 0]
     for key in state:
         m = _BLOCK_KEY.match(key)
@@ -188,18 +189,28 @@ def load_cifar_resnet(path: str | Path, depth: int | None = None) -> CifarResNet
             s, i = int(m.group(1)) - 1, int(m.group(2))
             per_stage[s] = max(per_stage[s], i + 1)
     if per_stage[0] == 0 or len(set(per_stage)) != 1 or "linear.weight" not in state:
-        raise FileFormatError(path, what, "its keys are not conv1, bn1, layer{1,2,3}.<i>.*, "
-                              f"linear (blocks per stage found: {per_stage})")
+        raise FileFormatError(
+            path,
+            what,
+            "its keys are not conv1, bn1, layer{1,2,3}.<i>.*, "
+            f"linear (blocks per stage found: {per_stage})",
+        )
     found = 6 * per_stage[0] + 2
     if depth is not None and depth != found:
-        raise IncompatibleError(f"depth: expected {depth}, but the checkpoint at {str(path)!r} is depth {found}")
+        raise IncompatibleError(
+            f"depth: expected {depth}, but the checkpoint at {str(path)!r} is depth {found}"
+        )
     model = CifarResNet(found, num_classes=state["linear.weight"].shape[0])
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
-        raise FileFormatError(path, what, f"its tensors do not fit CifarResNet-{found}: "
-                                          f"{str(e).splitlines()[0][:160]}") from None
+        raise FileFormatError(
+            path, what, f"its tensors do not fit CifarResNet-{found}: {str(e).splitlines()[0][:160]}"
+        ) from None
     if missing or unexpected:
-        raise FileFormatError(path, what, f"its keys do not match CifarResNet-{found}: missing "
-                                          f"{missing[:5]}, unexpected {unexpected[:5]}")
+        raise FileFormatError(
+            path,
+            what,
+            f"its keys do not match CifarResNet-{found}: missing {missing[:5]}, unexpected {unexpected[:5]}",
+        )
     return model.eval()

@@ -10,6 +10,7 @@ Two shapes, as in BlockDrop (Wu et al., CVPR 2018):
 Both end in ``linear -> sigmoid`` and return probabilities ``[N, K]`` (float32, also under
 autocast).  :class:`BlockDropNet` lives in :mod:`blockdrop.blockdrop_net`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,14 @@ from torch import Tensor, nn
 
 from .registry import register_policy_kind
 
-__all__ = ["BasicBlock", "CifarPolicyNet", "ImageNetPolicyNet", "PolicyNet", "make_policy_net",
-           "policy_net_from_spec"]
+__all__ = [
+    "BasicBlock",
+    "CifarPolicyNet",
+    "ImageNetPolicyNet",
+    "PolicyNet",
+    "make_policy_net",
+    "policy_net_from_spec",
+]
 
 
 class BasicBlock(nn.Module):
@@ -35,8 +42,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [N, cin, H, W] -> [N, cout, H/stride, W/stride]``."""
@@ -103,10 +109,10 @@ class CifarPolicyNet(PolicyNet):
         self.num_blocks = int(num_blocks)
         self.width, self.pool = int(width), int(pool)
         w = self.width
-        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w),
-                                  nn.ReLU(inplace=True))
-        self.layers = nn.Sequential(BasicBlock(w, w, 1), BasicBlock(w, 2 * w, 2),
-                                    BasicBlock(2 * w, 4 * w, 2))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+        )
+        self.layers = nn.Sequential(BasicBlock(w, w, 1), BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 4 * w, 2))
         self.fc = nn.Linear(4 * w, self.num_blocks)
         self._init()
 
@@ -130,10 +136,15 @@ class ImageNetPolicyNet(PolicyNet):
         super().__init__()
         self.num_blocks = int(num_blocks)
         self.resolution = int(resolution)
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-        self.layers = nn.Sequential(BasicBlock(64, 64, 1), BasicBlock(64, 128, 2),
-                                    BasicBlock(128, 256, 2), BasicBlock(256, 512, 2))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        self.layers = nn.Sequential(
+            BasicBlock(64, 64, 1), BasicBlock(64, 128, 2), BasicBlock(128, 256, 2), BasicBlock(256, 512, 2)
+        )
         self.fc = nn.Linear(512, self.num_blocks)
         self._init()
 

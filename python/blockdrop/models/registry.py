@@ -19,6 +19,7 @@ Specs (:func:`backbone_spec`, :func:`build_backbone`, :func:`build_policy`): a J
 (:func:`register_backbone_kind`), a policy kind maps a spec to a module (the module's own
 ``spec()`` writes it; :func:`register_policy_kind`).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -33,14 +34,29 @@ from torch import nn
 if TYPE_CHECKING:
     from .base import ResNetBackbone
 
-__all__ = ["ARCH_HELP", "ModelRef", "register_model", "register_family", "register_old_prefix",
-           "get_model", "list_models", "resolve_model", "register_backbone_kind",
-           "register_policy_kind", "backbone_kinds", "policy_kinds", "backbone_spec",
-           "build_backbone", "build_policy"]
+__all__ = [
+    "ARCH_HELP",
+    "ModelRef",
+    "register_model",
+    "register_family",
+    "register_old_prefix",
+    "get_model",
+    "list_models",
+    "resolve_model",
+    "register_backbone_kind",
+    "register_policy_kind",
+    "backbone_kinds",
+    "policy_kinds",
+    "backbone_spec",
+    "build_backbone",
+    "build_policy",
+]
 
 #: The grammar in one line (CLI help, errors).
-ARCH_HELP = ("cifar_resnet<6n+2> (CIFAR), resnet18..152 / resnext* / wide_resnet* (torchvision), "
-             "timm/<name> (timm); a bare name such as resnet56 works when one family has it")
+ARCH_HELP = (
+    "cifar_resnet<6n+2> (CIFAR), resnet18..152 / resnext* / wide_resnet* (torchvision), "
+    "timm/<name> (timm); a bare name such as resnet56 works when one family has it"
+)
 
 #: ``builder(num_classes=..., **kwargs) -> ResNetBackbone``
 Builder = Callable[..., "ResNetBackbone"]
@@ -58,25 +74,25 @@ class ModelRef:
 @dataclass(frozen=True)
 class _Family:
     name: str
-    prefix: str                                    # non-empty; every name of the family has it
-    resolve: Callable[[str], Builder | None]       # local name -> builder, None when not a name
-    suggest: Callable[[], Iterable[str]]           # local names offered as close matches
+    prefix: str  # non-empty; every name of the family has it
+    resolve: Callable[[str], Builder | None]  # local name -> builder, None when not a name
+    suggest: Callable[[], Iterable[str]]  # local names offered as close matches
 
 
 _MODELS: dict[str, ModelRef] = {}
 _FAMILIES: dict[str, _Family] = {}
-_OLD_PREFIXES: dict[str, tuple[str, str]] = {}     # old prefix -> (new prefix, family)
+_OLD_PREFIXES: dict[str, tuple[str, str]] = {}  # old prefix -> (new prefix, family)
 
 
 def _natural(name: str) -> tuple[Any, ...]:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
-def register_model(fn: Builder | None = None, *, name: str | None = None,
-                   family: str = "custom") -> Any:
+def register_model(fn: Builder | None = None, *, name: str | None = None, family: str = "custom") -> Any:
     """Register ``fn`` under ``name`` (default ``fn.__name__``): ``@register_model``,
     ``@register_model(name=..., family=...)`` or ``register_model(fn, name=...)``. Returns ``fn``.
     ``fn(num_classes=..., **kwargs)`` returns a ``ResNetBackbone``; a name is registered once."""
+
     def add(f: Builder) -> Builder:
         key = name or f.__name__
         if key != key.lower() or "/" in key:
@@ -85,11 +101,16 @@ def register_model(fn: Builder | None = None, *, name: str | None = None,
             raise ValueError(f"name: {key!r} is already registered")
         _MODELS[key] = ModelRef(key, family, f)
         return f
+
     return add if fn is None else add(fn)
 
 
-def register_family(name: str, prefix: str, resolve: Callable[[str], Builder | None],
-                    suggest: Callable[[], Iterable[str]] = tuple) -> None:
+def register_family(
+    name: str,
+    prefix: str,
+    resolve: Callable[[str], Builder | None],
+    suggest: Callable[[], Iterable[str]] = tuple,
+) -> None:
     """Register the open set of names ``prefix + local``: ``resolve(local)`` returns a builder,
     None when ``local`` is not a name of the family, or raises ImportError when the family's
     library is missing. Bare names are also tried as ``prefix + name``."""
@@ -108,7 +129,7 @@ def _family_ref(name: str) -> ModelRef | None:
     for fam in _FAMILIES.values():
         if name.startswith(fam.prefix):
             try:
-                builder = fam.resolve(name[len(fam.prefix):])
+                builder = fam.resolve(name[len(fam.prefix) :])
             except ImportError as e:
                 raise ValueError(f"arch: {name!r} needs a missing library ({e})") from None
             if builder is not None:
@@ -142,7 +163,7 @@ def _close_matches(name: str) -> list[str]:
         by_key.setdefault(full, full)
         for fam in _FAMILIES.values():
             if full.startswith(fam.prefix):
-                by_key.setdefault(full[len(fam.prefix):], full)
+                by_key.setdefault(full[len(fam.prefix) :], full)
     keys = difflib.get_close_matches(name, list(by_key), n=8, cutoff=0.6)
     return list(dict.fromkeys(by_key[k] for k in keys))[:4]
 
@@ -160,7 +181,7 @@ def resolve_model(arch: str) -> ModelRef:
         return ref
     for old, (new, family) in _OLD_PREFIXES.items():
         if name.startswith(old):
-            target = new + name[len(old):]
+            target = new + name[len(old) :]
             ref = _MODELS.get(target) or _family_ref(target)
             if ref is not None and ref.family == family:
                 return ref
@@ -208,6 +229,7 @@ def list_models(pattern: str | None = None, family: str | None = None) -> list[s
 
 # --------------------------------------------------------------------------- specs
 
+
 @dataclass(frozen=True)
 class _BackboneKind:
     cls: type
@@ -219,8 +241,12 @@ _BACKBONE_KINDS: dict[str, _BackboneKind] = {}
 _POLICY_KINDS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
 
 
-def register_backbone_kind(kind: str, cls: type, to_spec: Callable[[Any], dict[str, Any]],
-                           from_spec: Callable[[dict[str, Any]], ResNetBackbone]) -> None:
+def register_backbone_kind(
+    kind: str,
+    cls: type,
+    to_spec: Callable[[Any], dict[str, Any]],
+    from_spec: Callable[[dict[str, Any]], ResNetBackbone],
+) -> None:
     """Backbones of class ``cls`` are stored as ``{"kind": kind, **to_spec(model)}`` and rebuilt
     (freshly initialised) by ``from_spec(spec)``."""
     if kind in _BACKBONE_KINDS:
@@ -253,8 +279,10 @@ def backbone_spec(model: nn.Module) -> dict[str, Any]:
         for kind, entry in _BACKBONE_KINDS.items():
             if entry.cls is cls:
                 return {"kind": kind, **entry.to_spec(model)}
-    raise ValueError(f"model: no backbone kind is registered for {type(model).__name__} "
-                     f"(registered: {', '.join(_BACKBONE_KINDS)})")
+    raise ValueError(
+        f"model: no backbone kind is registered for {type(model).__name__} "
+        f"(registered: {', '.join(_BACKBONE_KINDS)})"
+    )
 
 
 def _kind(spec: Any, what: str, registered: dict[str, Any]) -> str:
@@ -262,8 +290,10 @@ def _kind(spec: Any, what: str, registered: dict[str, Any]) -> str:
         raise ValueError(f"{what}: expected a dict with a 'kind', got {spec!r}")
     kind = spec["kind"]
     if kind not in registered:
-        raise ValueError(f"{what}: kind {kind!r} is not registered (registered: "
-                         f"{', '.join(registered)}; is the module defining it imported?)")
+        raise ValueError(
+            f"{what}: kind {kind!r} is not registered (registered: "
+            f"{', '.join(registered)}; is the module defining it imported?)"
+        )
     return kind
 
 

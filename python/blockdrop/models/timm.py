@@ -55,11 +55,22 @@ def _present(*mods: Any) -> list[nn.Module]:
 def _residual(b: nn.Module, bottleneck: bool) -> Chain:
     """F(x) of a timm block in its own order, without the add and the final activation."""
     if bottleneck:
-        steps = _present(b.conv1, b.bn1, b.act1, b.conv2, b.bn2, b.drop_block, b.act2, b.aa,
-                         b.conv3, b.bn3, b.se, b.drop_path)
+        steps = _present(
+            b.conv1,
+            b.bn1,
+            b.act1,
+            b.conv2,
+            b.bn2,
+            b.drop_block,
+            b.act2,
+            b.aa,
+            b.conv3,
+            b.bn3,
+            b.se,
+            b.drop_path,
+        )
     else:
-        steps = _present(b.conv1, b.bn1, b.drop_block, b.act1, b.aa, b.conv2, b.bn2, b.se,
-                         b.drop_path)
+        steps = _present(b.conv1, b.bn1, b.drop_block, b.act1, b.aa, b.conv2, b.bn2, b.se, b.drop_path)
     return Chain(*steps)
 
 
@@ -104,18 +115,29 @@ class TimmResNet(ResNetBackbone):
             for i, b in enumerate(getattr(resnet, f"layer{li}")):
                 bottleneck = isinstance(b, tr.Bottleneck)
                 if not (bottleneck or isinstance(b, tr.BasicBlock)):
-                    raise ValueError(f"resnet: layer{li}.{i} is a {type(b).__name__}; only timm "
-                                     "BasicBlock and Bottleneck are supported")
+                    raise ValueError(
+                        f"resnet: layer{li}.{i} is a {type(b).__name__}; only timm "
+                        "BasicBlock and Bottleneck are supported"
+                    )
                 final = b.act3 if bottleneck else b.act2
                 if not isinstance(final, nn.ReLU):
-                    raise ValueError(f"resnet: layer{li}.{i} ends in {type(final).__name__}; the "
-                                     "engine fuses a ReLU after the residual add")
+                    raise ValueError(
+                        f"resnet: layer{li}.{i} ends in {type(final).__name__}; the "
+                        "engine fuses a ReLU after the residual add"
+                    )
                 last_conv = b.conv3 if bottleneck else b.conv2
-                views.append(BlockView(
-                    residual=_residual(b, bottleneck), shortcut=_Shortcut(b),
-                    shortcut_kind="identity" if b.downsample is None else "projection",
-                    module=b, in_channels=b.conv1.in_channels, out_channels=last_conv.out_channels,
-                    stride=_branch_stride(b), full_fn=b))
+                views.append(
+                    BlockView(
+                        residual=_residual(b, bottleneck),
+                        shortcut=_Shortcut(b),
+                        shortcut_kind="identity" if b.downsample is None else "projection",
+                        module=b,
+                        in_channels=b.conv1.in_channels,
+                        out_channels=last_conv.out_channels,
+                        stride=_branch_stride(b),
+                        full_fn=b,
+                    )
+                )
         self._block_views = tuple(views)
 
     def stem(self, x: Tensor) -> Tensor:
@@ -138,8 +160,7 @@ def from_timm(resnet: nn.Module) -> TimmResNet:
     return TimmResNet(resnet)
 
 
-def _build(arch: str, num_classes: int = 1000, pretrained: bool = False,
-           **kwargs: Any) -> TimmResNet:
+def _build(arch: str, num_classes: int = 1000, pretrained: bool = False, **kwargs: Any) -> TimmResNet:
     import timm
 
     model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kwargs)

@@ -23,9 +23,18 @@ if TYPE_CHECKING:  # torchvision is imported when a model is built
 __all__ = ["TORCHVISION_RESNETS", "TorchvisionResNet", "from_torchvision", "infer_arch"]
 
 #: The ResNets of ``torchvision.models`` (BasicBlock / Bottleneck), registered by these names.
-TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                       "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
-                       "wide_resnet50_2", "wide_resnet101_2")
+TORCHVISION_RESNETS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+)
 
 
 def _tv():
@@ -64,9 +73,7 @@ class TorchvisionResNet(ResNetBackbone):
         self.arch = arch
         tvr = _tv()
         if not isinstance(resnet, tvr.ResNet):
-            raise ValueError(
-                f"resnet: expected a torchvision.models.ResNet, got {type(resnet).__name__}"
-            )
+            raise ValueError(f"resnet: expected a torchvision.models.ResNet, got {type(resnet).__name__}")
         if not isinstance(resnet.fc, nn.Linear) or not isinstance(resnet.conv1, nn.Conv2d):
             raise ValueError("resnet: expected conv1 to be nn.Conv2d and fc to be nn.Linear")
         self.resnet = resnet
@@ -136,8 +143,9 @@ def infer_arch(resnet: nn.Module) -> str:
         for name in TORCHVISION_RESNETS:
             if _shapes(getattr(tvm, name)(weights=None)) == shapes:
                 return name
-    raise ValueError("resnet: its tensors match none of the torchvision ResNets "
-                     f"{', '.join(TORCHVISION_RESNETS)}")
+    raise ValueError(
+        f"resnet: its tensors match none of the torchvision ResNets {', '.join(TORCHVISION_RESNETS)}"
+    )
 
 
 def _build(arch: str, num_classes: int = 1000, **kwargs: Any) -> TorchvisionResNet:
@@ -158,8 +166,9 @@ def _to_spec(m: TorchvisionResNet) -> dict[str, Any]:
 def _from_spec(spec: dict[str, Any]) -> TorchvisionResNet:
     arch = spec.get("arch")
     if arch not in TORCHVISION_RESNETS:
-        raise ValueError(f"spec: {arch!r} is not a torchvision ResNet (one of "
-                         f"{', '.join(TORCHVISION_RESNETS)})")
+        raise ValueError(
+            f"spec: {arch!r} is not a torchvision ResNet (one of {', '.join(TORCHVISION_RESNETS)})"
+        )
     return _build(arch, int(spec["num_classes"]))
 
 

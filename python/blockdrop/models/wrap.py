@@ -9,6 +9,7 @@ shallow copy sharing its children, parameters, buffers and hooks -- the same dic
 changes such as a replaced ``fc`` show through), never the module itself, which would keep the
 key alive.
 """
+
 from __future__ import annotations
 
 import weakref

@@ -18,6 +18,7 @@ Files: :func:`preset_to_dict` / :func:`preset_from_dict` (nested plain data), :f
 (YAML), :func:`load_config` (a YAML file, or a ``report.json``, whose ``config`` is the resolved
 preset of its run), :func:`apply_overrides` (``section.field=value``, the value in YAML syntax).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,9 +33,21 @@ from typing import Any
 from blockdrop.errors import FileFormatError
 from blockdrop.training.config import SupervisedConfig, TrainConfig
 
-__all__ = ["AdaptConfig", "CurriculumConfig", "SelectionConfig", "BaselinesConfig", "EvalConfig",
-           "Preset", "SELECT_RULES", "RUN_FIELDS", "preset_to_dict", "preset_from_dict",
-           "dump_config", "load_config", "apply_overrides"]
+__all__ = [
+    "AdaptConfig",
+    "CurriculumConfig",
+    "SelectionConfig",
+    "BaselinesConfig",
+    "EvalConfig",
+    "Preset",
+    "SELECT_RULES",
+    "RUN_FIELDS",
+    "preset_to_dict",
+    "preset_from_dict",
+    "dump_config",
+    "load_config",
+    "apply_overrides",
+]
 
 #: How the reported operating point is chosen on validation (:mod:`blockdrop.recipes.selection`).
 SELECT_RULES = ("tolerance", "budget")
@@ -49,6 +62,7 @@ class AdaptConfig(SupervisedConfig):
     probability ``keep``), SGD with a cosine decay; with ``soup`` > 0 the backbone BlockDrop
     starts from is the adapted one averaged, weight by weight, with the full network trained
     alike (share ``soup`` of the latter; :mod:`blockdrop.training.averaging`)."""
+
     keep: float = 0.7
     soup: float = 0.0
 
@@ -69,6 +83,7 @@ class CurriculumConfig(TrainConfig):
     (:mod:`blockdrop.training.drop_costs`, measured on ``prior_images`` training images;
     keep-probabilities ``prior_keep``, cheapest .. dearest). ``draws`` policies are trained from
     seeds ``seed .. seed + draws - 1``, each a candidate for the validation choice."""
+
     width: int = 16
     pool: int = 1
     prior: bool = False
@@ -84,8 +99,10 @@ class CurriculumConfig(TrainConfig):
         if not 0 < lo <= hi < 1:
             raise ValueError(f"prior_keep: expected 0 < lo <= hi < 1, got {self.prior_keep}")
         if self.draws < 1 or self.prior_images < 1 or self.width < 1 or self.pool < 1:
-            raise ValueError(f"draws, prior_images, width and pool: expected >= 1, got "
-                             f"{self.draws}, {self.prior_images}, {self.width}, {self.pool}")
+            raise ValueError(
+                f"draws, prior_images, width and pool: expected >= 1, got "
+                f"{self.draws}, {self.prior_images}, {self.width}, {self.pool}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -95,6 +112,7 @@ class SelectionConfig:
     the fewest blocks within ``tolerance`` of the full network, rule "budget" each model at the
     most blocks inside ``max_blocks`` (a share of the K blocks), then the most accurate. With
     ``include_curriculum`` the curriculum's policy (draw 0) is a candidate too."""
+
     rule: str = "tolerance"
     tolerance: float = 0.01
     max_blocks: float | None = None
@@ -125,6 +143,7 @@ class BaselinesConfig:
     layer pruning: the same blocks dropped for every image, greedily by their measured drop cost
     on ``static_images`` training images) at BlockDrop's chosen validation block count, rounded,
     plus each of ``static_k`` (offsets in blocks; empty: none)."""
+
     first_random_k: bool = True
     static_k: tuple[int, ...] = (0, -3)
     static_images: int = 1000
@@ -138,6 +157,7 @@ class BaselinesConfig:
 class EvalConfig:
     """Evaluation batch size; the measured speed: ``speed_batch`` test images, ``speed_repeats``
     interleaved rounds, the plain network (and BlockDrop) also in chunks of ``chunks`` images."""
+
     batch_size: int = 500
     speed_batch: int = 256
     speed_repeats: int = 5
@@ -154,6 +174,7 @@ class Preset:
     penalties swept: the finetune's, or the curriculum's when there is no finetune (with a
     finetune, the curriculum uses its own ``gamma``). ``n_val`` images are held out of the
     training data for every choice when the run has no validation set of its own."""
+
     name: str
     summary: str = ""
     n_val: int = 5000
@@ -168,7 +189,9 @@ class Preset:
 
     def __post_init__(self) -> None:
         if self.finetune is not None and self.finetune.stage != "finetune":
-            raise ValueError(f"finetune: expected a TrainConfig of stage 'finetune', got {self.finetune.stage!r}")
+            raise ValueError(
+                f"finetune: expected a TrainConfig of stage 'finetune', got {self.finetune.stage!r}"
+            )
         if not self.gammas or min(self.gammas) < 0:
             raise ValueError(f"gammas: expected penalties >= 0, got {self.gammas}")
         if self.n_val < 1:
@@ -181,17 +204,21 @@ class Preset:
 
 # ------------------------------------------------------------------------------------ files
 
-_SECTIONS: dict[str, Any] = {"pretrain": AdaptConfig, "adapt": AdaptConfig,
-                             "curriculum": CurriculumConfig, "finetune": TrainConfig,
-                             "selection": SelectionConfig, "baselines": BaselinesConfig,
-                             "evaluation": EvalConfig}
+_SECTIONS: dict[str, Any] = {
+    "pretrain": AdaptConfig,
+    "adapt": AdaptConfig,
+    "curriculum": CurriculumConfig,
+    "finetune": TrainConfig,
+    "selection": SelectionConfig,
+    "baselines": BaselinesConfig,
+    "evaluation": EvalConfig,
+}
 
 
 def _section_dict(cfg: Any) -> dict[str, Any] | None:
     if cfg is None:
         return None
-    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-            if f.name not in RUN_FIELDS}
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_FIELDS}
 
 
 def _plain(v: Any) -> Any:
@@ -201,8 +228,7 @@ def _plain(v: Any) -> Any:
 def preset_to_dict(p: Preset) -> dict[str, Any]:
     """Nested plain data (JSON/YAML-able): top-level fields, then one mapping per stage (None
     for a stage that does not run)."""
-    out: dict[str, Any] = {"name": p.name, "summary": p.summary, "n_val": p.n_val,
-                           "gammas": list(p.gammas)}
+    out: dict[str, Any] = {"name": p.name, "summary": p.summary, "n_val": p.n_val, "gammas": list(p.gammas)}
     for name in _SECTIONS:
         out[name] = _section_dict(getattr(p, name))
     return out
@@ -247,7 +273,7 @@ def _scalar(kind: Any, value: Any, what: str) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
-    else:                     # pragma: no cover - every config field is one of the above
+    else:  # pragma: no cover - every config field is one of the above
         return value
     raise ValueError(f"{what}: expected {kind.__name__}, got {value!r}")
 
@@ -260,12 +286,13 @@ def _build(cls: Any, data: Any, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls) if f.init} - set(RUN_FIELDS)
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown setting {unknown[0]!r} (expected one of "
-                         f"{', '.join(sorted(names))})")
+        raise ValueError(
+            f"{where}: unknown setting {unknown[0]!r} (expected one of {', '.join(sorted(names))})"
+        )
     kw = {k: _coerce(cls, k, v, where) for k, v in data.items()}
     try:
         return cls(**kw)
-    except TypeError as e:       # a missing required field
+    except TypeError as e:  # a missing required field
         raise ValueError(f"{where}: {e}") from None
 
 
@@ -301,8 +328,9 @@ def dump_config(p: Preset) -> str:
     class _Dumper(yaml.SafeDumper):
         pass
 
-    _Dumper.add_representer(list, lambda d, v: d.represent_sequence(
-        "tag:yaml.org,2002:seq", v, flow_style=True))
+    _Dumper.add_representer(
+        list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True)
+    )
     return yaml.dump(preset_to_dict(p), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
@@ -310,10 +338,12 @@ def load_config(path: str | os.PathLike[str], base: Preset | None = None) -> Pre
     """A preset from a YAML file (``--print-config``'s form, whole or partial over ``base`` or
     over the preset its ``preset:`` key names) or from a ``report.json`` (its ``config``)."""
     from blockdrop.recipes.presets import get_preset
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config: {path} does not exist")
     import yaml
+
     text = path.read_text()
     try:
         if path.suffix == ".json":
@@ -333,6 +363,7 @@ def apply_overrides(p: Preset, overrides: list[str]) -> Preset:
     """``p`` with ``section.field=value`` (or ``field=value`` for a top-level field) applied in
     order; ``value`` in YAML syntax (``0.4``, ``true``, ``[2, 5]``, ``null``)."""
     import yaml
+
     data: dict[str, Any] = {}
     for text in overrides:
         key, sep, raw = text.partition("=")
@@ -342,11 +373,14 @@ def apply_overrides(p: Preset, overrides: list[str]) -> Preset:
         section, dot, name = key.partition(".")
         if dot:
             if section not in _SECTIONS:
-                raise ValueError(f"set: unknown section {section!r} in {text!r} (expected one of "
-                                 f"{', '.join(_SECTIONS)})")
+                raise ValueError(
+                    f"set: unknown section {section!r} in {text!r} (expected one of {', '.join(_SECTIONS)})"
+                )
             if getattr(p, section) is None and section not in data:
-                raise ValueError(f"set: {section} does not run in preset {p.name!r}; "
-                                 f"give the whole stage in a --config file")
+                raise ValueError(
+                    f"set: {section} does not run in preset {p.name!r}; "
+                    f"give the whole stage in a --config file"
+                )
             data.setdefault(section, {})[name] = value
         else:
             data[section] = value

@@ -7,6 +7,7 @@ The ledger is a JSON file (``$BLOCKDROP_TEST_LEDGER``, default
 is its SHA-256 (the same data under another name counts as the same test set); of a folder, its
 resolved path; of data given in memory, its ``source`` description.
 """
+
 from __future__ import annotations
 
 import hashlib

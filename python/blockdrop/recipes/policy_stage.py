@@ -3,6 +3,7 @@ network's curriculum over the frozen backbone, then the optional joint finetunin
 gamma and per *draw* (``curriculum.draws`` policies trained from different seeds, each a candidate
 for the validation choice). Where each draw writes its models: :func:`curriculum_checkpoint`,
 :func:`final_checkpoint`; with ``run.resume`` a finished draw is loaded instead of trained again."""
+
 from __future__ import annotations
 
 import copy
@@ -50,8 +51,10 @@ def stage_blockdrop(run: Run, backbone: ResNetBackbone, gamma: float, draw: int 
         costs = _drop_costs(run, backbone)
         pnet.set_prior(keep_prior(costs, *cl_cfg.prior_keep))
         meta["drop_costs"] = [round(float(c), 6) for c in costs]
-        run.log(f"{tag} policy prior from single-block drop costs ({cl_cfg.prior_images} "
-                f"training images): cheapest blocks {costs.argsort()[:6].tolist()}")
+        run.log(
+            f"{tag} policy prior from single-block drop costs ({cl_cfg.prior_images} "
+            f"training images): cheapest blocks {costs.argsort()[:6].tolist()}"
+        )
     cl = run.stage_config(cl_cfg, draw)
     if ft_cfg is None:
         cl = dataclasses.replace(cl, gamma=gamma)
@@ -63,8 +66,10 @@ def stage_blockdrop(run: Run, backbone: ResNetBackbone, gamma: float, draw: int 
         ft = dataclasses.replace(run.stage_config(ft_cfg, draw), gamma=gamma)
         teacher = backbone if ft.distill else None
         trainer = Trainer(ft, pnet, executed, run.train, ft_dir, extra_meta=meta, teacher=teacher)
-        run.log(f"{tag} joint finetuning: {trainer.total_steps} steps "
-                f"({trainer.cfg.epochs} epoch(s) of {trainer.batches_per_epoch})")
+        run.log(
+            f"{tag} joint finetuning: {trainer.total_steps} steps "
+            f"({trainer.cfg.epochs} epoch(s) of {trainer.batches_per_epoch})"
+        )
         run.timed(f"finetune_gamma{gamma:g}", lambda: trainer.fit(resume=run.resume))
     return BlockDropNet(pnet, executed, strategy="auto").to(run.device).eval()
 
@@ -73,11 +78,18 @@ def _drop_costs(run: Run, backbone: ResNetBackbone) -> torch.Tensor:
     """Single-block drop costs ``[K]`` of ``backbone`` on ``curriculum.prior_images`` training
     images (never the validation split); measured once per backbone object and run."""
     key = ("drop_costs", id(backbone))
-    if key not in run.cache:       # the entry holds the backbone, so its id is never reused
+    if key not in run.cache:  # the entry holds the backbone, so its id is never reused
         cfg = run.preset.curriculum
         sub = take_subset(run.train, cfg.prior_images, seed=run.seed + 1)
-        run.cache[key] = (backbone, run.timed("costs", lambda: single_drop_costs(
-            backbone, make_loader(sub.dataset, 250, train=False), run.device, amp=cfg.amp)))
+        run.cache[key] = (
+            backbone,
+            run.timed(
+                "costs",
+                lambda: single_drop_costs(
+                    backbone, make_loader(sub.dataset, 250, train=False), run.device, amp=cfg.amp
+                ),
+            ),
+        )
     return run.cache[key][1]
 
 

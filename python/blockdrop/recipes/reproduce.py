@@ -20,6 +20,7 @@ Every stage writes its model under ``OUT`` (a ``blockdrop.load``-able checkpoint
 a stage whose checkpoint exists is loaded instead of run again, so a killed run continues at the
 stage it was in.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,13 +51,24 @@ from blockdrop.recipes.steps import (
 __all__ = ["reproduce", "start_run", "RunPaths"]
 
 
-def reproduce(preset: str | Preset, arch: str, train_data: DataArg, test_data: DataArg | None,
-              weights: str | os.PathLike[str] | None, out: str | os.PathLike[str],
-              gammas: list[float] | None = None, seed: int = 0, device: str = "auto",
-              progress: bool = True, resume: bool = False, overwrite: bool = False,
-              log: Callable[[str], None] = print, val_data: DataArg | None = None,
-              family_weights: list[str | os.PathLike[str]] | None = None,
-              also_test: list[DataArg] | None = None) -> dict[str, Any]:
+def reproduce(
+    preset: str | Preset,
+    arch: str,
+    train_data: DataArg,
+    test_data: DataArg | None,
+    weights: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    gammas: list[float] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    val_data: DataArg | None = None,
+    family_weights: list[str | os.PathLike[str]] | None = None,
+    also_test: list[DataArg] | None = None,
+) -> dict[str, Any]:
     """Run the recipe and write ``out/report.json`` (returned), ``out/report.md`` and plots.
 
     Args:
@@ -84,12 +96,15 @@ def reproduce(preset: str | Preset, arch: str, train_data: DataArg, test_data: D
         p = p.replace(gammas=tuple(gammas))
     for name, d in [("test_data", test_data)] + [("also_test", a) for a in also_test or []]:
         if isinstance(d, (str, os.PathLike)) and not Path(d).expanduser().exists():
-            raise DatasetNotFoundError(f"{name}: {d} does not exist")   # checked, not read
-    run, pretrained, full_train = start_run(p, arch, train_data, weights, out, seed, device,
-                                            progress, resume, overwrite, log, val_data)
-    log(f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(run.train.dataset)} "
+            raise DatasetNotFoundError(f"{name}: {d} does not exist")  # checked, not read
+    run, pretrained, full_train = start_run(
+        p, arch, train_data, weights, out, seed, device, progress, resume, overwrite, log, val_data
+    )
+    log(
+        f"reproduce --preset {p.name}: {arch}, K={pretrained.num_blocks}, {len(run.train.dataset)} "
         f"train / {len(run.val.dataset)} validation images ({run.val.source}), gammas "
-        f"{list(p.gammas)}, {run.device}, {torch.get_num_threads()} threads")
+        f"{list(p.gammas)}, {run.device}, {torch.get_num_threads()} threads"
+    )
     cands = train_candidates(run, pretrained, p.gammas, from_scratch=weights is None)
     chosen, shown, final_path = select(run, cands)
     minutes_blockdrop = (time.time() - t_start) / 60
@@ -98,19 +113,32 @@ def reproduce(preset: str | Preset, arch: str, train_data: DataArg, test_data: D
     baselines = train_baselines(run, cands, shown, chosen, family_weights or ())
     test, use = load_test(run, test_data)
     t = evaluate_on_test(run, test, cands, shown, baselines, chosen)
-    report = build_report(run, cands, shown, chosen, final_path, baselines, t, test, arch, weights,
-                          full_train.source, (time.time() - t_start) / 60,
-                          minutes_blockdrop).to_dict()
+    report = build_report(
+        run,
+        cands,
+        shown,
+        chosen,
+        final_path,
+        baselines,
+        t,
+        test,
+        arch,
+        weights,
+        full_train.source,
+        (time.time() - t_start) / 60,
+        minutes_blockdrop,
+    ).to_dict()
     report["test_set"] = use
-    report["also_test"] = [evaluate_also(run, a, cands, shown, baselines, chosen)
-                           for a in also_test or []]
+    report["also_test"] = [evaluate_also(run, a, cands, shown, baselines, chosen) for a in also_test or []]
     res = t.points[id(chosen)]
     write_report(run.paths.out, report, chosen.net, res, test)
-    log(f"[done] {p.name}: BlockDrop {100 * res.accuracy:.2f}% at {res.blocks_mean:.2f}/"
+    log(
+        f"[done] {p.name}: BlockDrop {100 * res.accuracy:.2f}% at {res.blocks_mean:.2f}/"
         f"{report['num_blocks']} blocks (gamma {chosen.gamma:g}, threshold {chosen.threshold:g}); "
         f"full network {100 * report['full_accuracy']:.2f}%; measured speedup "
         f"{report['measured_speedup_best_vs_best']:.2f}x (each at its fastest chunk of "
         f"{report['speed_batch']} images, one thread); "
         f"{report['minutes_blockdrop']:.1f} min to BlockDrop's model, {report['minutes']:.1f} in all "
-        f"-> {run.paths.out}/report.json")
+        f"-> {run.paths.out}/report.json"
+    )
     return report

@@ -1,5 +1,6 @@
 """Choices made on the validation split: each trained model at several keep thresholds, and the
 operating point reported as *the* result."""
+
 from __future__ import annotations
 
 import copy
@@ -20,18 +21,25 @@ class Point:
     """One operating point: a trained model at one threshold, with its validation result.
     ``stage`` is the training stage the model comes from ("curriculum" or "finetune"), saved at
     ``checkpoint``."""
+
     gamma: float
     threshold: float
     net: BlockDropNet
     val: EvalResult
     stage: str = "finetune"
     checkpoint: Path | None = None
-    draw: int = 0                     # which of the preset's policy draws (seeds) trained it
+    draw: int = 0  # which of the preset's policy draws (seeds) trained it
 
 
-def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult | None,
-               stage: str = "finetune", checkpoint: Path | None = None,
-               draw: int = 0) -> list[Point]:
+def val_points(
+    run: Run,
+    gamma: float,
+    net: BlockDropNet,
+    full_val: EvalResult | None,
+    stage: str = "finetune",
+    checkpoint: Path | None = None,
+    draw: int = 0,
+) -> list[Point]:
     """The model at every threshold of ``run.preset.selection`` on the validation split, then
     its ``refine`` bisections (a larger threshold keeps fewer blocks) where :func:`select` decides. Rule
     "tolerance": between the last threshold it could choose by its tolerance (within ``tolerance``
@@ -49,9 +57,9 @@ def val_points(run: Run, gamma: float, net: BlockDropNet, full_val: EvalResult |
         return Point(gamma, t, q, stages.evaluate_on(run, q, run.val), stage, checkpoint, draw)
 
     points = [at(t) for t in sorted(cfg.thresholds)]
-    fits = lambda q: _saves_flops(q.val) and _in_budget(q, max_blocks)   # noqa: E731
-    ok = lambda q: fits(q) and _within(q, full_val, tolerance)             # noqa: E731
-    over = lambda q: not _in_budget(q, max_blocks)                         # noqa: E731
+    fits = lambda q: _saves_flops(q.val) and _in_budget(q, max_blocks)  # noqa: E731
+    ok = lambda q: fits(q) and _within(q, full_val, tolerance)  # noqa: E731
+    over = lambda q: not _in_budget(q, max_blocks)  # noqa: E731
     for _ in range(cfg.refine):
         srt = sorted(points, key=lambda q: q.threshold)
         if rule == "budget":
@@ -83,7 +91,7 @@ def select(points: list[Point], full_val: EvalResult | None, cfg: SelectionConfi
     if not fits:
         return min(cheaper, key=lambda p: (p.val.blocks_mean, -p.val.accuracy))
     if rule == "budget":
-        edge: dict[tuple[float, str, int], Point] = {}      # per trained model
+        edge: dict[tuple[float, str, int], Point] = {}  # per trained model
         for p in fits:
             key = (p.gamma, p.stage, p.draw)
             if key not in edge or _blocks_first(p) > _blocks_first(edge[key]):
@@ -100,10 +108,14 @@ def describe(cfg: SelectionConfig) -> str:
     rule, tolerance, max_blocks = cfg.rule, cfg.tolerance, cfg.max_blocks
     budget = f", at most {100 * max_blocks:g}% of the blocks" if max_blocks is not None else ""
     if rule == "budget":
-        return ("each trained model at the most blocks inside the budget, then the most accurate "
-                f"of those, among the points that cost fewer FLOPs than the full network{budget}")
-    return (f"fewest blocks within {100 * tolerance:g} points of the full network (else the most "
-            f"accurate), among the points that cost fewer FLOPs than it{budget}")
+        return (
+            "each trained model at the most blocks inside the budget, then the most accurate "
+            f"of those, among the points that cost fewer FLOPs than the full network{budget}"
+        )
+    return (
+        f"fewest blocks within {100 * tolerance:g} points of the full network (else the most "
+        f"accurate), among the points that cost fewer FLOPs than it{budget}"
+    )
 
 
 def _blocks_first(p: Point) -> tuple[float, float]:

@@ -4,6 +4,7 @@ a backbone (pretrain, adapt, the full network and the fixed-policy baselines, th
 The policy stages are in :mod:`blockdrop.recipes.policy_stage`. Every stage saves a
 ``blockdrop.load``-able checkpoint; with ``run.resume`` a finished stage is loaded instead of run
 again."""
+
 from __future__ import annotations
 
 import copy
@@ -38,19 +39,44 @@ from blockdrop.training.baselines import (
 from blockdrop.training.config import SupervisedConfig, TrainConfig
 from blockdrop.training.supervised import ReplayTeacher, train_supervised
 
-__all__ = ["RunPaths", "Run", "evaluate_on", "ft_steps", "supervised_alike", "stage_pretrain",
-           "stage_adapt", "stage_full_adapt", "stage_full", "stage_family", "stage_soup",
-           "stage_baseline"]
+__all__ = [
+    "RunPaths",
+    "Run",
+    "evaluate_on",
+    "ft_steps",
+    "supervised_alike",
+    "stage_pretrain",
+    "stage_adapt",
+    "stage_full_adapt",
+    "stage_full",
+    "stage_family",
+    "stage_soup",
+    "stage_baseline",
+]
 
 
 @dataclass
 class RunPaths:
     """Where each stage's model goes under ``out``."""
+
     out: Path
 
-    _OWN = ("pretrain", "adapt", "baselines", "report.json", "report.md", "blockdrop.safetensors",
-            "blockdrop.json", "tradeoff.png", "block_usage.png", "policy_grid.png", "results.json",
-            "results.txt", "config.yaml", "validation.json")
+    _OWN = (
+        "pretrain",
+        "adapt",
+        "baselines",
+        "report.json",
+        "report.md",
+        "blockdrop.safetensors",
+        "blockdrop.json",
+        "tradeoff.png",
+        "block_usage.png",
+        "policy_grid.png",
+        "results.json",
+        "results.txt",
+        "config.yaml",
+        "validation.json",
+    )
 
     def claim(self, resume: bool, overwrite: bool) -> None:
         """Refuse an ``out`` holding another run unless resuming or overwriting (which removes
@@ -62,8 +88,10 @@ class RunPaths:
         ours = [self.out / n for n in self._OWN] + sorted(self.out.glob("gamma*"))
         present = [q for q in ours if q.exists()]
         if present and not (resume or overwrite):
-            raise IncompatibleError(f"out: {self.out} already holds a run ({present[0].name}); "
-                                    f"resume it (--resume) or replace it (--overwrite)")
+            raise IncompatibleError(
+                f"out: {self.out} already holds a run ({present[0].name}); "
+                f"resume it (--resume) or replace it (--overwrite)"
+            )
         if overwrite:
             for q in present:
                 shutil.rmtree(q) if q.is_dir() else q.unlink()
@@ -75,10 +103,13 @@ class RunPaths:
         path = self.out / "config.yaml"
         if resume and path.is_file() and path.read_text() != config:
             import yaml
+
             diff = _difference(yaml.safe_load(path.read_text()), yaml.safe_load(config))
-            raise IncompatibleError(f"out: {self.out} holds a run made with other settings "
-                                    f"({diff}); resume it with its own settings "
-                                    f"(--config {path}) or start afresh (--overwrite)")
+            raise IncompatibleError(
+                f"out: {self.out} holds a run made with other settings "
+                f"({diff}); resume it with its own settings "
+                f"(--config {path}) or start afresh (--overwrite)"
+            )
 
     def stamp(self, config: str) -> None:
         """Write the run's settings to ``out/config.yaml`` (checked by :meth:`check_settings`)."""
@@ -119,6 +150,7 @@ def _difference(a: Any, b: Any, where: str = "") -> str:
 @dataclass
 class Run:
     """Everything the stages share."""
+
     preset: Preset
     paths: RunPaths
     device: torch.device
@@ -130,15 +162,14 @@ class Run:
     meta: dict[str, Any]
     log: Callable[[str], None]
     seconds: dict[str, float] = field(default_factory=dict)
-    replay: ReplayTeacher | None = None     # the pretrained teacher's recording (adapt -> full)
-    cache: dict[Any, Any] = field(default_factory=dict)   # measurements shared by stages (drop costs)
+    replay: ReplayTeacher | None = None  # the pretrained teacher's recording (adapt -> full)
+    cache: dict[Any, Any] = field(default_factory=dict)  # measurements shared by stages (drop costs)
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
         t = time.time()
         out = fn()
         self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - t
         return out
-
 
     def stage_config(self, cfg: Any, seed_offset: int = 0) -> Any:
         """A stage's config with the run's settings written in (seed, progress; the device for
@@ -171,21 +202,39 @@ def supervised_alike(run: Run, steps: int) -> SupervisedConfig:
     precision. (The joint stage decays its lr x0.1 at 80%; the supervised loop by a cosine.)"""
     ft = run.preset.finetune
     assert ft is not None
-    return run.stage_config(SupervisedConfig(
-        steps=steps, batch_size=int(ft.batch_size or 1), lr=float(ft.lr or 0), optimizer="adam",
-        weight_decay=ft.weight_decay, distill=ft.distill, temperature=ft.temperature, bn=ft.bn,
-        strategy=ft.strategy, amp=ft.amp))
+    return run.stage_config(
+        SupervisedConfig(
+            steps=steps,
+            batch_size=int(ft.batch_size or 1),
+            lr=float(ft.lr or 0),
+            optimizer="adam",
+            weight_decay=ft.weight_decay,
+            distill=ft.distill,
+            temperature=ft.temperature,
+            bn=ft.bn,
+            strategy=ft.strategy,
+            amp=ft.amp,
+        )
+    )
 
 
-def _train_fixed(run: Run, backbone: ResNetBackbone, sampler: PolicySampler, cfg: SupervisedConfig,
-                 timer: str, teacher: nn.Module | None) -> None:
-    run.timed(timer, lambda: train_supervised(backbone, run.train, sampler, cfg, run.device,
-                                              teacher=teacher))
+def _train_fixed(
+    run: Run,
+    backbone: ResNetBackbone,
+    sampler: PolicySampler,
+    cfg: SupervisedConfig,
+    timer: str,
+    teacher: nn.Module | None,
+) -> None:
+    run.timed(timer, lambda: train_supervised(backbone, run.train, sampler, cfg, run.device, teacher=teacher))
 
 
 def _save_full_path(run: Run, path: Path, backbone: ResNetBackbone, stage: str) -> None:
-    save_blockdrop_net(path, BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
-                       {**run.meta, "stage": stage})
+    save_blockdrop_net(
+        path,
+        BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
+        {**run.meta, "stage": stage},
+    )
 
 
 def stage_pretrain(run: Run, backbone: ResNetBackbone) -> ResNetBackbone:
@@ -196,11 +245,18 @@ def stage_pretrain(run: Run, backbone: ResNetBackbone) -> ResNetBackbone:
         run.log(f"[pretrain] reusing {path}")
         return load_blockdrop_net(path, run.device)[0].backbone
     if cfg is None:
-        raise ValueError(f"weights: preset {run.preset.name!r} needs pretrained weights (it has no "
-                         f"pretrain stage)")
+        raise ValueError(
+            f"weights: preset {run.preset.name!r} needs pretrained weights (it has no pretrain stage)"
+        )
     run.log(f"[pretrain] {cfg.steps} steps from scratch (stochastic depth, keep {cfg.keep})")
-    _train_fixed(run, backbone, drop_path_policy(cfg.keep, backbone.num_blocks),
-                 run.stage_config(cfg), "pretrain", None)
+    _train_fixed(
+        run,
+        backbone,
+        drop_path_policy(cfg.keep, backbone.num_blocks),
+        run.stage_config(cfg),
+        "pretrain",
+        None,
+    )
     _save_full_path(run, path, backbone, "pretrain")
     return backbone
 
@@ -223,10 +279,18 @@ def stage_adapt(run: Run, pretrained: ResNetBackbone) -> ResNetBackbone:
         return load_blockdrop_net(path)[0].backbone
     backbone = copy.deepcopy(pretrained)
     if cfg is not None:
-        run.log(f"[adapt] {cfg.steps} steps of stochastic depth (keep {cfg.keep}), "
-                f"distill {cfg.distill}{' in place' if cfg.inplace else ''}")
-        _train_fixed(run, backbone, drop_path_policy(cfg.keep, backbone.num_blocks),
-                     run.stage_config(cfg), "adapt", _replayed(run, pretrained))
+        run.log(
+            f"[adapt] {cfg.steps} steps of stochastic depth (keep {cfg.keep}), "
+            f"distill {cfg.distill}{' in place' if cfg.inplace else ''}"
+        )
+        _train_fixed(
+            run,
+            backbone,
+            drop_path_policy(cfg.keep, backbone.num_blocks),
+            run.stage_config(cfg),
+            "adapt",
+            _replayed(run, pretrained),
+        )
     _save_full_path(run, path, backbone, "adapt")
     return backbone
 
@@ -270,8 +334,10 @@ def stage_family(run: Run, weights: Path, path: Path) -> BlockDropNet:
         return load_blockdrop_net(path, run.device)[0]
     member, spec = load_backbone(weights, None, run.train.num_classes)
     if spec.get("num_classes") != run.train.num_classes:
-        raise IncompatibleError(f"family_weights: {weights} predicts {spec.get('num_classes')} "
-                                f"classes, the data has {run.train.num_classes}")
+        raise IncompatibleError(
+            f"family_weights: {weights} predicts {spec.get('num_classes')} "
+            f"classes, the data has {run.train.num_classes}"
+        )
     member = member.to(run.device).eval()
     backbone = copy.deepcopy(member)
     _adapt_phase(run, backbone, path.stem, member)
@@ -285,15 +351,15 @@ def _adapt_phase(run: Run, backbone: ResNetBackbone, name: str, teacher: nn.Modu
     if cfg is None:
         return
     # in place, the adapt stage trains the full path by plain cross-entropy: so does this one
-    full_cfg = run.stage_config(dataclasses.replace(cfg, inplace=False, distill=0.0)
-                                if cfg.inplace else cfg)
+    full_cfg = run.stage_config(dataclasses.replace(cfg, inplace=False, distill=0.0) if cfg.inplace else cfg)
     run.log(f"[baseline {name}] {cfg.steps} steps as the adapt stage, every block")
     hits = getattr(teacher, "hits", 0)
-    _train_fixed(run, backbone, full_policy(backbone.num_blocks), full_cfg, f"baseline_{name}_adapt",
-                 teacher)
+    _train_fixed(run, backbone, full_policy(backbone.num_blocks), full_cfg, f"baseline_{name}_adapt", teacher)
     if full_cfg.distill and isinstance(teacher, ReplayTeacher):
-        run.log(f"[baseline {name}] teacher outputs replayed from the adapt stage: "
-                f"{teacher.hits - hits} of {cfg.steps} steps")
+        run.log(
+            f"[baseline {name}] teacher outputs replayed from the adapt stage: "
+            f"{teacher.hits - hits} of {cfg.steps} steps"
+        )
 
 
 def _finetune_phase(run: Run, backbone: ResNetBackbone, name: str, path: Path) -> BlockDropNet:
@@ -303,8 +369,14 @@ def _finetune_phase(run: Run, backbone: ResNetBackbone, name: str, path: Path) -
     steps = ft_steps(run)
     if steps:
         run.log(f"[baseline {name}] {steps} steps as the finetune stage, every block")
-        _train_fixed(run, backbone, full_policy(nb), supervised_alike(run, steps),
-                     f"baseline_{name}", copy.deepcopy(backbone).eval())
+        _train_fixed(
+            run,
+            backbone,
+            full_policy(nb),
+            supervised_alike(run, steps),
+            f"baseline_{name}",
+            copy.deepcopy(backbone).eval(),
+        )
     net = BlockDropNet(BaselinePolicy("full", nb), backbone, strategy="auto")
     save_blockdrop_net(path, net, {**run.meta, "stage": f"baseline_{name}"})
     return net.to(run.device).eval()
@@ -323,15 +395,18 @@ def stage_soup(run: Run, adapted: ResNetBackbone, partner: ResNetBackbone | None
     if run.resume and path.is_file():
         run.log(f"[soup] reusing {path}")
         return load_blockdrop_net(path)[0].backbone
-    run.log(f"[soup] BlockDrop's backbone: {1 - s:g} x adapted + {s:g} x the full network trained "
-            f"alike (after the adapt stage's steps)")
+    run.log(
+        f"[soup] BlockDrop's backbone: {1 - s:g} x adapted + {s:g} x the full network trained "
+        f"alike (after the adapt stage's steps)"
+    )
     souped = average_weights(adapted, partner, s)
     _save_full_path(run, path, souped, "soup")
     return souped
 
 
-def stage_baseline(run: Run, adapted: ResNetBackbone, kind: str, k: float, path: Path,
-                   dropped: list[int] | None = None) -> BlockDropNet:
+def stage_baseline(
+    run: Run, adapted: ResNetBackbone, kind: str, k: float, path: Path, dropped: list[int] | None = None
+) -> BlockDropNet:
     """FirstK / RandomK at ``k`` blocks, or StaticK without the blocks ``dropped``: from the
     backbone BlockDrop starts from, the finetune stage's steps, optimiser and loss under the
     fixed policy."""

@@ -11,6 +11,7 @@
 
 Nothing before step 5 reads the test set.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,10 +62,23 @@ from blockdrop.recipes.stages import (
 from blockdrop.runtime import resolve_device
 from blockdrop.training.drop_costs import greedy_drop_order
 
-__all__ = ["Candidates", "Baseline", "TestResults", "as_data", "start_run", "train_candidates",
-           "select", "write_validation", "train_baselines", "load_test", "evaluate_on_test",
-           "evaluate_also",
-           "timed_models", "point_name", "commit"]
+__all__ = [
+    "Candidates",
+    "Baseline",
+    "TestResults",
+    "as_data",
+    "start_run",
+    "train_candidates",
+    "select",
+    "write_validation",
+    "train_baselines",
+    "load_test",
+    "evaluate_on_test",
+    "evaluate_also",
+    "timed_models",
+    "point_name",
+    "commit",
+]
 
 DataArg = str | os.PathLike[str] | DataInfo
 
@@ -75,9 +89,10 @@ class Candidates:
     validation, and the full network finetuned alike with its validation result (trained here
     when the selection rule needs it as its reference, else by :func:`train_baselines`; the
     weight average needs only its adapt-stage point, :func:`stage_full_adapt`)."""
+
     pretrained: ResNetBackbone
     adapted: ResNetBackbone
-    backbone: ResNetBackbone            # what BlockDrop executes: adapted, or the weight average
+    backbone: ResNetBackbone  # what BlockDrop executes: adapted, or the weight average
     full: BlockDropNet | None = None
     full_val: EvalResult | None = None
     points: list[Point] = field(default_factory=list)
@@ -87,6 +102,7 @@ class Candidates:
 class Baseline:
     """A baseline model: ``kind`` one of "first_k", "random_k" (for the validation point
     ``point``), "static_k" (``dropped`` blocks), "family" (a smaller network, ``name``)."""
+
     kind: str
     name: str
     path: Path
@@ -99,8 +115,9 @@ class Baseline:
 class TestResults:
     """The test set's verdict: the full network, the shown points, the baselines, the measured
     time of every model (:func:`blockdrop.evaluation.speed.time_models`, by name)."""
+
     full: EvalResult
-    points: dict[int, EvalResult]       # by id() of the shown Point
+    points: dict[int, EvalResult]  # by id() of the shown Point
     baselines: list[EvalResult]
     speed: dict[str, ModelSpeed]
 
@@ -110,11 +127,20 @@ def as_data(src: DataArg, split: str, seed: int) -> DataInfo:
     return src if isinstance(src, DataInfo) else load_dataset(src, split, seed=seed)
 
 
-def start_run(p: Preset, arch: str, train_data: DataArg, weights: str | os.PathLike[str] | None,
-              out: str | os.PathLike[str], seed: int = 0, device: str = "auto",
-              progress: bool = True, resume: bool = False, overwrite: bool = False,
-              log: Callable[[str], None] = print,
-              val_data: DataArg | None = None) -> tuple[Run, ResNetBackbone, DataInfo]:
+def start_run(
+    p: Preset,
+    arch: str,
+    train_data: DataArg,
+    weights: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    val_data: DataArg | None = None,
+) -> tuple[Run, ResNetBackbone, DataInfo]:
     """What every run of the recipe starts from: ``out`` claimed (see :meth:`RunPaths.claim`;
     resuming a run made with other settings is refused), the data (every choice is made on
     ``val_data``, the whole of ``train_data`` trains; without ``val_data``, ``p.n_val`` images
@@ -129,29 +155,39 @@ def start_run(p: Preset, arch: str, train_data: DataArg, weights: str | os.PathL
     if val_data is not None:
         train, val = full_train, as_data(val_data, "test", seed)
         if val.classes != train.classes:
-            raise IncompatibleError(f"val_data: classes {val.classes[:10]} differ from "
-                                    f"train_data's {train.classes[:10]}")
+            raise IncompatibleError(
+                f"val_data: classes {val.classes[:10]} differ from train_data's {train.classes[:10]}"
+            )
     else:
         n = len(full_train.dataset)
         if n <= p.n_val:
-            raise IncompatibleError(f"train_data: {full_train.source} holds {n} images; preset "
-                                    f"{p.name!r} holds {p.n_val} of them out for validation and "
-                                    f"needs more to train on (or give a validation set, val_data)")
+            raise IncompatibleError(
+                f"train_data: {full_train.source} holds {n} images; preset "
+                f"{p.name!r} holds {p.n_val} of them out for validation and "
+                f"needs more to train on (or give a validation set, val_data)"
+            )
         train, val = split_train_val(full_train, p.n_val, seed=seed)
-    torch.manual_seed(seed)                    # a backbone trained from scratch starts the same
+    torch.manual_seed(seed)  # a backbone trained from scratch starts the same
     pretrained, spec = load_backbone(weights, arch, train.num_classes)
     if spec.get("num_classes") != train.num_classes:
-        raise IncompatibleError(f"weights: {weights} predicts {spec.get('num_classes')} classes, "
-                                f"the data has {train.num_classes}")
+        raise IncompatibleError(
+            f"weights: {weights} predicts {spec.get('num_classes')} classes, the data has {train.num_classes}"
+        )
     pretrained = pretrained.to(dev).eval()
-    meta = {"backbone_spec": spec, "classes": train.classes, "image_size": train.image_size,
-            "data": train.source, "preset": p.name}
-    paths.stamp(dump_config(p))          # only once the inputs are known to fit together
+    meta = {
+        "backbone_spec": spec,
+        "classes": train.classes,
+        "image_size": train.image_size,
+        "data": train.source,
+        "preset": p.name,
+    }
+    paths.stamp(dump_config(p))  # only once the inputs are known to fit together
     return Run(p, paths, dev, seed, progress, resume, train, val, meta, log), pretrained, full_train
 
 
-def train_candidates(run: Run, pretrained: ResNetBackbone, gammas: list[float] | tuple[float, ...],
-                     from_scratch: bool = False) -> Candidates:
+def train_candidates(
+    run: Run, pretrained: ResNetBackbone, gammas: list[float] | tuple[float, ...], from_scratch: bool = False
+) -> Candidates:
     """Steps 2: (pretrain,) adapt, the full network, the weight average, then per gamma and draw
     the policy stages; every model at every threshold on validation."""
     if from_scratch:
@@ -159,7 +195,7 @@ def train_candidates(run: Run, pretrained: ResNetBackbone, gammas: list[float] |
     adapted = stage_adapt(run, pretrained)
     cands = Candidates(pretrained, adapted, adapted)
     soup = run.preset.adapt is not None and run.preset.adapt.soup > 0
-    if run.preset.selection.rule == "tolerance":      # the rule's reference
+    if run.preset.selection.rule == "tolerance":  # the rule's reference
         _train_full(run, cands)
     cands.backbone = stage_soup(run, adapted, stage_full_adapt(run, pretrained) if soup else None)
     last = final_stage(run)
@@ -182,15 +218,18 @@ def _train_full(run: Run, cands: Candidates) -> None:
         cands.full_val = run.timed("eval", lambda: stages.evaluate_on(run, full, run.val))
 
 
-def _add_points(run: Run, cands: Candidates, gamma: float, net: BlockDropNet, stage: str,
-                path: Path, draw: int = 0) -> None:
+def _add_points(
+    run: Run, cands: Candidates, gamma: float, net: BlockDropNet, stage: str, path: Path, draw: int = 0
+) -> None:
     pts = run.timed("eval", lambda: val_points(run, gamma, net, cands.full_val, stage, path, draw))
     cands.points.extend(pts)
     tag = "" if stage == final_stage(run) else ", " + stage
     ref = f" (full network {100 * cands.full_val.accuracy:.2f}%)" if cands.full_val else ""
     for q in pts:
-        run.log(f"[gamma {gamma:g}{tag}{f', draw {draw}' if draw else ''}] threshold {q.threshold:g}: "
-                f"val {100 * q.val.accuracy:.2f}% at {q.val.blocks_mean:.2f} blocks{ref}")
+        run.log(
+            f"[gamma {gamma:g}{tag}{f', draw {draw}' if draw else ''}] threshold {q.threshold:g}: "
+            f"val {100 * q.val.accuracy:.2f}% at {q.val.blocks_mean:.2f} blocks{ref}"
+        )
 
 
 def select(run: Run, cands: Candidates) -> tuple[Point, list[Point], Path]:
@@ -199,38 +238,74 @@ def select(run: Run, cands: Candidates) -> tuple[Point, list[Point], Path]:
     the chosen one). Returns ``(chosen, shown, its checkpoint)``."""
     chosen = selection.select(cands.points, cands.full_val, run.preset.selection)
     last = final_stage(run)
-    shown = [q for q in cands.points
-             if (q.threshold == 0.5 and q.stage == last and q.draw == 0) or q is chosen]
-    path = save_blockdrop_net(run.paths.out / "blockdrop.safetensors", chosen.net, {
-        **run.meta, "stage": "blockdrop", "gamma": chosen.gamma, "trained_by": chosen.stage,
-        "draw": chosen.draw, "val_accuracy": chosen.val.accuracy,
-        "val_blocks": chosen.val.blocks_mean})
+    shown = [
+        q for q in cands.points if (q.threshold == 0.5 and q.stage == last and q.draw == 0) or q is chosen
+    ]
+    path = save_blockdrop_net(
+        run.paths.out / "blockdrop.safetensors",
+        chosen.net,
+        {
+            **run.meta,
+            "stage": "blockdrop",
+            "gamma": chosen.gamma,
+            "trained_by": chosen.stage,
+            "draw": chosen.draw,
+            "val_accuracy": chosen.val.accuracy,
+            "val_blocks": chosen.val.blocks_mean,
+        },
+    )
     return chosen, shown, path
 
 
 def write_validation(run: Run, cands: Candidates, chosen: Point, minutes: float) -> dict[str, Any]:
     """A run on validation only (no test set): ``out/validation.json`` -- the settings, the full
     network's and every BlockDrop point's validation result, the chosen point."""
+
     def point(q: Point) -> dict[str, Any]:
-        return {"gamma": q.gamma, "threshold": q.threshold, "stage": q.stage, "draw": q.draw,
-                "accuracy": q.val.accuracy, "blocks_mean": q.val.blocks_mean,
-                "flops_mean": q.val.flops_mean}
-    out = {"validation_only": True, "val_data": run.val.source, "val_images": len(run.val.dataset),
-           "full": ({"accuracy": cands.full_val.accuracy, "flops_mean": cands.full_val.flops_mean}
-                    if cands.full_val else None),
-           "chosen": point(chosen), "points": [point(q) for q in cands.points],
-           "selection": describe(run.preset.selection), "minutes": minutes,
-           "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
-           "config": preset_to_dict(run.preset), "seed": run.seed, "commit": commit()}
+        return {
+            "gamma": q.gamma,
+            "threshold": q.threshold,
+            "stage": q.stage,
+            "draw": q.draw,
+            "accuracy": q.val.accuracy,
+            "blocks_mean": q.val.blocks_mean,
+            "flops_mean": q.val.flops_mean,
+        }
+
+    out = {
+        "validation_only": True,
+        "val_data": run.val.source,
+        "val_images": len(run.val.dataset),
+        "full": (
+            {"accuracy": cands.full_val.accuracy, "flops_mean": cands.full_val.flops_mean}
+            if cands.full_val
+            else None
+        ),
+        "chosen": point(chosen),
+        "points": [point(q) for q in cands.points],
+        "selection": describe(run.preset.selection),
+        "minutes": minutes,
+        "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
+        "config": preset_to_dict(run.preset),
+        "seed": run.seed,
+        "commit": commit(),
+    }
     atomic_write_text(run.paths.out / "validation.json", json.dumps(out, indent=1) + "\n")
-    run.log(f"[validation] chosen: gamma {chosen.gamma:g}, threshold {chosen.threshold:g}: "
-            f"{100 * chosen.val.accuracy:.2f}% at {chosen.val.blocks_mean:.2f} blocks -> "
-            f"{run.paths.out}/validation.json")
+    run.log(
+        f"[validation] chosen: gamma {chosen.gamma:g}, threshold {chosen.threshold:g}: "
+        f"{100 * chosen.val.accuracy:.2f}% at {chosen.val.blocks_mean:.2f} blocks -> "
+        f"{run.paths.out}/validation.json"
+    )
     return out
 
 
-def train_baselines(run: Run, cands: Candidates, shown: list[Point], chosen: Point,
-                    family_weights: list[str | os.PathLike[str]] | tuple[()] = ()) -> list[Baseline]:
+def train_baselines(
+    run: Run,
+    cands: Candidates,
+    shown: list[Point],
+    chosen: Point,
+    family_weights: list[str | os.PathLike[str]] | tuple[()] = (),
+) -> list[Baseline]:
     """Step 4: what a user would pick instead, trained alike: the full network (if not trained
     yet), FirstK and RandomK at each shown point's validation block count
     (``baselines.first_random_k``), StaticK at BlockDrop's chosen validation block count plus
@@ -248,10 +323,10 @@ def train_baselines(run: Run, cands: Candidates, shown: list[Point], chosen: Poi
     ks = sorted({min(k, max(1, round(chosen.val.blocks_mean) + off)) for off in cfg.static_k}, reverse=True)
     paths = {n: run.paths.out / "baselines" / f"static_k{n}.safetensors" for n in ks}
     order: list[int] = []
-    if not (run.resume and all(q.is_file() for q in paths.values())):    # resumed: in each checkpoint
+    if not (run.resume and all(q.is_file() for q in paths.values())):  # resumed: in each checkpoint
         order = _static_order(run, cands.backbone, k - ks[-1]) if ks else []
     for n in ks:
-        net = stage_baseline(run, cands.backbone, "static_k", n, paths[n], dropped=order[:k - n])
+        net = stage_baseline(run, cands.backbone, "static_k", n, paths[n], dropped=order[: k - n])
         dropped = list(cast("list[int]", net.policy_net.dropped))  # a static_k BaselinePolicy's
         out.append(Baseline("static_k", f"static_k k={n}", paths[n], net, dropped=dropped))
     for w in family_weights:
@@ -273,8 +348,10 @@ def _static_order(run: Run, backbone: ResNetBackbone, drops: int) -> list[int]:
     n = run.preset.baselines.static_images
     sub = take_subset(run.train, n, seed=run.seed + 1)
     batches = list(make_loader(sub.dataset, 250, train=False))
-    order = run.timed("costs", lambda: greedy_drop_order(
-        backbone, batches, drops, run.device, amp=run.preset.curriculum.amp))
+    order = run.timed(
+        "costs",
+        lambda: greedy_drop_order(backbone, batches, drops, run.device, amp=run.preset.curriculum.amp),
+    )
     run.log(f"[baseline static_k] greedy drop order on {n} training images: {order}")
     return order
 
@@ -284,16 +361,19 @@ def load_test(run: Run, test_data: DataArg) -> tuple[DataInfo, dict[str, Any]]:
     (:mod:`blockdrop.recipes.ledger`): ``(test, {"key", "uses", "ledger"})``."""
     test = as_data(test_data, "test", run.seed)
     if test.classes != run.train.classes:
-        raise IncompatibleError(f"test_data: classes {test.classes[:10]} differ from train_data's "
-                                f"{run.train.classes[:10]}")
+        raise IncompatibleError(
+            f"test_data: classes {test.classes[:10]} differ from train_data's {run.train.classes[:10]}"
+        )
     use = record_test_use(test_data)
-    run.log(f"[test] {test.source}: use {use['uses']} of this test set on this machine "
-            f"(ledger {use['ledger']})")
+    run.log(
+        f"[test] {test.source}: use {use['uses']} of this test set on this machine (ledger {use['ledger']})"
+    )
     return test, use
 
 
-def evaluate_on_test(run: Run, test: DataInfo, cands: Candidates, shown: list[Point],
-                     baselines: list[Baseline], chosen: Point) -> TestResults:
+def evaluate_on_test(
+    run: Run, test: DataInfo, cands: Candidates, shown: list[Point], baselines: list[Baseline], chosen: Point
+) -> TestResults:
     """Step 5: the full network, every shown point and every baseline on ``test`` (once), then
     every model timed side by side (one thread, interleaved rounds, each at its fastest chunk:
     :func:`blockdrop.evaluation.speed.time_models`) on ``evaluation.speed_batch`` test images."""
@@ -306,34 +386,48 @@ def evaluate_on_test(run: Run, test: DataInfo, cands: Candidates, shown: list[Po
     cfg = run.preset.evaluation
     batches = [x.to(run.device) for x in _speed_batches(test, cfg.speed_batch)]
     models = timed_models(cands.full, shown, baselines)
-    run.log(f"[speed] {len(models)} models, {batches[0].shape[0]} x {len(batches)} test images, "
-            f"one thread, chunks {[batches[0].shape[0], *cfg.chunks]}")
+    run.log(
+        f"[speed] {len(models)} models, {batches[0].shape[0]} x {len(batches)} test images, "
+        f"one thread, chunks {[batches[0].shape[0], *cfg.chunks]}"
+    )
     speed = run.timed("speed", lambda: time_models(models, batches, cfg.chunks, cfg.speed_repeats))
     return TestResults(full, points, bases, speed)
 
 
-def evaluate_also(run: Run, data: DataArg, cands: Candidates, shown: list[Point],
-                  baselines: list[Baseline], chosen: Point) -> dict[str, Any]:
+def evaluate_also(
+    run: Run, data: DataArg, cands: Candidates, shown: list[Point], baselines: list[Baseline], chosen: Point
+) -> dict[str, Any]:
     """A further test set (e.g. the paper's lossless images inside the JPEG test set), read after
     the test set and counted in the ledger: every model's accuracy and blocks on it, and
     BlockDrop - full network paired over its images."""
     from blockdrop.evaluation.stats import paired_difference
+
     assert cands.full is not None
     test, use = load_test(run, data)
     ev = lambda net: run.timed("test", lambda: stages.evaluate_on(run, net, test))  # noqa: E731
-    models = [("full", "full", cands.full)] + [("blockdrop", point_name(q), q.net) for q in shown] \
+    models = (
+        [("full", "full", cands.full)]
+        + [("blockdrop", point_name(q), q.net) for q in shown]
         + [(b.kind, b.name, b.net) for b in baselines]
+    )
     res = {name: ev(net) for _, name, net in models}
     full, bd = res["full"], res[point_name(chosen)]
     assert full.correct is not None and bd.correct is not None
-    return {"data": test.source, "images": full.n, "test_set": use,
-            "vs_full": paired_difference(bd.correct, full.correct).to_dict(),
-            "results": [{"method": m, "name": n, "accuracy": res[n].accuracy,
-                         "blocks_mean": res[n].blocks_mean} for m, n, _ in models]}
+    return {
+        "data": test.source,
+        "images": full.n,
+        "test_set": use,
+        "vs_full": paired_difference(bd.correct, full.correct).to_dict(),
+        "results": [
+            {"method": m, "name": n, "accuracy": res[n].accuracy, "blocks_mean": res[n].blocks_mean}
+            for m, n, _ in models
+        ],
+    }
 
 
-def timed_models(full: BlockDropNet, shown: list[Point],
-                 baselines: list[Baseline]) -> dict[str, Callable[[torch.Tensor], Any]]:
+def timed_models(
+    full: BlockDropNet, shown: list[Point], baselines: list[Baseline]
+) -> dict[str, Callable[[torch.Tensor], Any]]:
     """What runs when each model is timed, by report name: the full and the family networks as
     plain modules, StaticK as the pruned network (its kept blocks only), BlockDrop and
     FirstK/RandomK through their policy and the engine (``x [N,3,H,W] -> logits``)."""
@@ -351,8 +445,11 @@ def timed_models(full: BlockDropNet, shown: list[Point],
 
 def point_name(q: Point) -> str:
     """A BlockDrop point's name in the report and the timing."""
-    return (f"blockdrop gamma={q.gamma:g} t={q.threshold:g}"
-            + ("" if q.stage == "finetune" else f" {q.stage}") + (f" draw={q.draw}" if q.draw else ""))
+    return (
+        f"blockdrop gamma={q.gamma:g} t={q.threshold:g}"
+        + ("" if q.stage == "finetune" else f" {q.stage}")
+        + (f" draw={q.draw}" if q.draw else "")
+    )
 
 
 def _speed_batches(test: DataInfo, batch: int, n: int = 2) -> list[torch.Tensor]:
@@ -369,8 +466,13 @@ def _speed_batches(test: DataInfo, batch: int, n: int = 2) -> list[torch.Tensor]
 def commit() -> str | None:
     """The short git commit of this checkout (None outside a git checkout)."""
     try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                           timeout=10, cwd=Path(__file__).resolve().parent)
+        r = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -7,6 +7,7 @@ result is usable in eval mode without re-estimating them. Integer buffers (Batch
 of ``a`` (its device, dtype and train/eval mode). Averaging is meaningful when both networks were
 finetuned from the same starting weights (they then lie in one basin of the loss).
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,15 +37,18 @@ def average_weights(a: ModuleT, b: nn.Module, weight: float) -> ModuleT:
     sa, sb = a.state_dict(), b.state_dict()
     if sa.keys() != sb.keys():
         diff = sorted(set(sa) ^ set(sb))
-        raise ValueError(f"b: expected the same parameters and buffers as a; {len(diff)} names differ "
-                         f"(first: {diff[0]!r})")
+        raise ValueError(
+            f"b: expected the same parameters and buffers as a; {len(diff)} names differ (first: {diff[0]!r})"
+        )
     for k, t in sa.items():
         if t.shape != sb[k].shape or t.dtype != sb[k].dtype:
-            raise ValueError(f"b: {k!r} is {tuple(sb[k].shape)} {sb[k].dtype}, "
-                             f"a has {tuple(t.shape)} {t.dtype}")
+            raise ValueError(
+                f"b: {k!r} is {tuple(sb[k].shape)} {sb[k].dtype}, a has {tuple(t.shape)} {t.dtype}"
+            )
     out = copy.deepcopy(a)
     w = float(weight)
     with torch.no_grad():
-        out.load_state_dict({k: torch.lerp(t, sb[k].to(t.device), w) if t.is_floating_point() else t
-                             for k, t in sa.items()})
+        out.load_state_dict(
+            {k: torch.lerp(t, sb[k].to(t.device), w) if t.is_floating_point() else t for k, t in sa.items()}
+        )
     return out

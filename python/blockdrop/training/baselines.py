@@ -13,6 +13,7 @@ is met on average: each image takes ``floor(k)`` or ``floor(k) + 1`` blocks.
 (``x [N,3,H,W] -> probs [N, K]``, here 0/1), so that a baseline is a ``BlockDropNet`` like any
 other and is evaluated and checkpointed the same way.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,16 @@ from torch import Tensor, nn
 
 from blockdrop.models.registry import register_policy_kind
 
-__all__ = ["PolicySampler", "BaselinePolicy", "full_policy", "drop_path_policy",
-           "first_k_policy", "random_k_policy", "static_policy", "BASELINE_KINDS"]
+__all__ = [
+    "PolicySampler",
+    "BaselinePolicy",
+    "full_policy",
+    "drop_path_policy",
+    "first_k_policy",
+    "random_k_policy",
+    "static_policy",
+    "BASELINE_KINDS",
+]
 
 PolicySampler = Callable[[int, torch.Generator], Tensor]
 
@@ -55,18 +64,22 @@ def drop_path_policy(keep: Tensor | float, num_blocks: int) -> PolicySampler:
 
 def first_k_policy(k: float, num_blocks: int) -> PolicySampler:
     """FirstK: the first ``k`` blocks (in network order) for every image."""
+
     def sample(n: int, g: torch.Generator) -> Tensor:
         kn = _k_per_image(n, k, num_blocks, g)
         return (torch.arange(num_blocks).unsqueeze(0) < kn.unsqueeze(1)).float()
+
     return sample
 
 
 def random_k_policy(k: float, num_blocks: int) -> PolicySampler:
     """RandomK: ``k`` distinct blocks drawn uniformly at random for each image."""
+
     def sample(n: int, g: torch.Generator) -> Tensor:
         kn = _k_per_image(n, k, num_blocks, g)
-        rank = torch.rand(n, num_blocks, generator=g).argsort(1).argsort(1)   # a random rank per block
+        rank = torch.rand(n, num_blocks, generator=g).argsort(1).argsort(1)  # a random rank per block
         return (rank < kn.unsqueeze(1)).float()
+
     return sample
 
 
@@ -79,8 +92,7 @@ def static_policy(dropped: list[int], num_blocks: int) -> PolicySampler:
     return lambda n, g: keep.expand(n, num_blocks).clone()
 
 
-_SAMPLERS = {"full": lambda k, n: full_policy(n), "first_k": first_k_policy,
-             "random_k": random_k_policy}
+_SAMPLERS = {"full": lambda k, n: full_policy(n), "first_k": first_k_policy, "random_k": random_k_policy}
 #: The baseline kinds a :class:`BaselinePolicy` (and its checkpoint spec) can hold.
 BASELINE_KINDS = (*_SAMPLERS, "static_k")
 
@@ -91,8 +103,14 @@ class BaselinePolicy(nn.Module):
     random draws from its own generator, seeded with ``seed``, so that a freshly built one replays
     the same sequence)."""
 
-    def __init__(self, kind: str, num_blocks: int, k: float | None = None, seed: int = 0,
-                 dropped: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        num_blocks: int,
+        k: float | None = None,
+        seed: int = 0,
+        dropped: list[int] | None = None,
+    ) -> None:
         super().__init__()
         if kind not in BASELINE_KINDS:
             raise ValueError(f"kind: expected one of {BASELINE_KINDS}, got {kind!r}")
@@ -116,8 +134,12 @@ class BaselinePolicy(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         """JSON-able constructor arguments (``kind`` is one of :data:`BASELINE_KINDS`)."""
-        spec: dict[str, Any] = {"kind": self.kind, "num_blocks": self.num_blocks, "k": self.k,
-                                "seed": self.seed}
+        spec: dict[str, Any] = {
+            "kind": self.kind,
+            "num_blocks": self.num_blocks,
+            "k": self.k,
+            "seed": self.seed,
+        }
         if self.dropped is not None:
             spec["dropped"] = list(self.dropped)
         return spec

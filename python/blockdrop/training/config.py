@@ -18,6 +18,7 @@ when given (the fewest epochs of at most ``B`` batches, split evenly: :func:`spl
 ``ceil(K / cl_step) + extra_epochs`` for the curriculum (every block learned, then
 ``extra_epochs`` more) and 10 for finetuning.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,15 @@ from dataclasses import dataclass
 from blockdrop.training.loop import LoopConfig
 from blockdrop.training.rl import ALPHA
 
-__all__ = ["BACKBONE_PASSES", "STAGES", "LoopConfig", "SupervisedConfig", "TrainConfig",
-           "resolve_schedule", "split_steps"]
+__all__ = [
+    "BACKBONE_PASSES",
+    "STAGES",
+    "LoopConfig",
+    "SupervisedConfig",
+    "TrainConfig",
+    "resolve_schedule",
+    "split_steps",
+]
 
 #: The stages of :class:`TrainConfig`.
 STAGES = ("curriculum", "finetune")
@@ -42,26 +50,27 @@ OPTIMIZERS = ("sgd", "adam")
 @dataclass(kw_only=True)
 class TrainConfig(LoopConfig):
     """One stage of BlockDrop training (see the module docstring for the schedule)."""
-    stage: str = "curriculum"            # STAGES
-    epochs: int | None = None            # None: ceil(K / cl_step) + extra_epochs (curriculum), 10
-    extra_epochs: int = 5                # curriculum epochs once every block is learned
-    steps: int | None = None             # total optimisation steps (instead of epochs)
-    steps_per_epoch: int | None = None   # cap on batches per epoch (None: the whole dataset)
-    batch_size: int | None = None        # per process: 2048 curriculum (official CIFAR), 256 finetune
-    lr: float | None = None              # Adam: 1e-3 curriculum, 1e-4 finetune
-    lr_decay_at: float | None = None     # lr x lr_decay from this share of the steps on:
-    lr_decay: float = 0.1                #   never in the curriculum, 0.8 (epoch 1600/2000) finetune
+
+    stage: str = "curriculum"  # STAGES
+    epochs: int | None = None  # None: ceil(K / cl_step) + extra_epochs (curriculum), 10
+    extra_epochs: int = 5  # curriculum epochs once every block is learned
+    steps: int | None = None  # total optimisation steps (instead of epochs)
+    steps_per_epoch: int | None = None  # cap on batches per epoch (None: the whole dataset)
+    batch_size: int | None = None  # per process: 2048 curriculum (official CIFAR), 256 finetune
+    lr: float | None = None  # Adam: 1e-3 curriculum, 1e-4 finetune
+    lr_decay_at: float | None = None  # lr x lr_decay from this share of the steps on:
+    lr_decay: float = 0.1  #   never in the curriculum, 0.8 (epoch 1600/2000) finetune
     weight_decay: float = 0.0
-    gamma: float | None = None           # penalty for a wrong prediction: 1 curriculum, 5 finetune
-    alpha: float = ALPHA                 # exploration bound
-    beta: float | None = None            # entropy bonus: 0.1 curriculum, 0 finetune
-    cl_step: int | None = 1              # blocks freed per curriculum epoch (None: all at once)
-    backbone_on: str = "sample"          # BACKBONE_PASSES (finetune)
-    baseline_eval: bool = False          # self-critical pass in eval mode (official: train mode)
-    channels_last: bool = False          # models and batches in channels_last memory format
-    workers: int = 0                     # DataLoader workers
-    ckpt_every: int = 0                  # also checkpoint every N steps (0: end of epoch only)
-    log_every: int = 10                  # steps per metrics row
+    gamma: float | None = None  # penalty for a wrong prediction: 1 curriculum, 5 finetune
+    alpha: float = ALPHA  # exploration bound
+    beta: float | None = None  # entropy bonus: 0.1 curriculum, 0 finetune
+    cl_step: int | None = 1  # blocks freed per curriculum epoch (None: all at once)
+    backbone_on: str = "sample"  # BACKBONE_PASSES (finetune)
+    baseline_eval: bool = False  # self-critical pass in eval mode (official: train mode)
+    channels_last: bool = False  # models and batches in channels_last memory format
+    workers: int = 0  # DataLoader workers
+    ckpt_every: int = 0  # also checkpoint every N steps (0: end of epoch only)
+    log_every: int = 10  # steps per metrics row
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -69,8 +78,9 @@ class TrainConfig(LoopConfig):
         if self.stage not in STAGES:
             raise ValueError(f"stage: expected one of {', '.join(STAGES)}, got {self.stage!r}")
         if self.backbone_on not in BACKBONE_PASSES:
-            raise ValueError(f"backbone_on: expected {' or '.join(map(repr, BACKBONE_PASSES))}, "
-                             f"got {self.backbone_on!r}")
+            raise ValueError(
+                f"backbone_on: expected {' or '.join(map(repr, BACKBONE_PASSES))}, got {self.backbone_on!r}"
+            )
         cl = self.stage == "curriculum"
         if self.batch_size is None:
             self.batch_size = 2048 if cl else 256
@@ -87,8 +97,9 @@ class TrainConfig(LoopConfig):
             if v is not None and v < 1:
                 raise ValueError(f"{name}: expected >= 1 or None, got {v}")
         if self.batch_size < 1 or self.extra_epochs < 0:
-            raise ValueError(f"batch_size (>= 1) and extra_epochs (>= 0): got {self.batch_size}, "
-                             f"{self.extra_epochs}")
+            raise ValueError(
+                f"batch_size (>= 1) and extra_epochs (>= 0): got {self.batch_size}, {self.extra_epochs}"
+            )
         if self.steps is not None and (self.epochs is not None or self.steps_per_epoch is not None):
             raise ValueError("steps: give either steps or epochs / steps_per_epoch, not both")
         if not 0.5 <= self.alpha <= 1.0:
@@ -112,10 +123,11 @@ class SupervisedConfig(LoopConfig):
     """A backbone trained under a fixed policy sampler: ``steps`` batches, a cosine learning-rate
     decay to 0. With ``inplace`` the teacher is the network's own full path, trained by
     cross-entropy in the same step; otherwise a frozen teacher (``distill`` > 0)."""
+
     steps: int
     batch_size: int = 128
     lr: float = 0.01
-    optimizer: str = "sgd"          # OPTIMIZERS
+    optimizer: str = "sgd"  # OPTIMIZERS
     weight_decay: float = 5e-4
     inplace: bool = False
 
@@ -143,10 +155,10 @@ def resolve_schedule(cfg: TrainConfig, num_blocks: int, batches_per_epoch: int) 
     cl_step = cfg.cl_step or num_blocks
     if cfg.steps is not None:
         n_epochs, per_epoch = split_steps(cfg.steps, batches_per_epoch)
-        return dataclasses.replace(cfg, steps=None, epochs=n_epochs, steps_per_epoch=per_epoch,
-                                   cl_step=cl_step)
+        return dataclasses.replace(
+            cfg, steps=None, epochs=n_epochs, steps_per_epoch=per_epoch, cl_step=cl_step
+        )
     epochs = cfg.epochs
     if epochs is None:
-        epochs = (math.ceil(num_blocks / cl_step) + cfg.extra_epochs
-                  if cfg.stage == "curriculum" else 10)
+        epochs = math.ceil(num_blocks / cl_step) + cfg.extra_epochs if cfg.stage == "curriculum" else 10
     return dataclasses.replace(cfg, epochs=epochs, cl_step=cl_step)

@@ -17,6 +17,7 @@
   the keep-probabilities of stochastic depth it trains a backbone to tolerate the drops such a
   policy makes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -40,8 +41,13 @@ def _kl(logp: Tensor, logq: Tensor) -> Tensor:
 Batches = Iterable[Tensor | tuple[Tensor, ...] | list[Tensor]]
 
 
-def single_drop_costs(model: torch.nn.Module, batches: Batches, device: torch.device | str = "cpu",
-                      amp: str = "off", max_images: int | None = None) -> Tensor:
+def single_drop_costs(
+    model: torch.nn.Module,
+    batches: Batches,
+    device: torch.device | str = "cpu",
+    amp: str = "off",
+    max_images: int | None = None,
+) -> Tensor:
     """Mean single-block drop cost ``[K]`` (float64, CPU) of ``model`` in eval mode: ``cost[k]``
     = mean over the images of ``KL(softmax(full(x)) || softmax(full(x) with block k replaced by
     its shortcut))`` (:func:`drop_costs` with nothing dropped before)."""
@@ -49,9 +55,14 @@ def single_drop_costs(model: torch.nn.Module, batches: Batches, device: torch.de
 
 
 @torch.no_grad()
-def drop_costs(model: torch.nn.Module, batches: Batches, dropped: Sequence[int] = (),
-               device: torch.device | str = "cpu", amp: str = "off",
-               max_images: int | None = None) -> Tensor:
+def drop_costs(
+    model: torch.nn.Module,
+    batches: Batches,
+    dropped: Sequence[int] = (),
+    device: torch.device | str = "cpu",
+    amp: str = "off",
+    max_images: int | None = None,
+) -> Tensor:
     """Drop costs ``[K]`` (float64, CPU) of ``model`` in eval mode with the blocks ``dropped``
     already replaced by their shortcuts.
 
@@ -105,11 +116,11 @@ def _batch_costs(bb: Any, x: Tensor, gone: set[int]) -> Tensor:
     blocks = bb.blocks
     step = lambda k, h: blocks[k].shortcut(h) if k in gone else blocks[k].full(h)  # noqa: E731
     h0 = bb.stem(x)
-    hs = [h0]                                   # hs[k]: the input of block k, without `gone`
+    hs = [h0]  # hs[k]: the input of block k, without `gone`
     for k in range(len(blocks)):
         hs.append(step(k, hs[-1]))
     ref = hs[-1]
-    if gone:                                     # the reference is the full network (all blocks)
+    if gone:  # the reference is the full network (all blocks)
         ref = h0
         for b in blocks:
             ref = b.full(ref)
@@ -125,9 +136,14 @@ def _batch_costs(bb: Any, x: Tensor, gone: set[int]) -> Tensor:
     return out
 
 
-def greedy_drop_order(model: torch.nn.Module, batches: Batches, drops: int,
-                      device: torch.device | str = "cpu", amp: str = "off",
-                      max_images: int | None = None) -> list[int]:
+def greedy_drop_order(
+    model: torch.nn.Module,
+    batches: Batches,
+    drops: int,
+    device: torch.device | str = "cpu",
+    amp: str = "off",
+    max_images: int | None = None,
+) -> list[int]:
     """The first ``drops`` blocks static layer pruning removes, in order: each the block whose
     drop, with the earlier ones dropped, moves the prediction least from the full network's
     (:func:`drop_costs`; ties: the lower index). ``batches`` must be re-iterable (a list or a

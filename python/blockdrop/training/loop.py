@@ -9,6 +9,7 @@ Mixed precision (``amp``, :data:`blockdrop.runtime.AMP_MODES`): ``"auto"`` is fl
 scaling on CUDA and full precision on the CPU; ``"bf16"`` needs no loss scaling; the scaler is
 enabled only for float16.
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,11 +35,12 @@ BN_MODES = ("train", "frozen")
 @dataclass(kw_only=True)
 class LoopConfig:
     """The settings every trainer takes; the one home of their defaults."""
-    amp: str = "auto"                    # runtime.AMP_MODES
-    strategy: str = "gather"             # the engine strategy the backbone runs with
-    bn: str = "train"                    # BN_MODES: batch statistics (official) | frozen
-    distill: float = 0.0                 # weight of a frozen teacher's soft targets (0: plain CE)
-    temperature: float = 4.0             # their temperature (training.losses)
+
+    amp: str = "auto"  # runtime.AMP_MODES
+    strategy: str = "gather"  # the engine strategy the backbone runs with
+    bn: str = "train"  # BN_MODES: batch statistics (official) | frozen
+    distill: float = 0.0  # weight of a frozen teacher's soft targets (0: plain CE)
+    temperature: float = 4.0  # their temperature (training.losses)
     seed: int = 0
     progress: bool = True
 
@@ -51,7 +53,7 @@ class LoopConfig:
             raise ValueError(f"distill: expected a weight in [0, 1], got {self.distill}")
         if not self.temperature > 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
-        amp_dtype(torch.device("cpu"), self.amp)   # validates the mode
+        amp_dtype(torch.device("cpu"), self.amp)  # validates the mode
 
 
 class Optimization:
@@ -70,14 +72,15 @@ class Optimization:
         self.scaler.update()
 
 
-def epoch_batches(loader: DataLoader, epoch: int, start: int = 0,
-                  limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+def epoch_batches(
+    loader: DataLoader, epoch: int, start: int = 0, limit: int | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
     """The batches of ``epoch`` (its order a function of the loader's seed and ``epoch``), from
     batch ``start`` on, at most ``limit`` of them: ``(x [B,3,H,W], y [B])``."""
     set_loader_epoch(loader, epoch, start)
-    n = len(loader) if limit is None else min(limit, len(loader))   # len: the batches from start on
+    n = len(loader) if limit is None else min(limit, len(loader))  # len: the batches from start on
     it = iter(loader)
-    for _ in range(n):     # fetched one by one: none is loaded beyond the limit
+    for _ in range(n):  # fetched one by one: none is loaded beyond the limit
         yield next(it)
 
 
@@ -92,8 +95,12 @@ class _Lines:
     def update(self, n: int = 1) -> None:
         self.n += n
         if self.n % self.step == 0 or self.n == self.total:
-            print(f"{self.desc}: {self.n}/{self.total} ({100 * self.n / self.total:.0f}%, "
-                  f"{time.time() - self.t0:.0f} s){self.postfix}", file=sys.stderr, flush=True)
+            print(
+                f"{self.desc}: {self.n}/{self.total} ({100 * self.n / self.total:.0f}%, "
+                f"{time.time() - self.t0:.0f} s){self.postfix}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def set_postfix(self, **kw: Any) -> None:
         self.postfix = "".join(f", {k} {v}" for k, v in kw.items())
@@ -113,8 +120,7 @@ class _Silent:
         pass
 
 
-def progress(total: int, desc: str, enabled: bool = True, initial: int = 0,
-             every: float = 0.1) -> Any:
+def progress(total: int, desc: str, enabled: bool = True, initial: int = 0, every: float = 0.1) -> Any:
     """A progress display with ``update(n)``, ``set_postfix(**kw)`` and ``close()``: a tqdm bar
     when stderr is a terminal, else a plain line every ``every`` of ``total`` (a log file gets a
     few lines, not a carriage return per step); nothing when not ``enabled``."""
@@ -122,5 +128,6 @@ def progress(total: int, desc: str, enabled: bool = True, initial: int = 0,
         return _Silent()
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
+
         return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
     return _Lines(total, desc, initial, every)

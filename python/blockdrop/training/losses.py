@@ -6,6 +6,7 @@ teacher's soft targets (knowledge distillation, Hinton et al. 2015).
 with the KL a batch mean. ``w = 0`` is plain cross-entropy (the teacher is then not needed). Every
 term is computed in float32 whatever the logits' dtype.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -18,12 +19,14 @@ def soft_target_kl(logits: Tensor, teacher_logits: Tensor, temperature: float) -
     """``T^2 KL(softmax(teacher / T) || softmax(logits / T))``, batch mean (scalar, float32).
     ``logits``, ``teacher_logits``: ``[N, classes]``."""
     t = float(temperature)
-    return F.kl_div(F.log_softmax(logits.float() / t, 1), F.softmax(teacher_logits.float() / t, 1),
-                    reduction="batchmean") * (t * t)
+    return F.kl_div(
+        F.log_softmax(logits.float() / t, 1), F.softmax(teacher_logits.float() / t, 1), reduction="batchmean"
+    ) * (t * t)
 
 
-def distillation_loss(logits: Tensor, y: Tensor, teacher_logits: Tensor | None, weight: float,
-                      temperature: float) -> Tensor:
+def distillation_loss(
+    logits: Tensor, y: Tensor, teacher_logits: Tensor | None, weight: float, temperature: float
+) -> Tensor:
     """``(1 - weight) * CE + weight * soft_target_kl`` (scalar, float32; see the module docstring).
 
     logits: ``[N, classes]``; y: ``[N]`` class indices; teacher_logits: ``[N, classes]``, or None

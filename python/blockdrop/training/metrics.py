@@ -1,5 +1,6 @@
 """Training metrics: ``metrics.csv`` (and TensorBoard when installed), appended by rank 0 and cut
 back to the resumed step on ``--resume``, so that a resumed run's log equals an uninterrupted one."""
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,10 @@ class MetricsLog:
         if rows:
             keys = list(rows[0].keys())
             keep = [r for r in rows if int(r["step"]) <= step]
-            atomic_write_text(self.path, ",".join(keys) + "\n" + "".join(
-                ",".join(str(r[k]) for k in keys) + "\n" for r in keep))
+            atomic_write_text(
+                self.path,
+                ",".join(keys) + "\n" + "".join(",".join(str(r[k]) for k in keys) + "\n" for r in keep),
+            )
 
     def append(self, row: dict[str, Any]) -> None:
         """One row (floats with 6 significant digits); also to TensorBoard if installed."""
@@ -47,6 +50,7 @@ class MetricsLog:
         if self._tb is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self._tb = SummaryWriter(str(self.path.parent / "tb"))
             except Exception:  # tensorboard not installed
                 self._tb = False

@@ -11,13 +11,25 @@ Notation: ``N`` images, ``K`` blocks; a policy is a ``{0,1}`` float tensor ``[N,
   the others are forced on and their log-probabilities masked out;
 * entropy bonus (curriculum only, ``beta = 0.1``): the official ``-p log p`` summed over all blocks.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["ALPHA", "reward", "bound_probs", "sample_policy", "threshold_policy", "log_prob", "entropy",
-           "curriculum_mask", "apply_curriculum", "policy_gradient_loss", "num_learned_blocks"]
+__all__ = [
+    "ALPHA",
+    "reward",
+    "bound_probs",
+    "sample_policy",
+    "threshold_policy",
+    "log_prob",
+    "entropy",
+    "curriculum_mask",
+    "apply_curriculum",
+    "policy_gradient_loss",
+    "num_learned_blocks",
+]
 
 _EPS = 1e-7
 #: The official exploration bound.
@@ -84,12 +96,13 @@ def num_learned_blocks(num_blocks: int, stage: int, step: int = 1) -> int:
     return min(num_blocks, (stage + 1) * step)
 
 
-def curriculum_mask(num_blocks: int, stage: int, step: int = 1,
-                    device: torch.device | str | None = None) -> Tensor:
+def curriculum_mask(
+    num_blocks: int, stage: int, step: int = 1, device: torch.device | str | None = None
+) -> Tensor:
     """Bool ``[K]``: True for the blocks learned at curriculum stage ``stage`` (the last ones)."""
     learned = num_learned_blocks(num_blocks, stage, step)
     mask = torch.zeros(num_blocks, dtype=torch.bool, device=device)
-    mask[num_blocks - learned:] = True
+    mask[num_blocks - learned :] = True
     return mask
 
 
@@ -98,8 +111,9 @@ def apply_curriculum(policy: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.unsqueeze(0), policy, torch.ones_like(policy))
 
 
-def policy_gradient_loss(logp: Tensor, advantage: Tensor, ent: Tensor | None = None,
-                         beta: float = 0.0) -> Tensor:
+def policy_gradient_loss(
+    logp: Tensor, advantage: Tensor, ent: Tensor | None = None, beta: float = 0.0
+) -> Tensor:
     """REINFORCE loss (scalar): ``mean(-logp * advantage) - beta * mean(entropy)``.
 
     logp: ``[N]`` (with grad); advantage: ``[N]`` (detached here); ent: ``[N]`` or None.

@@ -15,6 +15,7 @@ learns ("in-place distillation", as in slimmable networks). The optimiser is SGD
 Nesterov) or Adam, with a cosine learning-rate decay to 0 over ``steps``. Deterministic: data
 order, augmentation and policies are functions of ``seed``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -35,6 +36,7 @@ from blockdrop.training.loop import Optimization, epoch_batches, progress
 from blockdrop.training.losses import distillation_loss
 
 __all__ = ["ReplayTeacher", "SupervisedConfig", "train_supervised"]
+
 
 class ReplayTeacher(nn.Module):
     """A frozen teacher that records its outputs and replays them to a later run fed the same
@@ -64,8 +66,9 @@ class ReplayTeacher(nn.Module):
         f = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         dev = x.device.type
         amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        fingerprint = torch.cat([f[::self.stride].double(), f.sum(dtype=torch.float64).view(1),
-                                 torch.dot(f, f).double().view(1)])
+        fingerprint = torch.cat(
+            [f[:: self.stride].double(), f.sum(dtype=torch.float64).view(1), torch.dot(f, f).double().view(1)]
+        )
         return (tuple(x.shape), x.dtype, x.device, amp), fingerprint
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,13 +92,18 @@ class ReplayTeacher(nn.Module):
 
 def _optimizer(params: list[nn.Parameter], cfg: SupervisedConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _step_loss(backbone: nn.Module, x: Tensor, y: Tensor, policy: Tensor, cfg: SupervisedConfig,
-               teacher: nn.Module | None) -> Tensor:
+def _step_loss(
+    backbone: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    policy: Tensor,
+    cfg: SupervisedConfig,
+    teacher: nn.Module | None,
+) -> Tensor:
     """The loss of one batch (autocast applied by the caller): the sub-network's, plus with
     ``inplace`` the full path's cross-entropy."""
     full_loss, t_logits = None, None
@@ -112,9 +120,14 @@ def _step_loss(backbone: nn.Module, x: Tensor, y: Tensor, policy: Tensor, cfg: S
     return loss if full_loss is None else loss + full_loss
 
 
-def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler,
-                     cfg: SupervisedConfig, device: torch.device | str = "cpu",
-                     teacher: nn.Module | None = None) -> dict[str, float]:
+def train_supervised(
+    backbone: nn.Module,
+    data: DataInfo,
+    sampler: PolicySampler,
+    cfg: SupervisedConfig,
+    device: torch.device | str = "cpu",
+    teacher: nn.Module | None = None,
+) -> dict[str, float]:
     """Train ``backbone`` in place for ``cfg.steps`` batches of ``data`` (images ``[B,3,H,W]``),
     each image running the blocks ``sampler`` picks for it (``sampler(B, generator) -> [B, K]``).
     Returns ``{"seconds", "loss"}`` (mean loss of the last 10% of steps); ``backbone`` is left in
@@ -128,10 +141,12 @@ def train_supervised(backbone: nn.Module, data: DataInfo, sampler: PolicySampler
     backbone.to(device)
     if teacher is not None:
         teacher.to(device).eval()
-    opt = Optimization(_optimizer([p for p in backbone.parameters() if p.requires_grad], cfg),
-                       device, cfg.amp)
+    opt = Optimization(
+        _optimizer([p for p in backbone.parameters() if p.requires_grad], cfg), device, cfg.amp
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+        opt.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+    )
     loader = make_loader(data.dataset, cfg.batch_size, train=True, seed=cfg.seed)
     if len(loader) == 0:
         raise ValueError(f"data: {len(data.dataset)} images is less than one batch of {cfg.batch_size}")

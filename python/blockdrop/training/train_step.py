@@ -1,6 +1,7 @@
 """One BlockDrop training step as a module: policy -> sampled and thresholded policies -> the
 backbone on both (the engine's real dynamic path) -> rewards -> REINFORCE (+ the backbone's loss
 when finetuning). DDP wraps this module, so every parameter use happens inside one call."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -25,13 +26,18 @@ class BlockDropStep(nn.Module):
     """Policy network + backbone; ``forward`` computes one training step's loss, so that DDP
     sees every parameter use (both stages) inside one wrapped call."""
 
-    def __init__(self, policy_net: nn.Module, backbone: ResNetBackbone, cfg: TrainConfig,
-                 teacher: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        policy_net: nn.Module,
+        backbone: ResNetBackbone,
+        cfg: TrainConfig,
+        teacher: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.policy_net, self.backbone, self.cfg = policy_net, backbone, cfg
         self.finetune = cfg.stage == "finetune"
         self.generator: torch.Generator | None = None
-        self._teacher = [teacher] if teacher is not None else []   # not a submodule: not trained
+        self._teacher = [teacher] if teacher is not None else []  # not a submodule: not trained
 
     def train(self, mode: bool = True) -> BlockDropStep:
         self.training = mode
@@ -55,7 +61,7 @@ class BlockDropStep(nn.Module):
         ``(loss scalar, stats [len(STAT_NAMES)])``."""
         cfg, bb = self.cfg, self.backbone
         with self._autocast(x):
-            probs = self.policy_net(x).float()                        # [N, K]
+            probs = self.policy_net(x).float()  # [N, K]
         pb = rl.bound_probs(probs, cfg.alpha)
         sample = rl.sample_policy(pb, self.generator)
         greedy = rl.threshold_policy(probs)
@@ -68,11 +74,11 @@ class BlockDropStep(nn.Module):
         on_greedy = self.finetune and cfg.backbone_on == "greedy"
 
         def greedy_pass() -> Tensor:
-            with (nullcontext() if on_greedy else torch.no_grad()), mode, self._autocast(x):
+            with nullcontext() if on_greedy else torch.no_grad(), mode, self._autocast(x):
                 return dynamic_forward(bb, x, greedy, strategy=cfg.strategy)
 
         def sampled_pass() -> Tensor:
-            with (nullcontext() if self.finetune and not on_greedy else torch.no_grad()), self._autocast(x):
+            with nullcontext() if self.finetune and not on_greedy else torch.no_grad(), self._autocast(x):
                 return dynamic_forward(bb, x, sample, strategy=cfg.strategy)
 
         # An eval-mode pass that trains reads the running statistics again in its backward, and a
@@ -93,8 +99,16 @@ class BlockDropStep(nn.Module):
         loss_pg = rl.policy_gradient_loss(logp, r_s - r_g, ent, float(cfg.beta or 0.0))
         trained = logits_g if on_greedy else logits_s
         loss = loss_pg + self._backbone_loss(x, trained, y) if self.finetune else loss_pg
-        stats = torch.stack([loss_pg.detach(), r_s.mean(), r_g.mean(), correct_g.float().mean(),
-                             greedy.sum(1).mean(), sample.sum(1).mean()])
+        stats = torch.stack(
+            [
+                loss_pg.detach(),
+                r_s.mean(),
+                r_g.mean(),
+                correct_g.float().mean(),
+                greedy.sum(1).mean(),
+                sample.sum(1).mean(),
+            ]
+        )
         return loss, stats
 
 

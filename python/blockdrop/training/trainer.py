@@ -28,6 +28,7 @@ on CPU), atomic checkpoints with every RNG state so that ``resume`` after a kill
 uninterrupted run exactly, progress output (training.loop.progress), CSV metrics (TensorBoard
 when installed).
 """
+
 from __future__ import annotations
 
 import os
@@ -55,6 +56,7 @@ __all__ = ["TrainConfig", "Trainer"]
 
 # --------------------------------------------------------------------------- trainer
 
+
 class Trainer:
     """Runs one stage (curriculum or finetune) with checkpoints and exact resume.
 
@@ -72,11 +74,18 @@ class Trainer:
             required when ``cfg.distill > 0``, kept in eval mode and never trained.
     """
 
-    def __init__(self, cfg: TrainConfig, policy_net: nn.Module, backbone: ResNetBackbone,
-                 train_data: DataInfo, out_dir: str | os.PathLike[str],
-                 val_data: DataInfo | None = None, dist_info: DistInfo | None = None,
-                 extra_meta: dict[str, Any] | None = None,
-                 teacher: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        policy_net: nn.Module,
+        backbone: ResNetBackbone,
+        train_data: DataInfo,
+        out_dir: str | os.PathLike[str],
+        val_data: DataInfo | None = None,
+        dist_info: DistInfo | None = None,
+        extra_meta: dict[str, Any] | None = None,
+        teacher: nn.Module | None = None,
+    ) -> None:
         if cfg.distill and teacher is None:
             raise ValueError("teacher: required when cfg.distill > 0")
         self.cfg = cfg
@@ -87,7 +96,7 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.num_blocks = int(backbone.num_blocks)
         torch.manual_seed(cfg.seed)
-        if teacher is not None:   # only run under no_grad: the caller's module stays trainable
+        if teacher is not None:  # only run under no_grad: the caller's module stays trainable
             teacher = teacher.to(self.device).eval()
         self.step_module = BlockDropStep(policy_net, backbone, cfg, teacher).to(self.device)
         if cfg.channels_last:
@@ -99,8 +108,11 @@ class Trainer:
         for p in backbone.parameters():
             p.requires_grad_(finetune)
         params = [p for p in self.step_module.parameters() if p.requires_grad]
-        self.opt = Optimization(torch.optim.Adam(params, lr=float(cfg.lr or 0),
-                                                 weight_decay=cfg.weight_decay), self.device, cfg.amp)
+        self.opt = Optimization(
+            torch.optim.Adam(params, lr=float(cfg.lr or 0), weight_decay=cfg.weight_decay),
+            self.device,
+            cfg.amp,
+        )
         self.optimizer, self.scaler = self.opt.optimizer, self.opt.scaler
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed * 1000 + self.dist.rank + 1)
@@ -108,30 +120,45 @@ class Trainer:
         self.model: nn.Module = self.step_module
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
+
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.step_module, device_ids=ids, find_unused_parameters=finetune)
         assert cfg.batch_size is not None  # TrainConfig.__post_init__ sets it
-        self.loader = make_loader(train_data.dataset, cfg.batch_size, train=True, seed=cfg.seed,
-                                  rank=self.dist.rank, world_size=self.dist.world_size,
-                                  workers=cfg.workers, pin_memory=self.device.type == "cuda")
+        self.loader = make_loader(
+            train_data.dataset,
+            cfg.batch_size,
+            train=True,
+            seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            workers=cfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
         nb = len(self.loader)
         if nb == 0:
-            raise ValueError(f"dataset of {len(train_data.dataset)} images is smaller than one "
-                             f"batch ({cfg.batch_size} x {self.dist.world_size} processes)")
+            raise ValueError(
+                f"dataset of {len(train_data.dataset)} images is smaller than one "
+                f"batch ({cfg.batch_size} x {self.dist.world_size} processes)"
+            )
         cfg = self.cfg = self.step_module.cfg = resolve_schedule(cfg, self.num_blocks, nb)
         self.batches_per_epoch = min(nb, cfg.steps_per_epoch or nb)
         self.total_steps = int(cfg.epochs or 0) * self.batches_per_epoch
-        self.state = TrainState(policy_net, backbone, self.optimizer, self.scaler, self.generator,
-                                self.device)
+        self.state = TrainState(
+            policy_net, backbone, self.optimizer, self.scaler, self.generator, self.device
+        )
         self.metrics = MetricsLog(self.out_dir, enabled=self.dist.is_main)
 
     # the run's position, kept in the resumable state
-    epoch = property(lambda self: self.state.progress.epoch,
-                     lambda self, v: setattr(self.state.progress, "epoch", v))
-    batch = property(lambda self: self.state.progress.batch,
-                     lambda self, v: setattr(self.state.progress, "batch", v))
-    global_step = property(lambda self: self.state.progress.global_step,
-                           lambda self, v: setattr(self.state.progress, "global_step", v))
+    epoch = property(
+        lambda self: self.state.progress.epoch, lambda self, v: setattr(self.state.progress, "epoch", v)
+    )
+    batch = property(
+        lambda self: self.state.progress.batch, lambda self, v: setattr(self.state.progress, "batch", v)
+    )
+    global_step = property(
+        lambda self: self.state.progress.global_step,
+        lambda self, v: setattr(self.state.progress, "global_step", v),
+    )
     history = property(lambda self: self.state.progress.history)
 
     # ------------------------------------------------------------------ checkpoints
@@ -156,16 +183,24 @@ class Trainer:
 
     def _keep_best(self) -> None:
         """Copy the checkpoint just written to ``best`` (atomically, as every save)."""
-        for src, dst in ((self.checkpoint_path(), self.best_path()),
-                         (self.checkpoint_path().with_suffix(".json"), self.best_path().with_suffix(".json"))):
+        for src, dst in (
+            (self.checkpoint_path(), self.best_path()),
+            (self.checkpoint_path().with_suffix(".json"), self.best_path().with_suffix(".json")),
+        ):
             atomic_write_bytes(dst, src.read_bytes())
 
     def save(self) -> None:
         """Write ``last.safetensors`` (+ ``.json``) atomically; collective under DDP."""
         gens = self._gather_generator_states()
         if self.dist.is_main:
-            self.state.save(self.checkpoint_path(), gens, self.cfg, self.batches_per_epoch,
-                            self.dist.world_size, self.extra_meta)
+            self.state.save(
+                self.checkpoint_path(),
+                gens,
+                self.cfg,
+                self.batches_per_epoch,
+                self.dist.world_size,
+                self.extra_meta,
+            )
 
     def resume(self, path: str | os.PathLike[str] | None = None) -> bool:
         """Restore from ``path`` (default ``out_dir/last.safetensors``).  Returns False if there
@@ -173,8 +208,13 @@ class Trainer:
         path = Path(path) if path else self.checkpoint_path()
         if not path.is_file():
             return False
-        self.state.restore(path, self.cfg.stage, self.dist.rank, self.dist.world_size,
-                           reseed=self.cfg.seed * 1000 + self.dist.rank + 1)
+        self.state.restore(
+            path,
+            self.cfg.stage,
+            self.dist.rank,
+            self.dist.world_size,
+            reseed=self.cfg.seed * 1000 + self.dist.rank + 1,
+        )
         self.metrics.truncate(self.global_step)
         return True
 
@@ -201,8 +241,7 @@ class Trainer:
         self.opt.step(loss)
         return stats.detach()
 
-    def fit(self, resume: bool = False,
-            on_step: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
+    def fit(self, resume: bool = False, on_step: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
         """Train to ``cfg.epochs``; with ``resume`` continue from ``out_dir/last.safetensors``.
 
         ``on_step(trainer)`` runs after every step and its checkpoint (tests use it to simulate
@@ -214,8 +253,9 @@ class Trainer:
         with interrupt_at_step_end() as interrupted:
             return self._fit(resume, on_step, interrupted)
 
-    def _fit(self, resume: bool, on_step: Callable[[Trainer], None] | None,
-             interrupted: Callable[[], bool]) -> dict[str, Any]:
+    def _fit(
+        self, resume: bool, on_step: Callable[[Trainer], None] | None, interrupted: Callable[[], bool]
+    ) -> dict[str, Any]:
         if resume:
             self.resume()
         cfg, main = self.cfg, self.dist.is_main
@@ -228,8 +268,12 @@ class Trainer:
             learned = self.num_blocks if mask is None else int(mask.sum())
             self.step_module.train()
             batches = epoch_batches(self.loader, epoch, self.batch, self.batches_per_epoch - self.batch)
-            bar = progress(self.batches_per_epoch, f"{cfg.stage} {epoch + 1}/{cfg.epochs}",
-                           main and cfg.progress, initial=self.batch)
+            bar = progress(
+                self.batches_per_epoch,
+                f"{cfg.stage} {epoch + 1}/{cfg.epochs}",
+                main and cfg.progress,
+                initial=self.batch,
+            )
             acc_stats, n_acc = None, 0
             for x, y in batches:
                 x = x.to(self.device, non_blocking=True)
@@ -245,20 +289,30 @@ class Trainer:
                 if self.global_step % max(1, cfg.log_every) == 0 or self.batch == self.batches_per_epoch:
                     s = stats_dict(acc_stats / n_acc)
                     acc_stats, n_acc = None, 0
-                    last = {"step": self.global_step, "epoch": epoch, "split": "train",
-                            "loss": s["loss_pg"], "reward": s["reward"], "acc": s["acc"],
-                            "blocks": s["blocks"], "learned_blocks": learned,
-                            "lr": self.optimizer.param_groups[0]["lr"], "time": round(time.time() - t0, 2)}
-                    bar.set_postfix(reward=f"{s['reward']:.3f}", acc=f"{s['acc']:.3f}",
-                                    blocks=f"{s['blocks']:.1f}")
+                    last = {
+                        "step": self.global_step,
+                        "epoch": epoch,
+                        "split": "train",
+                        "loss": s["loss_pg"],
+                        "reward": s["reward"],
+                        "acc": s["acc"],
+                        "blocks": s["blocks"],
+                        "learned_blocks": learned,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "time": round(time.time() - t0, 2),
+                    }
+                    bar.set_postfix(
+                        reward=f"{s['reward']:.3f}", acc=f"{s['acc']:.3f}", blocks=f"{s['blocks']:.1f}"
+                    )
                     self.log(last)
                 if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
                     self.save()
                 if interrupted() and not self.dist.distributed:
                     bar.close()
                     self.save()
-                    raise KeyboardInterrupt(f"stopped after step {self.global_step}; "
-                                            f"checkpoint {self.checkpoint_path()}")
+                    raise KeyboardInterrupt(
+                        f"stopped after step {self.global_step}; checkpoint {self.checkpoint_path()}"
+                    )
                 if on_step is not None:
                     on_step(self)
             bar.close()
@@ -278,23 +332,36 @@ class Trainer:
         """Accuracy / blocks of the thresholded policy on ``val_data`` (rank 0)."""
         from blockdrop.blockdrop_net import BlockDropNet
         from blockdrop.evaluation.evaluate import evaluate
+
         assert self.val_data is not None and self.cfg.batch_size is not None
         mask = self.curriculum_mask(epoch)
         pnet = self.policy_net if mask is None else ForcedOn(self.policy_net, mask)
         net = BlockDropNet(pnet, self.backbone, strategy=self.cfg.strategy)
         loader = make_loader(self.val_data.dataset, max(self.cfg.batch_size, 256), train=False)
         with eval_mode(self.step_module):
-            res = evaluate(net, loader, self.device, amp=self.cfg.amp, full=False, flops=False,
-                           progress=False)
-        row = {"step": self.global_step, "epoch": epoch, "split": "val", "loss": float("nan"),
-               "reward": float("nan"), "acc": res.accuracy, "blocks": res.blocks_mean,
-               "learned_blocks": learned, "lr": self.optimizer.param_groups[0]["lr"],
-               "time": round(elapsed, 2)}
+            res = evaluate(
+                net, loader, self.device, amp=self.cfg.amp, full=False, flops=False, progress=False
+            )
+        row = {
+            "step": self.global_step,
+            "epoch": epoch,
+            "split": "val",
+            "loss": float("nan"),
+            "reward": float("nan"),
+            "acc": res.accuracy,
+            "blocks": res.blocks_mean,
+            "learned_blocks": learned,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "time": round(elapsed, 2),
+        }
         self.log(row)
         if self.cfg.progress:
-            print(f"[{self.cfg.stage}] epoch {epoch + 1}/{self.cfg.epochs}: val acc "
-                  f"{res.accuracy:.4f}, blocks {res.blocks_mean:.2f} +- {res.blocks_std:.2f} "
-                  f"(learning last {learned}/{self.num_blocks})", flush=True)
+            print(
+                f"[{self.cfg.stage}] epoch {epoch + 1}/{self.cfg.epochs}: val acc "
+                f"{res.accuracy:.4f}, blocks {res.blocks_mean:.2f} +- {res.blocks_std:.2f} "
+                f"(learning last {learned}/{self.num_blocks})",
+                flush=True,
+            )
         return row
 
     def _check_in_sync(self) -> None:
