@@ -281,6 +281,30 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     assert sum("reusing" in line for line in logs) == 1 + 1 + 2 + len(base) + len(static) + 1
     assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in report["results"]]
     assert again["test_set"]["uses"] == 2
+    # the clock goes on: BlockDrop's minutes are the first session's, the total adds the second's
+    assert again["sessions"] == 2 and report["sessions"] == 1
+    assert again["minutes_blockdrop"] == report["minutes_blockdrop"]
+    assert again["minutes"] > report["minutes"]
+    for stage, m in report["stage_minutes"].items():
+        assert again["stage_minutes"][stage] >= m
+    assert "over 2 sessions (resumed)" in (out / "report.md").read_text()
+    clock = out / "clock.json"
+    saved = clock.read_text()
+    clock.write_text('{"seconds": "soon"}')
+    with pytest.raises(Exception, match="clock.json is not a run's clock"):
+        rep.reproduce(
+            TINY,
+            "resnet8",
+            tiny["train"],
+            test,
+            tiny["weights"],
+            out,
+            device="cpu",
+            progress=False,
+            resume=True,
+            val_data=tiny["val"],
+        )
+    clock.write_text(saved)
     # resuming with other settings is refused, naming the setting
     from blockdrop.errors import IncompatibleError
 

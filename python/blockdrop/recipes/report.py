@@ -36,6 +36,7 @@ REPORT_KEYS = (
     "minutes",
     "minutes_total",
     "minutes_blockdrop",
+    "sessions",
     "measured_speedup_best_vs_best",
     "ms_per_image",
     "timing",
@@ -79,7 +80,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"this test set on this machine); settings chosen on {r['val']['images']} validation "
         f"images (`{r['val_data']}`: {r['val']['selection']}); trained on `{r['train_data']}`; "
         f"seed {r['seed']}, commit {r['commit']}; {r['minutes_blockdrop']:.1f} minutes to "
-        f"BlockDrop's model, {r['minutes_total']:.1f} in all, on {r['device']} "
+        f"BlockDrop's model, {r['minutes_total']:.1f} in all"
+        f"{'' if r.get('sessions', 1) == 1 else ' over ' + str(r['sessions']) + ' sessions (resumed)'}"
+        f", on {r['device']} "
         f"({r['threads']} threads).",
         "",
         f"**Result**: BlockDrop (gamma {r['gamma']:g}"
@@ -332,7 +335,8 @@ def build_report(
     minutes_blockdrop: float,
 ) -> Report:
     """Step 6: the report of a finished run (``minutes``: the whole run; ``minutes_blockdrop``:
-    until BlockDrop's model was chosen, everything it depends on included)."""
+    until BlockDrop's model was chosen, everything it depends on included; both wall time, added
+    over ``run.sessions`` sessions for a resumed run, see :meth:`Run.elapsed`)."""
     res, p, cfg = t.points[id(chosen)], run.preset, run.preset.selection
     assert cands.full_val is not None
     chosen_d = {
@@ -399,6 +403,7 @@ def build_report(
         "minutes": minutes,
         "minutes_total": minutes,
         "minutes_blockdrop": minutes_blockdrop,
+        "sessions": run.sessions,
         "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
         "val_data": run.val.source,
         "preset": p.name,

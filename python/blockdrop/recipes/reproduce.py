@@ -4,27 +4,27 @@ report, in one call.
     report = reproduce("quick", arch="resnet56", train_data=..., test_data=..., weights=..., out=...)
 
 The steps (:mod:`blockdrop.recipes.steps`) in order: the backbone and policy stages with every
-model evaluated on validation -> the operating point chosen there -> the baselines (FirstK,
-RandomK) -> one evaluation of every model on the test set -> ``OUT/report.json``,
-``OUT/report.md`` and plots. The settings are a :class:`~blockdrop.recipes.config.Preset`
-(a name of :data:`~blockdrop.recipes.presets.PRESETS`, or one read from a file); the resolved
-preset is stored in the report (``config``), so a run can be repeated from its report.
+model evaluated on validation -> the operating point chosen there -> the baselines (the full
+network, StaticK, the smaller networks of the family, FirstK / RandomK where the preset asks) ->
+one evaluation of every model on the test set, and their measured speed -> ``OUT/report.json``,
+``OUT/report.md`` and plots. The settings are a :class:`~blockdrop.recipes.config.Preset` (a name
+of :data:`~blockdrop.recipes.presets.PRESETS`, or one read from a file); the resolved preset is
+stored in the report (``config``), so a run can be repeated from its report.
 
-Validation vs test: ``preset.n_val`` images are held out of the training data (stratified, seed
-``seed``); every choice is made on them (the operating point: ``preset.selection``; FirstK /
-RandomK take BlockDrop's validation block counts), and the test set is evaluated once, after
-every choice is made. The chosen model is written to ``OUT/blockdrop.safetensors`` with its
-threshold.
+Validation vs test: every choice is made on ``val_data`` (without one, ``preset.n_val`` images
+held out of the training data, stratified, seed ``seed``): the operating point
+(``preset.selection``), and the block counts of the baselines. The test set is evaluated once,
+after every choice is made, and each use is counted (:mod:`blockdrop.recipes.ledger`). The chosen
+model is written to ``OUT/blockdrop.safetensors`` with its threshold.
 
 Every stage writes its model under ``OUT`` (a ``blockdrop.load``-able checkpoint); with ``resume``
 a stage whose checkpoint exists is loaded instead of run again, so a killed run continues at the
-stage it was in.
+stage it was in, and its clock (``OUT/clock.json``) goes on from its last finished stage.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,6 @@ def reproduce(
         resume / overwrite: an ``out`` that already holds a run is continued (``resume``: its
             finished stages are reused) or replaced (``overwrite``); otherwise IncompatibleError.
     """
-    t_start = time.time()
     p = get_preset(preset) if isinstance(preset, str) else preset
     if gammas:
         p = p.replace(gammas=tuple(gammas))
@@ -107,7 +106,7 @@ def reproduce(
     )
     cands = train_candidates(run, pretrained, p.gammas, from_scratch=weights is None)
     chosen, shown, final_path = select(run, cands)
-    minutes_blockdrop = (time.time() - t_start) / 60
+    minutes_blockdrop = run.mark("blockdrop") / 60
     if test_data is None:
         return write_validation(run, cands, chosen, minutes_blockdrop)
     baselines = train_baselines(run, cands, shown, chosen, family_weights or ())
@@ -125,7 +124,7 @@ def reproduce(
         arch,
         weights,
         full_train.source,
-        (time.time() - t_start) / 60,
+        run.elapsed() / 60,
         minutes_blockdrop,
     ).to_dict()
     report["test_set"] = use

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -76,6 +77,7 @@ class RunPaths:
         "results.txt",
         "config.yaml",
         "validation.json",
+        "clock.json",
     )
 
     def claim(self, resume: bool, overwrite: bool) -> None:
@@ -164,12 +166,56 @@ class Run:
     seconds: dict[str, float] = field(default_factory=dict)
     replay: ReplayTeacher | None = None  # the pretrained teacher's recording (adapt -> full)
     cache: dict[Any, Any] = field(default_factory=dict)  # measurements shared by stages (drop costs)
+    started: float = field(default_factory=time.time)  # this session's start
+    elapsed_before: float = 0.0  # seconds of earlier sessions, up to each one's last finished stage
+    sessions: int = 1
+    marks: dict[str, float] = field(default_factory=dict)  # elapsed() when a milestone was first reached
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, its seconds added to ``seconds[name]``; the run's clock saved after it."""
         t = time.time()
         out = fn()
         self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - t
+        self._save_clock()
         return out
+
+    def elapsed(self) -> float:
+        """Wall seconds of the work this run kept: earlier sessions up to their last finished stage
+        (``OUT/clock.json``), plus this session so far."""
+        return self.elapsed_before + time.time() - self.started
+
+    def mark(self, name: str) -> float:
+        """The elapsed seconds at which the run first reached milestone ``name`` (now, unless an
+        earlier session of a resumed run reached it), saved with the clock."""
+        if name not in self.marks:
+            self.marks[name] = self.elapsed()
+            self._save_clock()
+        return self.marks[name]
+
+    def resume_clock(self) -> None:
+        """Continue the clock of the run in ``paths.out`` (a resumed run); no-op without one."""
+        f = self.paths.out / "clock.json"
+        if not f.exists():
+            return
+        try:
+            c = json.loads(f.read_text())
+            self.elapsed_before = float(c["seconds"])
+            self.seconds = {str(k): float(v) for k, v in c["stage_seconds"].items()}
+            self.sessions = int(c["sessions"]) + 1
+            self.marks = {str(k): float(v) for k, v in c["marks"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise IncompatibleError(
+                f"out: {f} is not a run's clock ({e!r}); remove it to restart the clock"
+            ) from e
+
+    def _save_clock(self) -> None:
+        c = {
+            "seconds": self.elapsed(),
+            "stage_seconds": self.seconds,
+            "sessions": self.sessions,
+            "marks": self.marks,
+        }
+        atomic_write_text(self.paths.out / "clock.json", json.dumps(c, indent=1))
 
     def stage_config(self, cfg: Any, seed_offset: int = 0) -> Any:
         """A stage's config with the run's settings written in (seed, progress; the device for

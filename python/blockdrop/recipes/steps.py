@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,9 @@ def start_run(
     ``val_data``, the whole of ``train_data`` trains; without ``val_data``, ``p.n_val`` images
     held out of ``train_data``, stratified, are the validation set), and the pretrained backbone
     (a fresh ``arch`` when ``weights`` is None) checked against the data. Returns ``(run,
-    pretrained in eval mode, the whole training set)``."""
+    pretrained in eval mode, the whole training set)``. A resumed run's clock goes on from where
+    its last session saved it (:meth:`Run.elapsed`)."""
+    started = time.time()
     dev = resolve_device(device)
     paths = RunPaths(Path(out))
     paths.claim(resume, overwrite)
@@ -182,7 +185,10 @@ def start_run(
         "preset": p.name,
     }
     paths.stamp(dump_config(p))  # only once the inputs are known to fit together
-    return Run(p, paths, dev, seed, progress, resume, train, val, meta, log), pretrained, full_train
+    run = Run(p, paths, dev, seed, progress, resume, train, val, meta, log, started=started)
+    if resume:
+        run.resume_clock()
+    return run, pretrained, full_train
 
 
 def train_candidates(
