@@ -11,7 +11,7 @@ MAX_JOBS ?= 2
 export CUDA_HOME MAX_JOBS
 
 DEPS    := torch==2.14.1 torchvision==0.29.1 ninja pybind11 numpy tqdm safetensors matplotlib scikit-learn \
-           pyyaml timm pytest pytest-benchmark expecttest hypothesis setuptools wheel ruff mypy
+           pyyaml timm pytest pytest-benchmark expecttest hypothesis setuptools wheel ruff==0.17.6 mypy==2.4.1
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cpp csrc/cuda/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 
 .PHONY: all install demo lint test test-gpu bench clean

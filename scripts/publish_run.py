@@ -5,7 +5,7 @@ how the run was made) and ``report.md`` and ``tradeoff.png`` under ``benchmarks/
         --command "blockdrop reproduce --preset quick ..." --machine "2-core CPU VM, nothing else running"
 
 Paths inside the report that point into the run folder are written relative to it (``runs/quick/...``)
-so that the committed file names no machine's folders.
+and the data files by their names, so that the committed file names no machine's folders.
 """
 
 from __future__ import annotations
@@ -19,14 +19,26 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _relative(obj: Any, run: Path) -> Any:
-    if isinstance(obj, str) and obj.startswith(str(run)):
-        return "runs/" + run.name + obj[len(str(run)) :]
+def _relative(obj: Any, run: Path, data_dirs: list[str]) -> Any:
+    if isinstance(obj, str):
+        if obj.startswith(str(run)):
+            obj = "runs/" + run.name + obj[len(str(run)) :]
+        for d in data_dirs:
+            obj = obj.replace(d + "/", "")
+        return obj
     if isinstance(obj, dict):
-        return {k: _relative(v, run) for k, v in obj.items()}
+        return {k: _relative(v, run, data_dirs) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_relative(v, run) for v in obj]
+        return [_relative(v, run, data_dirs) for v in obj]
     return obj
+
+
+def _data_dirs(report: dict[str, Any]) -> list[str]:
+    """The folders of the run's data and weight files (written as file names only)."""
+    sources = [str(report.get(k, "")) for k in ("train_data", "val_data", "test_data", "weights")]
+    sources += [a.get("data", "") for a in report.get("also_test", [])]
+    dirs = {str(Path(s.split(" (")[0]).parent) for s in sources if s.startswith("/")}
+    return sorted(dirs, key=len, reverse=True)
 
 
 def main() -> None:
@@ -39,11 +51,12 @@ def main() -> None:
     a = ap.parse_args()
     run = a.run.resolve()
     report = json.loads((run / "report.json").read_text())
-    report = _relative(report, run)
+    dirs = _data_dirs(report)
+    report = _relative(report, run, dirs)
     report["run"] = {"command": a.command, "machine": a.machine, "note": a.note}
     out = ROOT / "benchmarks" / "results" / "fidelity" / a.name
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    md = (run / "report.md").read_text()
+    md = _relative((run / "report.md").read_text(), run, dirs)
     head = f"Command: `{a.command}`; {a.machine}.{(' ' + a.note) if a.note else ''}\n\n"
     title, _, rest = md.partition("\n\n")
     out.with_suffix(".md").write_text(f"{title}\n\n{head}{rest}")

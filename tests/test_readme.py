@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
 from _helpers import oracle, tol
@@ -22,7 +21,6 @@ def _quick_start() -> str:
 
 
 def test_quick_start_runs_and_matches_the_oracle():
-    pytest.importorskip("timm")
     code = _quick_start()
     # the lines that need files the reader brings (a trained run, an official checkpoint) stop here
     runnable = code[: code.index("net = blockdrop.load(")]
@@ -35,7 +33,14 @@ def test_quick_start_runs_and_matches_the_oracle():
         ref = oracle(model.double(), x.double(), policy).float()
     assert logits.shape == (x.shape[0], 10)
     torch.testing.assert_close(logits, ref, atol=tol(ref), rtol=0)
-    assert ns["out"].shape == (4, 1000)
+    # capacity mode: block k on the 80 images with the highest scores[:, k]
+    scores, fixed = ns["scores"], ns["fixed"]
+    top = torch.zeros_like(policy)
+    for k in range(model.num_blocks):
+        top[scores[:, k].argsort(descending=True)[:80], k] = True
+    with torch.no_grad():
+        ref_fixed = oracle(model, x.double(), top).float()
+    torch.testing.assert_close(fixed, ref_fixed, atol=tol(ref_fixed), rtol=0)
     # the lines that need files name real public functions
     import blockdrop
 

@@ -175,6 +175,12 @@ def add_training(p: argparse.ArgumentParser, stage: str) -> None:
     )
     g.add_argument("--alpha", type=alpha, default=None, help=f"exploration bound (default {d.alpha:g})")
     g.add_argument("--beta", type=nonneg_float, default=None, help=f"entropy bonus (default {d.beta:g})")
+    _add_stage_options(g, d, cl)
+    _add_run_options(g, d)
+
+
+def _add_stage_options(g: Any, d: TrainConfig, cl: bool) -> None:
+    """The options of one stage only: the curriculum's pace, or the joint finetuning's backbone."""
     if cl:
         g.add_argument(
             "--cl-step",
@@ -209,6 +215,10 @@ def add_training(p: argparse.ArgumentParser, stage: str) -> None:
             help=f"the backbone learns on the sampled sub-network (official) or the "
             f"thresholded one that evaluation runs (default {d.backbone_on})",
         )
+
+
+def _add_run_options(g: Any, d: TrainConfig) -> None:
+    """How a training run executes and checkpoints."""
     g.add_argument(
         "--strategy",
         choices=STRATEGIES,

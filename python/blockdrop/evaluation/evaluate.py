@@ -194,7 +194,13 @@ def measure_throughput(
         t = interleaved(fns, rounds=max(1, repeats), warmup=warmup, device=device)
     finally:
         net.train(was)
-    med = {k: v.median for k, v in t.items()}
+    return _rates({k: v.median for k, v in t.items()}, n_img, batch, repeats, small, bool(chunks))
+
+
+def _rates(
+    med: dict[str, float], n_img: int, batch: int, repeats: int, small: list[int], chunked: bool
+) -> dict[str, float]:
+    """:func:`measure_throughput`'s result from the median seconds of each timed function."""
     out = {
         "full_ips": n_img / med["full"],
         "blockdrop_ips": n_img / med["blockdrop"],
@@ -204,7 +210,7 @@ def measure_throughput(
         "batch_size": float(batch),
         "repeats": float(repeats),
     }
-    if chunks:
+    if chunked:
         plain = {batch: med["full"], **{c: med[f"full_chunk{c}"] for c in small}}
         bd = {batch: med["blockdrop"], **{c: med[f"blockdrop_chunk{c}"] for c in small}}
         bp, bb = min(plain, key=lambda c: plain[c]), min(bd, key=lambda c: bd[c])

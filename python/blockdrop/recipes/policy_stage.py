@@ -17,7 +17,7 @@ from blockdrop.checkpoint import load_blockdrop_net, read_meta
 from blockdrop.data import make_loader, take_subset
 from blockdrop.models.base import ResNetBackbone
 from blockdrop.models.policy import make_policy_net
-from blockdrop.recipes.stages import Run
+from blockdrop.recipes.run import Run
 from blockdrop.training.drop_costs import keep_prior, single_drop_costs
 from blockdrop.training.trainer import Trainer
 

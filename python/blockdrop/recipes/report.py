@@ -1,26 +1,26 @@
-"""The reproduce report: ``report.json`` (the numbers), ``report.md`` (a summary table) and the
-figures (accuracy vs FLOPs with the baselines on the same axes, block usage, images by policy)."""
+"""The reproduce report's numbers: :func:`build_report` gathers a finished run's results into a
+:class:`Report`, whose ``to_dict()`` is ``report.json`` (:data:`REPORT_KEYS`; one row per model,
+:data:`ROW_KEYS`). :mod:`blockdrop.recipes.report_files` writes it out with ``report.md`` and the
+figures."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from blockdrop.checkpoint import atomic_write_text
-from blockdrop.data import DataInfo, denormalize
+from blockdrop.data import DataInfo
 from blockdrop.evaluation.evaluate import EvalResult
-from blockdrop.evaluation.plots import plot_block_usage, plot_policy_grid, plot_tradeoff
 from blockdrop.evaluation.stats import accuracy_se, paired_difference
 from blockdrop.recipes.config import preset_to_dict
-from blockdrop.recipes.selection import Point, describe
-from blockdrop.recipes.stages import Run
-from blockdrop.recipes.steps import Baseline, Candidates, TestResults, commit, point_name
+from blockdrop.recipes.run import Run
+from blockdrop.recipes.selection import Point, describe, point_name
+from blockdrop.recipes.steps import Baseline, Candidates, commit
+from blockdrop.recipes.verdict import TestResults
 
-__all__ = ["REPORT_KEYS", "ROW_KEYS", "Report", "build_report", "write_report", "summary_markdown"]
+__all__ = ["REPORT_KEYS", "ROW_KEYS", "Report", "build_report"]
 
 #: Keys every report.json holds (tests check them).
 REPORT_KEYS = (
@@ -59,168 +59,6 @@ ROW_KEYS = (
     "measured_speedup_best_vs_best",
     "checkpoint",
 )
-
-_NAMES = {
-    "full": "full network",
-    "blockdrop": "BlockDrop",
-    "first_k": "FirstK",
-    "random_k": "RandomK",
-    "static_k": "StaticK",
-    "family": "smaller network",
-}
-
-
-def summary_markdown(report: dict[str, Any]) -> str:
-    """The report as a markdown page: settings line, then one row per model."""
-    r = report
-    lines = [
-        f"# blockdrop reproduce --preset {r['preset']} ({r.get('arch', '')})",
-        "",
-        f"{r['test_images']} test images (`{r['test_data']}`, use {r['test_set']['uses']} of "
-        f"this test set on this machine); settings chosen on {r['val']['images']} validation "
-        f"images (`{r['val_data']}`: {r['val']['selection']}); trained on `{r['train_data']}`; "
-        f"seed {r['seed']}, commit {r['commit']}; {r['minutes_blockdrop']:.1f} minutes to "
-        f"BlockDrop's model, {r['minutes_total']:.1f} in all"
-        f"{'' if r.get('sessions', 1) == 1 else ' over ' + str(r['sessions']) + ' sessions (resumed)'}"
-        f", on {r['device']} "
-        f"({r['threads']} threads).",
-        "",
-        f"**Result**: BlockDrop (gamma {r['gamma']:g}"
-        f"{', curriculum only' if _cl_only(r, r.get('stage')) else ''}) "
-        f"{100 * r['accuracy']:.2f}% with "
-        f"{r['blocks_mean']:.2f} +- {r['blocks_std']:.2f} of {r['num_blocks']} blocks "
-        f"({100 * r['blocks_mean'] / r['num_blocks']:.0f}%), {r['flops_mean']:.3e} FLOPs/image "
-        f"(policy network included); the full network finetuned alike: "
-        f"{100 * r['full_accuracy']:.2f}%. Measured speedup: "
-        f"{r['measured_speedup_best_vs_best']:.2f}x (each network at its fastest chunk of "
-        f"{r['speed_batch']} test images, one thread: BlockDrop {r['best_blockdrop_chunk']:.0f}, "
-        f"the full network {r['best_plain_chunk']:.0f}; {r['measured_speedup']:.2f}x both at "
-        f"{r['speed_batch']}).",
-        "",
-        *_uncertainty(r),
-        "| model | gamma | threshold | val acc | test acc | blocks | FLOPs / image | ms / image "
-        "(chunk) | speedup | policies |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in r["results"]:
-        g = row.get("gamma")
-        va, t = row.get("val_accuracy"), row.get("threshold")
-        cl_only = _cl_only(r, row.get("stage"))
-        name = (
-            _NAMES.get(row["method"], row["method"])
-            + (", curriculum only" if cl_only else "")
-            + (f", draw {row['draw']}" if row.get("draw") else "")
-            + (f" ({row['name'].split('(')[-1].rstrip(')')})" if row["method"] == "family" else "")
-            + (" (chosen)" if row.get("chosen") else "")
-        )
-        lines.append(
-            f"| {name} | {'' if g is None else f'{g:g}'} | {'' if t is None else f'{t:g}'} | "
-            f"{'' if va is None else f'{100 * va:.2f}%'} | {100 * row['accuracy']:.2f}% | "
-            f"{row['blocks_mean']:.2f} +- {row['blocks_std']:.2f} | {row['flops_mean']:.3e} | "
-            f"{row['ms_per_image']:.3f} ({row['best_chunk']}) | "
-            f"{row['measured_speedup_best_vs_best']:.2f}x | {row['num_policies']} |"
-        )
-    for a in r.get("also_test", []):
-        lines += [
-            "",
-            f"Also on `{a['data']}` ({a['images']} images, use {a['test_set']['uses']}): "
-            + ", ".join(f"{row['name']} {100 * row['accuracy']:.2f}%" for row in a["results"])
-            + f"; BlockDrop - full network {_pts(a['vs_full'])}.",
-        ]
-    lines += [
-        "",
-        "Minutes per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_minutes"].items()),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _cl_only(report: dict[str, Any], stage: str | None) -> bool:
-    """A curriculum model in a run that also finetunes (its curriculum-only candidate)."""
-    return stage == "curriculum" and report["config"].get("finetune") is not None
-
-
-def _uncertainty(r: dict[str, Any]) -> list[str]:
-    """The paired BlockDrop - full differences (reports written before they existed: none)."""
-    vs = r.get("vs_full")
-    if not vs:
-        return []
-    line = [
-        f"BlockDrop - full network, on the same images: {_pts(vs['test'])} on test, "
-        f"{_pts(vs['val'])} on validation (paired standard errors; accuracies +- "
-        f"{100 * r['accuracy_se']:.2f} / {100 * r['full_accuracy_se']:.2f} points alone)."
-    ]
-    return line + [""]
-
-
-def _pts(d: dict[str, Any]) -> str:
-    lo, hi = d["ci95"]
-    return (
-        f"{100 * d['diff']:+.2f} +- {100 * d['se']:.2f} points (95% CI {100 * lo:+.2f} .. "
-        f"{100 * hi:+.2f}, McNemar p = {d['p_value']:.2g}, {d['n']} images)"
-    )
-
-
-def write_report(
-    out: Path, report: dict[str, Any], final_net: Any, final: EvalResult, test: DataInfo
-) -> list[Path]:
-    """Write ``report.json``, ``report.md``, ``tradeoff.png``, ``block_usage.png`` and
-    ``policy_grid.png`` into ``out``; returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(out / "report.md", summary_markdown(report))
-    series: dict[str, list[dict[str, float]]] = {}
-    full = None
-    for row in report["results"]:
-        pt = {
-            "accuracy": row["accuracy"],
-            "flops": row["flops_mean"],
-            "ms_per_image": row["ms_per_image"],
-            "label": (
-                f"g={row['gamma']:g}" + (" cl" if _cl_only(report, row.get("stage")) else "")
-                if row["method"] == "blockdrop"
-                else row["name"].split("(")[-1].rstrip(")")
-                if row["method"] == "family"
-                else ""
-            ),
-        }
-        if row["method"] == "full":
-            full = pt
-        else:
-            series.setdefault(_NAMES[row["method"]], []).append(pt)
-    paths = [
-        out / "report.json",
-        out / "report.md",
-        plot_tradeoff(
-            series,
-            out / "tradeoff.png",
-            full=full,
-            axes=("ms_per_image", "flops"),
-            title=f"{report.get('arch', '')}: accuracy vs measured time and FLOPs (test set)",
-        ),
-    ]
-    paths.append(
-        plot_block_usage(
-            final.block_freq,
-            out / "block_usage.png",
-            title=f"Block usage (BlockDrop, gamma {report['gamma']:g})",
-        )
-    )
-    assert final.policies is not None and final.labels is not None
-    n = min(len(test.dataset), final.policies.shape[0])
-    pick = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:512].sort().values
-    imgs = torch.stack([test.dataset[int(i)][0] for i in pick])
-    names = [test.classes[int(final.labels[i])] for i in pick]
-    paths.append(
-        plot_policy_grid(
-            denormalize(imgs),
-            final.policies[pick],
-            out / "policy_grid.png",
-            labels=names,
-            title="Test images grouped by policy",
-        )
-    )
-    return paths
 
 
 @dataclass
@@ -319,49 +157,34 @@ def _results(
     return rows
 
 
-def build_report(
-    run: Run,
-    cands: Candidates,
-    shown: list[Point],
-    chosen: Point,
-    final_path: Path,
-    baselines: list[Baseline],
-    t: TestResults,
-    test: DataInfo,
-    arch: str,
-    weights: Any,
-    train_source: str,
-    minutes: float,
-    minutes_blockdrop: float,
-) -> Report:
-    """Step 6: the report of a finished run (``minutes``: the whole run; ``minutes_blockdrop``:
-    until BlockDrop's model was chosen, everything it depends on included; both wall time, added
-    over ``run.sessions`` sessions for a resumed run, see :meth:`Run.elapsed`)."""
-    res, p, cfg = t.points[id(chosen)], run.preset, run.preset.selection
-    assert cands.full_val is not None
-    chosen_d = {
-        "checkpoint": str(final_path),
+def _chosen(res: EvalResult, full: EvalResult, chosen: Point, full_val: EvalResult) -> dict[str, Any]:
+    """The chosen model's test numbers, and BlockDrop - full on the same images (paired), on test
+    and on validation."""
+    return {
         "accuracy": res.accuracy,
         "blocks_mean": res.blocks_mean,
         "blocks_std": res.blocks_std,
         "flops_mean": res.flops_mean,
         "flops_std": res.flops_std,
-        "full_flops": t.full.flops_mean,
-        "num_blocks": cands.adapted.num_blocks,
+        "full_flops": full.flops_mean,
         "num_policies": res.num_policies,
-        "full_accuracy": t.full.accuracy,
-        # BlockDrop - full on the same images (paired), on test and on the validation split
+        "full_accuracy": full.accuracy,
         "accuracy_se": _se(res),
-        "full_accuracy_se": _se(t.full),
-        "vs_full": {"test": _paired(res, t.full), "val": _paired(chosen.val, cands.full_val)},
+        "full_accuracy_se": _se(full),
+        "vs_full": {"test": _paired(res, full), "val": _paired(chosen.val, full_val)},
         "gamma": chosen.gamma,
         "threshold": chosen.threshold,
         "stage": chosen.stage,
         "draw": chosen.draw,
     }
+
+
+def _speed(t: TestResults, chosen: Point, repeats: int) -> dict[str, Any]:
+    """The chosen model's measured speed against the full network's, at the whole batch and each
+    at its fastest chunk of it."""
     full_s, bd_s = t.speed["full"], t.speed[point_name(chosen)]
     whole = max(full_s.ms_by_chunk)  # the batch itself, unchunked
-    speed = {
+    return {
         "measured_speedup": full_s.ms_by_chunk[whole] / bd_s.ms_by_chunk[whole],
         "speed_batch": whole,
         # the plain network at its fastest chunk size of the batch (a fair CPU baseline)
@@ -373,13 +196,19 @@ def build_report(
         "timing": {
             "threads": 1,
             "batch": whole,
-            "repeats": p.evaluation.speed_repeats,
+            "repeats": repeats,
             "chunks": sorted(full_s.ms_by_chunk),
             "method": "interleaved rounds, "
             "medians, each model at its fastest chunk (blockdrop.evaluation.speed)",
         },
     }
-    val = {
+
+
+def _val(run: Run, cands: Candidates) -> dict[str, Any]:
+    """The validation side: the full network's accuracy, the selection rule, every point."""
+    cfg = run.preset.selection
+    assert cands.full_val is not None
+    return {
         "images": len(run.val.dataset),
         "full_accuracy": cands.full_val.accuracy,
         "selection": describe(cfg),
@@ -399,6 +228,35 @@ def build_report(
             for q in cands.points
         ],
     }
+
+
+def build_report(
+    run: Run,
+    cands: Candidates,
+    shown: list[Point],
+    chosen: Point,
+    final_path: Path,
+    baselines: list[Baseline],
+    t: TestResults,
+    test: DataInfo,
+    arch: str,
+    weights: Any,
+    train_source: str,
+    minutes: float,
+    minutes_blockdrop: float,
+) -> Report:
+    """Step 6: the report of a finished run (``minutes``: the whole run; ``minutes_blockdrop``:
+    until BlockDrop's model was chosen, everything it depends on included; both wall time, added
+    over ``run.sessions`` sessions for a resumed run, see :meth:`Run.elapsed`)."""
+    res, p = t.points[id(chosen)], run.preset
+    assert cands.full_val is not None
+    chosen_d = {
+        "checkpoint": str(final_path),
+        **_chosen(res, t.full, chosen, cands.full_val),
+        "num_blocks": cands.adapted.num_blocks,
+    }
+    speed = _speed(t, chosen, p.evaluation.speed_repeats)
+    val = _val(run, cands)
     provenance = {
         "minutes": minutes,
         "minutes_total": minutes,

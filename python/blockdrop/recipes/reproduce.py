@@ -34,19 +34,18 @@ import torch
 from blockdrop.data import DatasetNotFoundError
 from blockdrop.recipes.config import Preset
 from blockdrop.recipes.presets import get_preset
-from blockdrop.recipes.report import build_report, write_report
-from blockdrop.recipes.stages import RunPaths
+from blockdrop.recipes.report import build_report
+from blockdrop.recipes.report_files import write_report
+from blockdrop.recipes.run import RunPaths
 from blockdrop.recipes.steps import (
     DataArg,
-    evaluate_also,
-    evaluate_on_test,
-    load_test,
     select,
     start_run,
     train_baselines,
     train_candidates,
     write_validation,
 )
+from blockdrop.recipes.verdict import evaluate_also, evaluate_on_test, load_test
 
 __all__ = ["reproduce", "start_run", "RunPaths"]
 
@@ -131,13 +130,18 @@ def reproduce(
     report["also_test"] = [evaluate_also(run, a, cands, shown, baselines, chosen) for a in also_test or []]
     res = t.points[id(chosen)]
     write_report(run.paths.out, report, chosen.net, res, test)
-    log(
-        f"[done] {p.name}: BlockDrop {100 * res.accuracy:.2f}% at {res.blocks_mean:.2f}/"
-        f"{report['num_blocks']} blocks (gamma {chosen.gamma:g}, threshold {chosen.threshold:g}); "
-        f"full network {100 * report['full_accuracy']:.2f}%; measured speedup "
-        f"{report['measured_speedup_best_vs_best']:.2f}x (each at its fastest chunk of "
-        f"{report['speed_batch']} images, one thread); "
-        f"{report['minutes_blockdrop']:.1f} min to BlockDrop's model, {report['minutes']:.1f} in all "
-        f"-> {run.paths.out}/report.json"
-    )
+    log(_done_line(report, run.paths.out))
     return report
+
+
+def _done_line(r: dict[str, Any], out: Path) -> str:
+    """The run's last log line: BlockDrop against the full network, its speed and time."""
+    return (
+        f"[done] {r['preset']}: BlockDrop {100 * r['accuracy']:.2f}% at {r['blocks_mean']:.2f}/"
+        f"{r['num_blocks']} blocks (gamma {r['gamma']:g}, threshold {r['threshold']:g}); "
+        f"full network {100 * r['full_accuracy']:.2f}%; measured speedup "
+        f"{r['measured_speedup_best_vs_best']:.2f}x (each at its fastest chunk of "
+        f"{r['speed_batch']} images, one thread); "
+        f"{r['minutes_blockdrop']:.1f} min to BlockDrop's model, {r['minutes']:.1f} in all "
+        f"-> {out}/report.json"
+    )

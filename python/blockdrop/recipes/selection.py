@@ -11,9 +11,9 @@ from blockdrop.blockdrop_net import BlockDropNet
 from blockdrop.evaluation.evaluate import EvalResult
 from blockdrop.recipes import stages
 from blockdrop.recipes.config import SelectionConfig
-from blockdrop.recipes.stages import Run
+from blockdrop.recipes.run import Run
 
-__all__ = ["Point", "val_points", "select", "describe"]
+__all__ = ["Point", "val_points", "select", "describe", "point_name"]
 
 
 @dataclass
@@ -139,3 +139,12 @@ def _saves_flops(r: EvalResult) -> bool:
     if r.flops_mean is None or r.full_flops is None:
         return True
     return r.flops_mean < r.full_flops
+
+
+def point_name(q: Point) -> str:
+    """A BlockDrop point's name in the report and the timing."""
+    return (
+        f"blockdrop gamma={q.gamma:g} t={q.threshold:g}"
+        + ("" if q.stage == "finetune" else f" {q.stage}")
+        + (f" draw={q.draw}" if q.draw else "")
+    )
