@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,26 +20,36 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _relative(obj: Any, run: Path, data_dirs: list[str]) -> Any:
+Subs = list[tuple[re.Pattern[str], str]]
+
+
+def _relative(obj: Any, subs: Subs) -> Any:
+    """``obj`` with every machine path in its strings rewritten by ``subs``."""
     if isinstance(obj, str):
-        if obj.startswith(str(run)):
-            obj = "runs/" + run.name + obj[len(str(run)) :]
-        for d in data_dirs:
-            obj = obj.replace(d + "/", "")
+        for pattern, replacement in subs:
+            obj = pattern.sub(replacement, obj)
         return obj
     if isinstance(obj, dict):
-        return {k: _relative(v, run, data_dirs) for k, v in obj.items()}
+        return {k: _relative(v, subs) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_relative(v, run, data_dirs) for v in obj]
+        return [_relative(v, subs) for v in obj]
     return obj
 
 
-def _data_dirs(report: dict[str, Any]) -> list[str]:
-    """The folders of the run's data and weight files (written as file names only)."""
+def _path(prefix: str) -> re.Pattern[str]:
+    """``prefix`` where it starts a path (not inside a longer one) and ends at a separator."""
+    return re.compile(r"(?<![\w./-])" + re.escape(prefix.rstrip("/")) + r"(?=/|[^\w./-]|$)")
+
+
+def _substitutions(report: dict[str, Any], run: Path) -> Subs:
+    """The run folder -> ``runs/NAME``; the folders of its data and weight files -> nothing (file
+    names only); the home folder -> ``~``."""
     sources = [str(report.get(k, "")) for k in ("train_data", "val_data", "test_data", "weights")]
-    sources += [a.get("data", "") for a in report.get("also_test", [])]
+    sources += [str(a.get("data", "")) for a in report.get("also_test", [])]
     dirs = {str(Path(s.split(" (")[0]).parent) for s in sources if s.startswith("/")}
-    return sorted(dirs, key=len, reverse=True)
+    subs: Subs = [(_path(str(run)), "runs/" + run.name)]
+    subs += [(re.compile(_path(d).pattern + "/"), "") for d in sorted(dirs, key=len, reverse=True)]
+    return subs + [(_path(str(Path.home())), "~")]
 
 
 def main() -> None:
@@ -51,12 +62,12 @@ def main() -> None:
     a = ap.parse_args()
     run = a.run.resolve()
     report = json.loads((run / "report.json").read_text())
-    dirs = _data_dirs(report)
-    report = _relative(report, run, dirs)
+    subs = _substitutions(report, run)
+    report = _relative(report, subs)
     report["run"] = {"command": a.command, "machine": a.machine, "note": a.note}
     out = ROOT / "benchmarks" / "results" / "fidelity" / a.name
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    md = _relative((run / "report.md").read_text(), run, dirs)
+    md = _relative((run / "report.md").read_text(), subs)
     head = f"Command: `{a.command}`; {a.machine}.{(' ' + a.note) if a.note else ''}\n\n"
     title, _, rest = md.partition("\n\n")
     out.with_suffix(".md").write_text(f"{title}\n\n{head}{rest}")

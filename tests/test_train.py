@@ -333,7 +333,19 @@ def test_resume_after_kill_matches_uninterrupted_run(
     # uninterrupted
     pnet, bb = make_models(seed=1)
     ref = Trainer(cfg(**c), pnet, bb, tiny_data(), tmp_path / "a")
-    ref.fit()
+    saved: list[tuple[int, int]] = []  # on_save runs once each checkpoint is on disk
+
+    def on_save(t: Trainer) -> None:
+        saved.append(
+            (
+                t.global_step,
+                load_checkpoint(tmp_path / "a" / "last.safetensors")[1]["progress"]["global_step"],
+            )
+        )
+
+    ref.fit(on_save=on_save)
+    steps = [1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9]  # every step (ckpt_every=1), and each epoch's end
+    assert saved == [(s, s) for s in steps]
     ref_state = snapshot(pnet, bb)
     ref_opt = ref.optimizer.state_dict()["state"]
 

@@ -77,7 +77,7 @@ class BlockDropNet(nn.Module):
         if mode == "capacity" and self.capacity is None:
             raise ValueError(
                 "mode: capacity mode needs per-block shares first: calibrate_capacity"
-                "(loader) or set_capacity(shares=..., budget=...)"
+                "(loader) or set_capacity(capacity=..., budget=...)"
             )
         self.mode = mode
         return self

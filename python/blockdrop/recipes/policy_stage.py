@@ -59,9 +59,13 @@ def stage_blockdrop(run: Run, backbone: ResNetBackbone, gamma: float, draw: int 
     if ft_cfg is None:
         cl = dataclasses.replace(cl, gamma=gamma)
     trainer = Trainer(cl, pnet, executed, run.train, cl_dir, extra_meta=meta)
+
+    def saved(_: Trainer) -> None:  # a trainer's checkpoint keeps the time spent up to it
+        run.checkpointed()
+
     learned = "every block learned" if (cl.cl_step or k) >= k else f"{cl.cl_step} more blocks per epoch"
     run.log(f"{tag} curriculum: {trainer.cfg.epochs} epochs, {learned}")
-    run.timed(f"curriculum_gamma{gamma:g}", lambda: trainer.fit(resume=run.resume))
+    run.timed(f"curriculum_gamma{gamma:g}", lambda: trainer.fit(resume=run.resume, on_save=saved))
     if ft_cfg is not None:
         ft = dataclasses.replace(run.stage_config(ft_cfg, draw), gamma=gamma)
         teacher = backbone if ft.distill else None
@@ -70,7 +74,7 @@ def stage_blockdrop(run: Run, backbone: ResNetBackbone, gamma: float, draw: int 
             f"{tag} joint finetuning: {trainer.total_steps} steps "
             f"({trainer.cfg.epochs} epoch(s) of {trainer.batches_per_epoch})"
         )
-        run.timed(f"finetune_gamma{gamma:g}", lambda: trainer.fit(resume=run.resume))
+        run.timed(f"finetune_gamma{gamma:g}", lambda: trainer.fit(resume=run.resume, on_save=saved))
     return BlockDropNet(pnet, executed, strategy="auto").to(run.device).eval()
 
 

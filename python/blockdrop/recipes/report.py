@@ -73,6 +73,7 @@ class Report:
     provenance: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        """``report.json``: the chosen model's fields at the top level, then ``val`` and ``results``."""
         return {**self.chosen, **self.speed, **self.provenance, "val": self.val, "results": self.results}
 
 

@@ -107,10 +107,12 @@ def reproduce(
     chosen, shown, final_path = select(run, cands)
     minutes_blockdrop = run.mark("blockdrop") / 60
     if test_data is None:
-        return write_validation(run, cands, chosen, minutes_blockdrop)
+        validation = write_validation(run, cands, chosen, minutes_blockdrop)
+        run.checkpointed()
+        return validation
     baselines = train_baselines(run, cands, shown, chosen, family_weights or ())
     test, use = load_test(run, test_data)
-    t = evaluate_on_test(run, test, cands, shown, baselines, chosen)
+    t = evaluate_on_test(run, test, cands, shown, baselines)
     report = build_report(
         run,
         cands,
@@ -130,6 +132,7 @@ def reproduce(
     report["also_test"] = [evaluate_also(run, a, cands, shown, baselines, chosen) for a in also_test or []]
     res = t.points[id(chosen)]
     write_report(run.paths.out, report, chosen.net, res, test)
+    run.checkpointed()  # the report is the run's last product: all of its time is kept
     log(_done_line(report, run.paths.out))
     return report
 

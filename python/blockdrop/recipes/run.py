@@ -87,15 +87,19 @@ class RunPaths:
         atomic_write_text(self.out / "config.yaml", config)
 
     def pretrained(self) -> Path:
+        """The backbone trained from scratch (runs without pretrained weights)."""
         return self.out / "pretrain" / "backbone.safetensors"
 
     def adapted(self) -> Path:
+        """The backbone after the adapt stage."""
         return self.out / "adapt" / "backbone.safetensors"
 
     def souped(self) -> Path:
+        """The weight average BlockDrop executes."""
         return self.out / "adapt" / "souped.safetensors"
 
     def full(self) -> Path:
+        """The full network finetuned alike."""
         return self.out / "baselines" / "full.safetensors"
 
     def full_adapt(self) -> Path:
@@ -103,9 +107,11 @@ class RunPaths:
         return self.out / "baselines" / "full_adapt.safetensors"
 
     def baseline(self, kind: str, gamma: float, threshold: float, tag: str = "") -> Path:
+        """FirstK / RandomK (``kind``) at a shown point's block count."""
         return self.out / "baselines" / f"{kind}_gamma{gamma:g}_t{threshold:g}{tag}.safetensors"
 
     def stage(self, gamma: float, stage: str) -> Path:
+        """A policy stage's trainer folder (``curriculum``, ``finetune``, ``..._draw1``)."""
         return self.out / f"gamma{gamma:g}" / stage
 
 
@@ -135,30 +141,44 @@ class Run:
     seconds: dict[str, float] = field(default_factory=dict)
     replay: ReplayTeacher | None = None  # the pretrained teacher's recording (adapt -> full)
     cache: dict[Any, Any] = field(default_factory=dict)  # measurements shared by stages (drop costs)
-    started: float = field(default_factory=time.time)  # this session's start
-    elapsed_before: float = 0.0  # seconds of earlier sessions, up to each one's last finished stage
+    started: float = field(default_factory=lambda: time.time())  # this session's start
+    elapsed_before: float = 0.0  # seconds of earlier sessions, up to each one's last checkpoint
     sessions: int = 1
     marks: dict[str, float] = field(default_factory=dict)  # elapsed() when a milestone was first reached
+    _open: list[tuple[str, float]] = field(default_factory=list, init=False, repr=False)  # stages in progress
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
-        """``fn()``, its seconds added to ``seconds[name]``; the run's clock saved after it."""
+        """``fn()``, its seconds added to ``seconds[name]``."""
         t = time.time()
-        out = fn()
+        self._open.append((name, t))
+        try:
+            out = fn()
+        finally:
+            self._open.pop()
         self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - t
-        self._save_clock()
         return out
 
     def elapsed(self) -> float:
-        """Wall seconds of the work this run kept: earlier sessions up to their last finished stage
+        """Wall seconds of the work this run kept: earlier sessions up to their last checkpoint
         (``OUT/clock.json``), plus this session so far."""
         return self.elapsed_before + time.time() - self.started
+
+    def checkpointed(self) -> None:
+        """Record that a checkpoint was written (a stage's model, or a trainer's own): the clock
+        is saved with the time so far, that of the stages in progress included, so that a
+        resumed run counts the work it keeps and nothing it redoes."""
+        now, secs = time.time(), dict(self.seconds)
+        for name, t in self._open:
+            secs[name] = secs.get(name, 0.0) + now - t
+        c = {"seconds": self.elapsed(), "stage_seconds": secs, "sessions": self.sessions, "marks": self.marks}
+        atomic_write_text(self.paths.out / "clock.json", json.dumps(c, indent=1))
 
     def mark(self, name: str) -> float:
         """The elapsed seconds at which the run first reached milestone ``name`` (now, unless an
         earlier session of a resumed run reached it), saved with the clock."""
         if name not in self.marks:
             self.marks[name] = self.elapsed()
-            self._save_clock()
+            self.checkpointed()
         return self.marks[name]
 
     def resume_clock(self) -> None:
@@ -176,15 +196,6 @@ class Run:
             raise IncompatibleError(
                 f"out: {f} is not a run's clock ({e!r}); remove it to restart the clock"
             ) from e
-
-    def _save_clock(self) -> None:
-        c = {
-            "seconds": self.elapsed(),
-            "stage_seconds": self.seconds,
-            "sessions": self.sessions,
-            "marks": self.marks,
-        }
-        atomic_write_text(self.paths.out / "clock.json", json.dumps(c, indent=1))
 
     def stage_config(self, cfg: Any, seed_offset: int = 0) -> Any:
         """A stage's config with the run's settings written in (seed, progress; the device for

@@ -102,6 +102,7 @@ def _save_full_path(run: Run, path: Path, backbone: ResNetBackbone, stage: str) 
         BlockDropNet(BaselinePolicy("full", backbone.num_blocks), backbone),
         {**run.meta, "stage": stage},
     )
+    run.checkpointed()
 
 
 def stage_pretrain(run: Run, backbone: ResNetBackbone) -> ResNetBackbone:
@@ -246,6 +247,7 @@ def _finetune_phase(run: Run, backbone: ResNetBackbone, name: str, path: Path) -
         )
     net = BlockDropNet(BaselinePolicy("full", nb), backbone, strategy="auto")
     save_blockdrop_net(path, net, {**run.meta, "stage": f"baseline_{name}"})
+    run.checkpointed()
     return net.to(run.device).eval()
 
 
@@ -291,4 +293,5 @@ def stage_baseline(
         _train_fixed(run, backbone, sampler, supervised_alike(run, steps), f"baseline_{kind}", adapted)
     net = BlockDropNet(policy, backbone, strategy="auto")
     save_blockdrop_net(path, net, {**run.meta, "stage": f"baseline_{kind}"})
+    run.checkpointed()
     return net.to(run.device).eval()

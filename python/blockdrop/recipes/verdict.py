@@ -53,7 +53,7 @@ def load_test(run: Run, test_data: DataArg) -> tuple[DataInfo, dict[str, Any]]:
 
 
 def evaluate_on_test(
-    run: Run, test: DataInfo, cands: Candidates, shown: list[Point], baselines: list[Baseline], chosen: Point
+    run: Run, test: DataInfo, cands: Candidates, shown: list[Point], baselines: list[Baseline]
 ) -> TestResults:
     """Step 5: the full network, every shown point and every baseline on ``test`` (once), then
     every model timed side by side (one thread, interleaved rounds, each at its fastest chunk:

@@ -241,20 +241,31 @@ class Trainer:
         self.opt.step(loss)
         return stats.detach()
 
-    def fit(self, resume: bool = False, on_step: Callable[[Trainer], None] | None = None) -> dict[str, Any]:
+    def fit(
+        self,
+        resume: bool = False,
+        on_step: Callable[[Trainer], None] | None = None,
+        on_save: Callable[[Trainer], None] | None = None,
+    ) -> dict[str, Any]:
         """Train to ``cfg.epochs``; with ``resume`` continue from ``out_dir/last.safetensors``.
 
         ``on_step(trainer)`` runs after every step and its checkpoint (tests use it to simulate
-        a kill).  Returns the last validation metrics (or the last training metrics).
+        a kill); ``on_save(trainer)`` after every checkpoint written (a caller's own record of
+        what a resume would keep). Returns the last validation metrics (or the last training
+        metrics).
 
         Ctrl-C (SIGINT, single process) stops at the end of the current step, writes the
         checkpoint there and raises KeyboardInterrupt: ``resume`` continues exactly from it.
         """
         with interrupt_at_step_end() as interrupted:
-            return self._fit(resume, on_step, interrupted)
+            return self._fit(resume, on_step, interrupted, on_save or (lambda _: None))
 
     def _fit(
-        self, resume: bool, on_step: Callable[[Trainer], None] | None, interrupted: Callable[[], bool]
+        self,
+        resume: bool,
+        on_step: Callable[[Trainer], None] | None,
+        interrupted: Callable[[], bool],
+        on_save: Callable[[Trainer], None],
     ) -> dict[str, Any]:
         if resume:
             self.resume()
@@ -307,9 +318,11 @@ class Trainer:
                     self.log(last)
                 if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
                     self.save()
+                    on_save(self)
                 if interrupted() and not self.dist.distributed:
                     bar.close()
                     self.save()
+                    on_save(self)
                     raise KeyboardInterrupt(
                         f"stopped after step {self.global_step}; checkpoint {self.checkpoint_path()}"
                     )
@@ -322,6 +335,7 @@ class Trainer:
             if main and last:
                 self.history.append(last)
             self.save()
+            on_save(self)
             if main and last.get("split") == "val" and last["acc"] > self._best_acc():
                 self._keep_best()
         if self.dist.distributed:
