@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from blockdrop.evaluation import evaluate as evaluate_mod
 from blockdrop.evaluation.evaluate import measure_throughput
 from blockdrop.evaluation.timing import Timing, interleaved
 
@@ -39,23 +40,24 @@ def test_median_best_spread_and_clocks() -> None:
         interleaved({"a": lambda: None}, rounds=0)
 
 
-class _SleepyNet(torch.nn.Module):
-    """measure_throughput's interface; the plain backbone sleeps ``cost(n)`` per call of ``n``
-    images, the BlockDrop path half of that."""
+class _CostNet(torch.nn.Module):
+    """measure_throughput's interface on a virtual clock: the plain backbone costs ``cost(n)``
+    seconds per call of ``n`` images, the BlockDrop path half of that. Deterministic: no test
+    depends on how busy the machine is."""
 
     def __init__(self, cost) -> None:
         super().__init__()
-        self.cost = cost
+        self.cost, self.clock = cost, 0.0
 
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(self.cost(x.shape[0]))
+        self.clock += self.cost(x.shape[0])
         return x
 
     def policy(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ones(x.shape[0], 2)
 
     def run_backbone(self, x: torch.Tensor, p: torch.Tensor, strategy: object) -> torch.Tensor:
-        time.sleep(self.cost(x.shape[0]) / 2)
+        self.clock += self.cost(x.shape[0]) / 2
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,15 +65,29 @@ class _SleepyNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("superlinear", [False, True])
-def test_throughput_finds_the_fastest_plain_chunk(superlinear: bool) -> None:
+def test_throughput_finds_the_fastest_plain_chunk(superlinear: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # per-call overhead: the whole batch is fastest; cost growing as n^2: the smallest chunk is
     cost = (lambda n: 2e-6 * n * n) if superlinear else (lambda n: 0.006)
+    net = _CostNet(cost)
+
+    def virtual_interleaved(fns, rounds, warmup, device):  # each function's cost on net's clock
+        out = {}
+        for name, fn in fns.items():
+            t0 = net.clock
+            fn()
+            out[name] = Timing((net.clock - t0,) * rounds)
+        return out
+
+    monkeypatch.setattr(evaluate_mod, "interleaved", virtual_interleaved)
     xs = [torch.zeros(64, 1)]
-    r = measure_throughput(_SleepyNet(cost), xs, repeats=3, plain_chunks=(32, 16, 64, 128))
-    assert r["best_plain_chunk"] == (16.0 if superlinear else 64.0)
-    assert r["best_blockdrop_chunk"] == (16.0 if superlinear else 64.0)
-    assert r["speedup_best_vs_best"] > 1.2 and r["speedup"] > 1.2  # half the plain cost
-    assert r["best_plain_ips"] >= r["full_ips"]  # every size's time is a candidate
-    assert r["speedup_vs_best_plain"] == pytest.approx(r["speedup"] * r["full_ips"] / r["best_plain_ips"])
+    r = measure_throughput(net, xs, repeats=3, plain_chunks=(32, 16, 64, 128))
+    best = 16.0 if superlinear else 64.0
+    assert r["best_plain_chunk"] == best and r["best_blockdrop_chunk"] == best
+    plain = {64: cost(64), 32: 2 * cost(32), 16: 4 * cost(16)}  # seconds for the 64 images
+    assert r["full_ips"] == pytest.approx(64 / plain[64])
+    assert r["best_plain_ips"] == pytest.approx(64 / plain[int(best)])
+    assert r["speedup"] == pytest.approx(2.0) and r["speedup_best_vs_best"] == pytest.approx(2.0)
+    assert r["speedup_vs_best_plain"] == pytest.approx(plain[int(best)] / (plain[64] / 2))
+    assert r["backbone_speedup"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="plain_chunks"):
-        measure_throughput(_SleepyNet(cost), xs, repeats=1, plain_chunks=(0,))
+        measure_throughput(_CostNet(cost), xs, repeats=1, plain_chunks=(0,))
