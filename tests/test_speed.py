@@ -1,31 +1,42 @@
 """blockdrop.evaluation.speed: every model timed over the same images in every chunk size, each
 judged at its fastest; the pruned network is the plain blocks it keeps. Checked with models whose
-cost per call is known (sleeps), and the pruned forward against a plain-PyTorch reference."""
+cost per call is known (on a virtual clock), and the pruned forward against a plain-PyTorch reference."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 import torch
 
+from blockdrop.evaluation import speed as speed_mod
 from blockdrop.evaluation.speed import static_forward, time_models
+from blockdrop.evaluation.timing import Timing
 
 
-def test_each_model_is_judged_at_its_fastest_chunk() -> None:
+def test_each_model_is_judged_at_its_fastest_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """A model paying 4 ms per call is fastest unchunked; one paying 0.05 ms per image squared
-    per call (its cost grows faster than the chunk) is fastest in the smallest chunk. The ms per
-    image follow from the sleeps (generous bounds: a sleep overshoots, never undershoots)."""
+    per call (its cost grows faster than the chunk) is fastest in the smallest chunk. The costs
+    run on a virtual clock, so the ms per image are exact whatever the machine is doing."""
     calls: dict[str, list[int]] = {"per_call": [], "quadratic": []}
+    clock = [0.0]
 
     def per_call(x: torch.Tensor) -> None:
         calls["per_call"].append(x.shape[0])
-        time.sleep(0.004)
+        clock[0] += 0.004
 
     def quadratic(x: torch.Tensor) -> None:
         calls["quadratic"].append(x.shape[0])
-        time.sleep(0.00005 * x.shape[0] ** 2)
+        clock[0] += 0.00005 * x.shape[0] ** 2
 
+    def virtual_interleaved(fns, rounds, warmup, **_):  # every function, every round, virtual time
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _round in range(rounds):
+            for name, fn in fns.items():
+                t0 = clock[0]
+                fn()
+                times[name].append(clock[0] - t0)
+        return {name: Timing(tuple(t)) for name, t in times.items()}
+
+    monkeypatch.setattr(speed_mod, "interleaved", virtual_interleaved)
     batches = [torch.zeros(16, 1), torch.zeros(16, 1)]
     before = torch.get_num_threads()
     s = time_models(
@@ -36,10 +47,11 @@ def test_each_model_is_judged_at_its_fastest_chunk() -> None:
     assert s["per_call"].best_chunk == 16 and s["quadratic"].best_chunk == 4
     # every size, both batches, every round: the same images in each
     assert sorted(calls["per_call"]) == sorted([16] * 4 + [8] * 8 + [4] * 16)
-    # per image: 4 ms / 16 images; 0.05 ms * 4^2 / 4 images
-    assert 0.25 <= s["per_call"].ms_per_image < 0.25 * 3
-    assert 0.2 <= s["quadratic"].ms_per_image < 0.2 * 3
-    assert s["quadratic"].ms_by_chunk[16] >= 0.8
+    # per image: 4 ms / 16 images; 0.05 ms * 4^2 / 4 images; unchunked 0.05 ms * 16^2 / 16
+    assert s["per_call"].ms_per_image == pytest.approx(0.25)
+    assert s["quadratic"].ms_per_image == pytest.approx(0.2)
+    assert s["quadratic"].ms_by_chunk[16] == pytest.approx(0.8)
+    assert s["per_call"].ms_by_chunk[4] == pytest.approx(1.0)
 
 
 def test_time_models_rejects_bad_batches() -> None:
