@@ -55,6 +55,30 @@ def _finetune(**kw: Any) -> TrainConfig:
     return TrainConfig(stage="finetune", **kw)
 
 
+def _recipe_curriculum(**kw: Any) -> CurriculumConfig:
+    """The recipe's curriculum (quick, cpu, gpu): the drop-cost prior, every block from the first
+    step, the cheap policy network, two draws at gamma 2; ``kw``: the budget's own settings."""
+    common: dict[str, Any] = {"prior": True, "cl_step": None, "extra_epochs": 4, "lr": 3e-3, "gamma": 2.0}
+    return CurriculumConfig(**common, draws=2, **_POLICY, **kw)
+
+
+def _recipe_finetune(**kw: Any) -> TrainConfig:
+    """The recipe's joint stage: distilled from its starting backbone, which learns on the
+    thresholded sub-network that evaluation executes; ``kw``: steps, batch size, precision."""
+    return _finetune(lr=3e-4, distill=0.4, backbone_on="greedy", **kw)
+
+
+def _fewest_within_a_point() -> SelectionConfig:
+    """cpu / gpu: the fewest blocks within one point of the full network on validation."""
+    return SelectionConfig(
+        rule="tolerance",
+        tolerance=0.01,
+        thresholds=(0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85),
+        refine=2,
+        include_curriculum=False,
+    )
+
+
 # the CPU presets train in bfloat16 at batch 128 (the official batch sizes are 2048 / 256)
 _CPU: dict[str, Any] = {"batch_size": 128, "amp": "bf16"}
 # the recipe's policy network: a ResNet-8 of 12/24/48 channels on the 2x-pooled image, 1.4% of a
@@ -79,20 +103,8 @@ PRESETS: dict[str, Preset] = {
         summary="ResNet-56 in <= 15 minutes on 2 CPU cores (baselines on top)",
         gammas=(2.0,),
         adapt=AdaptConfig(steps=400, keep=0.8, lr=0.01, distill=0.4, soup=0.25, **_CPU),
-        curriculum=CurriculumConfig(
-            prior=True,
-            prior_keep=(0.3, 0.9),
-            prior_images=1000,
-            cl_step=None,
-            steps_per_epoch=25,
-            extra_epochs=4,
-            lr=3e-3,
-            gamma=2.0,
-            draws=2,
-            **_POLICY,
-            **_CPU,
-        ),
-        finetune=_finetune(steps=100, lr=3e-4, distill=0.4, backbone_on="greedy", **_CPU),
+        curriculum=_recipe_curriculum(prior_keep=(0.3, 0.9), prior_images=1000, steps_per_epoch=25, **_CPU),
+        finetune=_recipe_finetune(steps=100, **_CPU),
         selection=SelectionConfig(
             rule="budget",
             max_blocks=0.78,
@@ -108,27 +120,9 @@ PRESETS: dict[str, Preset] = {
         summary="ResNet-56 in <= 90 minutes on 2 CPU cores (baselines on top)",
         gammas=(2.0,),
         adapt=AdaptConfig(steps=2000, keep=0.7, lr=0.01, distill=0.4, soup=0.25, **_CPU),
-        curriculum=CurriculumConfig(
-            prior=True,
-            prior_keep=(0.2, 0.9),
-            prior_images=2000,
-            cl_step=None,
-            steps_per_epoch=60,
-            extra_epochs=4,
-            lr=3e-3,
-            gamma=2.0,
-            draws=2,
-            **_POLICY,
-            **_CPU,
-        ),
-        finetune=_finetune(steps=500, lr=3e-4, distill=0.4, backbone_on="greedy", **_CPU),
-        selection=SelectionConfig(
-            rule="tolerance",
-            tolerance=0.01,
-            thresholds=(0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85),
-            refine=2,
-            include_curriculum=False,
-        ),
+        curriculum=_recipe_curriculum(prior_keep=(0.2, 0.9), prior_images=2000, steps_per_epoch=60, **_CPU),
+        finetune=_recipe_finetune(steps=500, **_CPU),
+        selection=_fewest_within_a_point(),
         baselines=BaselinesConfig(first_random_k=True, static_k=(0, -3), static_images=2000),
         evaluation=EvalConfig(speed_repeats=3),
     ),
@@ -137,30 +131,11 @@ PRESETS: dict[str, Preset] = {
         summary="ResNet-56 in <= 8 minutes on one H100/H200 (not yet run on one)",
         gammas=(2.0,),
         adapt=AdaptConfig(steps=3000, keep=0.7, lr=0.02, distill=0.4, soup=0.25, batch_size=256, amp="bf16"),
-        curriculum=CurriculumConfig(
-            prior=True,
-            prior_keep=(0.2, 0.9),
-            prior_images=2000,
-            cl_step=None,
-            steps_per_epoch=60,
-            extra_epochs=4,
-            lr=3e-3,
-            gamma=2.0,
-            draws=2,
-            batch_size=256,
-            amp="bf16",
-            **_POLICY,
+        curriculum=_recipe_curriculum(
+            prior_keep=(0.2, 0.9), prior_images=2000, steps_per_epoch=60, batch_size=256, amp="bf16"
         ),
-        finetune=_finetune(
-            steps=1000, lr=3e-4, distill=0.4, backbone_on="greedy", batch_size=256, amp="bf16"
-        ),
-        selection=SelectionConfig(
-            rule="tolerance",
-            tolerance=0.01,
-            thresholds=(0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85),
-            refine=2,
-            include_curriculum=False,
-        ),
+        finetune=_recipe_finetune(steps=1000, batch_size=256, amp="bf16"),
+        selection=_fewest_within_a_point(),
     ),
 }
 
