@@ -259,6 +259,28 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     assert report["vs_full"]["val"]["n"] == 9
     assert report["accuracy_se"] == pytest.approx((res.accuracy * (1 - res.accuracy) / 12) ** 0.5)
     assert "BlockDrop - full network, on the same images" in md
+
+    # every model on validation too, and each minus BlockDrop on the same images, counted here
+    # from a plain forward of each checkpoint (FirstK/RandomK draw their blocks anew)
+    def correct(path: str) -> torch.Tensor:
+        net, got = blockdrop.load(path).eval(), []
+        with torch.no_grad():
+            for x, y in make_loader(load_dataset(tiny["val"], "test").dataset, 4, train=False):
+                got.append(net(x)[0].argmax(1) == y)
+        return torch.cat(got)
+
+    bd_val = correct(report["checkpoint"])
+    assert "vs_blockdrop" not in chosen[0]
+    for r in rows:
+        if r["method"] not in fixed or r.get("chosen"):
+            continue
+        c = correct(r["checkpoint"])
+        assert r["val_accuracy"] == pytest.approx(c.float().mean().item()), r["name"]
+        d = r["vs_blockdrop"]["val"]
+        assert (d["a_only"], d["b_only"], d["n"]) == (int((c & ~bd_val).sum()), int((bd_val & ~c).sum()), 9)
+        assert r["vs_blockdrop"]["test"]["diff"] == pytest.approx(r["accuracy"] - report["accuracy"])
+    assert all("vs_blockdrop" in r for r in rows if not r.get("chosen"))
+    assert "Each model minus the chosen BlockDrop model, paired" in md
     # every stage's model loads
     for r in report["results"]:
         assert blockdrop.load(r["checkpoint"]).backbone.num_blocks == 3

@@ -47,7 +47,10 @@ REPORT_KEYS = (
     "commit",
     "results",
 )
-#: Keys every row of ``results`` holds: one row per model, BlockDrop and every baseline.
+#: Keys every row of ``results`` holds: one row per model, BlockDrop and every baseline. Every row
+#: but the chosen model's also holds ``vs_blockdrop``: this model minus the chosen BlockDrop
+#: model, paired on the same images (``{"test": ..., "val": ...}``, each a
+#: :class:`~blockdrop.evaluation.stats.PairedDifference` as a dict).
 ROW_KEYS = (
     "method",
     "name",
@@ -58,6 +61,7 @@ ROW_KEYS = (
     "best_chunk",
     "measured_speedup_best_vs_best",
     "checkpoint",
+    "val_accuracy",
 )
 
 
@@ -121,6 +125,13 @@ def _results(
         }
 
     assert cands.full_val is not None
+    bd_test, bd_val = t.points[id(chosen)], chosen.val
+
+    def vs_blockdrop(res: EvalResult, val: EvalResult | None) -> dict[str, Any]:
+        """This model - BlockDrop's chosen one, paired on the same images."""
+        out = {"test": _paired(res, bd_test)}
+        return {**out, "val": _paired(val, bd_val)} if val is not None else out
+
     rows = [
         _row(
             "full",
@@ -128,6 +139,7 @@ def _results(
             name="full",
             val_accuracy=cands.full_val.accuracy,
             checkpoint=str(run.paths.full()),
+            vs_blockdrop=vs_blockdrop(t.full, cands.full_val),
             **timing("full"),
         )
     ]
@@ -145,6 +157,7 @@ def _results(
                 val_accuracy=q.val.accuracy,
                 val_blocks=q.val.blocks_mean,
                 checkpoint=str(final_path if q is chosen else q.checkpoint),
+                **({} if q is chosen else {"vs_blockdrop": vs_blockdrop(t.points[id(q)], q.val)}),
                 **timing(point_name(q)),
             )
         )
@@ -154,6 +167,9 @@ def _results(
             extra.update(gamma=b.point.gamma, threshold=b.point.threshold, stage=b.point.stage)
         if b.dropped is not None:
             extra["dropped"] = list(b.dropped)
+        if b.val is not None:
+            extra["val_accuracy"] = b.val.accuracy
+        extra["vs_blockdrop"] = vs_blockdrop(res, b.val)
         rows.append(_row(b.kind, res, name=b.name, checkpoint=str(b.path), **extra, **timing(b.name)))
     return rows
 

@@ -77,6 +77,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"{row['ms_per_image']:.3f} ({row['best_chunk']}) | "
             f"{row['measured_speedup_best_vs_best']:.2f}x | {row['num_policies']} |"
         )
+    lines += _vs_blockdrop(r["results"])
     for a in r.get("also_test", []):
         lines += [
             "",
@@ -108,6 +109,23 @@ def _uncertainty(r: dict[str, Any]) -> list[str]:
         f"{100 * r['accuracy_se']:.2f} / {100 * r['full_accuracy_se']:.2f} points alone)."
     ]
     return line + [""]
+
+
+def _vs_blockdrop(rows: list[dict[str, Any]]) -> list[str]:
+    """Each model minus the chosen BlockDrop model, paired, on test and validation (reports
+    written before these existed: none)."""
+    pairs = [(row["name"], row["vs_blockdrop"]) for row in rows if "vs_blockdrop" in row]
+    if not pairs:
+        return []
+
+    def short(d: dict[str, Any] | None) -> str:
+        if d is None:
+            return "-"
+        return f"{100 * d['diff']:+.2f} +- {100 * d['se']:.2f} points (p = {d['p_value']:.2g})"
+
+    head = "Each model minus the chosen BlockDrop model, paired on the same images, test / validation:"
+    lines = ["", head, ""]
+    return lines + [f"- {name}: {short(vs['test'])} / {short(vs.get('val'))}" for name, vs in pairs]
 
 
 def _pts(d: dict[str, Any]) -> str:

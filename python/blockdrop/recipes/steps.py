@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -102,6 +103,7 @@ class Baseline:
     net: BlockDropNet
     point: Point | None = None
     dropped: list[int] | None = None
+    val: EvalResult | None = None  # on the run's validation data, set by train_baselines
 
 
 def as_data(src: DataArg, split: str, seed: int) -> DataInfo:
@@ -297,7 +299,8 @@ def train_baselines(
     yet), FirstK and RandomK at each shown point's validation block count
     (``baselines.first_random_k``), StaticK at BlockDrop's chosen validation block count plus
     each ``baselines.static_k`` offset, and each smaller network of the family
-    (``family_weights``)."""
+    (``family_weights``). Each is evaluated on the validation data (``Baseline.val``), so that
+    BlockDrop and its alternatives can be compared without the test set."""
     cfg, k = run.preset.baselines, cands.backbone.num_blocks
     _train_full(run, cands)
     out: list[Baseline] = []
@@ -320,6 +323,9 @@ def train_baselines(
         path = run.paths.out / "baselines" / f"family_{Path(w).name.split('.')[0]}.safetensors"
         net = stage_family(run, Path(w), path)
         out.append(Baseline("family", f"{_arch_name(net.backbone)} ({Path(w).name})", path, net))
+    for b in out:
+        b.val = val = run.timed("baseline_val", partial(stages.evaluate_on, run, b.net, run.val))
+        run.log(f"[baseline {b.name}] val {100 * val.accuracy:.2f}% at {val.blocks_mean:.2f} blocks")
     return out
 
 
