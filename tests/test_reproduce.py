@@ -457,10 +457,94 @@ def test_reproduce_rejects_bad_settings(tiny, tmp_path) -> None:
         (["--set", "selection.rule=most"], "rule"),
         (["--set", "adapt.steps=3"], "adapt does not run"),
         (["--set", "curriculum.stps=1"], "unknown setting 'stps'"),
+        (["--val-baselines"], "--val-baselines: only without --test-data"),
     ):
         r = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and want in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and not (tmp_path / "c").exists()
+
+
+def test_a_run_without_a_test_set_compares_its_baselines_on_validation(tiny, tmp_path) -> None:
+    """No test set: the run stops at ``validation.json``; with ``val_baselines`` it trains the
+    baselines and compares them with the chosen BlockDrop model on the validation images, each
+    accuracy and paired difference equal to a plain forward of the checkpoints counted here."""
+    from blockdrop.data import load_dataset, make_loader
+    from blockdrop.recipes import reproduce as rep
+
+    args = (TINY, "resnet8", tiny["train"], None, tiny["weights"])
+    kw = dict(device="cpu", progress=False, log=lambda s: None, val_data=tiny["val"])
+    plain = rep.reproduce(*args, tmp_path / "plain", **kw)
+    assert plain["validation_only"] and "results" not in plain
+    assert not (tmp_path / "plain" / "report.json").exists()
+    assert not list((tmp_path / "plain" / "baselines").glob("static_k*"))  # only the full network
+    out = tmp_path / "vb"
+    v = rep.reproduce(*args, out, family_weights=[tiny["family"]], val_baselines=True, **kw)
+    assert v == json.loads((out / "validation.json").read_text())
+    assert not (out / "report.json").exists()
+    rows = v["results"]
+    methods = [r["method"] for r in rows]
+    assert methods[:2] == ["full", "blockdrop"]
+    ks = {min(3, max(1, round(v["chosen"]["blocks_mean"]) + off)) for off in (0, -1)}
+    assert sorted(r["blocks_mean"] for r in rows if r["method"] == "static_k") == sorted(ks)
+    assert {"first_k", "random_k", "family"} <= set(methods)
+    assert rows[1]["accuracy"] == v["chosen"]["accuracy"] and "vs_blockdrop" not in rows[1]
+    assert rows[0]["accuracy"] == v["full"]["accuracy"]
+
+    def correct(path: Path) -> torch.Tensor:
+        net, got = blockdrop.load(path).eval(), []
+        with torch.no_grad():
+            for x, y in make_loader(load_dataset(tiny["val"], "test").dataset, 4, train=False):
+                got.append(net(x)[0].argmax(1) == y)
+        return torch.cat(got)
+
+    bd = correct(out / "blockdrop.safetensors")
+    assert rows[1]["accuracy"] == pytest.approx(bd.float().mean().item())
+    ckpts = {"full": out / "baselines" / "full.safetensors"}
+    ckpts.update(
+        {
+            r["name"]: out / "baselines" / f"static_k{int(r['blocks_mean'])}.safetensors"
+            for r in rows
+            if r["method"] == "static_k"
+        }
+    )
+    ckpts.update(
+        {r["name"]: out / "baselines" / "family_r8b.safetensors" for r in rows if r["method"] == "family"}
+    )
+    assert len(ckpts) == 2 + len(ks)
+    assert any(r["accuracy"] != rows[1]["accuracy"] for r in rows)  # so that a flipped sign shows
+    for r in rows[2:] + rows[:1]:  # each minus BlockDrop
+        assert r["vs_blockdrop"]["diff"] == pytest.approx(r["accuracy"] - rows[1]["accuracy"]), r["name"]
+    for r in rows:
+        assert r["ms_per_image"] > 0 and r["best_chunk"] in (2, 4)
+        assert r["measured_speedup_best_vs_best"] == pytest.approx(
+            rows[0]["ms_per_image"] / r["ms_per_image"]
+        )
+        if r["name"] in ckpts:
+            c = correct(ckpts[r["name"]])
+            assert r["accuracy"] == pytest.approx(c.float().mean().item()), r["name"]
+            d = r["vs_blockdrop"]
+            assert (d["a_only"], d["b_only"], d["n"]) == (int((c & ~bd).sum()), int((bd & ~c).sum()), 9)
+    # the test run that follows reuses every model, and holds the same validation numbers
+    logs: list[str] = []
+    kw_resume = {**kw, "log": logs.append, "resume": True, "family_weights": [tiny["family"]]}
+    report = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, **kw_resume)
+    assert not [line for line in logs if "steps as the" in line or "finetune steps" in line], logs
+    val_of = {r["name"]: r["accuracy"] for r in rows}
+    for r in report["results"]:
+        if r["name"] in val_of:
+            assert r["val_accuracy"] == val_of[r["name"]], r["name"]
+    with pytest.raises(ValueError, match="val_baselines: only for a run without test_data"):
+        rep.reproduce(
+            TINY,
+            "resnet8",
+            tiny["train"],
+            tiny["test"],
+            tiny["weights"],
+            tmp_path / "x",
+            val_baselines=True,
+            **kw,
+        )
+    assert not (tmp_path / "x").exists()
 
 
 def test_finetune_distils_from_the_backbone_it_starts_from(tiny, tmp_path, monkeypatch) -> None:

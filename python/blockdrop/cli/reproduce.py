@@ -75,6 +75,12 @@ def register(sub: Any) -> None:
         "beside a ResNet-56), each finetuned like the full network and reported "
         "beside BlockDrop",
     )
+    r.add_argument(
+        "--val-baselines",
+        action="store_true",
+        help="without --test-data: also train the baselines and compare them with BlockDrop on "
+        "the validation set, timed on its images (OUT/validation.json)",
+    )
     r.add_argument("--out", metavar="DIR")
     r.add_argument(
         "--gamma",
@@ -113,6 +119,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     ]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+    if args.val_baselines and args.test_data:
+        parser.error("--val-baselines: only without --test-data (with it the baselines always run)")
     setup_threads(args)
     reproduce(
         preset,
@@ -123,6 +131,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         also_test=args.also_test,
         weights=args.weights,
         family_weights=args.family_weights,
+        val_baselines=args.val_baselines,
         out=args.out,
         seed=args.seed,
         device=args.device,

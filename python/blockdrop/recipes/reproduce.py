@@ -45,7 +45,7 @@ from blockdrop.recipes.steps import (
     train_candidates,
     write_validation,
 )
-from blockdrop.recipes.verdict import evaluate_also, evaluate_on_test, load_test
+from blockdrop.recipes.verdict import compare_on_validation, evaluate_also, evaluate_on_test, load_test
 
 __all__ = ["reproduce", "start_run", "RunPaths"]
 
@@ -67,6 +67,7 @@ def reproduce(
     val_data: DataArg | None = None,
     family_weights: list[str | os.PathLike[str]] | None = None,
     also_test: list[DataArg] | None = None,
+    val_baselines: bool = False,
 ) -> dict[str, Any]:
     """Run the recipe and write ``out/report.json`` (returned), ``out/report.md`` and plots.
 
@@ -79,6 +80,10 @@ def reproduce(
             ``test_data`` is read once, after every choice, and its use counted
             (:mod:`blockdrop.recipes.ledger`); None stops after the choices and writes
             ``out/validation.json`` (returned) instead of a report: a run on validation only.
+        val_baselines: a run on validation only also trains the baselines and compares them with
+            BlockDrop on the validation data, timed on its images (``validation.json["results"]``).
+            With ``test_data`` the baselines always run (the report holds their validation
+            accuracy), so it is an error there.
         family_weights: pretrained smaller networks of the backbone's family (e.g. ResNet-32 and
             -44 beside a ResNet-56), each finetuned like the full network and reported beside it.
         also_test: further test sets every model is evaluated on after ``test_data`` (e.g. the
@@ -89,6 +94,11 @@ def reproduce(
         resume / overwrite: an ``out`` that already holds a run is continued (``resume``: its
             finished stages are reused) or replaced (``overwrite``); otherwise IncompatibleError.
     """
+    if val_baselines and test_data is not None:
+        raise ValueError(
+            "val_baselines: only for a run without test_data (with it the baselines always run and "
+            "the report holds their validation results)"
+        )
     p = get_preset(preset) if isinstance(preset, str) else preset
     if gammas:
         p = p.replace(gammas=tuple(gammas))
@@ -107,7 +117,11 @@ def reproduce(
     chosen, shown, final_path = select(run, cands)
     minutes_blockdrop = run.mark("blockdrop") / 60
     if test_data is None:
-        validation = write_validation(run, cands, chosen, minutes_blockdrop)
+        rows = None
+        if val_baselines:
+            baselines = train_baselines(run, cands, shown, chosen, family_weights or ())
+            rows = compare_on_validation(run, cands, chosen, baselines)
+        validation = write_validation(run, cands, chosen, minutes_blockdrop, rows)
         run.checkpointed()
         return validation
     baselines = train_baselines(run, cands, shown, chosen, family_weights or ())

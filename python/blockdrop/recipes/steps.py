@@ -246,9 +246,17 @@ def select(run: Run, cands: Candidates) -> tuple[Point, list[Point], Path]:
     return chosen, shown, path
 
 
-def write_validation(run: Run, cands: Candidates, chosen: Point, minutes: float) -> dict[str, Any]:
+def write_validation(
+    run: Run,
+    cands: Candidates,
+    chosen: Point,
+    minutes: float,
+    results: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """A run on validation only (no test set): ``out/validation.json`` -- the settings, the full
-    network's and every BlockDrop point's validation result, the chosen point."""
+    network's and every BlockDrop point's validation result, the chosen point, and ``results``
+    (the baselines against BlockDrop on validation:
+    :func:`blockdrop.recipes.verdict.compare_on_validation`) when given."""
 
     def point(q: Point) -> dict[str, Any]:
         return {
@@ -278,6 +286,7 @@ def write_validation(run: Run, cands: Candidates, chosen: Point, minutes: float)
         "config": preset_to_dict(run.preset),
         "seed": run.seed,
         "commit": commit(),
+        **({"results": results} if results is not None else {}),
     }
     atomic_write_text(run.paths.out / "validation.json", json.dumps(out, indent=1) + "\n")
     run.log(

@@ -1,6 +1,8 @@
 """The steps of ``blockdrop reproduce`` after every choice is made (:mod:`blockdrop.recipes.steps`
 1-4): the test set read once, its use counted (:func:`load_test`); every model evaluated on it and
 timed side by side (:func:`evaluate_on_test`); further test sets beside it (:func:`evaluate_also`).
+A run without a test set can compare BlockDrop with its baselines on the validation set instead
+(:func:`compare_on_validation`).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -23,7 +25,15 @@ from blockdrop.recipes.run import Run
 from blockdrop.recipes.selection import Point, point_name
 from blockdrop.recipes.steps import Baseline, Candidates, DataArg, as_data
 
-__all__ = ["TestResults", "load_test", "evaluate_on_test", "evaluate_also", "timed_models"]
+__all__ = [
+    "TestResults",
+    "load_test",
+    "evaluate_on_test",
+    "evaluate_also",
+    "compare_on_validation",
+    "measure_speed",
+    "timed_models",
+]
 
 
 @dataclass
@@ -64,15 +74,60 @@ def evaluate_on_test(
     full = ev(cands.full)
     points = {id(q): ev(q.net) for q in shown}
     bases = [ev(b.net) for b in baselines]
+    return TestResults(full, points, bases, measure_speed(run, test, cands.full, shown, baselines))
+
+
+def measure_speed(
+    run: Run, data: DataInfo, full: BlockDropNet, shown: list[Point], baselines: list[Baseline]
+) -> dict[str, ModelSpeed]:
+    """Every model (:func:`timed_models`) timed side by side on ``evaluation.speed_batch`` images
+    of ``data`` [N,3,H,W]: one thread, interleaved rounds, each at its fastest chunk
+    (:func:`blockdrop.evaluation.speed.time_models`), by report name."""
     cfg = run.preset.evaluation
-    batches = [x.to(run.device) for x in _speed_batches(test, cfg.speed_batch)]
-    models = timed_models(cands.full, shown, baselines)
+    batches = [x.to(run.device) for x in _speed_batches(data, cfg.speed_batch)]
+    models = timed_models(full, shown, baselines)
     run.log(
-        f"[speed] {len(models)} models, {batches[0].shape[0]} x {len(batches)} test images, "
-        f"one thread, chunks {[batches[0].shape[0], *cfg.chunks]}"
+        f"[speed] {len(models)} models, {batches[0].shape[0]} x {len(batches)} images of "
+        f"{data.source}, one thread, chunks {[batches[0].shape[0], *cfg.chunks]}"
     )
-    speed = run.timed("speed", lambda: time_models(models, batches, cfg.chunks, cfg.speed_repeats))
-    return TestResults(full, points, bases, speed)
+    return cast(
+        "dict[str, ModelSpeed]",
+        run.timed("speed", lambda: time_models(models, batches, cfg.chunks, cfg.speed_repeats)),
+    )
+
+
+def compare_on_validation(
+    run: Run, cands: Candidates, chosen: Point, baselines: list[Baseline]
+) -> list[dict[str, Any]]:
+    """A run without a test set: the full network, the chosen BlockDrop model and every baseline
+    on the validation data, each timed (:func:`measure_speed`, on validation images) and, but the
+    chosen model, paired against it (``vs_blockdrop``: that model minus BlockDrop). One row per
+    model: ``method``, ``name``, ``accuracy`` (validation), ``blocks_mean``, ``flops_mean``,
+    ``ms_per_image``, ``best_chunk``, ``measured_speedup_best_vs_best``."""
+    from blockdrop.evaluation.stats import paired_difference
+
+    assert cands.full is not None and cands.full_val is not None
+    speed = measure_speed(run, run.val, cands.full, [chosen], baselines)
+    bd = chosen.val
+    models = [("full", "full", cands.full_val), ("blockdrop", point_name(chosen), bd)]
+    models += [(b.kind, b.name, b.val) for b in baselines if b.val is not None]
+    rows = []
+    for method, name, res in models:
+        assert res.correct is not None and bd.correct is not None
+        row: dict[str, Any] = {
+            "method": method,
+            "name": name,
+            "accuracy": res.accuracy,
+            "blocks_mean": res.blocks_mean,
+            "flops_mean": res.flops_mean,
+            "ms_per_image": speed[name].ms_per_image,
+            "best_chunk": speed[name].best_chunk,
+            "measured_speedup_best_vs_best": speed["full"].ms_per_image / speed[name].ms_per_image,
+        }
+        if res is not bd:
+            row["vs_blockdrop"] = paired_difference(res.correct, bd.correct).to_dict()
+        rows.append(row)
+    return rows
 
 
 def evaluate_also(
