@@ -278,6 +278,9 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
         assert r["val_accuracy"] == pytest.approx(c.float().mean().item()), r["name"]
         d = r["vs_blockdrop"]["val"]
         assert (d["a_only"], d["b_only"], d["n"]) == (int((c & ~bd_val).sum()), int((bd_val & ~c).sum()), 9)
+    others = [r for r in rows if not r.get("chosen")]
+    assert any(r["accuracy"] != report["accuracy"] for r in others)  # so that a flipped sign shows
+    for r in others:
         assert r["vs_blockdrop"]["test"]["diff"] == pytest.approx(r["accuracy"] - report["accuracy"])
     assert all("vs_blockdrop" in r for r in rows if not r.get("chosen"))
     assert "Each model minus the chosen BlockDrop model, paired" in md
@@ -529,10 +532,13 @@ def test_a_run_without_a_test_set_compares_its_baselines_on_validation(tiny, tmp
     kw_resume = {**kw, "log": logs.append, "resume": True, "family_weights": [tiny["family"]]}
     report = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, **kw_resume)
     assert not [line for line in logs if "steps as the" in line or "finetune steps" in line], logs
-    val_of = {r["name"]: r["accuracy"] for r in rows}
+    val_of = {r["name"]: r for r in rows if r["method"] not in ("first_k", "random_k")}  # they draw anew
     for r in report["results"]:
         if r["name"] in val_of:
-            assert r["val_accuracy"] == val_of[r["name"]], r["name"]
+            assert r["val_accuracy"] == val_of[r["name"]]["accuracy"], r["name"]
+            if "vs_blockdrop" in r:
+                assert r["vs_blockdrop"]["val"] == val_of[r["name"]]["vs_blockdrop"], r["name"]
+    assert len(val_of) >= 4
     with pytest.raises(ValueError, match="val_baselines: only for a run without test_data"):
         rep.reproduce(
             TINY,

@@ -43,9 +43,8 @@ from blockdrop.recipes.steps import (
     start_run,
     train_baselines,
     train_candidates,
-    write_validation,
 )
-from blockdrop.recipes.verdict import compare_on_validation, evaluate_also, evaluate_on_test, load_test
+from blockdrop.recipes.verdict import evaluate_also, evaluate_on_test, finish_on_validation, load_test
 
 __all__ = ["reproduce", "start_run", "RunPaths"]
 
@@ -94,17 +93,10 @@ def reproduce(
         resume / overwrite: an ``out`` that already holds a run is continued (``resume``: its
             finished stages are reused) or replaced (``overwrite``); otherwise IncompatibleError.
     """
-    if val_baselines and test_data is not None:
-        raise ValueError(
-            "val_baselines: only for a run without test_data (with it the baselines always run and "
-            "the report holds their validation results)"
-        )
+    _check_inputs(test_data, also_test or [], val_baselines)
     p = get_preset(preset) if isinstance(preset, str) else preset
     if gammas:
         p = p.replace(gammas=tuple(gammas))
-    for name, d in [("test_data", test_data)] + [("also_test", a) for a in also_test or []]:
-        if isinstance(d, (str, os.PathLike)) and not Path(d).expanduser().exists():
-            raise DatasetNotFoundError(f"{name}: {d} does not exist")  # checked, not read
     run, pretrained, full_train = start_run(
         p, arch, train_data, weights, out, seed, device, progress, resume, overwrite, log, val_data
     )
@@ -117,13 +109,9 @@ def reproduce(
     chosen, shown, final_path = select(run, cands)
     minutes_blockdrop = run.mark("blockdrop") / 60
     if test_data is None:
-        rows = None
-        if val_baselines:
-            baselines = train_baselines(run, cands, shown, chosen, family_weights or ())
-            rows = compare_on_validation(run, cands, chosen, baselines)
-        validation = write_validation(run, cands, chosen, minutes_blockdrop, rows)
-        run.checkpointed()
-        return validation
+        return finish_on_validation(
+            run, cands, shown, chosen, minutes_blockdrop, family_weights or (), val_baselines
+        )
     baselines = train_baselines(run, cands, shown, chosen, family_weights or ())
     test, use = load_test(run, test_data)
     t = evaluate_on_test(run, test, cands, shown, baselines)
@@ -149,6 +137,19 @@ def reproduce(
     run.checkpointed()  # the report is the run's last product: all of its time is kept
     log(_done_line(report, run.paths.out))
     return report
+
+
+def _check_inputs(test_data: DataArg | None, also_test: list[DataArg], val_baselines: bool) -> None:
+    """Errors that name the argument, before anything is written (the test sets are checked to
+    exist, not read)."""
+    if val_baselines and test_data is not None:
+        raise ValueError(
+            "val_baselines: only for a run without test_data (with it the baselines always run and "
+            "the report holds their validation results)"
+        )
+    for name, d in [("test_data", test_data)] + [("also_test", a) for a in also_test]:
+        if isinstance(d, (str, os.PathLike)) and not Path(d).expanduser().exists():
+            raise DatasetNotFoundError(f"{name}: {d} does not exist")
 
 
 def _done_line(r: dict[str, Any], out: Path) -> str:

@@ -166,7 +166,8 @@ class Run:
     def checkpointed(self) -> None:
         """Record that a checkpoint was written (a stage's model, or a trainer's own): the clock
         is saved with the time so far, that of the stages in progress included, so that a
-        resumed run counts the work it keeps and nothing it redoes."""
+        resumed run counts the work it keeps and none that it lost. What a resume must redo
+        is counted again: the evaluations of the kept models (their results are not saved)."""
         now, secs = time.time(), dict(self.seconds)
         for name, t in self._open:
             secs[name] = secs.get(name, 0.0) + now - t

@@ -8,6 +8,7 @@ A run without a test set can compare BlockDrop with its baselines on the validat
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,7 +24,14 @@ from blockdrop.recipes import stages
 from blockdrop.recipes.ledger import record_test_use
 from blockdrop.recipes.run import Run
 from blockdrop.recipes.selection import Point, point_name
-from blockdrop.recipes.steps import Baseline, Candidates, DataArg, as_data
+from blockdrop.recipes.steps import (
+    Baseline,
+    Candidates,
+    DataArg,
+    as_data,
+    train_baselines,
+    write_validation,
+)
 
 __all__ = [
     "TestResults",
@@ -31,6 +39,7 @@ __all__ = [
     "evaluate_on_test",
     "evaluate_also",
     "compare_on_validation",
+    "finish_on_validation",
     "measure_speed",
     "timed_models",
 ]
@@ -78,11 +87,17 @@ def evaluate_on_test(
 
 
 def measure_speed(
-    run: Run, data: DataInfo, full: BlockDropNet, shown: list[Point], baselines: list[Baseline]
+    run: Run,
+    data: DataInfo,
+    full: BlockDropNet,
+    shown: list[Point],
+    baselines: list[Baseline],
+    stage: str = "speed",
 ) -> dict[str, ModelSpeed]:
-    """Every model (:func:`timed_models`) timed side by side on ``evaluation.speed_batch`` images
-    of ``data`` [N,3,H,W]: one thread, interleaved rounds, each at its fastest chunk
-    (:func:`blockdrop.evaluation.speed.time_models`), by report name."""
+    """Every model (:func:`timed_models`) timed side by side on the first two batches of
+    ``evaluation.speed_batch`` images of ``data`` (x [B,3,H,W] each): one thread, interleaved
+    rounds, each at its fastest chunk (:func:`blockdrop.evaluation.speed.time_models`), by report
+    name; the seconds go to the run's clock as ``stage``."""
     cfg = run.preset.evaluation
     batches = [x.to(run.device) for x in _speed_batches(data, cfg.speed_batch)]
     models = timed_models(full, shown, baselines)
@@ -92,8 +107,30 @@ def measure_speed(
     )
     return cast(
         "dict[str, ModelSpeed]",
-        run.timed("speed", lambda: time_models(models, batches, cfg.chunks, cfg.speed_repeats)),
+        run.timed(stage, lambda: time_models(models, batches, cfg.chunks, cfg.speed_repeats)),
     )
+
+
+def finish_on_validation(
+    run: Run,
+    cands: Candidates,
+    shown: list[Point],
+    chosen: Point,
+    minutes_blockdrop: float,
+    family_weights: list[str | os.PathLike[str]] | tuple[()] = (),
+    baselines: bool = False,
+) -> dict[str, Any]:
+    """A run without a test set ends here: ``OUT/validation.json`` (returned;
+    :func:`~blockdrop.recipes.steps.write_validation`), with every baseline trained
+    (:func:`~blockdrop.recipes.steps.train_baselines`) and compared with BlockDrop on the validation
+    data (:func:`compare_on_validation`, its ``results``) when ``baselines``."""
+    rows = None
+    if baselines:
+        trained = train_baselines(run, cands, shown, chosen, family_weights)
+        rows = compare_on_validation(run, cands, chosen, trained)
+    out = write_validation(run, cands, chosen, minutes_blockdrop, rows)
+    run.checkpointed()
+    return out
 
 
 def compare_on_validation(
@@ -107,7 +144,7 @@ def compare_on_validation(
     from blockdrop.evaluation.stats import paired_difference
 
     assert cands.full is not None and cands.full_val is not None
-    speed = measure_speed(run, run.val, cands.full, [chosen], baselines)
+    speed = measure_speed(run, run.val, cands.full, [chosen], baselines, stage="val_speed")
     bd = chosen.val
     models = [("full", "full", cands.full_val), ("blockdrop", point_name(chosen), bd)]
     models += [(b.kind, b.name, b.val) for b in baselines if b.val is not None]
