@@ -112,6 +112,10 @@ def test_baseline_policy_module_replays_and_round_trips() -> None:
     b = BaselinePolicy(**a.spec())
     pa, pb = a(x), b(x)
     assert torch.equal(pa, pb) and pa.shape == (5, 6) and set(pa.sum(1).tolist()) <= {2.0, 3.0}
+    later = [a(x) for _ in range(3)]
+    assert not all(torch.equal(p, pa) for p in later)  # the stream moves on
+    a.reset()  # and starts again from the seed
+    assert torch.equal(a(x), pa) and torch.equal(a(x), later[0])
     assert BaselinePolicy("first_k", 6, k=4)(x).tolist() == [[1, 1, 1, 1, 0, 0]] * 5
     assert torch.equal(BaselinePolicy("full", 6)(x), torch.ones(5, 6))
     with pytest.raises(ValueError, match="kind"):

@@ -48,7 +48,11 @@ __all__ = [
 
 
 def evaluate_on(run: Run, net: BlockDropNet, data: DataInfo) -> EvalResult:
-    """``net``'s accuracy, blocks and FLOPs on ``data`` (every image, the preset's eval batch)."""
+    """``net``'s accuracy, blocks and FLOPs on ``data`` (every image, the preset's eval batch). A
+    random baseline policy (RandomK, FirstK) starts from its seed, so its draws on ``data`` do not
+    depend on what was evaluated before."""
+    if isinstance(net.policy_net, BaselinePolicy):
+        net.policy_net.reset()
     loader = make_loader(data.dataset, run.preset.evaluation.batch_size, train=False)
     return evaluate(net, loader, run.device, full=False, flops=True, progress=False)
 

@@ -132,6 +132,10 @@ class BaselinePolicy(nn.Module):
         """``x [N, ...] -> [N, K]`` of 0/1 (float32)."""
         return self._sample(int(x.shape[0]), self._gen).to(x.device)
 
+    def reset(self) -> None:
+        """Reseed the generator: the next draws are those of a freshly built policy."""
+        self._gen.manual_seed(self.seed)
+
     def spec(self) -> dict[str, Any]:
         """JSON-able constructor arguments (``kind`` is one of :data:`BASELINE_KINDS`)."""
         spec: dict[str, Any] = {
