@@ -483,6 +483,7 @@ def test_a_run_without_a_test_set_compares_its_baselines_on_validation(tiny, tmp
     out = tmp_path / "vb"
     v = rep.reproduce(*args, out, family_weights=[tiny["family"]], val_baselines=True, **kw)
     assert v == json.loads((out / "validation.json").read_text())
+    assert v["minutes_total"] > v["minutes"] > 0 and "baseline_val" in v["stage_minutes"]
     assert not (out / "report.json").exists()
     rows = v["results"]
     methods = [r["method"] for r in rows]

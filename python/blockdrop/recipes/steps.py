@@ -254,7 +254,8 @@ def write_validation(
     results: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A run on validation only (no test set): ``out/validation.json`` -- the settings, the full
-    network's and every BlockDrop point's validation result, the chosen point, and ``results``
+    network's and every BlockDrop point's validation result, the chosen point, the minutes to
+    BlockDrop's model (``minutes``) and in all (``minutes_total``), and ``results``
     (the baselines against BlockDrop on validation:
     :func:`blockdrop.recipes.verdict.compare_on_validation`) when given."""
 
@@ -282,6 +283,7 @@ def write_validation(
         "points": [point(q) for q in cands.points],
         "selection": describe(run.preset.selection),
         "minutes": minutes,
+        "minutes_total": run.elapsed() / 60,
         "stage_minutes": {k: v / 60 for k, v in run.seconds.items()},
         "config": preset_to_dict(run.preset),
         "seed": run.seed,
