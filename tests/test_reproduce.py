@@ -4,6 +4,7 @@ test set is evaluated once, resume reuses the stages, and the checkpoints load b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from pathlib import Path
@@ -38,6 +39,17 @@ TINY = Preset(
     evaluation=EvalConfig(speed_batch=4, chunks=(2,), speed_repeats=1),
 )
 NO_BASELINES = BaselinesConfig(first_random_k=False, static_k=())
+
+
+def _correct_on(data: Path, checkpoint: str | Path) -> torch.Tensor:
+    """bool [N]: the checkpoint's plain forward right on each image of ``data`` (in order)."""
+    from blockdrop.data import load_dataset, make_loader
+
+    net, got = blockdrop.load(checkpoint).eval(), []
+    with torch.no_grad():
+        for x, y in make_loader(load_dataset(data, "test").dataset, 4, train=False):
+            got.append(net(x)[0].argmax(1) == y)
+    return torch.cat(got)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +190,7 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     else:
         assert chosen[0]["val_accuracy"] == max(q["accuracy"] for q in cheaper)
     assert rows[0]["method"] == "full"
+    assert len({r["name"] for r in rows}) == len(rows)  # names key the timings: one per model
     # FirstK / RandomK at every shown point's validation block count
     base = [r for r in rows if r["method"] in ("first_k", "random_k")]
     assert len(base) == 2 * len(bd)
@@ -261,14 +274,8 @@ def test_reproduce_end_to_end_on_tiny_data(tiny: dict[str, Path], tmp_path: Path
     assert "BlockDrop - full network, on the same images" in md
 
     # every model on validation too, and each minus BlockDrop on the same images, counted here
-    # from a plain forward of each checkpoint (FirstK/RandomK draw their blocks anew)
-    def correct(path: str) -> torch.Tensor:
-        net, got = blockdrop.load(path).eval(), []
-        with torch.no_grad():
-            for x, y in make_loader(load_dataset(tiny["val"], "test").dataset, 4, train=False):
-                got.append(net(x)[0].argmax(1) == y)
-        return torch.cat(got)
-
+    # from a plain forward of each checkpoint (FirstK/RandomK draw per batch, and batches differ)
+    correct = functools.partial(_correct_on, tiny["val"])
     bd_val = correct(report["checkpoint"])
     assert "vs_blockdrop" not in chosen[0]
     for r in rows:
@@ -471,7 +478,6 @@ def test_a_run_without_a_test_set_compares_its_baselines_on_validation(tiny, tmp
     """No test set: the run stops at ``validation.json``; with ``val_baselines`` it trains the
     baselines and compares them with the chosen BlockDrop model on the validation images, each
     accuracy and paired difference equal to a plain forward of the checkpoints counted here."""
-    from blockdrop.data import load_dataset, make_loader
     from blockdrop.recipes import reproduce as rep
 
     args = (TINY, "resnet8", tiny["train"], None, tiny["weights"])
@@ -493,14 +499,7 @@ def test_a_run_without_a_test_set_compares_its_baselines_on_validation(tiny, tmp
     assert {"first_k", "random_k", "family"} <= set(methods)
     assert rows[1]["accuracy"] == v["chosen"]["accuracy"] and "vs_blockdrop" not in rows[1]
     assert rows[0]["accuracy"] == v["full"]["accuracy"]
-
-    def correct(path: Path) -> torch.Tensor:
-        net, got = blockdrop.load(path).eval(), []
-        with torch.no_grad():
-            for x, y in make_loader(load_dataset(tiny["val"], "test").dataset, 4, train=False):
-                got.append(net(x)[0].argmax(1) == y)
-        return torch.cat(got)
-
+    correct = functools.partial(_correct_on, tiny["val"])
     bd = correct(out / "blockdrop.safetensors")
     assert rows[1]["accuracy"] == pytest.approx(bd.float().mean().item())
     ckpts = {"full": out / "baselines" / "full.safetensors"}
@@ -531,26 +530,18 @@ def test_a_run_without_a_test_set_compares_its_baselines_on_validation(tiny, tmp
     # the test run that follows reuses every model, and holds the same validation numbers
     logs: list[str] = []
     kw_resume = {**kw, "log": logs.append, "resume": True, "family_weights": [tiny["family"]]}
-    report = rep.reproduce(TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"], out, **kw_resume)
+    with_test = (TINY, "resnet8", tiny["train"], tiny["test"], tiny["weights"])
+    report = rep.reproduce(*with_test, out, **kw_resume)
     assert not [line for line in logs if "steps as the" in line or "finetune steps" in line], logs
-    val_of = {r["name"]: r for r in rows if r["method"] not in ("first_k", "random_k")}  # they draw anew
+    val_of = {r["name"]: r for r in rows}  # FirstK/RandomK too: each evaluation starts from the seed
     for r in report["results"]:
         if r["name"] in val_of:
             assert r["val_accuracy"] == val_of[r["name"]]["accuracy"], r["name"]
             if "vs_blockdrop" in r:
                 assert r["vs_blockdrop"]["val"] == val_of[r["name"]]["vs_blockdrop"], r["name"]
-    assert len(val_of) >= 4
+    assert len(val_of) >= 6
     with pytest.raises(ValueError, match="val_baselines: only for a run without test_data"):
-        rep.reproduce(
-            TINY,
-            "resnet8",
-            tiny["train"],
-            tiny["test"],
-            tiny["weights"],
-            tmp_path / "x",
-            val_baselines=True,
-            **kw,
-        )
+        rep.reproduce(*with_test, tmp_path / "x", val_baselines=True, **kw)
     assert not (tmp_path / "x").exists()
 
 

@@ -13,6 +13,7 @@ import torch
 
 from blockdrop.data import DataInfo
 from blockdrop.evaluation.evaluate import EvalResult
+from blockdrop.evaluation.speed import ModelSpeed
 from blockdrop.evaluation.stats import accuracy_se, paired_difference
 from blockdrop.recipes.config import preset_to_dict
 from blockdrop.recipes.run import Run
@@ -20,7 +21,7 @@ from blockdrop.recipes.selection import Point, describe, point_name
 from blockdrop.recipes.steps import Baseline, Candidates, commit
 from blockdrop.recipes.verdict import TestResults
 
-__all__ = ["REPORT_KEYS", "ROW_KEYS", "Report", "build_report"]
+__all__ = ["REPORT_KEYS", "ROW_KEYS", "Report", "build_report", "validation_rows"]
 
 #: Keys every report.json holds (tests check them).
 REPORT_KEYS = (
@@ -104,6 +105,44 @@ def _paired(a: EvalResult, b: EvalResult) -> dict[str, Any]:
     return paired_difference(a.correct, b.correct).to_dict()
 
 
+def _timing(speed: dict[str, ModelSpeed], name: str) -> dict[str, Any]:
+    """A row's measured time: model ``name`` at its fastest chunk, and against the full network."""
+    s = speed[name]
+    return {
+        "ms_per_image": s.ms_per_image,
+        "best_chunk": s.best_chunk,
+        "ms_by_chunk": {str(c): v for c, v in s.ms_by_chunk.items()},
+        "measured_speedup_best_vs_best": speed["full"].ms_per_image / s.ms_per_image,
+    }
+
+
+def validation_rows(
+    cands: Candidates, chosen: Point, baselines: list[Baseline], speed: dict[str, ModelSpeed]
+) -> list[dict[str, Any]]:
+    """A run without a test set: the full network, the chosen BlockDrop model and every baseline
+    on the validation data (:data:`ROW_KEYS` but ``checkpoint``; ``accuracy`` is the validation
+    accuracy), timed as ``speed`` says, each but BlockDrop with ``vs_blockdrop`` (that model minus
+    BlockDrop, paired on the validation images)."""
+    assert cands.full_val is not None
+    bd, name = chosen.val, point_name(chosen)
+    rows = [
+        _row(
+            "full",
+            cands.full_val,
+            name="full",
+            vs_blockdrop=_paired(cands.full_val, bd),
+            **_timing(speed, "full"),
+        ),
+        _row("blockdrop", bd, name=name, **_timing(speed, name)),
+    ]
+    for b in baselines:
+        assert b.val is not None  # train_baselines evaluates each on validation
+        rows.append(
+            _row(b.kind, b.val, name=b.name, vs_blockdrop=_paired(b.val, bd), **_timing(speed, b.name))
+        )
+    return rows
+
+
 def _results(
     run: Run,
     cands: Candidates,
@@ -113,16 +152,8 @@ def _results(
     baselines: list[Baseline],
     t: TestResults,
 ) -> list[dict[str, Any]]:
-    full_speed = t.speed["full"]
-
     def timing(name: str) -> dict[str, Any]:
-        s = t.speed[name]
-        return {
-            "ms_per_image": s.ms_per_image,
-            "best_chunk": s.best_chunk,
-            "ms_by_chunk": {str(c): v for c, v in s.ms_by_chunk.items()},
-            "measured_speedup_best_vs_best": full_speed.ms_per_image / s.ms_per_image,
-        }
+        return _timing(t.speed, name)
 
     assert cands.full_val is not None
     bd_test, bd_val = t.points[id(chosen)], chosen.val

@@ -34,17 +34,20 @@ import torch
 from blockdrop.data import DatasetNotFoundError
 from blockdrop.recipes.config import Preset
 from blockdrop.recipes.presets import get_preset
-from blockdrop.recipes.report import build_report
+from blockdrop.recipes.report import build_report, validation_rows
 from blockdrop.recipes.report_files import write_report
-from blockdrop.recipes.run import RunPaths
+from blockdrop.recipes.run import Run, RunPaths
+from blockdrop.recipes.selection import Point
 from blockdrop.recipes.steps import (
+    Candidates,
     DataArg,
     select,
     start_run,
     train_baselines,
     train_candidates,
+    write_validation,
 )
-from blockdrop.recipes.verdict import evaluate_also, evaluate_on_test, finish_on_validation, load_test
+from blockdrop.recipes.verdict import evaluate_also, evaluate_on_test, load_test, measure_speed
 
 __all__ = ["reproduce", "start_run", "RunPaths"]
 
@@ -109,7 +112,7 @@ def reproduce(
     chosen, shown, final_path = select(run, cands)
     minutes_blockdrop = run.mark("blockdrop") / 60
     if test_data is None:
-        return finish_on_validation(
+        return _finish_on_validation(
             run, cands, shown, chosen, minutes_blockdrop, family_weights or (), val_baselines
         )
     baselines = train_baselines(run, cands, shown, chosen, family_weights or ())
@@ -137,6 +140,29 @@ def reproduce(
     run.checkpointed()  # the report is the run's last product: all of its time is kept
     log(_done_line(report, run.paths.out))
     return report
+
+
+def _finish_on_validation(
+    run: Run,
+    cands: Candidates,
+    shown: list[Point],
+    chosen: Point,
+    minutes_blockdrop: float,
+    family_weights: list[str | os.PathLike[str]] | tuple[()],
+    with_baselines: bool,
+) -> dict[str, Any]:
+    """A run without a test set ends here: ``OUT/validation.json`` (returned), with every baseline
+    trained, timed on validation images and compared with BlockDrop there (its ``results``) when
+    ``with_baselines``."""
+    rows = None
+    if with_baselines:
+        baselines = train_baselines(run, cands, shown, chosen, family_weights)
+        assert cands.full is not None  # train_baselines trains it
+        speed = measure_speed(run, run.val, cands.full, [chosen], baselines, stage="val_speed")
+        rows = validation_rows(cands, chosen, baselines, speed)
+    out = write_validation(run, cands, chosen, minutes_blockdrop, rows)
+    run.checkpointed()
+    return out
 
 
 def _check_inputs(test_data: DataArg | None, also_test: list[DataArg], val_baselines: bool) -> None:

@@ -49,7 +49,7 @@ from blockdrop.recipes.policy_stage import (
     stage_blockdrop,
 )
 from blockdrop.recipes.run import Run, RunPaths
-from blockdrop.recipes.selection import Point, describe, val_points
+from blockdrop.recipes.selection import Point, describe, point_name, val_points
 from blockdrop.recipes.stages import (
     stage_adapt,
     stage_baseline,
@@ -257,7 +257,7 @@ def write_validation(
     network's and every BlockDrop point's validation result, the chosen point, the minutes to
     BlockDrop's model (``minutes``) and in all (``minutes_total``), and ``results``
     (the baselines against BlockDrop on validation:
-    :func:`blockdrop.recipes.verdict.compare_on_validation`) when given."""
+    :func:`blockdrop.recipes.report.validation_rows`) when given."""
 
     def point(q: Point) -> dict[str, Any]:
         return {
@@ -318,9 +318,12 @@ def train_baselines(
     last = final_stage(run)
     for q in shown if cfg.first_random_k else []:
         for kind in ("first_k", "random_k"):
-            path = run.paths.baseline(kind, q.gamma, q.threshold, "" if q.stage == last else f"_{q.stage}")
+            tag = ("" if q.stage == last else f"_{q.stage}") + (f"_draw{q.draw}" if q.draw else "")
+            path = run.paths.baseline(kind, q.gamma, q.threshold, tag)
             net = stage_baseline(run, cands.backbone, kind, q.val.blocks_mean, path)
-            out.append(Baseline(kind, f"{kind} k={q.val.blocks_mean:.2f}", path, net, point=q))
+            # named by its point too: two points may share a block count (names key the timings)
+            name = f"{kind} k={q.val.blocks_mean:.2f} ({point_name(q)})"
+            out.append(Baseline(kind, name, path, net, point=q))
     ks = sorted({min(k, max(1, round(chosen.val.blocks_mean) + off)) for off in cfg.static_k}, reverse=True)
     paths = {n: run.paths.out / "baselines" / f"static_k{n}.safetensors" for n in ks}
     order: list[int] = []

@@ -1,14 +1,12 @@
 """The steps of ``blockdrop reproduce`` after every choice is made (:mod:`blockdrop.recipes.steps`
 1-4): the test set read once, its use counted (:func:`load_test`); every model evaluated on it and
 timed side by side (:func:`evaluate_on_test`); further test sets beside it (:func:`evaluate_also`).
-A run without a test set can compare BlockDrop with its baselines on the validation set instead
-(:func:`compare_on_validation`).
+A run without a test set can time its models on validation images instead (:func:`measure_speed`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,22 +22,13 @@ from blockdrop.recipes import stages
 from blockdrop.recipes.ledger import record_test_use
 from blockdrop.recipes.run import Run
 from blockdrop.recipes.selection import Point, point_name
-from blockdrop.recipes.steps import (
-    Baseline,
-    Candidates,
-    DataArg,
-    as_data,
-    train_baselines,
-    write_validation,
-)
+from blockdrop.recipes.steps import Baseline, Candidates, DataArg, as_data
 
 __all__ = [
     "TestResults",
     "load_test",
     "evaluate_on_test",
     "evaluate_also",
-    "compare_on_validation",
-    "finish_on_validation",
     "measure_speed",
     "timed_models",
 ]
@@ -109,62 +98,6 @@ def measure_speed(
         "dict[str, ModelSpeed]",
         run.timed(stage, lambda: time_models(models, batches, cfg.chunks, cfg.speed_repeats)),
     )
-
-
-def finish_on_validation(
-    run: Run,
-    cands: Candidates,
-    shown: list[Point],
-    chosen: Point,
-    minutes_blockdrop: float,
-    family_weights: list[str | os.PathLike[str]] | tuple[()] = (),
-    baselines: bool = False,
-) -> dict[str, Any]:
-    """A run without a test set ends here: ``OUT/validation.json`` (returned;
-    :func:`~blockdrop.recipes.steps.write_validation`), with every baseline trained
-    (:func:`~blockdrop.recipes.steps.train_baselines`) and compared with BlockDrop on the validation
-    data (:func:`compare_on_validation`, its ``results``) when ``baselines``."""
-    rows = None
-    if baselines:
-        trained = train_baselines(run, cands, shown, chosen, family_weights)
-        rows = compare_on_validation(run, cands, chosen, trained)
-    out = write_validation(run, cands, chosen, minutes_blockdrop, rows)
-    run.checkpointed()
-    return out
-
-
-def compare_on_validation(
-    run: Run, cands: Candidates, chosen: Point, baselines: list[Baseline]
-) -> list[dict[str, Any]]:
-    """A run without a test set: the full network, the chosen BlockDrop model and every baseline
-    on the validation data, each timed (:func:`measure_speed`, on validation images) and, but the
-    chosen model, paired against it (``vs_blockdrop``: that model minus BlockDrop). One row per
-    model: ``method``, ``name``, ``accuracy`` (validation), ``blocks_mean``, ``flops_mean``,
-    ``ms_per_image``, ``best_chunk``, ``measured_speedup_best_vs_best``."""
-    from blockdrop.evaluation.stats import paired_difference
-
-    assert cands.full is not None and cands.full_val is not None
-    speed = measure_speed(run, run.val, cands.full, [chosen], baselines, stage="val_speed")
-    bd = chosen.val
-    models = [("full", "full", cands.full_val), ("blockdrop", point_name(chosen), bd)]
-    models += [(b.kind, b.name, b.val) for b in baselines if b.val is not None]
-    rows = []
-    for method, name, res in models:
-        assert res.correct is not None and bd.correct is not None
-        row: dict[str, Any] = {
-            "method": method,
-            "name": name,
-            "accuracy": res.accuracy,
-            "blocks_mean": res.blocks_mean,
-            "flops_mean": res.flops_mean,
-            "ms_per_image": speed[name].ms_per_image,
-            "best_chunk": speed[name].best_chunk,
-            "measured_speedup_best_vs_best": speed["full"].ms_per_image / speed[name].ms_per_image,
-        }
-        if res is not bd:
-            row["vs_blockdrop"] = paired_difference(res.correct, bd.correct).to_dict()
-        rows.append(row)
-    return rows
 
 
 def evaluate_also(
